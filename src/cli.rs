@@ -1,0 +1,240 @@
+//! The command line: argument parsing (clap) and the `serve` and `check` commands.
+//!
+//! This is the binary's edge, so errors here are `anyhow` with context; the library below keeps
+//! typed errors.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use clap::{Parser, Subcommand};
+
+use dnsward::{
+    config::{self, Config, ListKind, ListMode},
+    logging,
+    policy::decision::action_name,
+    server,
+    state::{self, BuildWarnings, State},
+};
+
+/// How many skipped lines of one list are printed before the rest are summarised.
+const MAX_WARNINGS_SHOWN: usize = 20;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dnsward",
+    version,
+    about = "A DNS filtering resolver: block or quietly watch listed domains, and record every decision",
+    after_help = "Examples:\n  \
+        dnsward serve                                 # config/dnsward.toml, 127.0.0.1:5353\n  \
+        dnsward serve --config /etc/dnsward/dnsward.toml\n  \
+        dnsward check --config /etc/dnsward/dnsward.toml   # validate config and every list\n  \
+        dig @127.0.0.1 -p 5353 binance.com            # a blocked name: NXDOMAIN + EDE 15"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the resolver until SIGINT or SIGTERM.
+    #[command(after_help = "Example:\n  dnsward serve --config config/dnsward.toml")]
+    Serve {
+        /// The configuration file; list paths in it are relative to its directory.
+        #[arg(long, short, default_value = "config/dnsward.toml")]
+        config: PathBuf,
+    },
+    /// Validate the configuration and every list; print each problem as `path:line: message`.
+    ///
+    /// Exits 0 and prints rule counts per list when all is well, 1 on any error.
+    #[command(after_help = "Example:\n  dnsward check --config config/dnsward.toml")]
+    Check {
+        #[arg(long, short, default_value = "config/dnsward.toml")]
+        config: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::Check { config } => check(&config),
+    }
+}
+
+/// `check`: the same loader `serve` uses, without serving.
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(1);
+        }
+    };
+    let lists = config.lists.clone();
+    match state::build(config) {
+        Ok((state, warnings)) => {
+            print_warnings(&warnings);
+            for (list, compiled) in lists.iter().zip(state.policy.lists()) {
+                println!(
+                    "ok  {name:<16} {path:<28} {rules:>8} rules  {kind} {mode} {action}{skipped}",
+                    name = list.name,
+                    path = list.display_path,
+                    rules = compiled.matcher.len(),
+                    kind = kind_name(list.kind),
+                    mode = mode_name(list.mode),
+                    action = if list.kind == ListKind::Block {
+                        action_name(list.action)
+                    } else {
+                        ""
+                    },
+                    skipped = if compiled.skipped_lines > 0 {
+                        format!("  ({} invalid lines skipped)", compiled.skipped_lines)
+                    } else {
+                        String::new()
+                    },
+                );
+            }
+            println!("{}: configuration OK", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            for problem in &error.errors {
+                eprintln!("{problem}");
+            }
+            eprintln!("{} problem(s) found", error.errors.len());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(path: &std::path::Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(&config.log);
+    let (state, warnings) = match state::build(config) {
+        Ok(built) => built,
+        Err(error) => {
+            for problem in &error.errors {
+                eprintln!("{problem}");
+            }
+            eprintln!(
+                "{}: refusing to start: {} list problem(s)",
+                path.display(),
+                error.errors.len()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    print_warnings(&warnings);
+    if state.config.forward.upstreams.is_empty() {
+        eprintln!(
+            "{}: forward.upstreams: needs at least one upstream",
+            path.display()
+        );
+        return ExitCode::from(2);
+    }
+    match run_server(state) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("dnsward: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_server(state: State) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        log_effective_config(&state.config, &state);
+        let state = Arc::new(ArcSwap::from_pointee(state));
+        let running = server::start(state.clone()).await?;
+        for addr in &running.local_addrs {
+            tracing::info!("listening on {addr} (udp+tcp)");
+        }
+        let counters = running.counters.clone();
+        running.run_until(shutdown_signal()).await?;
+        tracing::info!(?counters, "stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        // Without a SIGTERM handler, Ctrl-C still works.
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+/// Logs what is actually in force, so an operator reading the log knows the resolver's shape.
+fn log_effective_config(config: &Config, state: &State) {
+    tracing::info!(
+        config = %config.path.display(),
+        listen = ?config.server.listen,
+        allow = ?config.server.allow,
+        upstreams = ?config.forward.upstreams,
+        timeout_ms = config.forward.timeout.as_millis() as u64,
+        attempts = config.forward.attempts,
+        cache_entries = config.cache.max_entries,
+        "effective configuration"
+    );
+    for (list, compiled) in config.lists.iter().zip(state.policy.lists()) {
+        tracing::info!(
+            list = %list.name,
+            path = %list.display_path,
+            rules = compiled.matcher.len(),
+            kind = kind_name(list.kind),
+            mode = mode_name(list.mode),
+            action = action_name(list.action),
+            ede = list.ede,
+            sha256 = %hex(&compiled.sha256),
+            "list loaded"
+        );
+    }
+}
+
+fn print_warnings(warnings: &BuildWarnings) {
+    for warning in warnings.skipped.iter().take(MAX_WARNINGS_SHOWN) {
+        eprintln!("warning: {warning} (skipped)");
+    }
+    if warnings.skipped.len() > MAX_WARNINGS_SHOWN {
+        eprintln!(
+            "warning: ... and {} more skipped line(s)",
+            warnings.skipped.len() - MAX_WARNINGS_SHOWN
+        );
+    }
+}
+
+fn kind_name(kind: ListKind) -> &'static str {
+    match kind {
+        ListKind::Block => "block",
+        ListKind::Allow => "allow",
+    }
+}
+
+fn mode_name(mode: ListMode) -> &'static str {
+    match mode {
+        ListMode::Enforce => "enforce",
+        ListMode::LogOnly => "log-only",
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}

@@ -1,0 +1,332 @@
+//! Reads `dnsward.toml` into a validated, typed [`Config`]; every error names file, line and key.
+//!
+//! Loading lists is not done here (see `state.rs`): the config only says where they are.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+
+use super::model::{
+    BlockAction, BlockingSection, CacheSection, ConfigFile, ListKind, ListMode, LogSection,
+};
+use crate::lists::OnInvalid;
+
+/// A configuration problem, always tied to the file and, where there is one, the line and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config: {source}", path = path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, or a value of the wrong type (toml names the key).
+    #[error("{path}:{line}:{column}: {message}", path = path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A value that parses but makes no sense, such as a sinkhole without an address.
+    #[error("{path}:{line}: {key}: {reason}", path = path.display())]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        reason: String,
+    },
+}
+
+/// The validated configuration, with paths resolved against the config file's directory.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from, as given on the command line.
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub forward: ForwardConfig,
+    pub cache: CacheSection,
+    pub blocking: BlockingSection,
+    pub log: LogSection,
+    pub lists: Vec<ListConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub allow: Vec<IpNet>,
+    pub udp_payload_max: u16,
+    pub tcp_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    pub upstreams: Vec<SocketAddr>,
+    pub timeout: Duration,
+    pub attempts: u32,
+}
+
+/// One list as the policy needs it.
+#[derive(Debug, Clone)]
+pub struct ListConfig {
+    pub name: String,
+    /// Resolved path of the list file.
+    pub path: PathBuf,
+    /// The path as written in the config, for messages an admin recognises.
+    pub display_path: String,
+    pub kind: ListKind,
+    pub action: BlockAction,
+    pub sinkhole_v4: Option<Ipv4Addr>,
+    pub sinkhole_v6: Option<Ipv6Addr>,
+    pub mode: ListMode,
+    pub ede: u16,
+    pub on_invalid: OnInvalid,
+    /// Line of the `[[list]]` table in the config file.
+    pub config_line: usize,
+}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates config text; `path` names the file in errors and anchors relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let file: ConfigFile = toml::from_str(text).map_err(|error| {
+        let (line, column) = error
+            .span()
+            .map_or((0, 0), |span| line_and_column(text, span.start));
+        ConfigError::Parse {
+            path: path.to_owned(),
+            line,
+            column,
+            message: error.message().to_owned(),
+        }
+    })?;
+    let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let invalid = |span: Range<usize>, key: String, reason: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        line: line_and_column(text, span.start).0,
+        key,
+        reason,
+    };
+
+    if file.server.listen.is_empty() {
+        return Err(invalid(
+            0..0,
+            "server.listen".into(),
+            "needs at least one address".into(),
+        ));
+    }
+    if file.server.udp_payload_max < 512 {
+        return Err(invalid(
+            0..0,
+            "server.udp_payload_max".into(),
+            "must be at least 512 (RFC 1035)".into(),
+        ));
+    }
+    if file.forward.timeout_ms == 0 || file.forward.attempts == 0 {
+        return Err(invalid(
+            0..0,
+            "forward".into(),
+            "timeout_ms and attempts must be at least 1".into(),
+        ));
+    }
+
+    let mut lists: Vec<ListConfig> = Vec::with_capacity(file.lists.len());
+    for (index, spanned) in file.lists.iter().enumerate() {
+        let span = spanned.span();
+        let list = spanned.get_ref();
+        let key = |field: &str| format!("list[{index}].{field}");
+        if list.name.trim().is_empty() {
+            return Err(invalid(span, key("name"), "must not be empty".into()));
+        }
+        if lists.iter().any(|other| other.name == list.name) {
+            return Err(invalid(
+                span,
+                key("name"),
+                format!("duplicate list name {:?}", list.name),
+            ));
+        }
+        if !matches!(list.ede, 15..=17) {
+            return Err(invalid(
+                span,
+                key("ede"),
+                format!(
+                    "{} is not a blocking EDE code; use 15 (Blocked), 16 (Censored) or 17 (Filtered)",
+                    list.ede
+                ),
+            ));
+        }
+        let mut sinkhole_v4 = None;
+        let mut sinkhole_v6 = None;
+        for address in &list.sinkhole {
+            let duplicate = match address {
+                IpAddr::V4(v4) => sinkhole_v4.replace(*v4).is_some(),
+                IpAddr::V6(v6) => sinkhole_v6.replace(*v6).is_some(),
+            };
+            if duplicate {
+                return Err(invalid(
+                    span,
+                    key("sinkhole"),
+                    "at most one IPv4 and one IPv6 address".into(),
+                ));
+            }
+        }
+        match (list.action, list.sinkhole.is_empty()) {
+            (BlockAction::Sinkhole, true) => {
+                return Err(invalid(
+                    span,
+                    key("sinkhole"),
+                    "action = \"sinkhole\" needs at least one address".into(),
+                ));
+            }
+            (action, false) if action != BlockAction::Sinkhole => {
+                return Err(invalid(
+                    span,
+                    key("sinkhole"),
+                    "only meaningful with action = \"sinkhole\"".into(),
+                ));
+            }
+            _ => {}
+        }
+        lists.push(ListConfig {
+            name: list.name.clone(),
+            path: base_dir.join(&list.path),
+            display_path: list.path.clone(),
+            kind: list.kind,
+            action: list.action,
+            sinkhole_v4,
+            sinkhole_v6,
+            mode: list.mode,
+            ede: list.ede,
+            on_invalid: list.on_invalid,
+            config_line: line_and_column(text, span.start).0,
+        });
+    }
+
+    Ok(Config {
+        path: path.to_owned(),
+        server: ServerConfig {
+            listen: file
+                .server
+                .listen
+                .iter()
+                .map(|spanned| *spanned.get_ref())
+                .collect(),
+            allow: file.server.allow.clone(),
+            udp_payload_max: file.server.udp_payload_max,
+            tcp_idle_timeout: Duration::from_secs(file.server.tcp_idle_timeout_secs.max(1)),
+        },
+        forward: ForwardConfig {
+            upstreams: file
+                .forward
+                .upstreams
+                .iter()
+                .map(|spanned| *spanned.get_ref())
+                .collect(),
+            timeout: Duration::from_millis(file.forward.timeout_ms),
+            attempts: file.forward.attempts,
+        },
+        cache: file.cache,
+        blocking: file.blocking,
+        log: file.log,
+        lists,
+    })
+}
+
+/// 1-based line and column of a byte offset, as editors show them.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("conf/dnsward.toml"), text)
+    }
+
+    #[test]
+    fn defaults_are_loopback_only() {
+        let config = parse_str("").unwrap();
+        assert_eq!(
+            config.server.listen,
+            vec!["127.0.0.1:5353".parse().unwrap()]
+        );
+        assert!(
+            config
+                .server
+                .allow
+                .iter()
+                .all(|net| net.addr().is_loopback())
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let error = parse_str("[server]\nlisten = [\"127.0.0.1:53\"]\nlisen = 1\n").unwrap_err();
+        let message = error.to_string();
+        assert!(message.starts_with("conf/dnsward.toml:3:"), "{message}");
+        assert!(message.contains("lisen"), "{message}");
+    }
+
+    #[test]
+    fn bad_cidr_names_its_line() {
+        let error = parse_str("[server]\n\nallow = [\"10.0.0.0/33\"]\n").unwrap_err();
+        assert!(
+            error.to_string().starts_with("conf/dnsward.toml:3:"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn sinkhole_needs_an_address() {
+        let text = "[[list]]\nname = \"x\"\npath = \"x.txt\"\naction = \"sinkhole\"\n";
+        let error = parse_str(text).unwrap_err().to_string();
+        assert!(error.contains("list[0].sinkhole"), "{error}");
+        assert!(error.starts_with("conf/dnsward.toml:"), "{error}");
+    }
+
+    #[test]
+    fn list_paths_are_relative_to_the_config() {
+        let text =
+            "[[list]]\nname = \"x\"\npath = \"lists/x.txt\"\nmode = \"log-only\"\nede = 16\n";
+        let config = parse_str(text).unwrap();
+        assert_eq!(config.lists[0].path, Path::new("conf/lists/x.txt"));
+        assert_eq!(config.lists[0].mode, ListMode::LogOnly);
+        assert_eq!(config.lists[0].ede, 16);
+    }
+
+    #[test]
+    fn duplicate_list_names_are_rejected() {
+        let text = "[[list]]\nname = \"x\"\npath = \"a\"\n[[list]]\nname = \"x\"\npath = \"b\"\n";
+        let error = parse_str(text).unwrap_err().to_string();
+        assert!(error.contains("duplicate list name"), "{error}");
+        assert!(error.starts_with("conf/dnsward.toml:4:"), "{error}");
+    }
+
+    #[test]
+    fn ede_outside_blocking_codes_is_rejected() {
+        let text = "[[list]]\nname = \"x\"\npath = \"a\"\nede = 3\n";
+        assert!(
+            parse_str(text)
+                .unwrap_err()
+                .to_string()
+                .contains("list[0].ede")
+        );
+    }
+}

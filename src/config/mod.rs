@@ -1,0 +1,9 @@
+//! Configuration: the file's serde model (`model`) and its validated, typed form (`load`).
+
+mod load;
+mod model;
+
+pub use load::{Config, ConfigError, ForwardConfig, ListConfig, ServerConfig, load, parse};
+pub use model::{
+    BlockAction, BlockingSection, CacheSection, ListKind, ListMode, LogFormat, LogSection,
+};

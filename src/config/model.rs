@@ -1,0 +1,219 @@
+//! The configuration file's shape: serde structs with their defaults, and nothing else.
+//!
+//! Validation that needs more than one field, or the file system, lives in `load.rs`. Every struct
+//! is `deny_unknown_fields` so a misspelt key is an error naming the key, never silently ignored.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::lists::OnInvalid;
+
+/// The whole `dnsward.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigFile {
+    pub server: ServerSection,
+    pub forward: ForwardSection,
+    pub cache: CacheSection,
+    pub blocking: BlockingSection,
+    pub log: LogSection,
+    /// `[[list]]` tables, in the order they are written. Order matters only between lists of the
+    /// same type and mode: the first matching list is the one a decision names.
+    #[serde(rename = "list")]
+    pub lists: Vec<Spanned<ListSection>>,
+}
+
+/// `[server]`: where we listen and whom we answer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// Addresses served on both UDP and TCP. Default `["127.0.0.1:5353"]`: loopback only, and an
+    /// unprivileged port, so a first run needs no root and exposes nothing.
+    pub listen: Vec<Spanned<SocketAddr>>,
+    /// Client networks that get answers; everyone else gets REFUSED. Default loopback only
+    /// (`127.0.0.0/8`, `::1/128`): a resolver must never be open by accident (amplification).
+    pub allow: Vec<IpNet>,
+    /// Largest UDP response we send, in bytes, whatever the client advertises. Default 1232, the
+    /// DNS Flag Day 2020 value that avoids IP fragmentation on almost every path.
+    pub udp_payload_max: u16,
+    /// Idle timeout of a TCP client connection, in seconds. Default 10 (RFC 7766 suggests tens of
+    /// seconds; shorter keeps idle sockets from piling up).
+    pub tcp_idle_timeout_secs: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: vec![Spanned::new(0..0, SocketAddr::from(([127, 0, 0, 1], 5353)))],
+            allow: vec![
+                IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8)),
+                IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128)),
+            ],
+            udp_payload_max: 1232,
+            tcp_idle_timeout_secs: 10,
+        }
+    }
+}
+
+/// `[forward]`: the upstream resolvers we forward to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForwardSection {
+    /// Upstream servers as `host:port`, tried in order, skipping ones that recently failed.
+    /// Default empty: `serve` refuses to start without at least one.
+    pub upstreams: Vec<Spanned<SocketAddr>>,
+    /// How long to wait for one upstream's UDP answer, in milliseconds. Default 1500.
+    pub timeout_ms: u64,
+    /// How many upstreams to try (in order) before answering SERVFAIL. Default 3; with fewer
+    /// upstreams than that each is tried once more. Bounds the worst-case wait to
+    /// `attempts * timeout_ms`, so a client never hangs.
+    pub attempts: u32,
+}
+
+impl Default for ForwardSection {
+    fn default() -> Self {
+        Self {
+            upstreams: Vec::new(),
+            timeout_ms: 1500,
+            attempts: 3,
+        }
+    }
+}
+
+/// `[cache]`: the positive and negative answer cache (RFC 2308).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSection {
+    /// Maximum number of cached answers. Default 100 000; 0 disables the cache.
+    pub max_entries: usize,
+    /// Floor for cached TTLs, in seconds. Default 0 (honour the zone's TTLs).
+    pub min_ttl_secs: u32,
+    /// Ceiling for cached positive TTLs, in seconds. Default 86 400 (one day).
+    pub max_ttl_secs: u32,
+    /// Ceiling for negative (NXDOMAIN/NODATA) TTLs, in seconds. Default 3 600: RFC 2308 §5
+    /// suggests one to three hours at most.
+    pub negative_max_ttl_secs: u32,
+    /// How long a SERVFAIL is remembered, in seconds (RFC 2308 §7.1 allows at most 5 minutes).
+    /// Default 5: long enough to absorb a burst of retries, short enough to recover quickly.
+    pub servfail_ttl_secs: u32,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            min_ttl_secs: 0,
+            max_ttl_secs: 86_400,
+            negative_max_ttl_secs: 3_600,
+            servfail_ttl_secs: 5,
+        }
+    }
+}
+
+/// `[blocking]`: settings shared by every block list's synthesized answers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlockingSection {
+    /// TTL of synthesized answers (null and sinkhole addresses) and of the SOA in blocked
+    /// NXDOMAIN/NODATA answers, which stubs use as the negative-caching TTL (RFC 2308 §5).
+    /// Default 300: short enough that an unblock takes effect within minutes.
+    pub ttl_secs: u32,
+}
+
+impl Default for BlockingSection {
+    fn default() -> Self {
+        Self { ttl_secs: 300 }
+    }
+}
+
+/// `[log]`: diagnostics (not the audit log).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// A `tracing` filter such as `info` or `dnsward=debug`. `RUST_LOG`, when set, wins.
+    /// Default `info`.
+    pub level: String,
+    /// `text` (default) or `json`: one JSON object per event, for log shippers.
+    pub format: LogFormat,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One `[[list]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListSection {
+    /// Unique name; decisions, EDE texts and the audit log cite it.
+    pub name: String,
+    /// The list file, relative to the config file's directory.
+    pub path: String,
+    /// `block` or `allow`. Allow lists beat block lists.
+    #[serde(rename = "type", default)]
+    pub kind: ListKind,
+    /// What a blocked query gets. Default `nxdomain`.
+    #[serde(default)]
+    pub action: BlockAction,
+    /// Addresses answered for A/AAAA with `action = "sinkhole"`: one IPv4 and/or one IPv6.
+    #[serde(default)]
+    pub sinkhole: Vec<IpAddr>,
+    /// `enforce` (default) or `log-only`: answer normally but record the match.
+    #[serde(default)]
+    pub mode: ListMode,
+    /// RFC 8914 Extended DNS Error code on blocked answers: 15 Blocked (default), 16 Censored
+    /// (blocked by an external requirement, e.g. a regulator) or 17 Filtered (at the client's
+    /// request).
+    #[serde(default = "default_ede")]
+    pub ede: u16,
+    /// `fail` (default): one bad line rejects the whole list. `skip`: bad lines are skipped,
+    /// counted and reported as warnings, for third-party feeds the operator cannot fix.
+    #[serde(default)]
+    pub on_invalid: OnInvalid,
+}
+
+fn default_ede() -> u16 {
+    15
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListKind {
+    #[default]
+    Block,
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockAction {
+    #[default]
+    Nxdomain,
+    Nodata,
+    Null,
+    Sinkhole,
+    Refused,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListMode {
+    #[default]
+    Enforce,
+    LogOnly,
+}

@@ -1,0 +1,21 @@
+//! dnsward: a DNS filtering resolver that blocks, or quietly watches, listed domains and records
+//! every decision.
+//!
+//! # Layout
+//! - `config`: the TOML file's model and its validated, typed form.
+//! - `lists`: list file syntax (plain, hosts, adblock, `*.`), loading, and the domain matcher.
+//! - `policy`: which list and rule decides a name; the decision record.
+//! - `state`: config + ACL + compiled policy as one immutable, swappable snapshot.
+//! - `server`: hickory-server listeners and the request path (`handler`), ACL, sinkhole answers.
+//! - `resolve`: getting answers for allowed questions (forwarding to upstreams).
+//! - `cache`: the positive and negative answer cache (RFC 2308).
+//! - `logging`: `tracing` set-up from config and `RUST_LOG`.
+
+pub mod cache;
+pub mod config;
+pub mod lists;
+pub mod logging;
+pub mod policy;
+pub mod resolve;
+pub mod server;
+pub mod state;

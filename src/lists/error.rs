@@ -1,0 +1,122 @@
+//! Error types of the list module: why a line, a file or a matcher insert was rejected.
+
+use std::path::PathBuf;
+
+/// One problem in one list file, printed by the CLI as `path:line: reason: \`text\``.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error("{}:{line}: {reason}: `{text}`", path.display())]
+    Syntax {
+        path: PathBuf,
+        /// 1-based, as editors count.
+        line: u32,
+        /// The offending line with surrounding whitespace removed.
+        text: String,
+        reason: SyntaxReason,
+    },
+    #[error("{}: cannot read list: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Rule offsets and line numbers are `u32` to keep the matcher compact; a list that
+    /// overflows them (several GiB) is refused rather than silently truncated.
+    #[error("{}:{line}: list too large: {reason}", path.display())]
+    TooLarge {
+        path: PathBuf,
+        line: u32,
+        reason: CapacityError,
+    },
+}
+
+/// Why a single line is not a rule this resolver understands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyntaxReason {
+    #[error("invalid domain name \"{name}\": {why}")]
+    InvalidName { name: String, why: NameFault },
+    #[error("unsupported adblock syntax: {feature}")]
+    UnsupportedAdblock { feature: AdblockFeature },
+    #[error(
+        "wildcard \"*.{name}\" is too broad: \"*.\" needs at least 2 labels after it, \
+         so that a rule cannot block a whole top-level domain"
+    )]
+    WildcardTooBroad { name: String },
+    #[error("hosts-file address \"{address}\" is not followed by any host name")]
+    AddressWithoutNames { address: String },
+    #[error("line is not valid UTF-8 (byte {offset})")]
+    NotUtf8 { offset: usize },
+}
+
+/// What is wrong with a domain name, after normalisation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameFault {
+    #[error("name is empty")]
+    Empty,
+    #[error("name is {len} bytes long, the limit is 253")]
+    TooLong { len: usize },
+    #[error("empty label (two dots in a row, or a leading dot)")]
+    EmptyLabel,
+    #[error("label \"{label}\" is {len} bytes long, the limit is 63")]
+    LabelTooLong { label: String, len: usize },
+    #[error("character {ch:?} is not allowed (only a-z, 0-9, '-' and '_')")]
+    BadChar { ch: char },
+    #[error("label \"{label}\" starts or ends with '-'")]
+    HyphenAtEdge { label: String },
+    #[error("'*' is only allowed as the whole first label of a \"*.name\" rule")]
+    MisplacedWildcard,
+    #[error(
+        "contains whitespace (a line with several names must start with an IP address, \
+         as in a hosts file)"
+    )]
+    Whitespace,
+    /// No real top-level domain is all digits; such a name is an IP address written
+    /// where a name belongs, and rejecting it keeps `1.2.3.4` from being read as a rule.
+    #[error("top-level label \"{label}\" is all digits (an IP address is not a name)")]
+    NumericTopLevel { label: String },
+    #[error("not a valid international name (IDNA conversion to punycode rejects it)")]
+    Idna,
+}
+
+/// Adblock constructs that a DNS resolver cannot honour or that this parser does not take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdblockFeature {
+    #[error("\"@@\" exception rules are not supported (use an allow list)")]
+    Exception,
+    #[error("\"$\" modifiers are not supported (only plain \"||name^\" rules)")]
+    Modifiers,
+    #[error("\"|\" address anchors are not supported (only \"||name^\")")]
+    AddressAnchor,
+    #[error("regular-expression rules \"/.../\" are not supported")]
+    Regex,
+    #[error("rules with a path are not supported (DNS only sees the host name)")]
+    Path,
+    #[error("cosmetic (element hiding) rules are not supported")]
+    Cosmetic,
+    #[error("\"||name\" lacks the closing \"^\"")]
+    MissingSeparator,
+    #[error("text after the closing \"^\" is not supported")]
+    TextAfterSeparator,
+    #[error("\"^\" separator outside a \"||name^\" rule is not supported")]
+    StraySeparator,
+}
+
+/// The whole list was refused: every problem found, so the CLI can print all of them.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: list not loaded: {} error(s)", .path.display(), .errors.len())]
+pub struct LoadError {
+    pub path: PathBuf,
+    pub errors: Vec<ListError>,
+}
+
+/// A matcher insert that does not fit the compact layout.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CapacityError {
+    #[error("name of {len} bytes exceeds 255")]
+    NameTooLong { len: usize },
+    #[error("name storage exceeds 4 GiB")]
+    ArenaFull,
+    #[error("more than {} rules or lines", u32::MAX)]
+    TooManyRules,
+    #[error("the empty name cannot be a rule")]
+    EmptyName,
+}

@@ -1,0 +1,7 @@
+//! The `dnsward` binary: hands the command line to `cli`.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

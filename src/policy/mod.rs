@@ -1,0 +1,207 @@
+//! The filtering decision: given a name (and the client asking), which list and rule decides.
+//!
+//! Policy is data plus lookups, like pdns's `DNSFilterEngine`: it never builds packets (that is
+//! `server::sinkhole`) and never loads files (that is `state`). A [`Policy`] is immutable once
+//! built, so a reload builds a new one off the query path and swaps it in whole.
+
+pub mod decision;
+
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+};
+
+pub use decision::{DecisionKind, DecisionRecord, Trigger};
+
+use crate::{
+    config::{BlockAction, ListKind, ListMode},
+    lists::DomainMatcher,
+};
+
+/// One compiled list with everything a decision and its answer need.
+#[derive(Debug)]
+pub struct PolicyList {
+    pub name: Arc<str>,
+    /// The path as written in the config (what an admin recognises in a log line).
+    pub display_path: Arc<str>,
+    pub path: PathBuf,
+    pub kind: ListKind,
+    pub mode: ListMode,
+    pub action: BlockAction,
+    pub ede: u16,
+    pub sinkhole_v4: Option<Ipv4Addr>,
+    pub sinkhole_v6: Option<Ipv6Addr>,
+    pub matcher: DomainMatcher,
+    /// SHA-256 of the file as loaded, so a decision can be tied to the exact list version.
+    pub sha256: [u8; 32],
+    /// Lines skipped under `on_invalid = "skip"`.
+    pub skipped_lines: usize,
+}
+
+/// The transport a query came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+/// Who is asking. Policy takes it from the start so per-client groups can be added without
+/// changing every caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    pub addr: SocketAddr,
+    pub transport: Transport,
+}
+
+/// Which rule in which list matched. Indexes refer to the [`Policy`] that produced them; the
+/// caller keeps that snapshot alive for as long as it holds the reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleRef {
+    pub list: u16,
+    pub rule: u32,
+    pub line: u32,
+}
+
+/// The outcome of checking one name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// No list matched.
+    Pass,
+    /// An allow list matched: the name is answered normally whatever block lists say.
+    Allowed(RuleRef),
+    /// An enforcing block list matched: the answer is replaced by that list's action.
+    Blocked(RuleRef),
+    /// Only a log-only list matched: answered normally, but recorded.
+    Logged(RuleRef),
+}
+
+/// Every list, compiled, in the order the decision consults them.
+#[derive(Debug, Default)]
+pub struct Policy {
+    lists: Vec<PolicyList>,
+    /// Indexes into `lists`, grouped by precedence: allow beats enforce beats log-only; within a
+    /// group the config file's order decides which list a decision names.
+    allow: Vec<u16>,
+    enforce: Vec<u16>,
+    log_only: Vec<u16>,
+}
+
+impl Policy {
+    pub fn new(lists: Vec<PolicyList>) -> Self {
+        let mut policy = Self::default();
+        for (index, list) in lists.iter().enumerate() {
+            // Config validation caps lists far below u16::MAX; see `state::build`.
+            let index = u16::try_from(index).unwrap_or(u16::MAX);
+            match (list.kind, list.mode) {
+                (ListKind::Allow, _) => policy.allow.push(index),
+                (ListKind::Block, ListMode::Enforce) => policy.enforce.push(index),
+                (ListKind::Block, ListMode::LogOnly) => policy.log_only.push(index),
+            }
+        }
+        policy.lists = lists;
+        policy
+    }
+
+    /// Decides one name. `name` is lowercase ASCII without the trailing dot (see
+    /// [`write_lookup_key`]). Does not allocate.
+    pub fn decide(&self, name: &str, _client: &Client) -> Verdict {
+        if let Some(hit) = self.first_hit(&self.allow, name) {
+            return Verdict::Allowed(hit);
+        }
+        if let Some(hit) = self.first_hit(&self.enforce, name) {
+            return Verdict::Blocked(hit);
+        }
+        if let Some(hit) = self.first_hit(&self.log_only, name) {
+            return Verdict::Logged(hit);
+        }
+        Verdict::Pass
+    }
+
+    fn first_hit(&self, group: &[u16], name: &str) -> Option<RuleRef> {
+        group.iter().find_map(|&list| {
+            self.lists[usize::from(list)]
+                .matcher
+                .lookup(name)
+                .map(|hit| RuleRef {
+                    list,
+                    rule: hit.rule,
+                    line: hit.line,
+                })
+        })
+    }
+
+    pub fn list(&self, rule: RuleRef) -> &PolicyList {
+        &self.lists[usize::from(rule.list)]
+    }
+
+    pub fn lists(&self) -> &[PolicyList] {
+        &self.lists
+    }
+
+    /// The rule's canonical text, e.g. `binance.com` or `*.binance.com`.
+    pub fn rule_text(&self, rule: RuleRef) -> impl fmt::Display + '_ {
+        self.list(rule).matcher.rule_text(rule.rule)
+    }
+
+    /// The domain a rule is anchored at (`binance.com` for `*.binance.com`).
+    pub fn rule_domain(&self, rule: RuleRef) -> &str {
+        self.list(rule).matcher.rule_name(rule.rule)
+    }
+}
+
+/// A name in the form the matcher expects, written into a caller-provided buffer so a lookup
+/// needs no heap allocation. Returns `None` for names that cannot match any rule (non-ASCII or
+/// the root).
+pub fn write_lookup_key<'b>(
+    labels: impl Iterator<Item = &'b [u8]>,
+    buffer: &'b mut [u8; 256],
+) -> Option<&'b str> {
+    let mut length = 0;
+    for label in labels {
+        if length > 0 {
+            buffer[length] = b'.';
+            length += 1;
+        }
+        let end = length + label.len();
+        // A wire name is at most 255 bytes, so this cannot overflow for names from packets.
+        if end > buffer.len() {
+            return None;
+        }
+        for (slot, byte) in buffer[length..end].iter_mut().zip(label) {
+            *slot = byte.to_ascii_lowercase();
+        }
+        length = end;
+    }
+    if length == 0 {
+        return None;
+    }
+    std::str::from_utf8(&buffer[..length]).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_key_lowers_and_joins_labels() {
+        let mut buffer = [0u8; 256];
+        let labels: [&[u8]; 3] = [b"WWW", b"Binance", b"com"];
+        assert_eq!(
+            write_lookup_key(labels.into_iter(), &mut buffer),
+            Some("www.binance.com")
+        );
+        let mut buffer = [0u8; 256];
+        assert_eq!(write_lookup_key(std::iter::empty(), &mut buffer), None);
+    }
+}

@@ -1,0 +1,511 @@
+//! The request path: one query in, one answer out, one decision record, as a short chain of
+//! steps (ACL → policy on the question → cache/upstream → policy on the answer's CNAME chain →
+//! response → decision record).
+//!
+//! Each step sits where it does for a reason given at the step. Every step uses the one `State`
+//! snapshot loaded when the query arrived, so a reload never splits a query across two policies.
+
+use std::{
+    fmt::Write as _,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Instant, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use hickory_proto::{
+    op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode},
+    rr::{Name, RData, Record, RecordType, rdata::opt::EdnsOption},
+};
+use hickory_server::{
+    net::{runtime::Time, xfer::Protocol},
+    server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
+    zone_handler::MessageResponseBuilder,
+};
+
+use super::sinkhole;
+use crate::{
+    cache::{AnswerCache, CacheKey},
+    policy::{
+        Client, DecisionKind, DecisionRecord, Policy, RuleRef, Transport, Trigger, Verdict,
+        decision::{AnswerSource, RuleMatch},
+        write_lookup_key,
+    },
+    resolve::{UpstreamQuery, Upstreams},
+    state::State,
+};
+
+/// Counters kept on the query path: plain atomics, no lock.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub queries: AtomicU64,
+    pub refused: AtomicU64,
+    pub blocked: AtomicU64,
+    pub logged: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    /// Queries we could parse but not serve (no question, several questions, bad opcode, bad
+    /// EDNS version). Packets that do not parse at all are answered FORMERR by hickory-server.
+    pub malformed: AtomicU64,
+}
+
+/// The resolver's request handler, registered with hickory-server for every listener.
+#[derive(Debug)]
+pub struct Handler {
+    state: Arc<ArcSwap<State>>,
+    cache: AnswerCache,
+    upstreams: Upstreams,
+    counters: Arc<Counters>,
+}
+
+/// The answer a step settled on, before it is put on the wire.
+#[derive(Debug, Default)]
+struct Reply {
+    response_code: ResponseCode,
+    authentic_data: bool,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    additionals: Vec<Record>,
+    ede: Option<(u16, String)>,
+}
+
+impl Reply {
+    fn error(response_code: ResponseCode, ede: Option<(u16, String)>) -> Self {
+        Self {
+            response_code,
+            ede,
+            ..Self::default()
+        }
+    }
+}
+
+impl Handler {
+    pub fn new(
+        state: Arc<ArcSwap<State>>,
+        cache: AnswerCache,
+        upstreams: Upstreams,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            state,
+            cache,
+            upstreams,
+            counters,
+        }
+    }
+
+    /// Runs the chain for one request and returns the reply with its decision record.
+    async fn answer(
+        &self,
+        state: &State,
+        request: &Request,
+        client: Client,
+        record: &mut DecisionRecord,
+    ) -> Reply {
+        // 1. ACL first: an outsider gets REFUSED before any work is done for it, so we are
+        //    never an open resolver (and never an amplifier). EDE 18 "Prohibited" says why.
+        if !state.acl.allows(client.addr.ip()) {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            record.decision = DecisionKind::Refused;
+            return Reply::error(ResponseCode::Refused, Some((18, String::new())));
+        }
+
+        // 2. Only standard queries with exactly one question are served (RFC 9619).
+        if request.metadata.op_code != OpCode::Query {
+            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            record.decision = DecisionKind::Error;
+            return Reply::error(ResponseCode::NotImp, None);
+        }
+        if request.edns.as_ref().is_some_and(|edns| edns.version() > 0) {
+            // RFC 6891 §6.1.3: unknown EDNS version.
+            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            record.decision = DecisionKind::Error;
+            return Reply::error(ResponseCode::BADVERS, None);
+        }
+        let [query] = request.queries.queries() else {
+            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            record.decision = DecisionKind::Error;
+            return Reply::error(ResponseCode::FormErr, None);
+        };
+        let qname: &Name = query.original().name();
+        let qtype = query.query_type();
+        let qclass = query.query_class();
+
+        // 3. Policy on the question, before cache or upstream: forwarding a blocked name would
+        //    leak it to the upstream, and the block must not depend on what is cached.
+        let mut key_buffer = [0u8; 256];
+        let verdict = write_lookup_key(query.name().iter(), &mut key_buffer)
+            .map_or(Verdict::Pass, |key| state.policy.decide(key, &client));
+        match verdict {
+            Verdict::Blocked(rule) => {
+                return self.block(state, rule, Trigger::Question, qname, qtype, qclass, record);
+            }
+            Verdict::Allowed(rule) | Verdict::Logged(rule) => {
+                record.rule = Some(rule_match(&state.policy, rule, Trigger::Question));
+                if matches!(verdict, Verdict::Logged(_)) {
+                    record.decision = DecisionKind::Logged;
+                }
+            }
+            Verdict::Pass => {}
+        }
+
+        // 4. Cache, then upstream. The cache holds upstream replies before policy, so a list
+        //    change applies to cached answers at once.
+        let dnssec_ok = request
+            .edns
+            .as_ref()
+            .is_some_and(|edns| edns.flags().dnssec_ok);
+        let cache_key = CacheKey {
+            name: query.name().clone(),
+            qtype,
+            qclass,
+            dnssec_ok,
+            checking_disabled: request.metadata.checking_disabled,
+        };
+        let now = Instant::now();
+        let mut reply = if let Some((cached, age)) = self.cache.get(&cache_key, now) {
+            self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+            record.source = AnswerSource::Cache;
+            Reply {
+                response_code: cached.response_code,
+                authentic_data: cached.authentic_data,
+                answers: cached.aged(&cached.answers, age),
+                authorities: cached.aged(&cached.authorities, age),
+                additionals: cached.aged(&cached.additionals, age),
+                ede: None,
+            }
+        } else {
+            let upstream_query = UpstreamQuery {
+                name: qname,
+                qtype,
+                qclass,
+                dnssec_ok,
+                checking_disabled: request.metadata.checking_disabled,
+            };
+            match self.upstreams.resolve(&upstream_query).await {
+                Ok((message, upstream)) => {
+                    record.source = AnswerSource::Upstream(upstream);
+                    let cached_ttl = self.cache.insert(cache_key, &message, upstream, now);
+                    let mut reply = Reply {
+                        response_code: message.metadata.response_code,
+                        authentic_data: message.metadata.authentic_data,
+                        answers: message.answers,
+                        authorities: message.authorities,
+                        additionals: message.additionals,
+                        ede: None,
+                    };
+                    // Clients see the same TTL ceiling (`cache.max_ttl_secs`) on a fresh answer
+                    // as on a cached one.
+                    if let Some(ceiling) = cached_ttl {
+                        for record in reply.answers.iter_mut().chain(&mut reply.authorities) {
+                            record.ttl = record.ttl.min(ceiling);
+                        }
+                    }
+                    reply
+                }
+                Err(error) => {
+                    // SERVFAIL at once rather than leave the client to time out.
+                    self.counters
+                        .upstream_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, %qname, "upstream resolution failed");
+                    record.decision = DecisionKind::Error;
+                    return Reply::error(
+                        ResponseCode::ServFail,
+                        Some((error.ede_code(), error.to_string())),
+                    );
+                }
+            }
+        };
+
+        // 5. Policy on the answer: every name the CNAME chain passes through is checked as if
+        //    asked directly (CNAME cloaking must not launder a blocked name). The question's own
+        //    allow rule vouches for the question name only.
+        if let Some((rule, trigger)) = cname_chain_block(state, qname, &reply.answers, &client) {
+            return self.block(state, rule, trigger, qname, qtype, qclass, record);
+        }
+        if record.rule.is_none()
+            && let Some((rule, trigger)) = cname_chain_logged(state, qname, &reply.answers, &client)
+        {
+            record.rule = Some(rule_match(&state.policy, rule, trigger));
+            record.decision = DecisionKind::Logged;
+        }
+
+        // RFC 6840 §5.8: AD only to clients that asked for DNSSEC-aware answers.
+        reply.authentic_data &= dnssec_ok || request.metadata.authentic_data;
+        reply
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        state: &State,
+        rule: RuleRef,
+        trigger: Trigger,
+        qname: &Name,
+        qtype: RecordType,
+        qclass: hickory_proto::rr::DNSClass,
+        record: &mut DecisionRecord,
+    ) -> Reply {
+        self.counters.blocked.fetch_add(1, Ordering::Relaxed);
+        let list = state.policy.list(rule);
+        let synthesized = sinkhole::respond(
+            &state.policy,
+            rule,
+            qname,
+            qtype,
+            qclass,
+            state.config.blocking.ttl_secs,
+        );
+        record.decision = DecisionKind::Blocked;
+        record.action = Some(list.action);
+        record.rule = Some(rule_match(&state.policy, rule, trigger));
+        record.source = AnswerSource::Local;
+        Reply {
+            response_code: synthesized.response_code,
+            authentic_data: false,
+            answers: synthesized.answers,
+            authorities: synthesized.authorities,
+            additionals: Vec::new(),
+            ede: Some(synthesized.ede),
+        }
+    }
+}
+
+/// The CNAME chain of an answer, from the question onwards: (name, its CNAME target) pairs in
+/// chain order. Stops at a loop or a break in the chain.
+fn cname_targets<'a>(qname: &Name, answers: &'a [Record]) -> Vec<&'a Name> {
+    let mut chain: Vec<&Name> = Vec::new();
+    let mut current = qname;
+    // A chain longer than the answer section is a loop.
+    for _ in 0..answers.len() {
+        let next = answers.iter().find_map(|record| match &record.data {
+            RData::CNAME(target) if record.name.eq_ignore_root(current) => Some(&target.0),
+            _ => None,
+        });
+        match next {
+            Some(target) if !chain.iter().any(|seen| seen.eq_ignore_root(target)) => {
+                chain.push(target);
+                current = target;
+            }
+            _ => break,
+        }
+    }
+    chain
+}
+
+fn chain_names(qname: &Name, chain: &[&Name], upto: usize) -> Vec<String> {
+    std::iter::once(qname)
+        .chain(chain[..=upto].iter().copied())
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn cname_chain_block(
+    state: &State,
+    qname: &Name,
+    answers: &[Record],
+    client: &Client,
+) -> Option<(RuleRef, Trigger)> {
+    chain_verdict(state, qname, answers, client, |verdict| match verdict {
+        Verdict::Blocked(rule) => Some(rule),
+        _ => None,
+    })
+}
+
+fn cname_chain_logged(
+    state: &State,
+    qname: &Name,
+    answers: &[Record],
+    client: &Client,
+) -> Option<(RuleRef, Trigger)> {
+    chain_verdict(state, qname, answers, client, |verdict| match verdict {
+        Verdict::Logged(rule) => Some(rule),
+        _ => None,
+    })
+}
+
+fn chain_verdict(
+    state: &State,
+    qname: &Name,
+    answers: &[Record],
+    client: &Client,
+    pick: impl Fn(Verdict) -> Option<RuleRef>,
+) -> Option<(RuleRef, Trigger)> {
+    if !answers
+        .iter()
+        .any(|record| record.record_type() == RecordType::CNAME)
+    {
+        return None;
+    }
+    let chain = cname_targets(qname, answers);
+    chain.iter().enumerate().find_map(|(index, target)| {
+        let mut buffer = [0u8; 256];
+        let key = write_lookup_key(target.iter(), &mut buffer)?;
+        let rule = pick(state.policy.decide(key, client))?;
+        Some((
+            rule,
+            Trigger::Cname {
+                matched: target.to_string(),
+                chain: chain_names(qname, &chain, index),
+            },
+        ))
+    })
+}
+
+fn rule_match(policy: &Policy, rule: RuleRef, trigger: Trigger) -> RuleMatch {
+    let list = policy.list(rule);
+    RuleMatch {
+        list: list.name.to_string(),
+        rule: policy.rule_text(rule).to_string(),
+        file: list.display_path.to_string(),
+        line: rule.line,
+        trigger,
+    }
+}
+
+/// A short, human-readable summary of the answer section for the decision record.
+fn summarize(answers: &[Record]) -> String {
+    let mut summary = String::new();
+    for record in answers.iter().take(8) {
+        if !summary.is_empty() {
+            summary.push_str(", ");
+        }
+        let _ = write!(summary, "{} {}", record.record_type(), record.data);
+    }
+    if answers.len() > 8 {
+        let _ = write!(summary, ", ... ({} records)", answers.len());
+    }
+    summary
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let started = Instant::now();
+        // One snapshot for the whole query (see the module doc).
+        let state = self.state.load_full();
+        self.counters.queries.fetch_add(1, Ordering::Relaxed);
+        let transport = match request.protocol() {
+            Protocol::Tcp => Transport::Tcp,
+            _ => Transport::Udp,
+        };
+        let client = Client {
+            addr: request.src(),
+            transport,
+        };
+        let (qname, qtype, qclass) = match request.queries.queries().first() {
+            Some(query) => (
+                query.original().name().to_string(),
+                query.query_type().to_string(),
+                query.query_class().to_string(),
+            ),
+            None => (String::new(), String::new(), String::new()),
+        };
+        let mut record = DecisionRecord {
+            time: SystemTime::now(),
+            client: client.addr,
+            transport: transport.as_str(),
+            qname,
+            qtype,
+            qclass,
+            decision: DecisionKind::Allowed,
+            rule: None,
+            action: None,
+            rcode: String::new(),
+            answer: String::new(),
+            ede: None,
+            source: AnswerSource::Local,
+            latency_us: 0,
+        };
+
+        let reply = self.answer(&state, request, client, &mut record).await;
+        if record.decision == DecisionKind::Logged {
+            self.counters.logged.fetch_add(1, Ordering::Relaxed);
+        }
+
+        let info = send(
+            request,
+            &mut response_handle,
+            &reply,
+            state.config.server.udp_payload_max,
+        )
+        .await;
+
+        record.rcode = reply.response_code.to_string();
+        record.answer = summarize(&reply.answers);
+        record.ede = reply
+            .ede
+            .as_ref()
+            .map(|(code, _)| *code)
+            .filter(|_| request.edns.is_some());
+        record.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        record.emit();
+        info
+    }
+}
+
+/// Puts a reply on the wire. The response's OPT advertises the smaller of the client's buffer
+/// and `udp_payload_max`, which is also what hickory's encoder truncates to (setting TC) on UDP.
+async fn send<R: ResponseHandler>(
+    request: &Request,
+    response_handle: &mut R,
+    reply: &Reply,
+    udp_payload_max: u16,
+) -> ResponseInfo {
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.recursion_available = true;
+    metadata.response_code = reply.response_code;
+    metadata.authentic_data = reply.authentic_data;
+
+    let response_edns = request.edns.as_ref().map(|client_edns| {
+        let mut edns = Edns::new();
+        edns.set_max_payload(
+            client_edns
+                .max_payload()
+                .clamp(512, udp_payload_max.max(512)),
+        );
+        edns.set_dnssec_ok(client_edns.flags().dnssec_ok);
+        // The 4-bit header rcode cannot hold BADVERS (16); its high bits travel in the OPT.
+        edns.set_rcode_high(reply.response_code.high());
+        if let Some((code, text)) = &reply.ede {
+            // RFC 8914 §2: INFO-CODE (16 bits) then EXTRA-TEXT (UTF-8, not NUL-terminated).
+            let mut data = Vec::with_capacity(2 + text.len());
+            data.extend_from_slice(&code.to_be_bytes());
+            data.extend_from_slice(text.as_bytes());
+            edns.options_mut().insert(EdnsOption::Unknown(15, data));
+        }
+        edns
+    });
+
+    let builder = MessageResponseBuilder::new(&request.queries, response_edns.as_ref());
+    let response = builder.build(
+        metadata,
+        reply.answers.iter(),
+        reply.authorities.iter(),
+        std::iter::empty(),
+        reply.additionals.iter(),
+    );
+    match response_handle.send_response(response).await {
+        Ok(info) => info,
+        Err(error) => {
+            tracing::warn!(%error, client = %request.src(), "failed to send response");
+            let mut metadata = Metadata::new(
+                request.metadata.id,
+                MessageType::Response,
+                request.metadata.op_code,
+            );
+            metadata.response_code = ResponseCode::ServFail;
+            ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            })
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The serving state: config, ACL and compiled policy as one immutable value.
+//!
+//! A query loads the current `State` once and uses that snapshot for every step, so a reload
+//! (which builds a whole new `State` off the query path and swaps it in) can never be seen half
+//! applied.
+
+use std::sync::Arc;
+
+use crate::{
+    config::Config,
+    lists::{self, ListError},
+    policy::{Policy, PolicyList},
+    server::acl::Acl,
+};
+
+#[derive(Debug)]
+pub struct State {
+    pub config: Arc<Config>,
+    pub acl: Acl,
+    pub policy: Policy,
+}
+
+/// Every list that failed to load, with every bad line: an admin fixes them all in one pass.
+#[derive(Debug, thiserror::Error)]
+#[error("{} list problem(s):\n{}", errors.len(), errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct StateError {
+    pub errors: Vec<ListError>,
+}
+
+/// Lines skipped in lists with `on_invalid = "skip"`, to be reported as warnings.
+#[derive(Debug, Default)]
+pub struct BuildWarnings {
+    pub skipped: Vec<ListError>,
+}
+
+/// Loads every list the config names and compiles the policy. Fails if any list fails: a
+/// half-applied policy is worse than none.
+pub fn build(config: Config) -> Result<(State, BuildWarnings), StateError> {
+    let mut errors = Vec::new();
+    let mut warnings = BuildWarnings::default();
+    let mut compiled = Vec::with_capacity(config.lists.len());
+    for list in &config.lists {
+        match lists::load_file(&list.path, list.on_invalid) {
+            Ok(loaded) => {
+                let skipped_lines = loaded.skipped.len();
+                warnings.skipped.extend(loaded.skipped);
+                compiled.push(PolicyList {
+                    name: Arc::from(list.name.as_str()),
+                    display_path: Arc::from(list.display_path.as_str()),
+                    path: list.path.clone(),
+                    kind: list.kind,
+                    mode: list.mode,
+                    action: list.action,
+                    ede: list.ede,
+                    sinkhole_v4: list.sinkhole_v4,
+                    sinkhole_v6: list.sinkhole_v6,
+                    matcher: loaded.matcher,
+                    sha256: loaded.sha256,
+                    skipped_lines,
+                });
+            }
+            Err(error) => errors.extend(error.errors),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(StateError { errors });
+    }
+    let state = State {
+        acl: Acl::new(&config.server.allow),
+        policy: Policy::new(compiled),
+        config: Arc::new(config),
+    };
+    Ok((state, warnings))
+}

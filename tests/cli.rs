@@ -1,0 +1,214 @@
+//! The command line: `check`, `serve` start-up failures, `--help`, `--version`, and the shipped
+//! configuration and lists.
+
+mod common;
+
+use std::process::Output;
+
+use common::*;
+use hickory_proto::{op::ResponseCode, rr::RecordType};
+
+fn run(args: &[&str]) -> Output {
+    dnsward_command().args(args).output().unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A config directory with `config` and `files`; returns it and the config path.
+fn setup(config: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path(), files);
+    let path = dir.path().join("dnsward.toml");
+    std::fs::write(&path, config).unwrap();
+    (dir, path.to_string_lossy().into_owned())
+}
+
+const UPSTREAM: &str = "127.0.0.1:9";
+
+#[test]
+fn version_and_help() {
+    let output = run(&["--version"]);
+    assert!(output.status.success());
+    assert!(
+        stdout(&output).starts_with("dnsward "),
+        "{}",
+        stdout(&output)
+    );
+    let output = run(&["--help"]);
+    assert!(output.status.success());
+    let help = stdout(&output);
+    for needle in ["serve", "check", "Examples:", "dig @127.0.0.1 -p 5353"] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+}
+
+#[test]
+fn unknown_subcommand_is_a_usage_error() {
+    let output = run(&["frobnicate"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("frobnicate"));
+}
+
+#[test]
+fn check_accepts_the_shipped_config_and_prints_rule_counts() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/dnsward.toml");
+    let output = run(&["check", "--config", config]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = stdout(&output);
+    assert!(report.contains("exchanges"), "{report}");
+    assert!(report.contains("257 rules"), "{report}");
+    assert!(report.contains("otc-payments"), "{report}");
+    assert!(report.contains("33 rules"), "{report}");
+    assert!(report.contains("log-only"), "{report}");
+}
+
+#[test]
+fn bad_config_key_names_file_line_and_key() {
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nupstreams = [\"{UPSTREAM}\"]\ntimeout = 5\n"
+    );
+    let (_dir, path) = setup(&config, &[]);
+    for command in ["check", "serve"] {
+        let output = run(&[command, "--config", &path]);
+        assert!(!output.status.success(), "{command} must fail");
+        let message = stderr(&output);
+        assert!(
+            message.contains(&format!("{path}:6:")),
+            "{command}: {message}"
+        );
+        assert!(message.contains("timeout"), "{command}: {message}");
+    }
+}
+
+#[test]
+fn bad_value_names_its_line() {
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nallow = [\"10.0.0.0/8\", \"not-a-net\"]\n[forward]\nupstreams = [\"{UPSTREAM}\"]\n"
+    );
+    let (_dir, path) = setup(&config, &[]);
+    let output = run(&["check", "--config", &path]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains(&format!("{path}:3:")),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn bad_list_lines_fail_check_and_serve_naming_every_path_and_line() {
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[forward]\nupstreams = [\"{UPSTREAM}\"]\n[[list]]\nname = \"x\"\npath = \"x.txt\"\n"
+    );
+    let list =
+        "# header\ngood.example\nexa mple.com\n||ads.example^$third-party\nalso-good.example\n";
+    let (_dir, path) = setup(&config, &[("x.txt", list)]);
+    let list_path = std::path::Path::new(&path).with_file_name("x.txt");
+    let list_path = list_path.to_string_lossy();
+    for command in ["check", "serve"] {
+        let output = run(&[command, "--config", &path]);
+        assert!(
+            !output.status.success(),
+            "{command} must refuse a broken list"
+        );
+        let message = stderr(&output);
+        assert!(
+            message.contains(&format!("{list_path}:3:")),
+            "{command}: {message}"
+        );
+        assert!(
+            message.contains(&format!("{list_path}:4:")),
+            "{command}: {message}"
+        );
+        assert!(
+            !message.contains(&format!("{list_path}:2:")),
+            "{command}: {message}"
+        );
+    }
+}
+
+#[test]
+fn on_invalid_skip_loads_the_rest_and_warns() {
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[forward]\nupstreams = [\"{UPSTREAM}\"]\n[[list]]\nname = \"feed\"\npath = \"feed.txt\"\non_invalid = \"skip\"\n"
+    );
+    let list = "0.0.0.0 a.example\n0.0.0.0 bad..example\n0.0.0.0 b.example\n";
+    let (_dir, path) = setup(&config, &[("feed.txt", list)]);
+    let output = run(&["check", "--config", &path]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("2 rules"), "{}", stdout(&output));
+    assert!(
+        stderr(&output).contains("feed.txt:2:"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn missing_list_file_is_named() {
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[forward]\nupstreams = [\"{UPSTREAM}\"]\n[[list]]\nname = \"x\"\npath = \"nope.txt\"\n"
+    );
+    let (_dir, path) = setup(&config, &[]);
+    let output = run(&["check", "--config", &path]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("nope.txt"), "{}", stderr(&output));
+}
+
+#[test]
+fn serve_without_upstreams_refuses_to_start() {
+    let (_dir, path) = setup("[server]\nlisten = [\"127.0.0.1:0\"]\n", &[]);
+    let output = run(&["serve", "--config", &path]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("forward.upstreams"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// The shipped config and lists, pointed at a test upstream: the exchanges are blocked with
+/// NXDOMAIN + EDE 15, the OTC sites only logged.
+#[test]
+fn shipped_lists_block_exchanges_and_watch_otc_sites() {
+    let upstream = Upstream::start();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let shipped = std::fs::read_to_string(format!("{root}/config/dnsward.toml")).unwrap();
+    let config = shipped
+        .replace(
+            "listen = [\"127.0.0.1:5353\"]",
+            "listen = [\"127.0.0.1:0\"]",
+        )
+        .replace(
+            "upstreams  = [\"1.1.1.1:53\", \"9.9.9.9:53\", \"8.8.8.8:53\"]",
+            &format!("upstreams = [\"{}\"]", upstream.addr),
+        )
+        .replace("\"../lists/", &format!("\"{root}/lists/"));
+    assert!(config.contains("127.0.0.1:0") && config.contains(&upstream.addr.to_string()));
+    let dnsward = Dnsward::start(&config, &[]);
+    for name in ["binance.com.", "www.binance.com.", "api.okx.com."] {
+        let reply = ask(dnsward.addr, Transport::Udp, name, RecordType::A);
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{name}"
+        );
+        assert_eq!(ede(&reply).unwrap().0, 15, "{name}");
+    }
+    // paxful.com is in the log-only OTC list: answered (here: the upstream has no such zone and
+    // refuses), never blocked.
+    let reply = ask(dnsward.addr, Transport::Udp, "paxful.com.", RecordType::A);
+    assert_ne!(reply.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(ede(&reply).map(|e| e.0).filter(|code| *code == 15), None);
+    dnsward
+        .wait_for_log(|line| {
+            line.contains("decision=\"logged\"") && line.contains("list=\"otc-payments\"")
+        })
+        .expect("the OTC match is recorded");
+}

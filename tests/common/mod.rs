@@ -1,0 +1,442 @@
+//! Test harness: a real upstream (an in-process hickory authority on loopback), the real
+//! `dnsward` binary started on an ephemeral port, and a plain DNS client over UDP and TCP.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    str::FromStr,
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, Query},
+    rr::{Name, RData, Record, RecordType, rdata::opt::EdnsOption},
+    serialize::txt::Parser,
+};
+use hickory_server::{
+    Server,
+    store::in_memory::InMemoryZoneHandler,
+    zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType},
+};
+
+/// How long any single network wait may take before the test fails instead of hanging. A guard
+/// against hangs, not a performance assertion.
+pub const IO_GUARD: Duration = Duration::from_secs(10);
+
+/// The zones our test upstream serves.
+pub const TEST_ZONE: &str = r#"
+$ORIGIN test.
+$TTL 300
+@           IN SOA ns.test. hostmaster.test. 1 3600 600 86400 60
+@           IN NS  ns.test.
+ns          IN A   127.0.0.1
+www         IN A   192.0.2.10
+www         IN AAAA 2001:db8::10
+mail        IN MX  10 mx.test.
+mx          IN A   192.0.2.25
+txt         IN TXT "hello world"
+_sip._tcp   IN SRV 10 5 5060 sip.test.
+caa         IN CAA 0 issue "letsencrypt.org"
+alias       IN CNAME www.test.
+promo.shop  IN CNAME trade.binance.com.
+watched-alias IN CNAME www.watch.test.
+www.blocked IN A   192.0.2.66
+pay.blocked IN A   192.0.2.67
+www.watch   IN A   192.0.2.77
+watch       IN A   192.0.2.78
+"#;
+
+pub const BINANCE_ZONE: &str = r#"
+$ORIGIN binance.com.
+$TTL 300
+@      IN SOA ns.binance.com. hostmaster.binance.com. 1 3600 600 86400 60
+@      IN NS  ns
+ns     IN A   127.0.0.1
+@      IN A   192.0.2.100
+trade  IN A   192.0.2.101
+"#;
+
+fn zone_handler(text: &str, origin: &str) -> Arc<dyn ZoneHandler> {
+    let origin = Name::from_str(origin).unwrap();
+    let (origin, records) = Parser::new(text, None, Some(origin)).parse().unwrap();
+    Arc::new(
+        InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::new(
+            origin,
+            records,
+            ZoneType::Primary,
+            AxfrPolicy::Deny,
+        )
+        .unwrap(),
+    )
+}
+
+/// A real authoritative DNS server on 127.0.0.1 (UDP and TCP on one port), serving the test
+/// zones plus `big.test`, whose TXT answer does not fit in 1232 bytes.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+    runtime: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Upstream {
+    pub fn start() -> Self {
+        let mut big = String::from(
+            "$ORIGIN test.\n$TTL 300\n@ IN SOA ns.test. h.test. 1 3600 600 86400 60\n",
+        );
+        for index in 0..40 {
+            big.push_str(&format!(
+                "big IN TXT \"record {index:02} {}\"\n",
+                "x".repeat(60)
+            ));
+        }
+        let test_zone = format!(
+            "{TEST_ZONE}\n{}",
+            big.lines().skip(3).collect::<Vec<_>>().join("\n")
+        );
+        let (sender, receiver) = mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let mut catalog = Catalog::new();
+                catalog.upsert(
+                    Name::from_str("test.").unwrap().into(),
+                    vec![zone_handler(&test_zone, "test.")],
+                );
+                catalog.upsert(
+                    Name::from_str("binance.com.").unwrap().into(),
+                    vec![zone_handler(BINANCE_ZONE, "binance.com.")],
+                );
+                let mut server = Server::new(catalog);
+                let (udp, tcp, addr) = loop {
+                    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                    let addr = udp.local_addr().unwrap();
+                    if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
+                        break (udp, tcp, addr);
+                    }
+                };
+                server.register_socket(udp);
+                server.register_listener(tcp, Duration::from_secs(5), 64);
+                sender
+                    .send((addr, server.shutdown_token().clone()))
+                    .unwrap();
+                let _ = server.block_until_done().await;
+            });
+        });
+        let (addr, shutdown) = receiver.recv_timeout(IO_GUARD).unwrap();
+        Self {
+            addr,
+            shutdown,
+            runtime: Some(handle),
+        }
+    }
+
+    /// Stops serving and closes the sockets: later queries to it go unanswered.
+    pub fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.runtime.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// An address on loopback where nothing answers: a bound UDP socket that never replies (so
+/// queries time out) and no TCP listener.
+pub fn dead_upstream() -> (SocketAddr, UdpSocket) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    (socket.local_addr().unwrap(), socket)
+}
+
+/// The real `dnsward` binary, serving from a temporary directory.
+pub struct Dnsward {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// The lists and the `[[list]]` tables most tests use.
+pub const STANDARD_LISTS: &[(&str, &str)] = &[
+    ("allow.txt", "pay.blocked.test\n"),
+    (
+        "block.txt",
+        "# test block list\nblocked.test\n||binance.com^\n*.wild.test\n",
+    ),
+    ("watch.txt", "watch.test  # monitored\n"),
+];
+
+pub const STANDARD_LIST_TABLES: &str = r#"
+[[list]]
+name = "allow"
+path = "allow.txt"
+type = "allow"
+
+[[list]]
+name = "exchanges"
+path = "block.txt"
+
+[[list]]
+name = "watch"
+path = "watch.txt"
+mode = "log-only"
+"#;
+
+pub fn config_text(upstreams: &[SocketAddr], extra: &str) -> String {
+    config_text_with_server(upstreams, "", extra)
+}
+
+/// Like [`config_text`], with extra `[server]` keys.
+pub fn config_text_with_server(upstreams: &[SocketAddr], server: &str, extra: &str) -> String {
+    let upstreams = upstreams
+        .iter()
+        .map(|addr| format!("\"{addr}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n{server}\n\n[forward]\nupstreams = [{upstreams}]\ntimeout_ms = 500\nattempts = 2\n\n[log]\nlevel = \"info\"\n\n{extra}\n"
+    )
+}
+
+pub fn write_files(dir: &Path, files: &[(&str, &str)]) {
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
+pub fn dnsward_command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dnsward"))
+}
+
+impl Dnsward {
+    /// Starts dnsward with `config` (full TOML text) and `files` written next to it.
+    pub fn start(config: &str, files: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        write_files(dir.path(), files);
+        let config_path = dir.path().join("dnsward.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = dnsward_command()
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (sender, receiver) = mpsc::channel();
+        let log_writer = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line
+                    .split("listening on ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|addr| addr.parse::<SocketAddr>().ok())
+                {
+                    let _ = sender.send(addr);
+                }
+                log_writer.lock().unwrap().push(line);
+            }
+        });
+        let Ok(addr) = receiver.recv_timeout(IO_GUARD) else {
+            let _ = child.kill();
+            panic!(
+                "dnsward did not start; log:\n{}",
+                log.lock().unwrap().join("\n")
+            );
+        };
+        Self {
+            addr,
+            dir,
+            child,
+            log,
+        }
+    }
+
+    /// The standard set-up: upstream + standard lists + `extra` config.
+    pub fn standard(upstream: &Upstream, extra: &str) -> Self {
+        let config = config_text(
+            &[upstream.addr],
+            &format!("{extra}\n{STANDARD_LIST_TABLES}"),
+        );
+        Self::start(&config, STANDARD_LISTS)
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line satisfies `predicate` (log lines arrive asynchronously).
+    pub fn wait_for_log(&self, predicate: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + IO_GUARD;
+        while Instant::now() < deadline {
+            if let Some(line) = self.log().into_iter().find(|line| predicate(line)) {
+                return Some(line);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("dnsward.toml")
+    }
+}
+
+impl Drop for Dnsward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What kind of query to send.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub edns: bool,
+    pub payload: u16,
+    pub dnssec_ok: bool,
+    pub source: IpAddr,
+}
+
+impl Default for Ask {
+    fn default() -> Self {
+        Self {
+            edns: true,
+            payload: 1232,
+            dnssec_ok: false,
+            source: IpAddr::from([127, 0, 0, 1]),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+pub const BOTH: [Transport; 2] = [Transport::Udp, Transport::Tcp];
+
+pub fn build_query(name: &str, qtype: RecordType, ask: &Ask) -> (u16, Vec<u8>) {
+    let id: u16 = rand::random();
+    let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(Name::from_str(name).unwrap(), qtype));
+    if ask.edns {
+        let mut edns = Edns::new();
+        edns.set_max_payload(ask.payload);
+        edns.set_dnssec_ok(ask.dnssec_ok);
+        message.set_edns(edns);
+    }
+    (id, message.to_vec().unwrap())
+}
+
+/// Sends `bytes` and returns the raw reply.
+pub fn exchange_raw(
+    server: SocketAddr,
+    transport: Transport,
+    source: IpAddr,
+    bytes: &[u8],
+) -> Vec<u8> {
+    match transport {
+        Transport::Udp => {
+            let socket = UdpSocket::bind((source, 0)).unwrap();
+            socket.set_read_timeout(Some(IO_GUARD)).unwrap();
+            socket.send_to(bytes, server).unwrap();
+            let mut buffer = vec![0u8; 65535];
+            let (length, _) = socket.recv_from(&mut buffer).expect("no UDP reply");
+            buffer.truncate(length);
+            buffer
+        }
+        Transport::Tcp => {
+            // Bind first so the connection comes from `source` (ACL tests use 127.0.0.2).
+            let domain = socket2::Domain::for_address(server);
+            let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None).unwrap();
+            socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
+            socket.connect_timeout(&server.into(), IO_GUARD).unwrap();
+            tcp_exchange(socket.into(), bytes)
+        }
+    }
+}
+
+pub fn tcp_exchange(mut socket: TcpStream, bytes: &[u8]) -> Vec<u8> {
+    socket.set_read_timeout(Some(IO_GUARD)).unwrap();
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(bytes);
+    socket.write_all(&framed).unwrap();
+    let mut length = [0u8; 2];
+    socket.read_exact(&mut length).expect("no TCP reply");
+    let mut buffer = vec![0u8; u16::from_be_bytes(length) as usize];
+    socket.read_exact(&mut buffer).unwrap();
+    buffer
+}
+
+/// Asks `server` one question and returns the parsed reply.
+pub fn query(
+    server: SocketAddr,
+    transport: Transport,
+    name: &str,
+    qtype: RecordType,
+    ask: &Ask,
+) -> Message {
+    let (id, bytes) = build_query(name, qtype, ask);
+    let reply = Message::from_vec(&exchange_raw(server, transport, ask.source, &bytes)).unwrap();
+    assert_eq!(reply.metadata.id, id, "reply id must echo the query id");
+    reply
+}
+
+pub fn ask(server: SocketAddr, transport: Transport, name: &str, qtype: RecordType) -> Message {
+    query(server, transport, name, qtype, &Ask::default())
+}
+
+/// The RFC 8914 Extended DNS Error in a reply: (INFO-CODE, EXTRA-TEXT).
+pub fn ede(reply: &Message) -> Option<(u16, String)> {
+    let edns = reply.edns.as_ref()?;
+    edns.options()
+        .as_ref()
+        .iter()
+        .find_map(|(_, option)| match option {
+            EdnsOption::Unknown(15, data) if data.len() >= 2 => Some((
+                u16::from_be_bytes([data[0], data[1]]),
+                String::from_utf8_lossy(&data[2..]).into_owned(),
+            )),
+            _ => None,
+        })
+}
+
+/// Answer records of one type, rendered (`192.0.2.10`, `10 mx.test.` ...).
+pub fn rdata_of(reply: &Message, rtype: RecordType) -> Vec<String> {
+    reply
+        .answers
+        .iter()
+        .filter(|record| record.record_type() == rtype)
+        .map(|record| record.data.to_string())
+        .collect()
+}
+
+pub fn soa_in_authority(reply: &Message) -> Option<&Record> {
+    reply
+        .authorities
+        .iter()
+        .find(|record| matches!(record.data, RData::SOA(_)))
+}

@@ -1,0 +1,513 @@
+//! Black-box tests of the filtering resolver: the real binary, a real upstream on loopback, and
+//! real queries over UDP and TCP.
+
+mod common;
+
+use common::*;
+use hickory_proto::{op::ResponseCode, rr::RecordType};
+
+#[test]
+fn allowed_names_resolve_with_upstream_data_over_udp_and_tcp() {
+    let upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "");
+    for transport in BOTH {
+        let reply = ask(dnsward.addr, transport, "www.test.", RecordType::A);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert!(reply.metadata.recursion_available);
+        assert_eq!(
+            rdata_of(&reply, RecordType::A),
+            ["192.0.2.10"],
+            "{transport:?}"
+        );
+
+        let reply = ask(dnsward.addr, transport, "www.test.", RecordType::AAAA);
+        assert_eq!(rdata_of(&reply, RecordType::AAAA), ["2001:db8::10"]);
+
+        let reply = ask(dnsward.addr, transport, "mail.test.", RecordType::MX);
+        assert_eq!(rdata_of(&reply, RecordType::MX), ["10 mx.test."]);
+
+        let reply = ask(dnsward.addr, transport, "txt.test.", RecordType::TXT);
+        assert_eq!(rdata_of(&reply, RecordType::TXT), ["hello world"]);
+
+        let reply = ask(dnsward.addr, transport, "_sip._tcp.test.", RecordType::SRV);
+        assert_eq!(rdata_of(&reply, RecordType::SRV), ["10 5 5060 sip.test."]);
+
+        let reply = ask(dnsward.addr, transport, "caa.test.", RecordType::CAA);
+        assert_eq!(rdata_of(&reply, RecordType::CAA).len(), 1);
+
+        let reply = ask(dnsward.addr, transport, "alias.test.", RecordType::A);
+        assert_eq!(rdata_of(&reply, RecordType::CNAME), ["www.test."]);
+    }
+}
+
+#[test]
+fn upstream_nxdomain_passes_through_with_its_soa() {
+    let upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "");
+    for transport in BOTH {
+        let reply = ask(dnsward.addr, transport, "nothing-here.test.", RecordType::A);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+        let soa = soa_in_authority(&reply).expect("negative answer keeps the upstream SOA");
+        assert_eq!(soa.name.to_string(), "test.");
+        assert_eq!(ede(&reply), None, "an upstream NXDOMAIN is not a block");
+    }
+}
+
+/// A block list with one `action`, plus the standard allow list.
+fn with_action(upstream: &Upstream, action_lines: &str) -> Dnsward {
+    let tables = format!(
+        "[[list]]\nname = \"allow\"\npath = \"allow.txt\"\ntype = \"allow\"\n\n[[list]]\nname = \"exchanges\"\npath = \"block.txt\"\n{action_lines}\n"
+    );
+    Dnsward::start(&config_text(&[upstream.addr], &tables), STANDARD_LISTS)
+}
+
+#[test]
+fn nxdomain_action_answers_with_soa_and_ede_naming_list_and_rule() {
+    let upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "[blocking]\nttl_secs = 123\n");
+    for transport in BOTH {
+        for name in [
+            "blocked.test.",
+            "www.blocked.test.",
+            "deep.www.blocked.test.",
+        ] {
+            let reply = ask(dnsward.addr, transport, name, RecordType::A);
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{name}"
+            );
+            assert!(reply.answers.is_empty());
+            let soa = soa_in_authority(&reply).expect("blocked NXDOMAIN carries an SOA");
+            assert_eq!(soa.name.to_string(), "blocked.test.");
+            assert_eq!(soa.ttl, 123);
+            let (code, text) = ede(&reply).expect("EDE on a blocked answer");
+            assert_eq!(code, 15);
+            assert!(text.contains("list=exchanges"), "{text}");
+            assert!(text.contains("rule=blocked.test"), "{text}");
+        }
+    }
+}
+
+#[test]
+fn adblock_and_wildcard_rules_block_as_documented() {
+    let upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "");
+    // ||binance.com^ covers the domain and its subdomains.
+    for name in ["binance.com.", "trade.binance.com."] {
+        let reply = ask(dnsward.addr, Transport::Udp, name, RecordType::A);
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{name}"
+        );
+        assert_eq!(ede(&reply).unwrap().0, 15);
+    }
+    // *.wild.test covers subdomains only.
+    let reply = ask(dnsward.addr, Transport::Udp, "a.wild.test.", RecordType::A);
+    assert_eq!(ede(&reply).map(|e| e.0), Some(15));
+    assert!(ede(&reply).unwrap().1.contains("rule=*.wild.test"));
+    let reply = ask(dnsward.addr, Transport::Udp, "wild.test.", RecordType::A);
+    assert_eq!(ede(&reply), None, "the parent of a *. rule is not blocked");
+}
+
+#[test]
+fn no_ede_without_edns() {
+    let upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "");
+    let plain = Ask {
+        edns: false,
+        ..Ask::default()
+    };
+    let reply = query(
+        dnsward.addr,
+        Transport::Udp,
+        "blocked.test.",
+        RecordType::A,
+        &plain,
+    );
+    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+    assert!(
+        reply.edns.is_none(),
+        "no OPT to a client that sent none (RFC 6891)"
+    );
+}
+
+#[test]
+fn nodata_action() {
+    let upstream = Upstream::start();
+    let dnsward = with_action(&upstream, "action = \"nodata\"");
+    for transport in BOTH {
+        let reply = ask(dnsward.addr, transport, "www.blocked.test.", RecordType::A);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert!(reply.answers.is_empty());
+        assert!(soa_in_authority(&reply).is_some());
+        assert_eq!(ede(&reply).unwrap().0, 15);
+    }
+}
+
+#[test]
+fn null_action_answers_unspecified_addresses() {
+    let upstream = Upstream::start();
+    let dnsward = with_action(&upstream, "action = \"null\"");
+    for transport in BOTH {
+        let reply = ask(dnsward.addr, transport, "www.blocked.test.", RecordType::A);
+        assert_eq!(rdata_of(&reply, RecordType::A), ["0.0.0.0"]);
+        assert_eq!(ede(&reply).unwrap().0, 15);
+        let reply = ask(
+            dnsward.addr,
+            transport,
+            "www.blocked.test.",
+            RecordType::AAAA,
+        );
+        assert_eq!(rdata_of(&reply, RecordType::AAAA), ["::"]);
+        let reply = ask(dnsward.addr, transport, "www.blocked.test.", RecordType::MX);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert!(reply.answers.is_empty(), "other types get NODATA");
+        assert!(soa_in_authority(&reply).is_some());
+    }
+}
+
+#[test]
+fn sinkhole_action_answers_configured_addresses() {
+    let upstream = Upstream::start();
+    let dnsward = with_action(
+        &upstream,
+        "action = \"sinkhole\"\nsinkhole = [\"192.0.2.1\", \"2001:db8::1\"]\nede = 16",
+    );
+    for transport in BOTH {
+        let reply = ask(dnsward.addr, transport, "www.blocked.test.", RecordType::A);
+        assert_eq!(rdata_of(&reply, RecordType::A), ["192.0.2.1"]);
+        assert_eq!(
+            ede(&reply).unwrap().0,
+            16,
+            "EDE code is configurable per list"
+        );
+        let reply = ask(
+            dnsward.addr,
+            transport,
+            "www.blocked.test.",
+            RecordType::AAAA,
+        );
+        assert_eq!(rdata_of(&reply, RecordType::AAAA), ["2001:db8::1"]);
+        let reply = ask(
+            dnsward.addr,
+            transport,
+            "www.blocked.test.",
+            RecordType::TXT,
+        );
+        assert!(reply.answers.is_empty());
+    }
+}
+
+#[test]
+fn sinkhole_with_only_ipv4_gives_nodata_for_aaaa() {
+    let upstream = Upstream::start();
+    let dnsward = with_action(
+        &upstream,
+        "action = \"sinkhole\"\nsinkhole = [\"192.0.2.1\"]\nede = 17",
+    );
+    let reply = ask(
+        dnsward.addr,
+        Transport::Udp,
+        "www.blocked.test.",
+        RecordType::AAAA,
+    );
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    assert!(reply.answers.is_empty());
+    assert_eq!(ede(&reply).unwrap().0, 17);
+}
+
+#[test]
+fn refused_action() {
+    let upstream = Upstream::start();
+    let dnsward = with_action(&upstream, "action = \"refused\"");
+    for transport in BOTH {
+        let reply = ask(dnsward.addr, transport, "www.blocked.test.", RecordType::A);
+        assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+        assert_eq!(ede(&reply).unwrap().0, 15);
+    }
+}
+
+#[test]
+fn allow_list_beats_block_list() {
+    let upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "");
+    for transport in BOTH {
+        let reply = ask(dnsward.addr, transport, "pay.blocked.test.", RecordType::A);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(rdata_of(&reply, RecordType::A), ["192.0.2.67"]);
+        assert_eq!(ede(&reply), None);
+    }
+    // The sibling is still blocked.
+    let reply = ask(
+        dnsward.addr,
+        Transport::Udp,
+        "www.blocked.test.",
+        RecordType::A,
+    );
+    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+}
+
+#[test]
+fn cname_cloaking_is_blocked() {
+    let upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "");
+    for transport in BOTH {
+        // promo.shop.test is not listed, but its answer is a CNAME to trade.binance.com.
+        let reply = ask(dnsward.addr, transport, "promo.shop.test.", RecordType::A);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+        assert!(reply.answers.is_empty(), "the cloaked chain must not leak");
+        let (code, text) = ede(&reply).unwrap();
+        assert_eq!(code, 15);
+        assert!(text.contains("rule=binance.com"), "{text}");
+    }
+    let line = dnsward
+        .wait_for_log(|line| {
+            line.contains("decision=\"blocked\"") && line.contains("promo.shop.test")
+        })
+        .expect("a decision record for the cloaked query");
+    assert!(line.contains("cname trade.binance.com."), "{line}");
+}
+
+#[test]
+fn log_only_answers_normally_and_records_the_decision() {
+    let upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "");
+    for transport in BOTH {
+        let reply = ask(dnsward.addr, transport, "www.watch.test.", RecordType::A);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(rdata_of(&reply, RecordType::A), ["192.0.2.77"]);
+        assert_eq!(ede(&reply), None, "log-only must not mark the answer");
+    }
+    let line = dnsward
+        .wait_for_log(|line| {
+            line.contains("decision=\"logged\"") && line.contains("www.watch.test")
+        })
+        .expect("a log-only decision record");
+    for field in [
+        "list=\"watch\"",
+        "rule=\"watch.test\"",
+        "file=\"watch.txt\"",
+        "line=1",
+        "rcode=No Error",
+    ] {
+        assert!(line.contains(field), "missing {field} in {line}");
+    }
+    // Through a CNAME chain too.
+    let reply = ask(
+        dnsward.addr,
+        Transport::Udp,
+        "watched-alias.test.",
+        RecordType::A,
+    );
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    assert!(!reply.answers.is_empty());
+    dnsward
+        .wait_for_log(|line| {
+            line.contains("decision=\"logged\"") && line.contains("watched-alias.test")
+        })
+        .expect("a log-only decision for the CNAME chain");
+}
+
+#[test]
+fn large_answer_truncates_over_udp_and_succeeds_over_tcp() {
+    let upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "");
+    let reply = ask(dnsward.addr, Transport::Udp, "big.test.", RecordType::TXT);
+    assert!(
+        reply.metadata.truncation,
+        "a 3 kB answer does not fit 1232 bytes"
+    );
+    let plain = Ask {
+        edns: false,
+        ..Ask::default()
+    };
+    let reply = query(
+        dnsward.addr,
+        Transport::Udp,
+        "big.test.",
+        RecordType::TXT,
+        &plain,
+    );
+    assert!(reply.metadata.truncation, "nor 512 bytes without EDNS");
+    let reply = ask(dnsward.addr, Transport::Tcp, "big.test.", RecordType::TXT);
+    assert!(!reply.metadata.truncation);
+    assert_eq!(rdata_of(&reply, RecordType::TXT).len(), 40);
+}
+
+#[test]
+fn client_outside_allow_gets_refused() {
+    let upstream = Upstream::start();
+    let config = config_text_with_server(
+        &[upstream.addr],
+        "allow = [\"127.0.0.1/32\"]",
+        STANDARD_LIST_TABLES,
+    );
+    let dnsward = Dnsward::start(&config, STANDARD_LISTS);
+    let outsider = Ask {
+        source: "127.0.0.2".parse().unwrap(),
+        ..Ask::default()
+    };
+    for transport in BOTH {
+        let reply = query(
+            dnsward.addr,
+            transport,
+            "www.test.",
+            RecordType::A,
+            &outsider,
+        );
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::Refused,
+            "{transport:?}"
+        );
+        assert!(reply.answers.is_empty());
+        assert_eq!(ede(&reply).map(|e| e.0), Some(18), "EDE 18 Prohibited");
+        // The insider is served.
+        let reply = ask(dnsward.addr, transport, "www.test.", RecordType::A);
+        assert_eq!(rdata_of(&reply, RecordType::A), ["192.0.2.10"]);
+    }
+    dnsward
+        .wait_for_log(|line| line.contains("decision=\"refused\"") && line.contains("127.0.0.2"))
+        .expect("refusals are recorded");
+}
+
+#[test]
+fn dead_upstream_gives_servfail_with_ede() {
+    let (dead, _socket) = dead_upstream();
+    let config = config_text(&[dead], STANDARD_LIST_TABLES);
+    let dnsward = Dnsward::start(&config, STANDARD_LISTS);
+    for transport in BOTH {
+        let reply = ask(dnsward.addr, transport, "www.test.", RecordType::A);
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+        assert_eq!(
+            ede(&reply).map(|e| e.0),
+            Some(22),
+            "EDE 22 No Reachable Authority"
+        );
+    }
+    // Blocking does not depend on the upstream.
+    let reply = ask(dnsward.addr, Transport::Udp, "blocked.test.", RecordType::A);
+    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+}
+
+#[test]
+fn refusing_upstream_gives_network_error_ede() {
+    // A TCP-only port nobody listens on: UDP gets ICMP port unreachable -> connection refused.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = config_text(&[port], "");
+    let dnsward = Dnsward::start(&config, &[]);
+    let reply = ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(ede(&reply).map(|e| e.0), Some(23), "EDE 23 Network Error");
+}
+
+#[test]
+fn second_upstream_is_used_when_the_first_is_dead() {
+    let upstream = Upstream::start();
+    let (dead, _socket) = dead_upstream();
+    let config = config_text(&[dead, upstream.addr], "");
+    let dnsward = Dnsward::start(&config, &[]);
+    let reply = ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
+    assert_eq!(rdata_of(&reply, RecordType::A), ["192.0.2.10"]);
+}
+
+#[test]
+fn cache_answers_positive_and_negative_while_upstream_is_down() {
+    let mut upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "");
+    let first = ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
+    assert_eq!(rdata_of(&first, RecordType::A), ["192.0.2.10"]);
+    let negative = ask(dnsward.addr, Transport::Udp, "gone.test.", RecordType::A);
+    assert_eq!(negative.metadata.response_code, ResponseCode::NXDomain);
+    upstream.stop();
+
+    let cached = ask(dnsward.addr, Transport::Tcp, "www.test.", RecordType::A);
+    assert_eq!(rdata_of(&cached, RecordType::A), ["192.0.2.10"]);
+    assert!(cached.answers[0].ttl <= 300);
+    let cached = ask(dnsward.addr, Transport::Udp, "gone.test.", RecordType::A);
+    assert_eq!(
+        cached.metadata.response_code,
+        ResponseCode::NXDomain,
+        "RFC 2308 negative cache"
+    );
+    assert!(soa_in_authority(&cached).is_some());
+    // Something never asked before now fails: the answers above really came from the cache.
+    let uncached = ask(dnsward.addr, Transport::Udp, "mail.test.", RecordType::MX);
+    assert_eq!(uncached.metadata.response_code, ResponseCode::ServFail);
+}
+
+#[test]
+fn cache_entries_expire_after_max_ttl() {
+    let mut upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "[cache]\nmax_ttl_secs = 1\n");
+    let first = ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
+    assert_eq!(
+        first.answers[0].ttl, 1,
+        "max_ttl_secs caps the TTL clients see"
+    );
+    upstream.stop();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let expired = ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
+    assert_eq!(expired.metadata.response_code, ResponseCode::ServFail);
+}
+
+#[test]
+fn malformed_packets_do_not_kill_the_server() {
+    let upstream = Upstream::start();
+    let mut dnsward = Dnsward::standard(&upstream, "");
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (_, good) = build_query("www.test.", RecordType::A, &Ask::default());
+    let mut junk: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0x12],
+        vec![0u8; 11],
+        good[..good.len() - 3].to_vec(),
+        vec![0xff; 512],
+    ];
+    // A header claiming 5 questions with none present.
+    let mut lying = good.clone();
+    lying[5] = 5;
+    junk.push(lying);
+    // No question at all.
+    let mut empty = good[..12].to_vec();
+    empty[5] = 0;
+    empty[11] = 0;
+    junk.push(empty);
+    for seed in 0..200u32 {
+        let length = 12 + (seed as usize * 7) % 300;
+        junk.push(
+            (0..length)
+                .map(|i| (i as u32 * 31 + seed * 17) as u8)
+                .collect(),
+        );
+    }
+    for packet in &junk {
+        socket.send_to(packet, dnsward.addr).unwrap();
+    }
+    // Over TCP: a length prefix promising more than is sent, then a close.
+    {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(dnsward.addr).unwrap();
+        stream.write_all(&[0x01, 0x00, 0xde, 0xad]).unwrap();
+    }
+    // A question-less query is answered FORMERR.
+    let reply = hickory_proto::op::Message::from_vec(&exchange_raw(
+        dnsward.addr,
+        Transport::Tcp,
+        "127.0.0.1".parse().unwrap(),
+        &junk[6],
+    ))
+    .unwrap();
+    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+
+    assert!(dnsward.is_running());
+    for transport in BOTH {
+        let reply = ask(dnsward.addr, transport, "www.test.", RecordType::A);
+        assert_eq!(rdata_of(&reply, RecordType::A), ["192.0.2.10"]);
+    }
+}
