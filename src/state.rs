@@ -15,6 +15,8 @@ use crate::{
 
 #[derive(Debug)]
 pub struct State {
+    /// 1 for the state built at start; each accepted reload adds one.
+    pub generation: u64,
     pub config: Arc<Config>,
     pub acl: Acl,
     pub policy: Policy,
@@ -36,6 +38,14 @@ pub struct BuildWarnings {
 /// Loads every list the config names and compiles the policy. Fails if any list fails: a
 /// half-applied policy is worse than none.
 pub fn build(config: Config) -> Result<(State, BuildWarnings), StateError> {
+    build_generation(config, 1)
+}
+
+/// [`build`] with an explicit generation number (reloads count up from the serving state's).
+pub fn build_generation(
+    config: Config,
+    generation: u64,
+) -> Result<(State, BuildWarnings), StateError> {
     let mut errors = Vec::new();
     let mut warnings = BuildWarnings::default();
     let mut compiled = Vec::with_capacity(config.lists.len());
@@ -66,6 +76,7 @@ pub fn build(config: Config) -> Result<(State, BuildWarnings), StateError> {
         return Err(StateError { errors });
     }
     let state = State {
+        generation,
         acl: Acl::new(&config.server.allow),
         policy: Policy::new(compiled),
         config: Arc::new(config),

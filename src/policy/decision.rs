@@ -68,6 +68,9 @@ pub enum AnswerSource {
 #[derive(Debug, Clone)]
 pub struct DecisionRecord {
     pub time: SystemTime,
+    /// The generation of the serving state (config + lists) that decided: ties the answer to the
+    /// exact list content behind it. 1 for the state loaded at start; each accepted reload adds 1.
+    pub generation: u64,
     pub client: SocketAddr,
     pub transport: &'static str,
     pub qname: String,
@@ -117,6 +120,7 @@ impl DecisionRecord {
                     target: "dnsward::decision",
                     $level,
                     decision = self.decision.as_str(),
+                    generation = self.generation,
                     client = %self.client,
                     transport = self.transport,
                     qname = %self.qname,

@@ -410,6 +410,7 @@ impl RequestHandler for Handler {
         };
         let mut record = DecisionRecord {
             time: SystemTime::now(),
+            generation: state.generation,
             client: client.addr,
             transport: transport.as_str(),
             qname,
