@@ -164,7 +164,7 @@ fn run_server(state: State) -> anyhow::Result<()> {
         }
         let counters = running.counters.clone();
         running.run_until(shutdown_signal()).await?;
-        tracing::info!(?counters, "stopped");
+        counters.log_summary("stopped");
         Ok(())
     })
 }

@@ -510,4 +510,45 @@ fn malformed_packets_do_not_kill_the_server() {
         let reply = ask(dnsward.addr, transport, "www.test.", RecordType::A);
         assert_eq!(rdata_of(&reply, RecordType::A), ["192.0.2.10"]);
     }
+    // The question-less query is counted as malformed, and reported at a clean stop.
+    assert!(dnsward.terminate(), "SIGTERM is a clean exit");
+    let line = dnsward
+        .wait_for_log(|line| line.contains("stopped"))
+        .expect("a stop summary");
+    let malformed: u64 = line
+        .split("malformed=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("malformed counter in the stop summary");
+    assert!(malformed >= 1, "{line}");
+}
+
+#[test]
+fn serves_every_listen_address_on_ipv4_and_ipv6() {
+    let upstream = Upstream::start();
+    let config = config_text(&[upstream.addr], STANDARD_LIST_TABLES).replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\", \"[::1]:0\"]",
+    );
+    let dnsward = Dnsward::start(&config, STANDARD_LISTS);
+    let addrs = dnsward.listening_addrs(2);
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    let v6 = addrs
+        .iter()
+        .find(|addr| addr.is_ipv6())
+        .expect("an IPv6 listener");
+    for transport in BOTH {
+        let ask_v6 = Ask {
+            source: "::1".parse().unwrap(),
+            ..Ask::default()
+        };
+        let reply = query(*v6, transport, "www.test.", RecordType::AAAA, &ask_v6);
+        assert_eq!(
+            rdata_of(&reply, RecordType::AAAA),
+            ["2001:db8::10"],
+            "{transport:?}"
+        );
+        let reply = query(*v6, transport, "blocked.test.", RecordType::A, &ask_v6);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+    }
 }

@@ -34,7 +34,7 @@ pub enum ConfigError {
         message: String,
     },
     /// A value that parses but makes no sense, such as a sinkhole without an address.
-    #[error("{path}:{line}: {key}: {reason}", path = path.display())]
+    #[error("{}: {key}: {reason}", location(path, *line))]
     Invalid {
         path: PathBuf,
         line: usize,
@@ -115,7 +115,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
     let invalid = |span: Range<usize>, key: String, reason: String| ConfigError::Invalid {
         path: path.to_owned(),
-        line: line_and_column(text, span.start).0,
+        line: if span.is_empty() {
+            // No span: find where the key is written, e.g. `forward.attempts`.
+            let (section, leaf) = key.rsplit_once('.').unwrap_or(("", key.as_str()));
+            key_line(text, section, leaf)
+        } else {
+            line_and_column(text, span.start).0
+        },
         key,
         reason,
     };
@@ -134,11 +140,33 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             "must be at least 512 (RFC 1035)".into(),
         ));
     }
-    if file.forward.timeout_ms == 0 || file.forward.attempts == 0 {
+    if file.forward.timeout_ms == 0 {
         return Err(invalid(
             0..0,
-            "forward".into(),
-            "timeout_ms and attempts must be at least 1".into(),
+            "forward.timeout_ms".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    if file.forward.attempts == 0 {
+        return Err(invalid(
+            0..0,
+            "forward.attempts".into(),
+            "must be at least 1".into(),
+        ));
+    }
+
+    if let Err(error) = tracing_subscriber::EnvFilter::try_new(&file.log.level) {
+        return Err(invalid(
+            0..0,
+            "log.level".into(),
+            format!("{:?} is not a log filter: {error}", file.log.level),
+        ));
+    }
+    if file.lists.len() > usize::from(u16::MAX) {
+        return Err(invalid(
+            0..0,
+            "list".into(),
+            format!("at most {} lists", u16::MAX),
         ));
     }
 
@@ -244,6 +272,37 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     })
 }
 
+/// `path:line`, or just `path` when the line is unknown (0).
+fn location(path: &Path, line: usize) -> String {
+    if line == 0 {
+        path.display().to_string()
+    } else {
+        format!("{}:{line}", path.display())
+    }
+}
+
+/// The line where `key` is set inside `[section]`, for errors about values toml gives no span
+/// for (whole-section checks). 0 if the key is not written (a default is at fault).
+fn key_line(text: &str, section: &str, key: &str) -> usize {
+    let mut current = String::new();
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if let Some(name) = trimmed
+            .strip_prefix('[')
+            .and_then(|rest| rest.split(']').next())
+        {
+            current = name.trim_matches(|c| c == '[' || c == ' ').to_owned();
+        } else if current == section
+            && trimmed
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return index + 1;
+        }
+    }
+    0
+}
+
 /// 1-based line and column of a byte offset, as editors show them.
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -317,6 +376,25 @@ mod tests {
         let error = parse_str(text).unwrap_err().to_string();
         assert!(error.contains("duplicate list name"), "{error}");
         assert!(error.starts_with("conf/dnsward.toml:4:"), "{error}");
+    }
+
+    #[test]
+    fn whole_value_errors_find_their_key_line() {
+        let error = parse_str("[server]\n[forward]\n# comment\nattempts = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "conf/dnsward.toml:4: forward.attempts: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn bad_log_level_is_rejected() {
+        let error = parse_str("[log]\nlevel = \"loud=[\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("log.level"), "{error}");
     }
 
     #[test]

@@ -51,6 +51,23 @@ pub struct Counters {
     pub malformed: AtomicU64,
 }
 
+impl Counters {
+    /// Logs every counter as one event (at shutdown, and for operators reading the log).
+    pub fn log_summary(&self, message: &str) {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        tracing::info!(
+            queries = get(&self.queries),
+            refused = get(&self.refused),
+            blocked = get(&self.blocked),
+            logged = get(&self.logged),
+            cache_hits = get(&self.cache_hits),
+            upstream_errors = get(&self.upstream_errors),
+            malformed = get(&self.malformed),
+            "{message}"
+        );
+    }
+}
+
 /// The resolver's request handler, registered with hickory-server for every listener.
 #[derive(Debug)]
 pub struct Handler {

@@ -293,6 +293,42 @@ impl Dnsward {
         None
     }
 
+    /// Every address the server reported listening on (it logs them back to back at start).
+    pub fn listening_addrs(&self, expected: usize) -> Vec<SocketAddr> {
+        let deadline = Instant::now() + IO_GUARD;
+        loop {
+            let addrs: Vec<SocketAddr> = self
+                .log()
+                .iter()
+                .filter_map(|line| line.split("listening on ").nth(1))
+                .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+                .collect();
+            if addrs.len() >= expected || Instant::now() > deadline {
+                return addrs;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + IO_GUARD;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the log reader drain the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("dnsward did not stop after SIGTERM");
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
