@@ -35,6 +35,13 @@ fn allowed_names_resolve_with_upstream_data_over_udp_and_tcp() {
         let reply = ask(dnsward.addr, transport, "caa.test.", RecordType::CAA);
         assert_eq!(rdata_of(&reply, RecordType::CAA).len(), 1);
 
+        let reply = ask(dnsward.addr, transport, "svc.test.", RecordType::HTTPS);
+        let https = rdata_of(&reply, RecordType::HTTPS);
+        assert_eq!(https.len(), 1, "{reply:?}");
+        assert!(https[0].contains("8443"), "{https:?}");
+        let reply = ask(dnsward.addr, transport, "svc.test.", RecordType::SVCB);
+        assert_eq!(rdata_of(&reply, RecordType::SVCB).len(), 1);
+
         let reply = ask(dnsward.addr, transport, "alias.test.", RecordType::A);
         assert_eq!(rdata_of(&reply, RecordType::CNAME), ["www.test."]);
     }

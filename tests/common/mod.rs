@@ -41,6 +41,8 @@ mx          IN A   192.0.2.25
 txt         IN TXT "hello world"
 _sip._tcp   IN SRV 10 5 5060 sip.test.
 caa         IN CAA 0 issue "letsencrypt.org"
+svc         IN HTTPS 1 . alpn="h2,h3" port=8443
+svc         IN SVCB 1 svc-target.test. port=853
 alias       IN CNAME www.test.
 promo.shop  IN CNAME trade.binance.com.
 watched-alias IN CNAME www.watch.test.
