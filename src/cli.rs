@@ -3,7 +3,7 @@
 //! This is the binary's edge, so errors here are `anyhow` with context; the library below keeps
 //! typed errors.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -13,6 +13,7 @@ use dnsward::{
     config::{self, Config, ListKind, ListMode},
     logging,
     policy::decision::action_name,
+    reload::Reloader,
     server,
     state::{self, BuildWarnings, State},
 };
@@ -157,8 +158,15 @@ fn run_server(state: State) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         log_effective_config(&state.config, &state);
+        let reload_settings = state.config.reload.clone();
+        let config_path = state.config.path.clone();
         let state = Arc::new(ArcSwap::from_pointee(state));
         let running = server::start(state.clone()).await?;
+        let reloader = Arc::new(Reloader::new(config_path, state.clone()));
+        reloader.spawn_sighup_reloads();
+        if reload_settings.watch {
+            reloader.spawn_file_watch(Duration::from_millis(reload_settings.debounce_ms));
+        }
         for addr in &running.local_addrs {
             tracing::info!("listening on {addr} (udp+tcp)");
         }

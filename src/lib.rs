@@ -7,6 +7,7 @@
 //! - `policy`: which list and rule decides a name; the decision record.
 //! - `state`: config + ACL + compiled policy as one immutable, swappable snapshot.
 //! - `server`: hickory-server listeners and the request path (`handler`), ACL, sinkhole answers.
+//! - `reload`: SIGHUP and file-watch reloads that swap in a whole new state or keep the old.
 //! - `resolve`: getting answers for allowed questions (forwarding to upstreams).
 //! - `cache`: the positive and negative answer cache (RFC 2308).
 //! - `logging`: `tracing` set-up from config and `RUST_LOG`.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod lists;
 pub mod logging;
 pub mod policy;
+pub mod reload;
 pub mod resolve;
 pub mod server;
 pub mod state;

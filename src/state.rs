@@ -10,6 +10,7 @@ use crate::{
     config::Config,
     lists::{self, ListError},
     policy::{Policy, PolicyList},
+    resolve::Upstreams,
     server::acl::Acl,
 };
 
@@ -20,6 +21,8 @@ pub struct State {
     pub config: Arc<Config>,
     pub acl: Acl,
     pub policy: Policy,
+    /// Part of the state so an upstream change applies on reload; health starts afresh.
+    pub upstreams: Upstreams,
 }
 
 /// Every list that failed to load, with every bad line: an admin fixes them all in one pass.
@@ -79,6 +82,7 @@ pub fn build_generation(
         generation,
         acl: Acl::new(&config.server.allow),
         policy: Policy::new(compiled),
+        upstreams: Upstreams::new(&config.forward),
         config: Arc::new(config),
     };
     Ok((state, warnings))

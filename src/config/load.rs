@@ -13,6 +13,7 @@ use ipnet::IpNet;
 
 use super::model::{
     BlockAction, BlockingSection, CacheSection, ConfigFile, ListKind, ListMode, LogSection,
+    ReloadSection,
 };
 use crate::lists::OnInvalid;
 
@@ -53,10 +54,11 @@ pub struct Config {
     pub cache: CacheSection,
     pub blocking: BlockingSection,
     pub log: LogSection,
+    pub reload: ReloadSection,
     pub lists: Vec<ListConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     pub allow: Vec<IpNet>,
@@ -268,6 +270,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         cache: file.cache,
         blocking: file.blocking,
         log: file.log,
+        reload: file.reload,
         lists,
     })
 }

@@ -6,4 +6,5 @@ mod model;
 pub use load::{Config, ConfigError, ForwardConfig, ListConfig, ServerConfig, load, parse};
 pub use model::{
     BlockAction, BlockingSection, CacheSection, ListKind, ListMode, LogFormat, LogSection,
+    ReloadSection,
 };

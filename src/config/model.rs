@@ -20,6 +20,7 @@ pub struct ConfigFile {
     pub cache: CacheSection,
     pub blocking: BlockingSection,
     pub log: LogSection,
+    pub reload: ReloadSection,
     /// `[[list]]` tables, in the order they are written. Order matters only between lists of the
     /// same type and mode: the first matching list is the one a decision names.
     #[serde(rename = "list")]
@@ -84,7 +85,7 @@ impl Default for ForwardSection {
 }
 
 /// `[cache]`: the positive and negative answer cache (RFC 2308).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheSection {
     /// Maximum number of cached answers. Default 100 000; 0 disables the cache.
@@ -129,8 +130,28 @@ impl Default for BlockingSection {
     }
 }
 
+/// `[reload]`: hot reload of the config and lists (SIGHUP always works).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReloadSection {
+    /// Watch the config file and every list file and reload when one changes. Default true.
+    pub watch: bool,
+    /// Quiet time after the last file event before reloading, in milliseconds. Default 250:
+    /// editors and `cp` write a file in several steps, and one reload should see all of them.
+    pub debounce_ms: u64,
+}
+
+impl Default for ReloadSection {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            debounce_ms: 250,
+        }
+    }
+}
+
 /// `[log]`: diagnostics (not the audit log).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSection {
     /// A `tracing` filter such as `info` or `dnsward=debug`. `RUST_LOG`, when set, wins.

@@ -33,7 +33,7 @@ use crate::{
         decision::{AnswerSource, RuleMatch},
         write_lookup_key,
     },
-    resolve::{UpstreamQuery, Upstreams},
+    resolve::UpstreamQuery,
     state::State,
 };
 
@@ -73,7 +73,6 @@ impl Counters {
 pub struct Handler {
     state: Arc<ArcSwap<State>>,
     cache: AnswerCache,
-    upstreams: Upstreams,
     counters: Arc<Counters>,
 }
 
@@ -99,16 +98,10 @@ impl Reply {
 }
 
 impl Handler {
-    pub fn new(
-        state: Arc<ArcSwap<State>>,
-        cache: AnswerCache,
-        upstreams: Upstreams,
-        counters: Arc<Counters>,
-    ) -> Self {
+    pub fn new(state: Arc<ArcSwap<State>>, cache: AnswerCache, counters: Arc<Counters>) -> Self {
         Self {
             state,
             cache,
-            upstreams,
             counters,
         }
     }
@@ -201,7 +194,7 @@ impl Handler {
                 dnssec_ok,
                 checking_disabled: request.metadata.checking_disabled,
             };
-            match self.upstreams.resolve(&upstream_query).await {
+            match state.upstreams.resolve(&upstream_query).await {
                 Ok((message, upstream)) => {
                     record.source = AnswerSource::Upstream(upstream);
                     let cached_ttl = self.cache.insert(cache_key, &message, upstream, now);

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, UdpSocket};
 
 pub use handler::{Counters, Handler};
 
-use crate::{cache::AnswerCache, resolve::Upstreams, state::State};
+use crate::{cache::AnswerCache, state::State};
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -50,12 +50,7 @@ impl std::fmt::Debug for Running {
 pub async fn start(state: Arc<ArcSwap<State>>) -> Result<Running, ServeError> {
     let config = state.load().config.clone();
     let counters = Arc::new(Counters::default());
-    let handler = Handler::new(
-        state,
-        AnswerCache::new(&config.cache),
-        Upstreams::new(&config.forward),
-        counters.clone(),
-    );
+    let handler = Handler::new(state, AnswerCache::new(&config.cache), counters.clone());
     // ACL is enforced in the handler, not by hickory's `with_access`, so that refusals get a
     // decision record like every other query.
     let mut server = Server::new(handler);

@@ -312,6 +312,15 @@ impl Dnsward {
         }
     }
 
+    /// Sends a signal (`HUP`, `TERM`, ...) to the server.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
     pub fn terminate(&mut self) -> bool {
         let status = Command::new("kill")
@@ -427,6 +436,68 @@ pub fn tcp_exchange(mut socket: TcpStream, bytes: &[u8]) -> Vec<u8> {
     let mut buffer = vec![0u8; u16::from_be_bytes(length) as usize];
     socket.read_exact(&mut buffer).unwrap();
     buffer
+}
+
+/// Like [`query`], but a lost or garbled reply is an `Err` instead of a panic (for load tests).
+pub fn try_query(
+    server: SocketAddr,
+    transport: Transport,
+    name: &str,
+    qtype: RecordType,
+    timeout: Duration,
+) -> Result<Message, String> {
+    let (id, bytes) = build_query(name, qtype, &Ask::default());
+    let raw = match transport {
+        Transport::Udp => {
+            let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            socket
+                .set_read_timeout(Some(timeout))
+                .map_err(|e| e.to_string())?;
+            socket.send_to(&bytes, server).map_err(|e| e.to_string())?;
+            let mut buffer = vec![0u8; 65535];
+            let (length, _) = socket
+                .recv_from(&mut buffer)
+                .map_err(|e| format!("udp: {e}"))?;
+            buffer.truncate(length);
+            buffer
+        }
+        Transport::Tcp => {
+            let mut socket =
+                TcpStream::connect_timeout(&server, timeout).map_err(|e| e.to_string())?;
+            socket
+                .set_read_timeout(Some(timeout))
+                .map_err(|e| e.to_string())?;
+            let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&bytes);
+            socket.write_all(&framed).map_err(|e| e.to_string())?;
+            let mut length = [0u8; 2];
+            socket
+                .read_exact(&mut length)
+                .map_err(|e| format!("tcp: {e}"))?;
+            let mut buffer = vec![0u8; u16::from_be_bytes(length) as usize];
+            socket
+                .read_exact(&mut buffer)
+                .map_err(|e| format!("tcp: {e}"))?;
+            buffer
+        }
+    };
+    let reply = Message::from_vec(&raw).map_err(|e| e.to_string())?;
+    if reply.metadata.id != id {
+        return Err("id mismatch".into());
+    }
+    Ok(reply)
+}
+
+/// Polls `condition` until it holds or the guard deadline passes.
+pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + IO_GUARD;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
 }
 
 /// Asks `server` one question and returns the parsed reply.

@@ -1,0 +1,288 @@
+//! Hot reload: SIGHUP and file watching build a whole new [`State`] off the query path and swap
+//! it in with one atomic store; a broken edit is refused whole and the last good state serves on.
+//!
+//! Reloads are serialised (one at a time) but never block queries: readers only ever `load` the
+//! `ArcSwap`. Queries in flight keep the snapshot they started with.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use notify::Watcher as _;
+
+use crate::{
+    config::{self, Config},
+    state::{self, State},
+};
+
+/// What one reload attempt did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// The new state serves from now on. `restart_needed` names settings that changed but only
+    /// take effect after a restart (the rest of the edit applied).
+    Applied {
+        generation: u64,
+        restart_needed: Vec<&'static str>,
+    },
+    /// Refused: every problem, each as `path:line: reason`. The previous state still serves.
+    Refused { errors: Vec<String> },
+}
+
+/// Counters an operator (and later the metrics endpoint) reads.
+#[derive(Debug, Default)]
+pub struct ReloadCounters {
+    pub applied: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// Rebuilds and swaps the serving state.
+#[derive(Debug)]
+pub struct Reloader {
+    config_path: PathBuf,
+    state: Arc<ArcSwap<State>>,
+    pub counters: ReloadCounters,
+    /// Serialises reloads so two triggers cannot race to store; queries never take it.
+    in_progress: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(config_path: PathBuf, state: Arc<ArcSwap<State>>) -> Self {
+        Self {
+            config_path,
+            state,
+            counters: ReloadCounters::default(),
+            in_progress: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Reads the config and every list again and swaps the result in if all of it is valid.
+    pub async fn reload(&self, trigger: &str) -> ReloadOutcome {
+        let _one_at_a_time = self.in_progress.lock().await;
+        let current = self.state.load_full();
+        let generation = current.generation + 1;
+        let path = self.config_path.clone();
+        // Parsing a large list takes CPU time; keep it off the async workers serving queries.
+        let built = tokio::task::spawn_blocking(move || {
+            let config = config::load(&path).map_err(|error| vec![error.to_string()])?;
+            state::build_generation(config, generation)
+                .map_err(|error| error.errors.iter().map(ToString::to_string).collect())
+        })
+        .await
+        .unwrap_or_else(|join_error| Err(vec![format!("reload task failed: {join_error}")]));
+
+        match built {
+            Ok((next, warnings)) => {
+                for warning in &warnings.skipped {
+                    tracing::warn!("{warning} (skipped)");
+                }
+                let restart_needed = restart_needed(&current.config, &next.config);
+                for setting in &restart_needed {
+                    tracing::warn!(
+                        setting,
+                        "changed setting needs a restart to take effect; the rest of the edit applied"
+                    );
+                }
+                for list in next.policy.lists() {
+                    tracing::info!(
+                        generation,
+                        list = %list.name,
+                        path = %list.display_path,
+                        rules = list.matcher.len(),
+                        sha256 = %hex(&list.sha256),
+                        "list loaded"
+                    );
+                }
+                let previous = self.state.swap(Arc::new(next));
+                // The old state (possibly a million rules) is freed off the query path once the
+                // last in-flight query lets go of it.
+                tokio::task::spawn_blocking(move || drop(previous));
+                self.counters.applied.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(generation, trigger, "reload applied");
+                ReloadOutcome::Applied {
+                    generation,
+                    restart_needed,
+                }
+            }
+            Err(errors) => {
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                for error in &errors {
+                    tracing::error!("{error}");
+                }
+                tracing::error!(
+                    trigger,
+                    problems = errors.len(),
+                    failures_total = self.counters.failures.load(Ordering::Relaxed),
+                    serving_generation = current.generation,
+                    "reload refused; still serving the last good state"
+                );
+                ReloadOutcome::Refused { errors }
+            }
+        }
+    }
+
+    /// Reloads on every SIGHUP from now on. The handler is installed before this returns, so a
+    /// SIGHUP sent right after start-up reloads instead of killing the process.
+    pub fn spawn_sighup_reloads(self: &Arc<Self>) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(hangup) => hangup,
+            Err(error) => {
+                tracing::warn!(%error, "cannot install a SIGHUP handler; reload by file watch only");
+                return;
+            }
+        };
+        let reloader = self.clone();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                reloader.reload("SIGHUP").await;
+            }
+        });
+    }
+
+    /// Watches the config file and every list file and reloads when one of them changes. The
+    /// watches are in place before this returns.
+    pub fn spawn_file_watch(self: &Arc<Self>, debounce: Duration) {
+        let (events, mut changed) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = events.send(());
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(watcher) => watcher,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch files; reload by SIGHUP only");
+                return;
+            }
+        };
+        let mut watched = BTreeSet::new();
+        let files = self.watched_files();
+        rewatch(&mut watcher, &mut watched, &files);
+        let mut fingerprint = fingerprint_of(&files);
+        let reloader = self.clone();
+        tokio::spawn(async move {
+            while changed.recv().await.is_some() {
+                // Wait for a quiet spell: an editor's save or a `cp` is several events.
+                loop {
+                    tokio::select! {
+                        more = changed.recv() => if more.is_none() { return },
+                        () = tokio::time::sleep(debounce) => break,
+                    }
+                }
+                let files = reloader.watched_files();
+                rewatch(&mut watcher, &mut watched, &files);
+                let now = fingerprint_of(&files);
+                // Events also fire for unrelated files in the same directories; reload only when
+                // a file we load actually changed (content, size, or the inode behind a symlink).
+                if now == fingerprint {
+                    continue;
+                }
+                fingerprint = now;
+                reloader.reload("file change").await;
+            }
+        });
+    }
+
+    /// The config file and the list files of the config as it is on disk now (so a list added in
+    /// an edit is watched too), falling back to the serving config when the file does not parse.
+    fn watched_files(&self) -> Vec<PathBuf> {
+        let serving;
+        let config = match config::load(&self.config_path) {
+            Ok(config) => config,
+            Err(_) => {
+                serving = self.state.load_full();
+                serving.config.as_ref().clone()
+            }
+        };
+        let mut files = vec![self.config_path.clone()];
+        files.extend(config.lists.iter().map(|list| list.path.clone()));
+        files
+    }
+}
+
+/// Settings a running server cannot change: they are bound into sockets, the cache or the log
+/// subscriber at start.
+fn restart_needed(current: &Config, next: &Config) -> Vec<&'static str> {
+    let mut settings = Vec::new();
+    if current.server.listen != next.server.listen {
+        settings.push("server.listen");
+    }
+    if current.server.tcp_idle_timeout != next.server.tcp_idle_timeout {
+        settings.push("server.tcp_idle_timeout_secs");
+    }
+    if current.cache != next.cache {
+        settings.push("cache");
+    }
+    if current.log != next.log {
+        settings.push("log");
+    }
+    if current.reload != next.reload {
+        settings.push("reload");
+    }
+    settings
+}
+
+type Fingerprint = Vec<Option<(u64, SystemTime, u64)>>;
+
+/// Size, modification time and inode of each file, following symlinks: a symlink swap (as
+/// Kubernetes does for ConfigMaps) shows up as a new inode even when size and time match.
+fn fingerprint_of(files: &[PathBuf]) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt as _;
+    files
+        .iter()
+        .map(|path| {
+            let metadata = std::fs::metadata(path).ok()?;
+            Some((metadata.len(), metadata.modified().ok()?, metadata.ino()))
+        })
+        .collect()
+}
+
+/// Watches the directory of each file and of its symlink target (non-recursively): editors that
+/// save by rename, and symlink swaps, replace the directory entry rather than write the file.
+fn rewatch(
+    watcher: &mut notify::RecommendedWatcher,
+    watched: &mut BTreeSet<PathBuf>,
+    files: &[PathBuf],
+) {
+    let mut wanted = BTreeSet::new();
+    for file in files {
+        if let Some(parent) = directory_of(file) {
+            wanted.insert(parent);
+        }
+        if let Some(parent) = std::fs::canonicalize(file)
+            .ok()
+            .and_then(|target| directory_of(&target))
+        {
+            wanted.insert(parent);
+        }
+    }
+    for gone in watched.difference(&wanted) {
+        let _ = watcher.unwatch(gone);
+    }
+    for new in wanted.difference(watched) {
+        if let Err(error) = watcher.watch(new, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(%error, dir = %new.display(), "cannot watch directory");
+        }
+    }
+    *watched = wanted;
+}
+
+fn directory_of(file: &Path) -> Option<PathBuf> {
+    let parent = file.parent()?;
+    Some(if parent.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        parent.to_owned()
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
