@@ -15,6 +15,7 @@ use dnsward::{
     policy::decision::action_name,
     reload::Reloader,
     server,
+    snapshot::Snapshot,
     state::{self, BuildWarnings, State},
 };
 
@@ -119,7 +120,8 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     logging::init(&config.log);
-    let (state, warnings) = match state::build(config) {
+    let snapshot = Snapshot::new(&config.server.data_dir);
+    let (state, warnings) = match state::build_generation(config, 1, Some(&snapshot)) {
         Ok(built) => built,
         Err(error) => {
             for problem in &error.errors {
@@ -134,6 +136,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     print_warnings(&warnings);
+    if let Err(error) = snapshot.write_manifest(&state) {
+        tracing::warn!(%error, "cannot record the serving generation for `lists diff`");
+    }
     if state.config.forward.upstreams.is_empty() {
         eprintln!(
             "{}: forward.upstreams: needs at least one upstream",

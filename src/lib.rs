@@ -9,6 +9,7 @@
 //! - `server`: hickory-server listeners and the request path (`handler`), ACL, sinkhole answers.
 //! - `reload`: SIGHUP and file-watch reloads that swap in a whole new state or keep the old.
 //! - `resolve`: getting answers for allowed questions (forwarding to upstreams).
+//! - `snapshot`: the copy of every list as loaded and the serving generation's manifest.
 //! - `cache`: the positive and negative answer cache (RFC 2308).
 //! - `logging`: `tracing` set-up from config and `RUST_LOG`.
 
@@ -20,4 +21,5 @@ pub mod policy;
 pub mod reload;
 pub mod resolve;
 pub mod server;
+pub mod snapshot;
 pub mod state;

@@ -19,6 +19,7 @@ use notify::Watcher as _;
 
 use crate::{
     config::{self, Config},
+    snapshot::Snapshot,
     state::{self, State},
 };
 
@@ -71,7 +72,8 @@ impl Reloader {
         // Parsing a large list takes CPU time; keep it off the async workers serving queries.
         let built = tokio::task::spawn_blocking(move || {
             let config = config::load(&path).map_err(|error| vec![error.to_string()])?;
-            state::build_generation(config, generation)
+            let snapshot = Snapshot::new(&config.server.data_dir);
+            state::build_generation(config, generation, Some(&snapshot))
                 .map_err(|error| error.errors.iter().map(ToString::to_string).collect())
         })
         .await
@@ -98,6 +100,10 @@ impl Reloader {
                         sha256 = %hex(&list.sha256),
                         "list loaded"
                     );
+                }
+                let snapshot = Snapshot::new(&next.config.server.data_dir);
+                if let Err(error) = snapshot.write_manifest(&next) {
+                    tracing::warn!(%error, "cannot record the serving generation for `lists diff`");
                 }
                 let previous = self.state.swap(Arc::new(next));
                 // The old state (possibly a million rules) is freed off the query path once the

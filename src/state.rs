@@ -12,6 +12,7 @@ use crate::{
     policy::{Policy, PolicyList},
     resolve::Upstreams,
     server::acl::Acl,
+    snapshot::Snapshot,
 };
 
 #[derive(Debug)]
@@ -41,20 +42,39 @@ pub struct BuildWarnings {
 /// Loads every list the config names and compiles the policy. Fails if any list fails: a
 /// half-applied policy is worse than none.
 pub fn build(config: Config) -> Result<(State, BuildWarnings), StateError> {
-    build_generation(config, 1)
+    build_generation(config, 1, None)
 }
 
-/// [`build`] with an explicit generation number (reloads count up from the serving state's).
+/// [`build`] with an explicit generation number (reloads count up from the serving state's),
+/// keeping a copy of every list as loaded in `snapshot` when given (see `snapshot`).
 pub fn build_generation(
     config: Config,
     generation: u64,
+    snapshot: Option<&Snapshot>,
 ) -> Result<(State, BuildWarnings), StateError> {
     let mut errors = Vec::new();
     let mut warnings = BuildWarnings::default();
     let mut compiled = Vec::with_capacity(config.lists.len());
     for list in &config.lists {
-        match lists::load_file(&list.path, list.on_invalid) {
+        let bytes = match std::fs::read(&list.path) {
+            Ok(bytes) => bytes,
+            Err(source) => {
+                errors.push(ListError::Io {
+                    path: list.path.clone(),
+                    source,
+                });
+                continue;
+            }
+        };
+        match lists::load_bytes(&list.path, &bytes, list.on_invalid) {
             Ok(loaded) => {
+                if let Some(snapshot) = snapshot
+                    && let Err(error) = snapshot.keep_list(&loaded.sha256, &bytes)
+                {
+                    // The snapshot serves previews and audits, not queries: do not refuse a
+                    // good list because the data directory is unwritable.
+                    tracing::warn!(%error, "cannot keep a copy of the list as loaded");
+                }
                 let skipped_lines = loaded.skipped.len();
                 warnings.skipped.extend(loaded.skipped);
                 compiled.push(PolicyList {

@@ -189,7 +189,9 @@ fn shipped_lists_block_exchanges_and_watch_otc_sites() {
             "upstreams  = [\"1.1.1.1:53\", \"9.9.9.9:53\", \"8.8.8.8:53\"]",
             &format!("upstreams = [\"{}\"]", upstream.addr),
         )
+        .replace("data_dir = \"../var\"", "data_dir = \"data\"")
         .replace("\"../lists/", &format!("\"{root}/lists/"));
+    assert!(config.contains("data_dir = \"data\""));
     assert!(config.contains("127.0.0.1:0") && config.contains(&upstream.addr.to_string()));
     let dnsward = Dnsward::start(&config, &[]);
     for name in ["binance.com.", "www.binance.com.", "api.okx.com."] {

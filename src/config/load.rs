@@ -61,6 +61,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
+    /// Resolved `server.data_dir`.
+    pub data_dir: PathBuf,
     pub allow: Vec<IpNet>,
     pub udp_payload_max: u16,
     pub tcp_idle_timeout: Duration,
@@ -254,6 +256,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 .map(|spanned| *spanned.get_ref())
                 .collect(),
             allow: file.server.allow.clone(),
+            data_dir: base_dir.join(&file.server.data_dir),
             udp_payload_max: file.server.udp_payload_max,
             tcp_idle_timeout: Duration::from_secs(file.server.tcp_idle_timeout_secs.max(1)),
         },

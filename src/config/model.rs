@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::lists::OnInvalid;
@@ -40,6 +40,9 @@ pub struct ServerSection {
     /// Largest UDP response we send, in bytes, whatever the client advertises. Default 1232, the
     /// DNS Flag Day 2020 value that avoids IP fragmentation on almost every path.
     pub udp_payload_max: u16,
+    /// Where dnsward keeps its own files (the audit log unless `audit.dir` says otherwise, and
+    /// the served-state snapshot). Default `data`, relative to the config file's directory.
+    pub data_dir: String,
     /// Idle timeout of a TCP client connection, in seconds. Default 10 (RFC 7766 suggests tens of
     /// seconds; shorter keeps idle sockets from piling up).
     pub tcp_idle_timeout_secs: u64,
@@ -54,6 +57,7 @@ impl Default for ServerSection {
                 IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128)),
             ],
             udp_payload_max: 1232,
+            data_dir: "data".to_owned(),
             tcp_idle_timeout_secs: 10,
         }
     }
@@ -212,7 +216,7 @@ fn default_ede() -> u16 {
     15
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListKind {
     #[default]
@@ -220,7 +224,7 @@ pub enum ListKind {
     Allow,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BlockAction {
     #[default]
@@ -231,7 +235,7 @@ pub enum BlockAction {
     Refused,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ListMode {
     #[default]

@@ -59,7 +59,13 @@ pub fn load_str(
     load_bytes(path_for_messages, text.as_bytes(), on_invalid)
 }
 
-fn load_bytes(path: &Path, bytes: &[u8], on_invalid: OnInvalid) -> Result<LoadedList, LoadError> {
+/// Compiles list bytes as read from `path` (which only labels the errors). Callers that need
+/// the exact bytes afterwards (the served-state snapshot) read the file themselves.
+pub fn load_bytes(
+    path: &Path,
+    bytes: &[u8],
+    on_invalid: OnInvalid,
+) -> Result<LoadedList, LoadError> {
     let sha256: [u8; 32] = Sha256::digest(bytes).into();
     let estimated_rules = bytes.iter().filter(|&&b| b == b'\n').count() + 1;
     let mut builder = DomainMatcherBuilder::with_capacity(estimated_rules);

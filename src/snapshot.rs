@@ -1,0 +1,178 @@
+//! The served-state snapshot under `<data_dir>/served/`: every list file exactly as it was loaded
+//! (stored by SHA-256) and a manifest of the generation now serving.
+//!
+//! `lists diff` compares an edit on disk with this, so an admin previews a change against what is
+//! really live, not against whatever the files held at start. The copies also let an auditor
+//! recover the exact list content behind any generation the audit log names by hash.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{BlockAction, ListKind, ListMode},
+    state::State,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{path}: {source}", path = path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: unreadable manifest: {source}", path = path.display())]
+    Manifest {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The manifest of the serving generation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub generation: u64,
+    /// Unix time in milliseconds when this generation went live.
+    pub loaded_at_ms: u64,
+    pub config_path: String,
+    pub lists: Vec<ManifestList>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestList {
+    pub name: String,
+    pub path: String,
+    pub sha256: String,
+    pub kind: ListKind,
+    pub mode: ListMode,
+    pub action: BlockAction,
+    pub ede: u16,
+    pub rules: usize,
+}
+
+/// List copies not referenced by the serving manifest are pruned after this long.
+const KEEP_UNREFERENCED: Duration = Duration::from_secs(90 * 24 * 3600);
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    dir: PathBuf,
+}
+
+impl Snapshot {
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            dir: data_dir.join("served"),
+        }
+    }
+
+    fn lists_dir(&self) -> PathBuf {
+        self.dir.join("lists")
+    }
+
+    fn manifest_path(&self) -> PathBuf {
+        self.dir.join("serving.json")
+    }
+
+    /// Where the copy of a list with this hash lives.
+    pub fn list_path(&self, sha256_hex: &str) -> PathBuf {
+        self.lists_dir().join(format!("{sha256_hex}.txt"))
+    }
+
+    /// Keeps a copy of list bytes as loaded (a no-op if that content is already kept).
+    pub fn keep_list(&self, sha256: &[u8; 32], bytes: &[u8]) -> Result<(), SnapshotError> {
+        let path = self.list_path(&hex(sha256));
+        if path.exists() {
+            return Ok(());
+        }
+        write_atomically(&path, bytes)
+    }
+
+    /// Records `state` as the serving generation, and prunes old unreferenced copies.
+    pub fn write_manifest(&self, state: &State) -> Result<(), SnapshotError> {
+        let manifest = Manifest {
+            generation: state.generation,
+            loaded_at_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as u64),
+            config_path: state.config.path.display().to_string(),
+            lists: state
+                .policy
+                .lists()
+                .iter()
+                .map(|list| ManifestList {
+                    name: list.name.to_string(),
+                    path: list.display_path.to_string(),
+                    sha256: hex(&list.sha256),
+                    kind: list.kind,
+                    mode: list.mode,
+                    action: list.action,
+                    ede: list.ede,
+                    rules: list.matcher.len(),
+                })
+                .collect(),
+        };
+        // Serialising plain strings and numbers cannot fail.
+        let text = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+        write_atomically(&self.manifest_path(), &text)?;
+        self.prune(&manifest);
+        Ok(())
+    }
+
+    pub fn read_manifest(&self) -> Result<Manifest, SnapshotError> {
+        let path = self.manifest_path();
+        let text = std::fs::read(&path).map_err(|source| SnapshotError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|source| SnapshotError::Manifest { path, source })
+    }
+
+    fn prune(&self, manifest: &Manifest) {
+        let Ok(entries) = std::fs::read_dir(self.lists_dir()) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let referenced = manifest
+                .lists
+                .iter()
+                .any(|list| name == format!("{}.txt", list.sha256));
+            let old = entry
+                .metadata()
+                .and_then(|metadata| metadata.modified())
+                .is_ok_and(|modified| {
+                    now.duration_since(modified).unwrap_or_default() > KEEP_UNREFERENCED
+                });
+            if !referenced && old {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Write to a temporary file and rename: a reader never sees half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    let io = |source| SnapshotError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&temporary, path).map_err(io)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
