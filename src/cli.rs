@@ -13,6 +13,7 @@ use dnsward::{
     config::{self, Config, ListKind, ListMode},
     logging,
     policy::decision::action_name,
+    preview::Comparison,
     reload::Reloader,
     server,
     snapshot::Snapshot,
@@ -55,6 +56,32 @@ enum Command {
         #[arg(long, short, default_value = "config/dnsward.toml")]
         config: PathBuf,
     },
+    /// Work with lists: preview what an edit changes before it goes live.
+    Lists {
+        #[command(subcommand)]
+        command: ListsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ListsCommand {
+    /// Compare the list files on disk with the generation now serving: rules added and removed
+    /// per list, and which names seen in the audit log would now get another outcome.
+    ///
+    /// Exits 0 when nothing would change, 1 when something would, 2 on error.
+    #[command(after_help = "Examples:\n  \
+        dnsward lists diff                      # against config/dnsward.toml, last 24 h\n  \
+        dnsward lists diff --since 7d --json")]
+    Diff {
+        #[arg(long, short, default_value = "config/dnsward.toml")]
+        config: PathBuf,
+        /// How far back to read the audit log for names to re-decide (e.g. 30m, 24h, 7d).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// One JSON document instead of the text report.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -62,6 +89,21 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Check { config } => check(&config),
+        Command::Lists {
+            command:
+                ListsCommand::Diff {
+                    config,
+                    since,
+                    json,
+                },
+        } => match lists_diff(&config, &since, json) {
+            Ok(true) => ExitCode::from(1),
+            Ok(false) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("dnsward: {error:#}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 
@@ -109,6 +151,41 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `lists diff`; returns whether anything would change.
+fn lists_diff(path: &std::path::Path, since: &str, json: bool) -> anyhow::Result<bool> {
+    let config = config::load(path)?;
+    let window = parse_window(since)
+        .with_context(|| format!("--since {since:?}: expected a duration like 30m, 24h or 7d"))?;
+    let comparison = Comparison::load(config)?;
+    let seen = seen_names(window);
+    let preview = comparison.preview(seen.iter().map(|(name, client)| (name.as_str(), *client)));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&preview)?);
+    } else {
+        print!("{preview}");
+    }
+    Ok(preview.has_changes())
+}
+
+/// Names and clients seen in the audit log over `window`. Until the audit log exists there is
+/// nothing to read, and the preview covers rules only.
+fn seen_names(_window: Duration) -> Vec<(String, std::net::IpAddr)> {
+    Vec::new()
+}
+
+fn parse_window(text: &str) -> Option<Duration> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(number.checked_mul(seconds)?))
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {

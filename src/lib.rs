@@ -7,6 +7,7 @@
 //! - `policy`: which list and rule decides a name; the decision record.
 //! - `state`: config + ACL + compiled policy as one immutable, swappable snapshot.
 //! - `server`: hickory-server listeners and the request path (`handler`), ACL, sinkhole answers.
+//! - `preview`: `lists diff`, what an edit on disk changes against the serving generation.
 //! - `reload`: SIGHUP and file-watch reloads that swap in a whole new state or keep the old.
 //! - `resolve`: getting answers for allowed questions (forwarding to upstreams).
 //! - `snapshot`: the copy of every list as loaded and the serving generation's manifest.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod lists;
 pub mod logging;
 pub mod policy;
+pub mod preview;
 pub mod reload;
 pub mod resolve;
 pub mod server;

@@ -238,6 +238,12 @@ impl DomainMatcher {
     }
 }
 
+impl RuleText<'_> {
+    pub fn kind(&self) -> RuleKind {
+        self.kind
+    }
+}
+
 /// Borrowed canonical rendering of a rule, returned by [`DomainMatcher::rule_text`].
 #[derive(Debug, Clone, Copy)]
 pub struct RuleText<'a> {

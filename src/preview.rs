@@ -1,0 +1,410 @@
+//! `lists diff`: what an edit on disk would change compared with the generation now serving —
+//! rules added and removed per list, and which names seen recently would get another outcome.
+//!
+//! The serving side is rebuilt from the served-state snapshot (`snapshot`), the edited side from
+//! the files on disk with the same loader `serve` uses. Neither side touches a running server.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+};
+
+use serde::Serialize;
+
+use crate::{
+    config::{Config, ListKind, ListMode},
+    lists::{self, ListError, OnInvalid, RuleKind},
+    policy::{Client, Policy, PolicyList, Transport, Verdict, decision::action_name},
+    snapshot::{Manifest, Snapshot, SnapshotError},
+    state::{self, StateError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreviewError {
+    #[error("cannot read the serving state (is dnsward running with this data_dir?): {0}")]
+    Snapshot(#[from] SnapshotError),
+    #[error("the serving copy of list {name:?} is unreadable: {source}")]
+    ServingList {
+        name: String,
+        #[source]
+        source: ListError,
+    },
+    #[error("the edited lists do not load:\n{0}")]
+    Edited(#[from] StateError),
+}
+
+/// How one list differs.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListDiff {
+    pub name: String,
+    pub path: String,
+    pub status: ListStatus,
+    /// Settings that differ (`mode: enforce -> log-only`).
+    pub settings: Vec<String>,
+    pub rules_before: usize,
+    pub rules_after: usize,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListStatus {
+    Unchanged,
+    Changed,
+    Added,
+    Removed,
+}
+
+/// What a name gets under a policy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum Outcome {
+    Allowed,
+    Blocked { list: String, action: String },
+    Logged { list: String },
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Allowed => write!(f, "allowed"),
+            Self::Blocked { list, action } => write!(f, "blocked ({list}, {action})"),
+            Self::Logged { list } => write!(f, "logged ({list})"),
+        }
+    }
+}
+
+/// A name seen in the window whose outcome would change.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutcomeChange {
+    pub name: String,
+    pub before: Outcome,
+    pub after: Outcome,
+    pub queries: u64,
+    pub clients: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Preview {
+    pub serving_generation: u64,
+    pub lists: Vec<ListDiff>,
+    pub outcome_changes: Vec<OutcomeChange>,
+    /// Distinct names examined from the audit log.
+    pub names_examined: usize,
+}
+
+impl Preview {
+    pub fn has_changes(&self) -> bool {
+        self.lists
+            .iter()
+            .any(|list| list.status != ListStatus::Unchanged)
+            || !self.outcome_changes.is_empty()
+    }
+}
+
+/// The two policies to compare: serving (from the snapshot) and edited (from disk).
+pub struct Comparison {
+    manifest: Manifest,
+    serving: Policy,
+    edited: Policy,
+}
+
+impl Comparison {
+    pub fn load(edited_config: Config) -> Result<Self, PreviewError> {
+        let snapshot = Snapshot::new(&edited_config.server.data_dir);
+        let manifest = snapshot.read_manifest()?;
+        let mut serving_lists = Vec::with_capacity(manifest.lists.len());
+        for list in &manifest.lists {
+            let path = snapshot.list_path(&list.sha256);
+            let loaded = lists::load_file(&path, OnInvalid::Skip).map_err(|error| {
+                PreviewError::ServingList {
+                    name: list.name.clone(),
+                    source: error.errors.into_iter().next().unwrap_or(ListError::Io {
+                        path: path.clone(),
+                        source: std::io::Error::other("empty error"),
+                    }),
+                }
+            })?;
+            serving_lists.push(PolicyList {
+                name: Arc::from(list.name.as_str()),
+                display_path: Arc::from(list.path.as_str()),
+                path: PathBuf::from(&list.path),
+                kind: list.kind,
+                mode: list.mode,
+                action: list.action,
+                ede: list.ede,
+                sinkhole_v4: None,
+                sinkhole_v6: None,
+                matcher: loaded.matcher,
+                sha256: loaded.sha256,
+                skipped_lines: loaded.skipped.len(),
+            });
+        }
+        let (edited, _warnings) = state::build(edited_config)?;
+        Ok(Self {
+            manifest,
+            serving: Policy::new(serving_lists),
+            edited: edited.policy,
+        })
+    }
+
+    /// Per-list rule differences. Lists whose content hash and settings match are skipped
+    /// without comparing rules, so an edit to one list of a million rules costs only that list.
+    pub fn list_diffs(&self) -> Vec<ListDiff> {
+        let mut diffs = Vec::new();
+        for before in self.serving.lists() {
+            let after = self
+                .edited
+                .lists()
+                .iter()
+                .find(|list| list.name == before.name);
+            diffs.push(match after {
+                Some(after) => diff_list(before, after),
+                None => ListDiff {
+                    name: before.name.to_string(),
+                    path: before.display_path.to_string(),
+                    status: ListStatus::Removed,
+                    settings: Vec::new(),
+                    rules_before: before.matcher.len(),
+                    rules_after: 0,
+                    added: Vec::new(),
+                    removed: Vec::new(),
+                },
+            });
+        }
+        for after in self.edited.lists() {
+            if !self
+                .serving
+                .lists()
+                .iter()
+                .any(|list| list.name == after.name)
+            {
+                diffs.push(ListDiff {
+                    name: after.name.to_string(),
+                    path: after.display_path.to_string(),
+                    status: ListStatus::Added,
+                    settings: Vec::new(),
+                    rules_before: 0,
+                    rules_after: after.matcher.len(),
+                    added: Vec::new(),
+                    removed: Vec::new(),
+                });
+            }
+        }
+        diffs
+    }
+
+    /// Re-decides every name seen (with the clients that asked) under both policies.
+    pub fn preview<'a>(self, seen: impl IntoIterator<Item = (&'a str, IpAddr)>) -> Preview {
+        let mut tally: HashMap<String, (u64, HashSet<IpAddr>)> = HashMap::new();
+        for (name, client) in seen {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            let entry = tally.entry(name).or_default();
+            entry.0 += 1;
+            entry.1.insert(client);
+        }
+        let client = Client {
+            addr: (IpAddr::from([0, 0, 0, 0]), 0).into(),
+            transport: Transport::Udp,
+        };
+        let mut outcome_changes: Vec<OutcomeChange> = tally
+            .iter()
+            .filter_map(|(name, (queries, clients))| {
+                let before = outcome(&self.serving, name, &client);
+                let after = outcome(&self.edited, name, &client);
+                (before != after).then(|| OutcomeChange {
+                    name: name.clone(),
+                    before,
+                    after,
+                    queries: *queries,
+                    clients: clients.len(),
+                })
+            })
+            .collect();
+        outcome_changes.sort_by(|a, b| b.queries.cmp(&a.queries).then(a.name.cmp(&b.name)));
+        Preview {
+            serving_generation: self.manifest.generation,
+            lists: self.list_diffs(),
+            outcome_changes,
+            names_examined: tally.len(),
+        }
+    }
+}
+
+fn outcome(policy: &Policy, name: &str, client: &Client) -> Outcome {
+    match policy.decide(name, client) {
+        Verdict::Pass | Verdict::Allowed(_) => Outcome::Allowed,
+        Verdict::Blocked(rule) => {
+            let list = policy.list(rule);
+            Outcome::Blocked {
+                list: list.name.to_string(),
+                action: action_name(list.action).to_owned(),
+            }
+        }
+        Verdict::Logged(rule) => Outcome::Logged {
+            list: policy.list(rule).name.to_string(),
+        },
+    }
+}
+
+fn diff_list(before: &PolicyList, after: &PolicyList) -> ListDiff {
+    let mut settings = Vec::new();
+    let mut setting = |key: &str, old: String, new: String| {
+        if old != new {
+            settings.push(format!("{key}: {old} -> {new}"));
+        }
+    };
+    setting(
+        "type",
+        kind_name(before.kind).into(),
+        kind_name(after.kind).into(),
+    );
+    setting(
+        "mode",
+        mode_name(before.mode).into(),
+        mode_name(after.mode).into(),
+    );
+    setting(
+        "action",
+        action_name(before.action).into(),
+        action_name(after.action).into(),
+    );
+    setting("ede", before.ede.to_string(), after.ede.to_string());
+    let (added, removed) = if before.sha256 == after.sha256 {
+        (Vec::new(), Vec::new())
+    } else {
+        rule_difference(before, after)
+    };
+    let status = if settings.is_empty() && added.is_empty() && removed.is_empty() {
+        ListStatus::Unchanged
+    } else {
+        ListStatus::Changed
+    };
+    ListDiff {
+        name: after.name.to_string(),
+        path: after.display_path.to_string(),
+        status,
+        settings,
+        rules_before: before.matcher.len(),
+        rules_after: after.matcher.len(),
+        added,
+        removed,
+    }
+}
+
+fn rule_set(list: &PolicyList) -> HashSet<(&str, bool)> {
+    (0..list.matcher.len() as u32)
+        .map(|index| {
+            let subdomains_only = list.matcher.rule_text(index).kind() == RuleKind::Subdomains;
+            (list.matcher.rule_name(index), subdomains_only)
+        })
+        .collect()
+}
+
+/// Rules in `after` but not `before`, and the reverse, as canonical rule text, sorted. The sets
+/// borrow rule names from the matchers: no per-rule string is built for unchanged rules.
+fn rule_difference(before: &PolicyList, after: &PolicyList) -> (Vec<String>, Vec<String>) {
+    let old = rule_set(before);
+    let new = rule_set(after);
+    let render = |(name, wildcard): &(&str, bool)| {
+        if *wildcard {
+            format!("*.{name}")
+        } else {
+            (*name).to_owned()
+        }
+    };
+    let mut added: Vec<String> = new.difference(&old).map(render).collect();
+    let mut removed: Vec<String> = old.difference(&new).map(render).collect();
+    added.sort();
+    removed.sort();
+    (added, removed)
+}
+
+fn kind_name(kind: ListKind) -> &'static str {
+    match kind {
+        ListKind::Block => "block",
+        ListKind::Allow => "allow",
+    }
+}
+
+fn mode_name(mode: ListMode) -> &'static str {
+    match mode {
+        ListMode::Enforce => "enforce",
+        ListMode::LogOnly => "log-only",
+    }
+}
+
+/// Renders a preview as the text report `lists diff` prints.
+impl fmt::Display for Preview {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "serving generation {}", self.serving_generation)?;
+        for list in &self.lists {
+            let status = match list.status {
+                ListStatus::Unchanged => "unchanged",
+                ListStatus::Changed => "changed",
+                ListStatus::Added => "added",
+                ListStatus::Removed => "removed",
+            };
+            writeln!(
+                f,
+                "list {:<16} {:<9} rules {} -> {} (+{} -{})",
+                list.name,
+                status,
+                list.rules_before,
+                list.rules_after,
+                list.added.len(),
+                list.removed.len()
+            )?;
+            for setting in &list.settings {
+                writeln!(f, "  {setting}")?;
+            }
+            for rule in list.added.iter().take(50) {
+                writeln!(f, "  + {rule}")?;
+            }
+            for rule in list.removed.iter().take(50) {
+                writeln!(f, "  - {rule}")?;
+            }
+            let hidden =
+                list.added.len().saturating_sub(50) + list.removed.len().saturating_sub(50);
+            if hidden > 0 {
+                writeln!(f, "  ... {hidden} more (use --json for all)")?;
+            }
+        }
+        writeln!(
+            f,
+            "\n{} name(s) seen in the window, {} would change outcome",
+            self.names_examined,
+            self.outcome_changes.len()
+        )?;
+        if !self.outcome_changes.is_empty() {
+            let width = self
+                .outcome_changes
+                .iter()
+                .map(|change| change.name.len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            writeln!(
+                f,
+                "{:<width$}  {:<28}  {:<28}  {:>8}  {:>7}",
+                "NAME", "NOW", "AFTER EDIT", "QUERIES", "CLIENTS"
+            )?;
+            for change in &self.outcome_changes {
+                writeln!(
+                    f,
+                    "{:<width$}  {:<28}  {:<28}  {:>8}  {:>7}",
+                    change.name,
+                    change.before.to_string(),
+                    change.after.to_string(),
+                    change.queries,
+                    change.clients
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
