@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::{
     config::{Config, ListKind, ListMode},
-    lists::{self, ListError, OnInvalid, RuleKind},
+    lists::{self, LoadError, OnInvalid, RuleKind},
     policy::{Client, Policy, PolicyList, Transport, Verdict, decision::action_name},
     snapshot::{Manifest, Snapshot, SnapshotError},
     state::{self, StateError},
@@ -30,7 +30,7 @@ pub enum PreviewError {
     ServingList {
         name: String,
         #[source]
-        source: ListError,
+        source: LoadError,
     },
     #[error("the edited lists do not load:\n{0}")]
     Edited(#[from] StateError),
@@ -120,13 +120,10 @@ impl Comparison {
         let mut serving_lists = Vec::with_capacity(manifest.lists.len());
         for list in &manifest.lists {
             let path = snapshot.list_path(&list.sha256);
-            let loaded = lists::load_file(&path, OnInvalid::Skip).map_err(|error| {
+            let loaded = lists::load_file(&path, OnInvalid::Skip).map_err(|source| {
                 PreviewError::ServingList {
                     name: list.name.clone(),
-                    source: error.errors.into_iter().next().unwrap_or(ListError::Io {
-                        path: path.clone(),
-                        source: std::io::Error::other("empty error"),
-                    }),
+                    source,
                 }
             })?;
             serving_lists.push(PolicyList {
