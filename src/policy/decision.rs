@@ -92,6 +92,20 @@ impl DecisionRecord {
     /// Writes the record as one structured event. Matches (blocked, logged) and refusals are
     /// `info`; plain allowed queries are `debug` so a busy resolver's log stays readable.
     pub fn emit(&self) {
+        let level = match self.decision {
+            DecisionKind::Allowed if self.rule.is_none() => tracing::Level::DEBUG,
+            _ => tracing::Level::INFO,
+        };
+        // Most queries are plain allowed ones at debug level: skip building the fields below
+        // when nobody listens.
+        let enabled = if level == tracing::Level::DEBUG {
+            tracing::enabled!(target: "dnsward::decision", tracing::Level::DEBUG)
+        } else {
+            tracing::enabled!(target: "dnsward::decision", tracing::Level::INFO)
+        };
+        if !enabled {
+            return;
+        }
         let (list, rule, file, line, trigger) = match &self.rule {
             Some(rule) => (
                 rule.list.as_str(),
@@ -141,9 +155,10 @@ impl DecisionRecord {
                 )
             };
         }
-        match self.decision {
-            DecisionKind::Allowed if self.rule.is_none() => event!(tracing::Level::DEBUG),
-            _ => event!(tracing::Level::INFO),
+        if level == tracing::Level::DEBUG {
+            event!(tracing::Level::DEBUG);
+        } else {
+            event!(tracing::Level::INFO);
         }
     }
 }
