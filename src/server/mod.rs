@@ -55,14 +55,18 @@ pub async fn start(state: Arc<ArcSwap<State>>) -> Result<Running, ServeError> {
     // decision record like every other query.
     let mut server = Server::new(handler);
     let mut local_addrs = Vec::with_capacity(config.server.listen.len());
+    // One UDP socket per worker thread, so receiving is spread across cores.
+    let sockets_per_address = std::thread::available_parallelism().map_or(1, |n| n.get());
     for &addr in &config.server.listen {
-        let (udp, tcp) = bind_pair(addr).await?;
-        let bound = udp.local_addr().map_err(|source| ServeError::Bind {
+        let (udp_sockets, tcp) = bind_pair(addr, sockets_per_address).await?;
+        let bound = tcp.local_addr().map_err(|source| ServeError::Bind {
             addr,
-            transport: "udp",
+            transport: "tcp",
             source,
         })?;
-        server.register_socket(udp);
+        for udp in udp_sockets {
+            server.register_socket(udp);
+        }
         // The response buffer is how many responses may queue per TCP connection (pipelining).
         server.register_listener(tcp, config.server.tcp_idle_timeout, 64);
         local_addrs.push(bound);
@@ -74,10 +78,18 @@ pub async fn start(state: Arc<ArcSwap<State>>) -> Result<Running, ServeError> {
     })
 }
 
-/// Binds UDP and TCP on the same address. With port 0 the kernel picks the UDP port and TCP
-/// takes the same one, so clients (and tests) need one port; if that TCP port is taken we try
-/// again with a fresh UDP port.
-async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), ServeError> {
+/// Receive buffer asked for on each UDP socket. The kernel default (about 208 KiB) drops
+/// queries in a burst before a worker gets to them; 4 MiB absorbs tens of thousands.
+const UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Binds `count` UDP sockets sharing one port (SO_REUSEPORT, so the kernel spreads queries
+/// across them and each gets its own receive loop) and a TCP listener on the same port. With
+/// port 0 the kernel picks the port for the first UDP socket and the rest follow it; if TCP
+/// cannot have that port we start over with a fresh one.
+async fn bind_pair(
+    addr: SocketAddr,
+    count: usize,
+) -> Result<(Vec<UdpSocket>, TcpListener), ServeError> {
     let udp_error = |source| ServeError::Bind {
         addr,
         transport: "udp",
@@ -85,10 +97,14 @@ async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), ServeEr
     };
     let mut attempts_left = if addr.port() == 0 { 16 } else { 1 };
     loop {
-        let udp = UdpSocket::bind(addr).await.map_err(udp_error)?;
-        let bound = udp.local_addr().map_err(udp_error)?;
+        let first = udp_socket(addr).map_err(udp_error)?;
+        let bound = first.local_addr().map_err(udp_error)?;
+        let mut sockets = vec![first];
+        for _ in 1..count {
+            sockets.push(udp_socket(bound).map_err(udp_error)?);
+        }
         match TcpListener::bind(bound).await {
-            Ok(tcp) => return Ok((udp, tcp)),
+            Ok(tcp) => return Ok((sockets, tcp)),
             Err(source) => {
                 attempts_left -= 1;
                 if attempts_left == 0 {
@@ -101,6 +117,21 @@ async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), ServeEr
             }
         }
     }
+}
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // An explicit IPv6 address serves IPv6 only; list an IPv4 address to serve both.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_port(true)?;
+    // Best effort: without privileges the kernel caps this at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 impl Running {
