@@ -216,9 +216,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
     if let Err(error) = snapshot.write_manifest(&state) {
         tracing::warn!(%error, "cannot record the serving generation for `lists diff`");
     }
-    if state.config.forward.upstreams.is_empty() {
+    if state.config.forward.upstreams.is_empty() && !state.config.recursion.enabled {
         eprintln!(
-            "{}: forward.upstreams: needs at least one upstream",
+            "{}: forward.upstreams: needs at least one upstream (or recursion.enabled = true)",
             path.display()
         );
         return ExitCode::from(2);
@@ -281,6 +281,9 @@ fn log_effective_config(config: &Config, state: &State) {
         upstreams = ?config.forward.upstreams,
         timeout_ms = config.forward.timeout.as_millis() as u64,
         attempts = config.forward.attempts,
+        recursion = config.recursion.enabled,
+        dnssec_validation = config.recursion.dnssec_validation,
+        forward_zones = config.forward_zones.len(),
         cache_entries = config.cache.max_entries,
         "effective configuration"
     );

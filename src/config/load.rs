@@ -51,6 +51,10 @@ pub struct Config {
     pub path: PathBuf,
     pub server: ServerConfig,
     pub forward: ForwardConfig,
+    /// `[recursion]` with `root_hints`/`trust_anchor` resolved against the config directory.
+    pub recursion: crate::resolve::RecursionSettings,
+    /// `[[forward.zone]]` tables.
+    pub forward_zones: Vec<crate::resolve::ForwardZone>,
     pub cache: CacheSection,
     pub blocking: BlockingSection,
     pub log: LogSection,
@@ -270,6 +274,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             timeout: Duration::from_millis(file.forward.timeout_ms),
             attempts: file.forward.attempts,
         },
+        recursion: crate::resolve::RecursionSettings {
+            root_hints: file.recursion.root_hints.as_ref().map(|p| base_dir.join(p)),
+            trust_anchor: file
+                .recursion
+                .trust_anchor
+                .as_ref()
+                .map(|p| base_dir.join(p)),
+            ..file.recursion.clone()
+        },
+        forward_zones: file.forward.zones.clone(),
         cache: file.cache,
         blocking: file.blocking,
         log: file.log,

@@ -17,6 +17,8 @@ use crate::lists::OnInvalid;
 pub struct ConfigFile {
     pub server: ServerSection,
     pub forward: ForwardSection,
+    /// `[recursion]`: iterative resolution from the root with DNSSEC validation.
+    pub recursion: crate::resolve::RecursionSettings,
     pub cache: CacheSection,
     pub blocking: BlockingSection,
     pub log: LogSection,
@@ -76,6 +78,10 @@ pub struct ForwardSection {
     /// upstreams than that each is tried once more. Bounds the worst-case wait to
     /// `attempts * timeout_ms`, so a client never hangs.
     pub attempts: u32,
+    /// `[[forward.zone]]` tables: zones forwarded to their own servers even when
+    /// `recursion.enabled` (internal names the public root does not know). Default none.
+    #[serde(rename = "zone")]
+    pub zones: Vec<crate::resolve::ForwardZone>,
 }
 
 impl Default for ForwardSection {
@@ -84,6 +90,7 @@ impl Default for ForwardSection {
             upstreams: Vec::new(),
             timeout_ms: 1500,
             attempts: 3,
+            zones: Vec::new(),
         }
     }
 }

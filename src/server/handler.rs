@@ -33,9 +33,15 @@ use crate::{
         decision::{AnswerSource, RuleMatch},
         write_lookup_key,
     },
-    resolve::UpstreamQuery,
+    resolve::{Recursor, UpstreamQuery},
     state::State,
 };
+
+/// The "upstream" a decision record names for an answer resolved from the root: 0.0.0.0:0
+/// (the real servers are many per answer). A dedicated `AnswerSource::Recursion` would be
+/// clearer; this keeps the record format unchanged.
+const RECURSION_SOURCE: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// Counters kept on the query path: plain atomics, no lock.
 #[derive(Debug, Default)]
@@ -74,6 +80,8 @@ pub struct Handler {
     state: Arc<ArcSwap<State>>,
     cache: AnswerCache,
     counters: Arc<Counters>,
+    /// Present when `recursion.enabled`: step 4 resolves from the root instead of forwarding.
+    recursor: Option<Arc<Recursor>>,
 }
 
 /// The answer a step settled on, before it is put on the wire.
@@ -98,11 +106,17 @@ impl Reply {
 }
 
 impl Handler {
-    pub fn new(state: Arc<ArcSwap<State>>, cache: AnswerCache, counters: Arc<Counters>) -> Self {
+    pub fn new(
+        state: Arc<ArcSwap<State>>,
+        cache: AnswerCache,
+        counters: Arc<Counters>,
+        recursor: Option<Arc<Recursor>>,
+    ) -> Self {
         Self {
             state,
             cache,
             counters,
+            recursor,
         }
     }
 
@@ -194,8 +208,32 @@ impl Handler {
                 dnssec_ok,
                 checking_disabled: request.metadata.checking_disabled,
             };
-            match state.upstreams.resolve(&upstream_query).await {
-                Ok((message, upstream)) => {
+            // Recursive mode: same shape as the forwarder's result, plus a DNSSEC EDE for
+            // bogus answers (SERVFAIL, RFC 8914 6/7/8/10), which is not cached: a cached replay
+            // would lose the EDE.
+            let resolved = match &self.recursor {
+                Some(recursor) => recursor
+                    .resolve(&upstream_query)
+                    .await
+                    .map(|answer| {
+                        let source = answer.forwarded_to.unwrap_or(RECURSION_SOURCE);
+                        (answer.message, source, answer.ede)
+                    })
+                    .map_err(|error| (error.ede_code(), error.to_string())),
+                None => state
+                    .upstreams
+                    .resolve(&upstream_query)
+                    .await
+                    .map(|(message, upstream)| (message, upstream, None))
+                    .map_err(|error| (error.ede_code(), error.to_string())),
+            };
+            match resolved {
+                Ok((message, _, Some(ede))) => {
+                    record.source = AnswerSource::Local;
+                    record.decision = DecisionKind::Error;
+                    return Reply::error(message.metadata.response_code, Some(ede));
+                }
+                Ok((message, upstream, None)) => {
                     record.source = AnswerSource::Upstream(upstream);
                     let cached_ttl = self.cache.insert(cache_key, &message, upstream, now);
                     let mut reply = Reply {
@@ -215,17 +253,14 @@ impl Handler {
                     }
                     reply
                 }
-                Err(error) => {
+                Err((ede_code, error)) => {
                     // SERVFAIL at once rather than leave the client to time out.
                     self.counters
                         .upstream_errors
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%error, %qname, "upstream resolution failed");
                     record.decision = DecisionKind::Error;
-                    return Reply::error(
-                        ResponseCode::ServFail,
-                        Some((error.ede_code(), error.to_string())),
-                    );
+                    return Reply::error(ResponseCode::ServFail, Some((ede_code, error)));
                 }
             }
         };

@@ -27,6 +27,8 @@ pub enum ServeError {
     },
     #[error("server stopped: {0}")]
     Stopped(String),
+    #[error("recursion: {0}")]
+    Recursion(#[from] crate::resolve::RecursionError),
 }
 
 /// A bound, running server.
@@ -50,7 +52,22 @@ impl std::fmt::Debug for Running {
 pub async fn start(state: Arc<ArcSwap<State>>) -> Result<Running, ServeError> {
     let config = state.load().config.clone();
     let counters = Arc::new(Counters::default());
-    let handler = Handler::new(state, AnswerCache::new(&config.cache), counters.clone());
+    // Built once, outside the reloadable state, so a list reload keeps the recursor's caches.
+    let recursor = if config.recursion.enabled {
+        Some(Arc::new(crate::resolve::Recursor::new(
+            &config.recursion,
+            &config.forward_zones,
+            &config.forward,
+        )?))
+    } else {
+        None
+    };
+    let handler = Handler::new(
+        state,
+        AnswerCache::new(&config.cache),
+        counters.clone(),
+        recursor,
+    );
     // ACL is enforced in the handler, not by hickory's `with_access`, so that refusals get a
     // decision record like every other query.
     let mut server = Server::new(handler);
