@@ -512,6 +512,16 @@ fn malformed_packets_do_not_kill_the_server() {
     .unwrap();
     assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
 
+    // A query whose question is cut short gets FORMERR over UDP too.
+    let reply = hickory_proto::op::Message::from_vec(&exchange_raw(
+        dnsward.addr,
+        Transport::Udp,
+        "127.0.0.1".parse().unwrap(),
+        &junk[3],
+    ))
+    .unwrap();
+    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+
     assert!(dnsward.is_running());
     for transport in BOTH {
         let reply = ask(dnsward.addr, transport, "www.test.", RecordType::A);
@@ -527,7 +537,8 @@ fn malformed_packets_do_not_kill_the_server() {
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .expect("malformed counter in the stop summary");
-    assert!(malformed >= 1, "{line}");
+    // Most of the 207 junk datagrams do not parse; every one that does not is counted.
+    assert!(malformed >= 100, "{line}");
 }
 
 #[test]

@@ -120,6 +120,10 @@ impl Handler {
         }
     }
 
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
     /// Runs the chain for one request and returns the reply with its decision record.
     async fn answer(
         &self,

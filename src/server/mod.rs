@@ -4,12 +4,18 @@
 pub mod acl;
 pub mod handler;
 pub mod sinkhole;
+mod udp;
 
 use std::{net::SocketAddr, sync::Arc};
 
 use arc_swap::ArcSwap;
-use hickory_server::Server;
+use hickory_server::{
+    Server,
+    net::runtime::Time,
+    server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
+};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
 
 pub use handler::{Counters, Handler};
 
@@ -33,7 +39,11 @@ pub enum ServeError {
 
 /// A bound, running server.
 pub struct Running {
-    server: Server<Handler>,
+    /// hickory-server, serving TCP.
+    server: Server<SharedHandler>,
+    /// Our UDP receive loops (see `udp`), stopped by `udp_shutdown`.
+    udp_loops: Vec<tokio::task::JoinHandle<()>>,
+    udp_shutdown: CancellationToken,
     /// The addresses actually bound (port 0 in the config becomes a real port here), each
     /// serving both UDP and TCP.
     pub local_addrs: Vec<SocketAddr>,
@@ -70,7 +80,10 @@ pub async fn start(state: Arc<ArcSwap<State>>) -> Result<Running, ServeError> {
     );
     // ACL is enforced in the handler, not by hickory's `with_access`, so that refusals get a
     // decision record like every other query.
-    let mut server = Server::new(handler);
+    let handler = Arc::new(handler);
+    let mut server = Server::new(SharedHandler(handler.clone()));
+    let udp_shutdown = CancellationToken::new();
+    let mut udp_loops = Vec::new();
     let mut local_addrs = Vec::with_capacity(config.server.listen.len());
     // One UDP socket per worker thread, so receiving is spread across cores.
     let sockets_per_address = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -82,7 +95,11 @@ pub async fn start(state: Arc<ArcSwap<State>>) -> Result<Running, ServeError> {
             source,
         })?;
         for udp in udp_sockets {
-            server.register_socket(udp);
+            udp_loops.push(tokio::spawn(udp::serve(
+                Arc::new(udp),
+                handler.clone(),
+                udp_shutdown.clone(),
+            )));
         }
         // The response buffer is how many responses may queue per TCP connection (pipelining).
         server.register_listener(tcp, config.server.tcp_idle_timeout, 64);
@@ -90,9 +107,27 @@ pub async fn start(state: Arc<ArcSwap<State>>) -> Result<Running, ServeError> {
     }
     Ok(Running {
         server,
+        udp_loops,
+        udp_shutdown,
         local_addrs,
         counters,
     })
+}
+
+/// The handler shared by hickory-server's TCP listener and our UDP loops.
+pub struct SharedHandler(Arc<Handler>);
+
+#[async_trait::async_trait]
+impl RequestHandler for SharedHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        self.0
+            .handle_request::<R, T>(request, response_handle)
+            .await
+    }
 }
 
 /// Receive buffer asked for on each UDP socket. The kernel default (about 208 KiB) drops
@@ -162,6 +197,10 @@ impl Running {
                 return result.map_err(|error| ServeError::Stopped(error.to_string()));
             }
             () = shutdown => {}
+        }
+        self.udp_shutdown.cancel();
+        for udp_loop in self.udp_loops {
+            let _ = udp_loop.await;
         }
         self.server
             .shutdown_gracefully()
