@@ -10,11 +10,17 @@ use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 
 use dnsward::{
+    audit::{
+        AuditHandle, AuditLog, AuditWriter, InstanceId, ServiceEvent,
+        cli::AuditCommand,
+        query::{Filter, TimeRange},
+        record::Entry,
+    },
     config::{self, Config, ListKind, ListMode},
     logging,
     policy::decision::action_name,
     preview::Comparison,
-    reload::Reloader,
+    reload::{Reloader, load_event},
     server,
     snapshot::Snapshot,
     state::{self, BuildWarnings, State},
@@ -56,6 +62,13 @@ enum Command {
         #[arg(long, short, default_value = "config/dnsward.toml")]
         config: PathBuf,
     },
+    /// Review the audit log: search, summarise, export, verify; make a signing key.
+    Audit {
+        #[arg(long, short, default_value = "config/dnsward.toml", global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Work with lists: preview what an edit changes before it goes live.
     Lists {
         #[command(subcommand)]
@@ -89,6 +102,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Check { config } => check(&config),
+        Command::Audit { config, command } => audit(&config, command),
         Command::Lists {
             command:
                 ListsCommand::Diff {
@@ -153,13 +167,51 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `audit ...`: exit 0 on success, 1 when verify finds damage or a command fails.
+fn audit(path: &std::path::Path, command: AuditCommand) -> ExitCode {
+    // Keygen needs no config; the others read `[audit] dir` from it unless given `--dir`.
+    let dir = match config::load(path) {
+        Ok(config) => config.audit.dir,
+        Err(error) => {
+            if command_has_dir(&command) {
+                PathBuf::from(".")
+            } else {
+                eprintln!("{error}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    match dnsward::audit::cli::run(command, &dir, &mut stdout) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("dnsward audit: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Whether an audit command names its directory itself (`--dir`, or a path to verify), so an
+/// auditor can work on a copied log without the resolver's config.
+fn command_has_dir(command: &AuditCommand) -> bool {
+    match command {
+        AuditCommand::Search { dir, .. }
+        | AuditCommand::Summary { dir, .. }
+        | AuditCommand::Export { dir, .. } => dir.dir.is_some(),
+        AuditCommand::Verify { dir, path, .. } => dir.dir.is_some() || path.is_some(),
+        AuditCommand::Keygen { .. } => true,
+    }
+}
+
 /// `lists diff`; returns whether anything would change.
 fn lists_diff(path: &std::path::Path, since: &str, json: bool) -> anyhow::Result<bool> {
     let config = config::load(path)?;
     let window = parse_window(since)
         .with_context(|| format!("--since {since:?}: expected a duration like 30m, 24h or 7d"))?;
+    let audit_dir = config.audit.dir.clone();
     let comparison = Comparison::load(config)?;
-    let seen = seen_names(window);
+    let seen = seen_names(&audit_dir, window)?;
     let preview = comparison.preview(seen.iter().map(|(name, client)| (name.as_str(), *client)));
     if json {
         println!("{}", serde_json::to_string_pretty(&preview)?);
@@ -169,10 +221,38 @@ fn lists_diff(path: &std::path::Path, since: &str, json: bool) -> anyhow::Result
     Ok(preview.has_changes())
 }
 
-/// Names and clients seen in the audit log over `window`. Until the audit log exists there is
-/// nothing to read, and the preview covers rules only.
-fn seen_names(_window: Duration) -> Vec<(String, std::net::IpAddr)> {
-    Vec::new()
+/// Names and clients of the query records in the audit log over `window`. Without an audit log
+/// (never enabled) the preview covers rules only.
+fn seen_names(
+    audit_dir: &std::path::Path,
+    window: Duration,
+) -> anyhow::Result<Vec<(String, std::net::IpAddr)>> {
+    if !audit_dir.exists() {
+        eprintln!(
+            "note: no audit log in {}; only rule changes are shown",
+            audit_dir.display()
+        );
+        return Ok(Vec::new());
+    }
+    let filter = Filter {
+        range: TimeRange::since(window),
+        ..Filter::default()
+    };
+    let mut seen = Vec::new();
+    for hit in dnsward::audit::query::search(audit_dir, &filter)? {
+        let hit = hit?;
+        if let Entry::Query(query) = hit.record.entry {
+            // Anonymised clients (`192.0.2.0/24`, hashes) still count as one client each.
+            let client = query
+                .client
+                .parse::<std::net::SocketAddr>()
+                .map(|addr| addr.ip())
+                .or_else(|_| query.client.parse::<std::net::IpAddr>())
+                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+            seen.push((query.qname, client));
+        }
+    }
+    Ok(seen)
 }
 
 fn parse_window(text: &str) -> Option<Duration> {
@@ -242,9 +322,20 @@ fn run_server(state: State) -> anyhow::Result<()> {
         log_effective_config(&state.config, &state);
         let reload_settings = state.config.reload.clone();
         let config_path = state.config.path.clone();
+        // Signal handlers first: a SIGTERM right after start-up must still flush the audit log.
+        let shutdown = shutdown_signal()?;
+        let audit = open_audit(&state)?;
         let state = Arc::new(ArcSwap::from_pointee(state));
-        let running = server::start(state.clone()).await?;
-        let reloader = Arc::new(Reloader::new(config_path, state.clone()));
+        let running = server::start(
+            state.clone(),
+            audit.as_ref().map(|(handle, _)| handle.clone()),
+        )
+        .await?;
+        let reloader = Arc::new(Reloader::new(
+            config_path,
+            state.clone(),
+            audit.as_ref().map(|(handle, _)| handle.clone()),
+        ));
         reloader.spawn_sighup_reloads();
         if reload_settings.watch {
             reloader.spawn_file_watch(Duration::from_millis(reload_settings.debounce_ms));
@@ -253,23 +344,53 @@ fn run_server(state: State) -> anyhow::Result<()> {
             tracing::info!("listening on {addr} (udp+tcp)");
         }
         let counters = running.counters.clone();
-        running.run_until(shutdown_signal()).await?;
+        running.run_until(shutdown).await?;
         counters.log_summary("stopped");
+        if let Some((handle, writer)) = audit {
+            let dropped = handle.dropped();
+            drop(handle);
+            // Flushes, writes the stop record and a final signed checkpoint, and fsyncs.
+            let stats = tokio::task::spawn_blocking(move || writer.shutdown())
+                .await
+                .context("audit writer task failed")?
+                .context("cannot close the audit log cleanly")?;
+            tracing::info!(?stats, audit_dropped_total = dropped, "audit log closed");
+        }
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
-        // Without a SIGTERM handler, Ctrl-C still works.
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
-        _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
+/// Opens the audit log (unless disabled) and records the start and the first generation.
+fn open_audit(state: &State) -> anyhow::Result<Option<(AuditHandle, AuditWriter)>> {
+    let settings = &state.config.audit;
+    if !settings.enabled {
+        tracing::warn!("audit log disabled ([audit] enabled = false): decisions are not recorded");
+        return Ok(None);
     }
+    let (handle, writer) = AuditLog::open(settings, InstanceId::random())
+        .with_context(|| format!("cannot open the audit log in {}", settings.dir.display()))?;
+    handle.service(ServiceEvent::Start {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        config: state.config.path.clone(),
+    });
+    handle.service(load_event(state));
+    tracing::info!(dir = %settings.dir.display(), signed = settings.signing_key.is_some(), "audit log open");
+    Ok(Some((handle, writer)))
+}
+
+/// Resolves on SIGINT or SIGTERM. The handlers are installed before this returns.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT received, shutting down"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
+        }
+    })
 }
 
 /// Logs what is actually in force, so an operator reading the log knows the resolver's shape.

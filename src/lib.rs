@@ -2,6 +2,7 @@
 //! every decision.
 //!
 //! # Layout
+//! - `audit`: the hash-chained, signed decision trail: writer, verify, search, summary, export.
 //! - `config`: the TOML file's model and its validated, typed form.
 //! - `lists`: list file syntax (plain, hosts, adblock, `*.`), loading, and the domain matcher.
 //! - `policy`: which list and rule decides a name; the decision record.
@@ -14,6 +15,7 @@
 //! - `cache`: the positive and negative answer cache (RFC 2308).
 //! - `logging`: `tracing` set-up from config and `RUST_LOG`.
 
+pub mod audit;
 pub mod cache;
 pub mod config;
 pub mod lists;

@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use notify::Watcher as _;
 
 use crate::{
+    audit::{AuditHandle, ListFile, ServiceEvent},
     config::{self, Config},
     snapshot::Snapshot,
     state::{self, State},
@@ -51,15 +52,22 @@ pub struct Reloader {
     pub counters: ReloadCounters,
     /// Serialises reloads so two triggers cannot race to store; queries never take it.
     in_progress: tokio::sync::Mutex<()>,
+    /// Accepted and refused reloads are audit records.
+    audit: Option<AuditHandle>,
 }
 
 impl Reloader {
-    pub fn new(config_path: PathBuf, state: Arc<ArcSwap<State>>) -> Self {
+    pub fn new(
+        config_path: PathBuf,
+        state: Arc<ArcSwap<State>>,
+        audit: Option<AuditHandle>,
+    ) -> Self {
         Self {
             config_path,
             state,
             counters: ReloadCounters::default(),
             in_progress: tokio::sync::Mutex::new(()),
+            audit,
         }
     }
 
@@ -105,6 +113,9 @@ impl Reloader {
                 if let Err(error) = snapshot.write_manifest(&next) {
                     tracing::warn!(%error, "cannot record the serving generation for `lists diff`");
                 }
+                if let Some(audit) = &self.audit {
+                    audit.service(load_event(&next));
+                }
                 let previous = self.state.swap(Arc::new(next));
                 // The old state (possibly a million rules) is freed off the query path once the
                 // last in-flight query lets go of it.
@@ -128,6 +139,11 @@ impl Reloader {
                     serving_generation = current.generation,
                     "reload refused; still serving the last good state"
                 );
+                if let Some(audit) = &self.audit {
+                    audit.service(ServiceEvent::ReloadRefused {
+                        errors: errors.clone(),
+                    });
+                }
                 ReloadOutcome::Refused { errors }
             }
         }
@@ -210,6 +226,24 @@ impl Reloader {
         let mut files = vec![self.config_path.clone()];
         files.extend(config.lists.iter().map(|list| list.path.clone()));
         files
+    }
+}
+
+/// The audit record of a generation going into service: each list's file, hash and rule count.
+pub fn load_event(state: &State) -> ServiceEvent {
+    ServiceEvent::Load {
+        generation: state.generation,
+        lists: state
+            .policy
+            .lists()
+            .iter()
+            .map(|list| ListFile {
+                name: list.name.to_string(),
+                path: list.path.clone(),
+                sha256: hex(&list.sha256),
+                rules: list.matcher.len() as u64,
+            })
+            .collect(),
     }
 }
 

@@ -15,7 +15,7 @@ use super::model::{
     BlockAction, BlockingSection, CacheSection, ConfigFile, ListKind, ListMode, LogSection,
     ReloadSection,
 };
-use crate::lists::OnInvalid;
+use crate::{audit::AuditSettings, lists::OnInvalid};
 
 /// A configuration problem, always tied to the file and, where there is one, the line and key.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,9 @@ pub struct Config {
     pub blocking: BlockingSection,
     pub log: LogSection,
     pub reload: ReloadSection,
+    /// `[audit]` with `dir` resolved against `server.data_dir` and key files against the config
+    /// file's directory.
+    pub audit: AuditSettings,
     pub lists: Vec<ListConfig>,
 }
 
@@ -250,6 +253,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         });
     }
 
+    let data_dir = base_dir.join(&file.server.data_dir);
     Ok(Config {
         path: path.to_owned(),
         server: ServerConfig {
@@ -260,7 +264,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 .map(|spanned| *spanned.get_ref())
                 .collect(),
             allow: file.server.allow.clone(),
-            data_dir: base_dir.join(&file.server.data_dir),
+            data_dir: data_dir.clone(),
             udp_payload_max: file.server.udp_payload_max,
             tcp_idle_timeout: Duration::from_secs(file.server.tcp_idle_timeout_secs.max(1)),
         },
@@ -288,8 +292,28 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         blocking: file.blocking,
         log: file.log,
         reload: file.reload,
+        audit: resolve_audit_paths(file.audit, base_dir, &data_dir),
         lists,
     })
+}
+
+fn resolve_audit_paths(
+    mut audit: AuditSettings,
+    base_dir: &Path,
+    data_dir: &Path,
+) -> AuditSettings {
+    if audit.dir.is_relative() {
+        audit.dir = data_dir.join(&audit.dir);
+    }
+    for key in [&mut audit.signing_key, &mut audit.anonymize_key]
+        .into_iter()
+        .flatten()
+    {
+        if key.is_relative() {
+            *key = base_dir.join(&*key);
+        }
+    }
+    audit
 }
 
 /// `path:line`, or just `path` when the line is unknown (0).

@@ -23,6 +23,8 @@ pub struct ConfigFile {
     pub blocking: BlockingSection,
     pub log: LogSection,
     pub reload: ReloadSection,
+    /// `[audit]`: the hash-chained, signed decision trail (see `audit::AuditSettings`).
+    pub audit: crate::audit::AuditSettings,
     /// `[[list]]` tables, in the order they are written. Order matters only between lists of the
     /// same type and mode: the first matching list is the one a decision names.
     #[serde(rename = "list")]

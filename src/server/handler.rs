@@ -26,6 +26,7 @@ use hickory_server::{
 };
 
 use super::sinkhole;
+use crate::audit::AuditHandle;
 use crate::{
     cache::{AnswerCache, CacheKey},
     policy::{
@@ -82,6 +83,8 @@ pub struct Handler {
     counters: Arc<Counters>,
     /// Present when `recursion.enabled`: step 4 resolves from the root instead of forwarding.
     recursor: Option<Arc<Recursor>>,
+    /// Where every decision record goes; `None` with `[audit] enabled = false`.
+    audit: Option<AuditHandle>,
 }
 
 /// The answer a step settled on, before it is put on the wire.
@@ -111,12 +114,14 @@ impl Handler {
         cache: AnswerCache,
         counters: Arc<Counters>,
         recursor: Option<Arc<Recursor>>,
+        audit: Option<AuditHandle>,
     ) -> Self {
         Self {
             state,
             cache,
             counters,
             recursor,
+            audit,
         }
     }
 
@@ -497,6 +502,10 @@ impl RequestHandler for Handler {
             .filter(|_| request.edns.is_some());
         record.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         record.emit();
+        // The audit queue never blocks: a full queue is counted and becomes a gap record.
+        if let Some(audit) = &self.audit {
+            audit.record(record);
+        }
         info
     }
 }

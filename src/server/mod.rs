@@ -59,7 +59,10 @@ impl std::fmt::Debug for Running {
 }
 
 /// Binds every listen address and starts serving from `state`.
-pub async fn start(state: Arc<ArcSwap<State>>) -> Result<Running, ServeError> {
+pub async fn start(
+    state: Arc<ArcSwap<State>>,
+    audit: Option<crate::audit::AuditHandle>,
+) -> Result<Running, ServeError> {
     let config = state.load().config.clone();
     let counters = Arc::new(Counters::default());
     // Built once, outside the reloadable state, so a list reload keeps the recursor's caches.
@@ -77,6 +80,7 @@ pub async fn start(state: Arc<ArcSwap<State>>) -> Result<Running, ServeError> {
         AnswerCache::new(&config.cache),
         counters.clone(),
         recursor,
+        audit,
     );
     // ACL is enforced in the handler, not by hickory's `with_access`, so that refusals get a
     // decision record like every other query.

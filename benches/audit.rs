@@ -1,0 +1,174 @@
+//! Audit log benchmarks: writer throughput (records/s through the real writer thread), and
+//! search/summary over a generated log (1M records by default; set `AUDIT_BENCH_RECORDS` for
+//! the 10M run). The generated log is kept under `$CARGO_TARGET_TMPDIR/audit-bench-<n>` between
+//! runs.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
+};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use dnsward::{
+    audit::{
+        self, AuditLog, AuditSettings, Filter, InstanceId, TimeRange,
+        query::{ClientFilter, DomainFilter},
+    },
+    config::BlockAction,
+    policy::decision::{AnswerSource, DecisionKind, DecisionRecord, RuleMatch, Trigger},
+};
+
+const BASE_SECS: u64 = 1_738_324_800;
+
+/// Query `i` of `n`, spread over one hour: 1000 clients, 10,000 names, every tenth a blocked
+/// `www.binance.com.`.
+fn decision(i: u64, n: u64) -> DecisionRecord {
+    let blocked = i % 10 == 0;
+    let micros = i * 3_600_000_000 / n.max(1);
+    DecisionRecord {
+        time: SystemTime::UNIX_EPOCH
+            + Duration::from_secs(BASE_SECS)
+            + Duration::from_micros(micros),
+        generation: 1,
+        client: SocketAddr::from(([10, 0, (i / 7 % 4) as u8, (i % 250) as u8], 40000)),
+        transport: "udp",
+        qname: if blocked {
+            "www.binance.com.".to_owned()
+        } else {
+            format!("host{}.example{}.org.", i % 100, i % 97)
+        },
+        qtype: "A".to_owned(),
+        qclass: "IN".to_owned(),
+        decision: if blocked {
+            DecisionKind::Blocked
+        } else {
+            DecisionKind::Allowed
+        },
+        rule: blocked.then(|| RuleMatch {
+            list: "crypto".to_owned(),
+            rule: "||binance.com^".to_owned(),
+            file: "lists/crypto.txt".to_owned(),
+            line: 3,
+            trigger: Trigger::Question,
+        }),
+        action: blocked.then_some(BlockAction::Nxdomain),
+        rcode: if blocked { "NXDomain" } else { "NoError" }.to_owned(),
+        answer: if blocked {
+            String::new()
+        } else {
+            "A 192.0.2.99".to_owned()
+        },
+        ede: blocked.then_some(15),
+        source: if blocked {
+            AnswerSource::Local
+        } else {
+            AnswerSource::Upstream(SocketAddr::from(([198, 51, 100, 1], 53)))
+        },
+        latency_us: 250,
+    }
+}
+
+/// Writes `records` through the real writer; returns the elapsed time.
+fn write(dir: PathBuf, records: &[DecisionRecord]) -> Duration {
+    let settings = AuditSettings {
+        dir,
+        queue_capacity: records.len(),
+        ..AuditSettings::default()
+    };
+    let start = Instant::now();
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).expect("open");
+    for record in records {
+        handle.record(record.clone());
+    }
+    writer.shutdown().expect("shutdown");
+    assert_eq!(handle.dropped(), 0);
+    start.elapsed()
+}
+
+fn writer_throughput(c: &mut Criterion) {
+    const N: u64 = 200_000;
+    let records: Vec<DecisionRecord> = (0..N).map(|i| decision(i, N)).collect();
+    let mut group = c.benchmark_group("audit_writer");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(N));
+    group.bench_function("write_200k", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let tmp = tempfile::tempdir().expect("tempdir");
+                total += write(tmp.path().to_owned(), &records);
+            }
+            total
+        });
+    });
+    group.finish();
+}
+
+/// The generated log (written once, reused by later runs).
+fn generated_log(n: u64) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("audit-bench-{n}"));
+    let done = dir.join("complete");
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        let settings = AuditSettings {
+            dir: dir.clone(),
+            queue_capacity: 1 << 16,
+            ..AuditSettings::default()
+        };
+        let start = Instant::now();
+        let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).expect("open");
+        for i in 0..n {
+            // Generation must not drop: wait while the queue is full.
+            assert!(handle.record_wait(decision(i, n)));
+        }
+        writer.shutdown().expect("shutdown");
+        eprintln!("generated {n} records in {:?}", start.elapsed());
+        std::fs::write(&done, b"").expect("marker");
+    }
+    dir
+}
+
+fn search_and_summary(c: &mut Criterion) {
+    let n: u64 = std::env::var("AUDIT_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = generated_log(n);
+    let mut group = c.benchmark_group(format!("audit_query_{n}"));
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(n));
+    let domain_client = Filter {
+        domain: Some(DomainFilter::parse("binance.com")),
+        client: Some(ClientFilter::parse("10.0.0.0/24").expect("cidr")),
+        ..Filter::default()
+    };
+    group.bench_function("search_domain_client", |b| {
+        b.iter(|| audit::search(&dir, &domain_client).expect("search").count());
+    });
+    let rare = Filter {
+        domain: Some(DomainFilter::parse("=host1.example1.org")),
+        ..Filter::default()
+    };
+    group.bench_function("search_rare_name", |b| {
+        b.iter(|| audit::search(&dir, &rare).expect("search").count());
+    });
+    group.bench_function("summary_all", |b| {
+        b.iter(|| audit::summary(&dir, &TimeRange::default()).expect("summary"));
+    });
+    let ten_minutes = TimeRange {
+        from: Some(audit::Timestamp::from_micros(
+            (BASE_SECS as i64 + 1800) * 1_000_000,
+        )),
+        to: Some(audit::Timestamp::from_micros(
+            (BASE_SECS as i64 + 2400) * 1_000_000,
+        )),
+    };
+    group.bench_function("summary_10min_window", |b| {
+        b.iter(|| audit::summary(&dir, &ten_minutes).expect("summary"));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, writer_throughput, search_and_summary);
+criterion_main!(benches);

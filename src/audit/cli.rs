@@ -1,0 +1,288 @@
+//! The `dnsward audit …` subcommands: argument definitions (clap) and `run`, which prints to a
+//! given writer. The binary's `src/cli.rs` nests `AuditCommand` under `audit` and passes the
+//! configured `[audit] dir`; this module does not read the config file.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use clap::{Args, Subcommand};
+
+use super::{
+    AuditError, keys,
+    query::{self, ClientFilter, DomainFilter, ExportFormat, Filter, OutputFormat, TimeRange},
+    record::Decision,
+    verify,
+};
+
+/// `dnsward audit <command>`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AuditCommand {
+    /// Find query records: all filters must match; oldest first.
+    #[command(after_help = "Examples:\n  \
+        dnsward audit search --since 2h --decision blocked\n  \
+        dnsward audit search --domain binance.com --client 192.168.1.0/24 --json\n  \
+        dnsward audit search --from 2025-01-31T00:00:00Z --to 2025-02-01T00:00:00Z --csv --limit 100")]
+    Search {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        range: RangeArgs,
+        /// A client address or CIDR network (`192.0.2.7`, `192.0.2.0/24`), or a hashed client.
+        #[arg(long)]
+        client: Option<String>,
+        /// A domain and everything under it; prefix with `=` for that name only.
+        #[arg(long)]
+        domain: Option<String>,
+        /// A query type (`A`, `AAAA`, `HTTPS`, …).
+        #[arg(long)]
+        qtype: Option<String>,
+        /// allowed, blocked, logged, refused or error.
+        #[arg(long)]
+        decision: Option<String>,
+        /// The name of the list whose rule decided.
+        #[arg(long)]
+        list: Option<String>,
+        /// Stop after this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print the stored JSON lines (chain members included).
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print CSV with a header row.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Counts over a time range: by decision, top blocked domains, top clients, per list, per hour.
+    #[command(after_help = "Examples:\n  \
+        dnsward audit summary --since 24h\n  \
+        dnsward audit summary --from 2025-01-31T00:00:00Z --to 2025-02-01T00:00:00Z --json")]
+    Summary {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        range: RangeArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every record with its chain members; the output verifies on its own.
+    #[command(after_help = "Examples:\n  \
+        dnsward audit export --format jsonl --output audit-2025-01.jsonl\n  \
+        dnsward audit verify --pubkey audit.pub audit-2025-01.jsonl")]
+    Export {
+        #[command(flatten)]
+        dir: DirArg,
+        /// jsonl (stored lines) or csv (flattened columns plus the stored line).
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Check every chain link and checkpoint signature; exit 1 at the first bad spot.
+    #[command(after_help = "Examples:\n  \
+        dnsward audit verify --pubkey /secure/audit.pub\n  \
+        dnsward audit verify --pubkey audit.pub export.jsonl")]
+    Verify {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The public key written by `keygen`; without it signatures are not trusted.
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+        /// A log directory, a segment, or an export file (default: the audit directory).
+        path: Option<PathBuf>,
+    },
+    /// Write a new Ed25519 key pair: PREFIX.key (private, mode 0600) and PREFIX.pub.
+    #[command(after_help = "Example:\n  \
+        dnsward audit keygen --out /etc/dnsward/audit   # audit.key + audit.pub\n  \
+        then set [audit] signing_key = \"/etc/dnsward/audit.key\" and give audit.pub to the auditor")]
+    Keygen {
+        /// File prefix, or an existing directory (then `audit.key`/`audit.pub` inside it).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// `--dir`: overrides the configured audit directory.
+#[derive(Debug, Clone, Args)]
+pub struct DirArg {
+    /// The audit directory (default: `[audit] dir` of the configuration).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Time range flags.
+#[derive(Debug, Clone, Args)]
+pub struct RangeArgs {
+    /// Only the last period: `90s`, `15m`, `2h`, `7d`.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// From this time (RFC 3339, inclusive).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Until this time (RFC 3339, exclusive).
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+impl RangeArgs {
+    fn parse(&self) -> Result<TimeRange, AuditError> {
+        TimeRange::parse(
+            self.since.as_deref(),
+            self.from.as_deref(),
+            self.to.as_deref(),
+        )
+    }
+}
+
+fn pick<'a>(dir: &'a DirArg, configured: &'a Path) -> &'a Path {
+    dir.dir.as_deref().unwrap_or(configured)
+}
+
+/// Runs one command, printing to `out`. `Ok(false)` means the command ran and the answer is
+/// negative (verify found damage): the binary exits 1.
+pub fn run(
+    command: AuditCommand,
+    audit_dir: &Path,
+    out: &mut dyn Write,
+) -> Result<bool, AuditError> {
+    match command {
+        AuditCommand::Search {
+            dir,
+            range,
+            client,
+            domain,
+            qtype,
+            decision,
+            list,
+            limit,
+            json,
+            csv,
+        } => {
+            let filter = Filter {
+                range: range.parse()?,
+                client: client.as_deref().map(ClientFilter::parse).transpose()?,
+                domain: domain.as_deref().map(DomainFilter::parse),
+                qtype,
+                decision: decision
+                    .map(|d| Decision::parse(&d).ok_or(AuditError::InvalidDecision { value: d }))
+                    .transpose()?,
+                list,
+                limit,
+            };
+            let format = match (json, csv) {
+                (true, _) => OutputFormat::Jsonl,
+                (_, true) => OutputFormat::Csv,
+                _ => OutputFormat::Table,
+            };
+            query::write_hits(query::search(pick(&dir, audit_dir), &filter)?, format, out)?;
+            Ok(true)
+        }
+        AuditCommand::Summary { dir, range, json } => {
+            let summary = query::summary(pick(&dir, audit_dir), &range.parse()?)?;
+            if json {
+                serde_json::to_writer_pretty(&mut *out, &summary).map_err(AuditError::Encode)?;
+                writeln!(out).map_err(AuditError::Output)?;
+            } else {
+                write!(out, "{summary}").map_err(AuditError::Output)?;
+            }
+            Ok(true)
+        }
+        AuditCommand::Export {
+            dir,
+            format,
+            output,
+        } => {
+            let dir = pick(&dir, audit_dir);
+            match output {
+                Some(path) => {
+                    let file = std::fs::File::create(&path).map_err(AuditError::io(&path))?;
+                    let mut writer = std::io::BufWriter::new(file);
+                    let stats = query::export(dir, format, &mut writer)?;
+                    writer.flush().map_err(AuditError::io(&path))?;
+                    writeln!(
+                        out,
+                        "exported {} records from {} segments to {}",
+                        stats.records,
+                        stats.segments,
+                        path.display()
+                    )
+                    .map_err(AuditError::Output)?;
+                }
+                None => {
+                    let mut writer = std::io::BufWriter::new(&mut *out);
+                    query::export(dir, format, &mut writer)?;
+                    writer.flush().map_err(AuditError::Output)?;
+                }
+            }
+            Ok(true)
+        }
+        AuditCommand::Verify { dir, pubkey, path } => {
+            let target = path.unwrap_or_else(|| pick(&dir, audit_dir).to_owned());
+            let report = verify::verify(&target, pubkey.as_deref())?;
+            write!(out, "{report}").map_err(AuditError::Output)?;
+            Ok(report.ok())
+        }
+        AuditCommand::Keygen { out: prefix } => {
+            let (secret, public) = keys::keygen(&prefix)?;
+            writeln!(
+                out,
+                "private key: {} (keep it on the resolver, mode 0600; set [audit] signing_key)\npublic key:  {} (give it to the auditor)",
+                secret.display(),
+                public.display()
+            )
+            .map_err(AuditError::Output)?;
+            Ok(true)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Probe {
+        #[command(subcommand)]
+        command: AuditCommand,
+    }
+
+    #[test]
+    fn flags_parse() {
+        let probe = Probe::try_parse_from([
+            "audit",
+            "search",
+            "--since",
+            "2h",
+            "--domain",
+            "binance.com",
+            "--json",
+            "--limit",
+            "5",
+        ])
+        .unwrap();
+        assert!(matches!(
+            probe.command,
+            AuditCommand::Search {
+                json: true,
+                limit: Some(5),
+                ..
+            }
+        ));
+        let probe =
+            Probe::try_parse_from(["audit", "export", "--format", "csv", "--output", "x.csv"])
+                .unwrap();
+        assert!(matches!(
+            probe.command,
+            AuditCommand::Export {
+                format: ExportFormat::Csv,
+                ..
+            }
+        ));
+        assert!(Probe::try_parse_from(["audit", "verify", "--pubkey", "k.pub", "dir"]).is_ok());
+        assert!(Probe::try_parse_from(["audit", "search", "--json", "--csv"]).is_err());
+    }
+}

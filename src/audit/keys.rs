@@ -1,0 +1,160 @@
+//! Ed25519 key files for checkpoint signatures, and the exact message a checkpoint signs.
+//!
+//! Key files are one line of lowercase hex: the 32-byte secret seed (`.key`, mode 0600) or the
+//! 32-byte public key (`.pub`). This module does not decide when to sign (writer) or what a bad
+//! signature means (verify).
+
+use std::{
+    fs::OpenOptions,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+
+use super::{AuditError, record::Timestamp, segment::Hash};
+
+/// Domain separation: a checkpoint signature can never be mistaken for a signature over
+/// anything else made with the same key.
+const CHECKPOINT_CONTEXT: &[u8] = b"dnsward-audit checkpoint v1\0";
+
+/// The signed bytes: context ‖ head_seq (u64 BE) ‖ head hash ‖ time (µs since epoch, i64 BE).
+pub fn checkpoint_message(head_seq: u64, head: &Hash, time: Timestamp) -> Vec<u8> {
+    let mut message = Vec::with_capacity(CHECKPOINT_CONTEXT.len() + 8 + 32 + 8);
+    message.extend_from_slice(CHECKPOINT_CONTEXT);
+    message.extend_from_slice(&head_seq.to_be_bytes());
+    message.extend_from_slice(head);
+    message.extend_from_slice(&time.as_micros().to_be_bytes());
+    message
+}
+
+pub fn sign(key: &SigningKey, head_seq: u64, head: &Hash, time: Timestamp) -> Signature {
+    key.sign(&checkpoint_message(head_seq, head, time))
+}
+
+/// Whether `sig_hex` is a valid signature by `key` over the checkpoint.
+pub fn verify_signature(
+    key: &VerifyingKey,
+    head_seq: u64,
+    head: &Hash,
+    time: Timestamp,
+    sig_hex: &str,
+) -> bool {
+    let mut bytes = [0u8; 64];
+    if hex::decode_to_slice(sig_hex, &mut bytes).is_err() {
+        return false;
+    }
+    key.verify(
+        &checkpoint_message(head_seq, head, time),
+        &Signature::from_bytes(&bytes),
+    )
+    .is_ok()
+}
+
+/// The two paths `keygen` writes for `prefix`: `<dir>/audit.key` and `.pub` when `prefix` is an
+/// existing directory, else `<prefix>.key` and `<prefix>.pub`.
+pub fn key_paths(prefix: &Path) -> (PathBuf, PathBuf) {
+    let base = if prefix.is_dir() {
+        prefix.join("audit")
+    } else {
+        prefix.to_owned()
+    };
+    let with_ext = |ext: &str| {
+        let mut name = base.as_os_str().to_owned();
+        name.push(ext);
+        PathBuf::from(name)
+    };
+    (with_ext(".key"), with_ext(".pub"))
+}
+
+/// Generates a key pair and writes it; never overwrites an existing file (a lost private key
+/// makes every past checkpoint unverifiable against a new public key).
+pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf), AuditError> {
+    let (secret_path, public_path) = key_paths(prefix);
+    for path in [&secret_path, &public_path] {
+        if path.exists() {
+            return Err(AuditError::KeyExists { path: path.clone() });
+        }
+    }
+    let seed: [u8; 32] = rand::random();
+    let key = SigningKey::from_bytes(&seed);
+    write_new(&secret_path, &hex::encode(key.to_bytes()), 0o600)?;
+    write_new(
+        &public_path,
+        &hex::encode(key.verifying_key().as_bytes()),
+        0o644,
+    )?;
+    Ok((secret_path, public_path))
+}
+
+fn write_new(path: &Path, hex_text: &str, mode: u32) -> Result<(), AuditError> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(path).map_err(AuditError::io(path))?;
+    writeln!(file, "{hex_text}").map_err(AuditError::io(path))?;
+    file.sync_all().map_err(AuditError::io(path))
+}
+
+fn read_hex32(path: &Path) -> Result<[u8; 32], AuditError> {
+    let text = std::fs::read_to_string(path).map_err(AuditError::io(path))?;
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| AuditError::Key {
+        path: path.to_owned(),
+        reason: "expected one line of 64 hex digits",
+    })?;
+    Ok(bytes)
+}
+
+pub fn load_signing_key(path: &Path) -> Result<SigningKey, AuditError> {
+    Ok(SigningKey::from_bytes(&read_hex32(path)?))
+}
+
+pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, AuditError> {
+    VerifyingKey::from_bytes(&read_hex32(path)?).map_err(|_| AuditError::Key {
+        path: path.to_owned(),
+        reason: "not a valid Ed25519 public key",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keygen_sign_verify_and_no_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, public) = keygen(dir.path()).unwrap();
+        assert_eq!(secret, dir.path().join("audit.key"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let key = load_signing_key(&secret).unwrap();
+        let public = load_verifying_key(&public).unwrap();
+        let time = Timestamp::from_micros(42);
+        let sig = hex::encode(sign(&key, 9, &[1; 32], time).to_bytes());
+        assert!(verify_signature(&public, 9, &[1; 32], time, &sig));
+        assert!(!verify_signature(&public, 10, &[1; 32], time, &sig));
+        assert!(!verify_signature(&public, 9, &[2; 32], time, &sig));
+        assert!(matches!(
+            keygen(dir.path()),
+            Err(AuditError::KeyExists { .. })
+        ));
+    }
+
+    #[test]
+    fn prefix_paths() {
+        let (secret, public) = key_paths(Path::new("/nonexistent/site1"));
+        assert_eq!(secret, Path::new("/nonexistent/site1.key"));
+        assert_eq!(public, Path::new("/nonexistent/site1.pub"));
+    }
+}

@@ -1,0 +1,91 @@
+//! The audit log: every decision and service event, hash-chained, signed, searchable.
+//!
+//! This module owns the on-disk store and everything that reads it; it does not decide anything
+//! and does not know about the DNS server (the server hands it `DecisionRecord`s).
+//!
+//! # Layout
+//! - `settings`: the `[audit]` config section (`AuditSettings`).
+//! - `record`: the stored record model (`Entry`, `QueryEntry`, service entries) and `Timestamp`.
+//! - `segment`: the byte format (see `FORMAT.md`): segment headers, record lines, the chain hash.
+//! - `keys`: Ed25519 key files (`keygen`) and the checkpoint signature message.
+//! - `writer`: `AuditLog::open` → `AuditHandle` (query path, never blocks) + `AuditWriter` (thread).
+//! - `verify`: chain and signature verification of a directory or an export file.
+//! - `query`: streaming `search`, `summary` and `export`.
+//! - `cli`: the `dnsward audit …` subcommands.
+//!
+//! The byte format is specified in `src/audit/FORMAT.md`.
+
+pub mod cli;
+pub mod keys;
+pub mod query;
+pub mod record;
+pub mod segment;
+pub mod settings;
+pub mod verify;
+pub mod writer;
+
+use std::path::PathBuf;
+
+pub use query::{ExportFormat, Filter, Summary, TimeRange, export, search, summary};
+pub use record::{Entry, QueryEntry, Timestamp};
+pub use settings::{Anonymize, AuditSettings};
+pub use verify::{VerifyReport, verify};
+pub use writer::{AuditHandle, AuditLog, AuditWriter, InstanceId, ListFile, ServiceEvent};
+
+/// Everything that can go wrong in the audit library. Tampering found by `verify` is not an error
+/// (it is the answer, in `VerifyReport`); these are failures to do the work at all.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing to the audit output: {0}")]
+    Output(#[source] std::io::Error),
+    #[error("{path}: not a key file: {reason}")]
+    Key { path: PathBuf, reason: &'static str },
+    #[error("{path}: refusing to overwrite an existing key file")]
+    KeyExists { path: PathBuf },
+    #[error("{path}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: &'static str,
+    },
+    #[error("audit.anonymize = \"hash\" needs audit.anonymize_key")]
+    MissingAnonymizeKey,
+    #[error("{path}: the anonymize key must be at least 16 bytes, found {len}")]
+    ShortAnonymizeKey { path: PathBuf, len: usize },
+    #[error("invalid time {value:?} (expected RFC 3339, e.g. 2025-01-31T12:00:00Z): {source}")]
+    InvalidTime {
+        value: String,
+        #[source]
+        source: time::error::Parse,
+    },
+    #[error("invalid duration {value:?} (expected e.g. 90s, 15m, 2h, 7d): {source}")]
+    InvalidDuration {
+        value: String,
+        #[source]
+        source: humantime::DurationError,
+    },
+    #[error("invalid client {value:?}: expected an IP address or a CIDR network")]
+    InvalidClient { value: String },
+    #[error("invalid decision {value:?}: expected allowed, blocked, logged, refused or error")]
+    InvalidDecision { value: String },
+    #[error("the audit writer thread could not be started: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("the audit writer thread panicked")]
+    WriterPanicked,
+    #[error("encoding a record: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+impl AuditError {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+}

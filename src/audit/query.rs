@@ -1,0 +1,1241 @@
+//! Reading the log back: streaming `search`, `summary` and `export`, one segment in memory at
+//! a time.
+//!
+//! Speed comes from two things: segments whose closing checkpoint puts them outside the time
+//! range are skipped without reading them, and filters run on fields located by a byte scan
+//! (the writer's member order is fixed) before any JSON parsing; only matching lines are
+//! parsed. It owns output formats (table, JSON lines, CSV); it does not check the chain
+//! (`verify` does).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    io::Write,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::mpsc::{Receiver, SyncSender, sync_channel},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use super::{
+    AuditError,
+    record::{Decision, Entry, TIMESTAMP_LEN, Timestamp, TriggerEntry},
+    segment::{self, Header, HeaderKind, LineReader, Record},
+};
+
+/// How many entries `summary` lists in its top-N tables.
+pub const TOP_N: usize = 10;
+
+/// A time window: `from` inclusive, `to` exclusive; either end open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TimeRange {
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+}
+
+impl TimeRange {
+    /// From `since` ago until now (open end).
+    pub fn since(duration: Duration) -> Self {
+        Self {
+            from: Some(Timestamp::now().minus(duration)),
+            to: None,
+        }
+    }
+
+    /// Builds a range from CLI text: `--since 2h` and/or `--from`/`--to` (RFC 3339). Both
+    /// `since` and `from` narrow the range, so the later of the two starts it.
+    pub fn parse(
+        since: Option<&str>,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Self, AuditError> {
+        let since = since
+            .map(|text| {
+                humantime::parse_duration(text)
+                    .map(|d| Timestamp::now().minus(d))
+                    .map_err(|source| AuditError::InvalidDuration {
+                        value: text.to_owned(),
+                        source,
+                    })
+            })
+            .transpose()?;
+        let from = from.map(Timestamp::parse_rfc3339).transpose()?;
+        let to = to.map(Timestamp::parse_rfc3339).transpose()?;
+        Ok(Self {
+            from: since.max(from),
+            to,
+        })
+    }
+
+    pub fn contains(&self, time: Timestamp) -> bool {
+        self.from.is_none_or(|from| time >= from) && self.to.is_none_or(|to| time < to)
+    }
+
+    /// Whether a segment holding times `min..=max` can contain anything in range.
+    fn overlaps(&self, min: Timestamp, max: Timestamp) -> bool {
+        self.from.is_none_or(|from| max >= from) && self.to.is_none_or(|to| min < to)
+    }
+}
+
+/// The stored time text compared as bytes (the stored form is fixed-width, so byte order is
+/// time order).
+#[derive(Debug, Clone, Copy)]
+struct RangeBytes {
+    from: Option<[u8; TIMESTAMP_LEN]>,
+    to: Option<[u8; TIMESTAMP_LEN]>,
+}
+
+impl RangeBytes {
+    fn new(range: &TimeRange) -> Self {
+        let render = |t: Timestamp| {
+            let mut buf = [0u8; TIMESTAMP_LEN];
+            t.format_into(&mut buf);
+            buf
+        };
+        Self {
+            from: range.from.map(render),
+            to: range.to.map(render),
+        }
+    }
+
+    fn contains(&self, time: &[u8]) -> bool {
+        self.from.is_none_or(|from| time >= &from[..]) && self.to.is_none_or(|to| time < &to[..])
+    }
+}
+
+/// Which clients a search selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFilter {
+    /// An address or network; matches stored addresses inside it and stored (truncated)
+    /// networks that overlap it.
+    Net(IpNet),
+    /// A hashed client (`anonymize = "hash"`), compared as text.
+    Hashed(String),
+}
+
+impl ClientFilter {
+    pub fn parse(text: &str) -> Result<Self, AuditError> {
+        if let Ok(net) = text.parse::<IpNet>() {
+            return Ok(Self::Net(net));
+        }
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            return Ok(Self::Net(IpNet::from(ip)));
+        }
+        if text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Self::Hashed(text.to_ascii_lowercase()));
+        }
+        Err(AuditError::InvalidClient {
+            value: text.to_owned(),
+        })
+    }
+
+    fn matches(&self, stored: &[u8]) -> bool {
+        let Ok(stored) = std::str::from_utf8(stored) else {
+            return false;
+        };
+        match self {
+            Self::Hashed(hash) => stored == hash,
+            Self::Net(net) => {
+                if let Ok(addr) = stored.parse::<SocketAddr>() {
+                    net.contains(&addr.ip())
+                } else if let Ok(stored_net) = stored.parse::<IpNet>() {
+                    net.contains(&stored_net) || stored_net.contains(net)
+                } else {
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// Which names a search selects: `example.com` matches it and every name under it; `=example.com`
+/// matches only that name. Case and a trailing dot are ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainFilter {
+    name: String,
+    exact: bool,
+}
+
+impl DomainFilter {
+    pub fn parse(text: &str) -> Self {
+        let (exact, name) = match text.strip_prefix('=') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        Self {
+            name: name.trim_end_matches('.').to_ascii_lowercase(),
+            exact,
+        }
+    }
+
+    fn matches(&self, qname: &[u8]) -> bool {
+        let qname = qname.strip_suffix(b".").unwrap_or(qname);
+        let name = self.name.as_bytes();
+        if qname.eq_ignore_ascii_case(name) {
+            return true;
+        }
+        !self.exact
+            && qname.len() > name.len()
+            && qname[qname.len() - name.len()..].eq_ignore_ascii_case(name)
+            && qname[qname.len() - name.len() - 1] == b'.'
+    }
+}
+
+/// A search: every set criterion must match. Search returns query records only.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub range: TimeRange,
+    pub client: Option<ClientFilter>,
+    pub domain: Option<DomainFilter>,
+    pub qtype: Option<String>,
+    pub decision: Option<Decision>,
+    pub list: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// The fields filters look at, located by a byte scan of a query line.
+struct Quick<'a> {
+    time: &'a [u8],
+    client: &'a [u8],
+    qname: &'a [u8],
+    qtype: &'a [u8],
+    decision: &'a [u8],
+    list: Option<&'a [u8]>,
+}
+
+enum Scan<'a> {
+    Query(Quick<'a>),
+    /// Not a query record (service or checkpoint), with its time.
+    Other(&'a [u8]),
+    /// Not in the writer's exact layout (escapes, or written by other software): parse fully.
+    Unsure,
+}
+
+/// Walks a line in the writer's member order without searching: each step expects the next
+/// key right where it must be. Any surprise (an escaped string, another order) gives up and
+/// the caller parses the line with serde instead, so this is an optimisation only.
+struct Cursor<'a> {
+    line: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn key(&mut self, key: &[u8]) -> Option<()> {
+        let end = self.at + key.len();
+        (self.line.get(self.at..end)? == key).then(|| self.at = end)
+    }
+
+    /// A string value whose opening quote was consumed with the key; no escapes allowed.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let rest = &self.line[self.at..];
+        let len = memchr::memchr(b'"', rest)?;
+        let value = &rest[..len];
+        if memchr::memchr(b'\\', value).is_some() {
+            return None;
+        }
+        self.at += len + 1;
+        Some(value)
+    }
+
+    fn digits(&mut self) -> Option<()> {
+        let len = self.line[self.at..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        (len > 0).then(|| self.at += len)
+    }
+
+    fn skip(&mut self, len: usize) -> Option<()> {
+        (self.at + len <= self.line.len()).then(|| self.at += len)
+    }
+}
+
+fn scan(line: &[u8]) -> Scan<'_> {
+    let walk = || -> Option<Scan<'_>> {
+        let mut c = Cursor { line, at: 0 };
+        c.key(b"{\"seq\":")?;
+        c.digits()?;
+        c.key(b",\"prev\":\"")?;
+        c.skip(64)?;
+        c.key(b"\",\"time\":\"")?;
+        let time = c.string()?;
+        c.key(b",\"instance\":\"")?;
+        c.string()?;
+        c.key(b",\"type\":\"")?;
+        if c.string()? != b"query" {
+            return Some(Scan::Other(time));
+        }
+        c.key(b",\"generation\":")?;
+        c.digits()?;
+        c.key(b",\"client\":\"")?;
+        let client = c.string()?;
+        c.key(b",\"transport\":\"")?;
+        c.string()?;
+        c.key(b",\"qname\":\"")?;
+        let qname = c.string()?;
+        c.key(b",\"qtype\":\"")?;
+        let qtype = c.string()?;
+        c.key(b",\"qclass\":\"")?;
+        c.string()?;
+        c.key(b",\"decision\":\"")?;
+        let decision = c.string()?;
+        c.key(b",\"rule\":")?;
+        let list = if c.key(b"null").is_some() {
+            None
+        } else {
+            c.key(b"{\"list\":\"")?;
+            Some(c.string()?)
+        };
+        Some(Scan::Query(Quick {
+            time,
+            client,
+            qname,
+            qtype,
+            decision,
+            list,
+        }))
+    };
+    walk().unwrap_or(Scan::Unsure)
+}
+
+/// A filter compiled for the byte scan.
+struct Compiled<'f> {
+    filter: &'f Filter,
+    range: RangeBytes,
+}
+
+impl Compiled<'_> {
+    fn quick(&self, q: &Quick<'_>) -> bool {
+        let f = self.filter;
+        self.range.contains(q.time)
+            && f.decision
+                .is_none_or(|d| q.decision == d.as_str().as_bytes())
+            && f.qtype
+                .as_ref()
+                .is_none_or(|t| q.qtype.eq_ignore_ascii_case(t.as_bytes()))
+            && f.list.as_ref().is_none_or(|l| q.list == Some(l.as_bytes()))
+            && f.domain.as_ref().is_none_or(|d| d.matches(q.qname))
+            && f.client.as_ref().is_none_or(|c| c.matches(q.client))
+    }
+
+    fn record(&self, record: &Record) -> bool {
+        let Entry::Query(q) = &record.entry else {
+            return false;
+        };
+        let f = self.filter;
+        f.range.contains(record.time)
+            && f.decision.is_none_or(|d| q.decision == d)
+            && f.qtype
+                .as_ref()
+                .is_none_or(|t| q.qtype.eq_ignore_ascii_case(t))
+            && f.list
+                .as_ref()
+                .is_none_or(|l| q.rule.as_ref().is_some_and(|r| &r.list == l))
+            && f.domain
+                .as_ref()
+                .is_none_or(|d| d.matches(q.qname.as_bytes()))
+            && f.client
+                .as_ref()
+                .is_none_or(|c| c.matches(q.client.as_bytes()))
+    }
+}
+
+/// The time range of a closed segment, from its closing checkpoint; `None` when unknown (the
+/// segment is still open or was torn by a crash), in which case it is read.
+fn closed_range(path: &Path) -> Result<Option<Option<(Timestamp, Timestamp)>>, AuditError> {
+    let Some(line) = segment::read_last_line(path)? else {
+        return Ok(None);
+    };
+    Ok(match Record::parse(&line) {
+        Ok(Record {
+            entry: Entry::Checkpoint(cp),
+            ..
+        }) if cp.close => Some(cp.min_time.zip(cp.max_time)),
+        _ => None,
+    })
+}
+
+/// Whether a segment must be read for `range`.
+fn wanted(path: &Path, range: &TimeRange) -> Result<bool, AuditError> {
+    if range.from.is_none() && range.to.is_none() {
+        return Ok(true);
+    }
+    Ok(match closed_range(path)? {
+        None => true,
+        Some(None) => false,
+        Some(Some((min, max))) => range.overlaps(min, max),
+    })
+}
+
+/// One search result: the stored line (with its chain members) and its decoded form.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub line: Vec<u8>,
+    pub record: Record,
+}
+
+/// Candidate lines of one segment, in order, found by a scan worker.
+type Batch = Result<Vec<Vec<u8>>, AuditError>;
+
+/// Segments scanned ahead of the reader per worker: bounds memory (a few matching lines per
+/// segment at most, plus one segment's bytes per worker) while keeping both cores busy.
+const SCAN_AHEAD: usize = 1;
+
+/// The streaming search iterator (see `search`). Scan workers (one per core) read and byte-scan
+/// alternate segments ahead of the consumer; the consumer takes their batches in segment order
+/// and parses only candidate lines, so results stay oldest first.
+pub struct Search {
+    filter: Filter,
+    receivers: Vec<Receiver<Batch>>,
+    segments: usize,
+    next_segment: usize,
+    batch: std::vec::IntoIter<Vec<u8>>,
+    emitted: usize,
+}
+
+impl fmt::Debug for Search {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Search")
+            .field("filter", &self.filter)
+            .field("segments", &self.segments)
+            .field("next_segment", &self.next_segment)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Query records of the log under `dir` that match `filter`, oldest first. Memory stays
+/// bounded: each scan worker holds one segment at a time.
+pub fn search(dir: &Path, filter: &Filter) -> Result<Search, AuditError> {
+    let segments = segment::list_segments(dir)?;
+    let workers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(segments.len().max(1));
+    let mut receivers = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        let (tx, rx) = sync_channel::<Batch>(SCAN_AHEAD);
+        let mine: Vec<PathBuf> = segments
+            .iter()
+            .skip(worker)
+            .step_by(workers)
+            .map(|s| s.path.clone())
+            .collect();
+        let filter = filter.clone();
+        std::thread::Builder::new()
+            .name("audit-search".into())
+            .spawn(move || scan_worker(&mine, &filter, &tx))
+            .map_err(AuditError::Spawn)?;
+        receivers.push(rx);
+    }
+    Ok(Search {
+        filter: filter.clone(),
+        receivers,
+        segments: segments.len(),
+        next_segment: 0,
+        batch: Vec::new().into_iter(),
+        emitted: 0,
+    })
+}
+
+/// Sends one batch per segment, in order; stops when the consumer is gone.
+fn scan_worker(paths: &[PathBuf], filter: &Filter, tx: &SyncSender<Batch>) {
+    let compiled = Compiled {
+        filter,
+        range: RangeBytes::new(&filter.range),
+    };
+    let mut data = Vec::new();
+    for path in paths {
+        let batch = scan_segment(path, &compiled, &mut data);
+        let failed = batch.is_err();
+        if tx.send(batch).is_err() || failed {
+            return;
+        }
+    }
+}
+
+fn scan_segment(path: &Path, compiled: &Compiled<'_>, data: &mut Vec<u8>) -> Batch {
+    let mut found = Vec::new();
+    if !wanted(path, &compiled.filter.range)? {
+        return Ok(found);
+    }
+    read_into(path, data)?;
+    let mut certain = 0;
+    // Skip the header line; the piece after the last newline is empty or a torn line.
+    let mut lines = data.split(|&b| b == b'\n').skip(1).peekable();
+    while let Some(line) = lines.next() {
+        if lines.peek().is_none() {
+            break;
+        }
+        match scan(line) {
+            Scan::Query(q) if compiled.quick(&q) => {
+                found.push(line.to_vec());
+                certain += 1;
+                // Later matches of this segment cannot be shown once the limit is reached.
+                if compiled.filter.limit.is_some_and(|l| certain >= l) {
+                    break;
+                }
+            }
+            Scan::Unsure => found.push(line.to_vec()),
+            Scan::Query(_) | Scan::Other(_) => {}
+        }
+    }
+    Ok(found)
+}
+
+impl Search {
+    fn next_hit(&mut self) -> Result<Option<Hit>, AuditError> {
+        let compiled = Compiled {
+            filter: &self.filter,
+            range: RangeBytes::new(&self.filter.range),
+        };
+        loop {
+            if self.filter.limit.is_some_and(|l| self.emitted >= l) {
+                return Ok(None);
+            }
+            if let Some(line) = self.batch.next() {
+                let Ok(record) = Record::parse(&line) else {
+                    // Damaged lines are `verify`'s business; search shows what it can read.
+                    continue;
+                };
+                if compiled.record(&record) {
+                    self.emitted += 1;
+                    return Ok(Some(Hit { line, record }));
+                }
+                continue;
+            }
+            if self.next_segment >= self.segments {
+                return Ok(None);
+            }
+            let worker = self.next_segment % self.receivers.len();
+            self.next_segment += 1;
+            match self.receivers[worker].recv() {
+                Ok(batch) => self.batch = batch?.into_iter(),
+                // A worker ends early only after sending an error, which was returned above.
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+}
+
+impl Iterator for Search {
+    type Item = Result<Hit, AuditError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_hit().transpose()
+    }
+}
+
+/// A name and how often it occurred.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Count {
+    pub name: String,
+    pub count: u64,
+}
+
+/// Figures over a time range (`Display` for people, `Serialize` for `--json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub range: TimeRange,
+    /// Earliest and latest query record in range.
+    pub first: Option<Timestamp>,
+    pub last: Option<Timestamp>,
+    pub queries: u64,
+    pub by_decision: BTreeMap<String, u64>,
+    pub top_blocked: Vec<Count>,
+    /// By address (the source port is left out).
+    pub top_clients: Vec<Count>,
+    /// Queries decided by a rule of each list (blocked, logged, or allowed by an allow list).
+    pub per_list: BTreeMap<String, u64>,
+    /// Queries per UTC hour (`2025-01-31T12`).
+    pub per_hour: BTreeMap<String, u64>,
+    /// Records lost to a full queue, from gap records in range.
+    pub dropped: u64,
+}
+
+/// A fast, non-cryptographic hasher: these maps are filled once per record, and their keys
+/// come from our own log, not from an attacker choosing collisions at query time.
+type CountMap = HashMap<Vec<u8>, u64, foldhash::fast::RandomState>;
+
+#[derive(Default)]
+struct Tally {
+    first: Option<Vec<u8>>,
+    last: Option<Vec<u8>>,
+    queries: u64,
+    decisions: CountMap,
+    blocked: CountMap,
+    clients: CountMap,
+    lists: CountMap,
+    hours: CountMap,
+    dropped: u64,
+    /// Reused between segments: one segment's bytes.
+    data: Vec<u8>,
+}
+
+fn bump(map: &mut CountMap, key: &[u8], by: u64) {
+    match map.get_mut(key) {
+        Some(count) => *count += by,
+        None => {
+            map.insert(key.to_vec(), by);
+        }
+    }
+}
+
+impl Tally {
+    fn add(
+        &mut self,
+        time: &[u8],
+        client: &[u8],
+        qname: &[u8],
+        decision: &[u8],
+        list: Option<&[u8]>,
+    ) {
+        self.queries += 1;
+        if self.first.as_deref().is_none_or(|f| time < f) {
+            self.first = Some(time.to_vec());
+        }
+        if self.last.as_deref().is_none_or(|l| time > l) {
+            self.last = Some(time.to_vec());
+        }
+        bump(&mut self.decisions, decision, 1);
+        if decision == b"blocked" {
+            bump(&mut self.blocked, qname, 1);
+        }
+        bump(&mut self.clients, client_ip(client), 1);
+        if let Some(list) = list {
+            bump(&mut self.lists, list, 1);
+        }
+        bump(&mut self.hours, &time[..13.min(time.len())], 1);
+    }
+
+    fn merge(&mut self, other: Self) {
+        self.queries += other.queries;
+        self.dropped += other.dropped;
+        if let Some(f) = other.first
+            && self.first.as_ref().is_none_or(|s| f < *s)
+        {
+            self.first = Some(f);
+        }
+        if let Some(l) = other.last
+            && self.last.as_ref().is_none_or(|s| l > *s)
+        {
+            self.last = Some(l);
+        }
+        for (mine, theirs) in [
+            (&mut self.decisions, other.decisions),
+            (&mut self.blocked, other.blocked),
+            (&mut self.clients, other.clients),
+            (&mut self.lists, other.lists),
+            (&mut self.hours, other.hours),
+        ] {
+            for (key, count) in theirs {
+                *mine.entry(key).or_default() += count;
+            }
+        }
+    }
+
+    fn segment(&mut self, path: &Path, range: &TimeRange) -> Result<(), AuditError> {
+        if !wanted(path, range)? {
+            return Ok(());
+        }
+        let bytes = RangeBytes::new(range);
+        let mut data = std::mem::take(&mut self.data);
+        read_into(path, &mut data)?;
+        let result = self.lines(&data, range, &bytes);
+        self.data = data;
+        result
+    }
+
+    fn lines(
+        &mut self,
+        data: &[u8],
+        range: &TimeRange,
+        bytes: &RangeBytes,
+    ) -> Result<(), AuditError> {
+        let mut lines = data.split(|&b| b == b'\n').skip(1);
+        // The last piece is empty (file ends in a newline) or a torn line: not a record.
+        let mut current = lines.next();
+        while let Some(line) = current {
+            let next = lines.next();
+            if next.is_none() {
+                break;
+            }
+            current = next;
+            match scan(line) {
+                Scan::Query(q) => {
+                    if bytes.contains(q.time) {
+                        self.add(q.time, q.client, q.qname, q.decision, q.list);
+                    }
+                }
+                Scan::Other(time) => {
+                    if bytes.contains(time)
+                        && memchr::memmem::find(line, b"\"type\":\"gap\"").is_some()
+                    {
+                        if let Ok(Record {
+                            entry: Entry::Gap { dropped, .. },
+                            ..
+                        }) = Record::parse(line)
+                        {
+                            self.dropped += dropped;
+                        }
+                    }
+                }
+                Scan::Unsure => {
+                    let Ok(record) = Record::parse(line) else {
+                        continue;
+                    };
+                    if !range.contains(record.time) {
+                        continue;
+                    }
+                    match &record.entry {
+                        Entry::Query(q) => {
+                            let time = record.time.to_string();
+                            self.add(
+                                time.as_bytes(),
+                                q.client.as_bytes(),
+                                q.qname.as_bytes(),
+                                q.decision.as_str().as_bytes(),
+                                q.rule.as_ref().map(|r| r.list.as_bytes()),
+                            );
+                        }
+                        Entry::Gap { dropped, .. } => self.dropped += dropped,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The address part of a stored client: a client is a host, and its source port changes per
+/// query. `192.0.2.1:5353` → `192.0.2.1`, `[2001:db8::1]:53` → `2001:db8::1`; anonymised forms
+/// (no port) are returned as they are.
+fn client_ip(client: &[u8]) -> &[u8] {
+    if let Some(rest) = client.strip_prefix(b"[") {
+        return memchr::memchr(b']', rest).map_or(client, |end| &rest[..end]);
+    }
+    match memchr::memchr(b':', client) {
+        Some(colon) if memchr::memrchr(b':', client) == Some(colon) => &client[..colon],
+        _ => client,
+    }
+}
+
+/// Reads a whole file into `buf`, reusing its allocation.
+fn read_into(path: &Path, buf: &mut Vec<u8>) -> Result<(), AuditError> {
+    use std::io::Read as _;
+    buf.clear();
+    std::fs::File::open(path)
+        .and_then(|mut file| file.read_to_end(buf))
+        .map_err(AuditError::io(path))?;
+    Ok(())
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn top(map: CountMap) -> Vec<Count> {
+    let mut counts: Vec<Count> = map
+        .into_iter()
+        .map(|(name, count)| Count {
+            name: text(&name),
+            count,
+        })
+        .collect();
+    counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+    counts.truncate(TOP_N);
+    counts
+}
+
+/// Figures over the query records in `range`. Segments are spread over the available cores.
+pub fn summary(dir: &Path, range: &TimeRange) -> Result<Summary, AuditError> {
+    let segments = segment::list_segments(dir)?;
+    let workers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(segments.len().max(1));
+    let tallies: Vec<Result<Tally, AuditError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let segments = &segments;
+                scope.spawn(move || {
+                    let mut tally = Tally::default();
+                    for seg in segments.iter().skip(w).step_by(workers) {
+                        tally.segment(&seg.path, range)?;
+                    }
+                    Ok(tally)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Err(AuditError::WriterPanicked)))
+            .collect()
+    });
+    let mut total = Tally::default();
+    for tally in tallies {
+        total.merge(tally?);
+    }
+    let to_map = |map: CountMap| -> BTreeMap<String, u64> {
+        map.into_iter().map(|(k, v)| (text(&k), v)).collect()
+    };
+    Ok(Summary {
+        range: *range,
+        first: total.first.as_deref().and_then(Timestamp::parse_stored),
+        last: total.last.as_deref().and_then(Timestamp::parse_stored),
+        queries: total.queries,
+        by_decision: to_map(total.decisions),
+        top_blocked: top(total.blocked),
+        top_clients: top(total.clients),
+        per_list: to_map(total.lists),
+        per_hour: to_map(total.hours),
+        dropped: total.dropped,
+    })
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |t: Option<Timestamp>| t.map_or_else(|| "-".to_owned(), |t| t.to_string());
+        writeln!(
+            f,
+            "queries: {} ({} .. {})",
+            self.queries,
+            show(self.first),
+            show(self.last)
+        )?;
+        if self.dropped > 0 {
+            writeln!(f, "dropped (queue full, see gap records): {}", self.dropped)?;
+        }
+        let table = |f: &mut fmt::Formatter<'_>,
+                     title: &str,
+                     rows: &mut dyn Iterator<Item = (&str, u64)>| {
+            writeln!(f, "\n{title}")?;
+            for (name, count) in rows {
+                writeln!(f, "  {count:>12}  {name}")?;
+            }
+            Ok(())
+        };
+        table(
+            f,
+            "by decision:",
+            &mut self.by_decision.iter().map(|(k, v)| (k.as_str(), *v)),
+        )?;
+        table(
+            f,
+            "top blocked domains:",
+            &mut self.top_blocked.iter().map(|c| (c.name.as_str(), c.count)),
+        )?;
+        table(
+            f,
+            "top clients:",
+            &mut self.top_clients.iter().map(|c| (c.name.as_str(), c.count)),
+        )?;
+        table(
+            f,
+            "per list:",
+            &mut self.per_list.iter().map(|(k, v)| (k.as_str(), *v)),
+        )?;
+        table(
+            f,
+            "per hour (UTC):",
+            &mut self.per_hour.iter().map(|(k, v)| (k.as_str(), *v)),
+        )
+    }
+}
+
+/// Export and output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// JSON lines: an export header line, then every record line exactly as stored.
+    Jsonl,
+    /// CSV: one row per record, flattened columns plus the stored line in `record`.
+    Csv,
+}
+
+/// The CSV column names (the first row of a CSV export and of `search --csv`).
+pub const CSV_COLUMNS: &str = "seq,time,instance,type,client,transport,qname,qtype,qclass,decision,list,rule,file,line,trigger,action,rcode,answer,ede,source,latency_us,generation,prev,hash,record";
+
+/// What `export` wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExportStats {
+    pub records: u64,
+    pub segments: u64,
+}
+
+/// Streams every record of the log, with its chain members, so the output verifies on its own
+/// (`verify` accepts it). Torn tails (crash) are left out, as they are not part of the chain.
+pub fn export(
+    dir: &Path,
+    format: ExportFormat,
+    out: &mut dyn Write,
+) -> Result<ExportStats, AuditError> {
+    let mut stats = ExportStats::default();
+    let mut started = false;
+    let mut row = String::new();
+    for seg in segment::list_segments(dir)? {
+        let mut reader = LineReader::open(&seg.path)?;
+        let mut first = true;
+        while let Some(line) = reader.next_line().map_err(AuditError::io(&seg.path))? {
+            if !line.complete {
+                break;
+            }
+            if std::mem::take(&mut first) {
+                if !started {
+                    started = true;
+                    let header = Header::parse(line.bytes).ok_or_else(|| AuditError::Corrupt {
+                        path: seg.path.clone(),
+                        offset: 0,
+                        reason: "not a dnsward-audit version 1 segment header",
+                    })?;
+                    match format {
+                        ExportFormat::Jsonl => {
+                            let mut export = header.clone();
+                            export.kind = HeaderKind::Export;
+                            export.created = Timestamp::now();
+                            export.torn_tail = None;
+                            let mut buf = Vec::new();
+                            export.encode(&mut buf)?;
+                            out.write_all(&buf).map_err(AuditError::Output)?;
+                        }
+                        ExportFormat::Csv => {
+                            writeln!(out, "{CSV_COLUMNS}").map_err(AuditError::Output)?;
+                        }
+                    }
+                }
+                stats.segments += 1;
+                continue;
+            }
+            match format {
+                ExportFormat::Jsonl => {
+                    out.write_all(line.bytes).map_err(AuditError::Output)?;
+                    out.write_all(b"\n").map_err(AuditError::Output)?;
+                }
+                ExportFormat::Csv => {
+                    row.clear();
+                    // A line that does not decode is exported as a row with only `record`,
+                    // so the damage stays visible to `verify`.
+                    if !csv_row(line.bytes, &mut row) {
+                        row.push_str(",,,,,,,,,,,,,,,,,,,,,,,,");
+                        csv_field(&mut row, &String::from_utf8_lossy(line.bytes));
+                    }
+                    out.write_all(row.as_bytes()).map_err(AuditError::Output)?;
+                    out.write_all(b"\n").map_err(AuditError::Output)?;
+                }
+            }
+            stats.records += 1;
+        }
+    }
+    Ok(stats)
+}
+
+/// Appends one CSV field. Control characters are written as `\n`, `\r`, `\t` or `\u{..}` so a
+/// row is always one line; fields with `,` or `"` are quoted.
+fn csv_field(row: &mut String, value: &str) {
+    let needs_quotes = value.contains([',', '"']);
+    if needs_quotes {
+        row.push('"');
+    }
+    for c in value.chars() {
+        match c {
+            '"' => row.push_str("\"\""),
+            '\n' => row.push_str("\\n"),
+            '\r' => row.push_str("\\r"),
+            '\t' => row.push_str("\\t"),
+            c if c.is_control() => {
+                use fmt::Write as _;
+                let _ = write!(row, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => row.push(c),
+        }
+    }
+    if needs_quotes {
+        row.push('"');
+    }
+}
+
+/// Renders a stored line as a CSV row (no newline); false if the line does not decode.
+pub fn csv_row(line: &[u8], row: &mut String) -> bool {
+    let Ok(record) = Record::parse(line) else {
+        return false;
+    };
+    let Ok(line_text) = std::str::from_utf8(line) else {
+        return false;
+    };
+    let mut fields: Vec<String> = vec![
+        record.seq.to_string(),
+        record.time.to_string(),
+        record.instance.clone(),
+        record.entry.kind().to_owned(),
+    ];
+    match &record.entry {
+        Entry::Query(q) => {
+            let (list, rule, file, line_no, trigger) = match &q.rule {
+                Some(r) => (
+                    r.list.clone(),
+                    r.rule.clone(),
+                    r.file.clone(),
+                    r.line.to_string(),
+                    match &r.trigger {
+                        TriggerEntry::Question => "question".to_owned(),
+                        TriggerEntry::Cname { matched, chain } => {
+                            format!("cname {matched} via {}", chain.join(" -> "))
+                        }
+                    },
+                ),
+                None => Default::default(),
+            };
+            fields.extend([
+                q.client.clone(),
+                q.transport.clone(),
+                q.qname.clone(),
+                q.qtype.clone(),
+                q.qclass.clone(),
+                q.decision.as_str().to_owned(),
+                list,
+                rule,
+                file,
+                line_no,
+                trigger,
+                q.action.clone().unwrap_or_default(),
+                q.rcode.clone(),
+                q.answer.clone(),
+                q.ede.map(|e| e.to_string()).unwrap_or_default(),
+                q.source.clone(),
+                q.latency_us.to_string(),
+                q.generation.to_string(),
+            ]);
+        }
+        _ => fields.extend(std::iter::repeat_n(String::new(), 18)),
+    }
+    fields.push(record.prev.clone());
+    fields.push(record.hash.clone());
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            row.push(',');
+        }
+        csv_field(row, field);
+    }
+    row.push(',');
+    csv_field(row, line_text);
+    true
+}
+
+/// Splits one CSV row into fields (RFC 4180 quoting, no newlines inside fields).
+fn csv_split(row: &[u8]) -> Vec<Vec<u8>> {
+    let mut fields = Vec::new();
+    let mut field = Vec::new();
+    let mut quoted = false;
+    let mut i = 0;
+    while i < row.len() {
+        let b = row[i];
+        if quoted {
+            if b == b'"' {
+                if row.get(i + 1) == Some(&b'"') {
+                    field.push(b'"');
+                    i += 1;
+                } else {
+                    quoted = false;
+                }
+            } else {
+                field.push(b);
+            }
+        } else if b == b'"' {
+            quoted = true;
+        } else if b == b',' {
+            fields.push(std::mem::take(&mut field));
+        } else {
+            field.push(b);
+        }
+        i += 1;
+    }
+    fields.push(field);
+    fields
+}
+
+/// For `verify` of a CSV export: the stored line in a row's `record` column, provided every
+/// other column is exactly what that line renders to (so an edited flattened column counts as
+/// a modification too); `None` otherwise.
+pub fn csv_row_to_line(row: &[u8]) -> Option<Vec<u8>> {
+    let line = csv_split(row).pop()?;
+    let mut rendered = String::new();
+    (csv_row(&line, &mut rendered) && rendered.as_bytes() == row).then_some(line)
+}
+
+/// Whether a file is a CSV export (it starts with the column names).
+pub fn is_csv_export(path: &Path) -> Result<bool, AuditError> {
+    use std::io::Read as _;
+    let mut start = [0u8; 4];
+    let mut file = std::fs::File::open(path).map_err(AuditError::io(path))?;
+    let read = file.read(&mut start).map_err(AuditError::io(path))?;
+    Ok(&start[..read] == b"seq,")
+}
+
+/// Output style of `search`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Aligned columns; widths are fixed from the first block of rows, so output streams.
+    Table,
+    /// The stored lines, chain members included.
+    Jsonl,
+    Csv,
+}
+
+/// Rows buffered to size the table columns before the first is printed.
+const TABLE_BLOCK: usize = 1000;
+
+/// Writes search results; returns how many were written.
+pub fn write_hits(
+    hits: impl Iterator<Item = Result<Hit, AuditError>>,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<u64, AuditError> {
+    let mut count = 0;
+    match format {
+        OutputFormat::Jsonl => {
+            for hit in hits {
+                out.write_all(&hit?.line).map_err(AuditError::Output)?;
+                out.write_all(b"\n").map_err(AuditError::Output)?;
+                count += 1;
+            }
+        }
+        OutputFormat::Csv => {
+            writeln!(out, "{CSV_COLUMNS}").map_err(AuditError::Output)?;
+            let mut row = String::new();
+            for hit in hits {
+                row.clear();
+                csv_row(&hit?.line, &mut row);
+                writeln!(out, "{row}").map_err(AuditError::Output)?;
+                count += 1;
+            }
+        }
+        OutputFormat::Table => {
+            const TITLES: [&str; 9] = [
+                "TIME", "CLIENT", "QNAME", "QTYPE", "DECISION", "LIST", "RULE", "RCODE", "ANSWER",
+            ];
+            let cells = |hit: &Hit| -> [String; 9] {
+                let Entry::Query(q) = &hit.record.entry else {
+                    return Default::default();
+                };
+                let (list, rule) = q
+                    .rule
+                    .as_ref()
+                    .map(|r| (r.list.clone(), format!("{}:{} {}", r.file, r.line, r.rule)))
+                    .unwrap_or_default();
+                [
+                    hit.record.time.to_string(),
+                    q.client.clone(),
+                    q.qname.clone(),
+                    q.qtype.clone(),
+                    q.decision.as_str().to_owned(),
+                    list,
+                    rule,
+                    q.rcode.clone(),
+                    q.answer.clone(),
+                ]
+            };
+            let mut hits = hits.peekable();
+            let mut block = Vec::new();
+            while block.len() < TABLE_BLOCK {
+                match hits.next() {
+                    Some(hit) => block.push(cells(&hit?)),
+                    None => break,
+                }
+            }
+            let mut widths = TITLES.map(str::len);
+            for row in &block {
+                for (w, cell) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+            let mut print = |row: &[String]| -> Result<(), AuditError> {
+                let mut text = String::new();
+                for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+                    if i + 1 == row.len() {
+                        text.push_str(cell);
+                    } else {
+                        text.push_str(&format!("{cell:<w$}  "));
+                    }
+                }
+                writeln!(out, "{}", text.trim_end()).map_err(AuditError::Output)
+            };
+            print(&TITLES.map(str::to_owned))?;
+            for row in &block {
+                print(row)?;
+                count += 1;
+            }
+            for hit in hits {
+                print(&cells(&hit?))?;
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_filter_exact_and_suffix() {
+        let suffix = DomainFilter::parse("Binance.com.");
+        assert!(suffix.matches(b"binance.com."));
+        assert!(suffix.matches(b"www.BINANCE.com."));
+        assert!(!suffix.matches(b"notbinance.com."));
+        assert!(!suffix.matches(b"binance.com.evil."));
+        let exact = DomainFilter::parse("=binance.com");
+        assert!(exact.matches(b"binance.com"));
+        assert!(!exact.matches(b"www.binance.com."));
+    }
+
+    #[test]
+    fn client_filter_addresses_networks_and_truncated() {
+        let net = ClientFilter::parse("192.0.2.0/25").unwrap();
+        assert!(net.matches(b"192.0.2.7:5353"));
+        assert!(!net.matches(b"192.0.2.200:5353"));
+        assert!(
+            net.matches(b"192.0.2.0/24"),
+            "overlapping truncated network"
+        );
+        let one = ClientFilter::parse("2001:db8::1").unwrap();
+        assert!(one.matches(b"[2001:db8::1]:53"));
+        assert!(!one.matches(b"[2001:db8::2]:53"));
+        assert!(ClientFilter::parse("not-an-ip").is_err());
+    }
+
+    #[test]
+    fn client_ip_drops_the_port() {
+        assert_eq!(client_ip(b"192.0.2.1:5353"), b"192.0.2.1");
+        assert_eq!(client_ip(b"[2001:db8::1]:53"), b"2001:db8::1");
+        assert_eq!(client_ip(b"2001:db8:1::/48"), b"2001:db8:1::/48");
+        assert_eq!(client_ip(b"192.0.2.0/24"), b"192.0.2.0/24");
+    }
+
+    #[test]
+    fn csv_split_handles_quotes() {
+        assert_eq!(
+            csv_split(b"a,\"b,\"\"c\"\"\",d"),
+            vec![b"a".to_vec(), b"b,\"c\"".to_vec(), b"d".to_vec()]
+        );
+    }
+
+    #[test]
+    fn time_range_parse() {
+        let range = TimeRange::parse(
+            None,
+            Some("2025-01-01T00:00:00Z"),
+            Some("2025-01-02T00:00:00Z"),
+        )
+        .unwrap();
+        assert!(range.contains(Timestamp::parse_rfc3339("2025-01-01T12:00:00Z").unwrap()));
+        assert!(!range.contains(Timestamp::parse_rfc3339("2025-01-02T00:00:00Z").unwrap()));
+        assert!(TimeRange::parse(Some("2 fortnights?"), None, None).is_err());
+        assert!(
+            TimeRange::parse(Some("2h"), None, None)
+                .unwrap()
+                .from
+                .is_some()
+        );
+    }
+}

@@ -1,0 +1,588 @@
+//! The stored record model: what one line of the audit log says, as typed data.
+//!
+//! It owns the mapping from the server's `DecisionRecord` to the stored `QueryEntry` (all its
+//! fields, with the client address possibly anonymised by the writer) and the service entries.
+//! It does not own the byte layout around a record (`seq`, `prev`, `hash`: see `segment`).
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::policy::decision::{
+    AnswerSource, DecisionKind, DecisionRecord, RuleMatch, Trigger, action_name,
+};
+
+/// A UTC instant with microsecond precision, stored as RFC 3339 with exactly six fractional
+/// digits and `Z` (`2025-01-31T12:00:00.000123Z`). The fixed width makes stored times compare
+/// correctly as bytes, which the query fast path relies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+/// Length of the stored form.
+pub const TIMESTAMP_LEN: usize = 27;
+
+impl Timestamp {
+    pub fn from_micros(micros: i64) -> Self {
+        Self(micros)
+    }
+
+    pub fn as_micros(self) -> i64 {
+        self.0
+    }
+
+    pub fn now() -> Self {
+        Self::from_system_time(SystemTime::now())
+    }
+
+    /// Times before 1970 are clamped to the epoch: DNS queries do not come from the past, and
+    /// a clock that says so is wrong anyway.
+    pub fn from_system_time(time: SystemTime) -> Self {
+        let micros = time
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Self(micros)
+    }
+
+    pub fn to_system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_micros(u64::try_from(self.0).unwrap_or(0))
+    }
+
+    /// Subtracts a duration, saturating at the epoch.
+    pub fn minus(self, duration: Duration) -> Self {
+        let micros = i64::try_from(duration.as_micros()).unwrap_or(i64::MAX);
+        Self(self.0.saturating_sub(micros).max(0))
+    }
+
+    /// Parses the stored form exactly (fast, no allocation); `None` for anything else.
+    pub fn parse_stored(text: &[u8]) -> Option<Self> {
+        if text.len() != TIMESTAMP_LEN
+            || text[4] != b'-'
+            || text[7] != b'-'
+            || text[10] != b'T'
+            || text[13] != b':'
+            || text[16] != b':'
+            || text[19] != b'.'
+            || text[26] != b'Z'
+        {
+            return None;
+        }
+        let num = |range: std::ops::Range<usize>| -> Option<i64> {
+            text[range].iter().try_fold(0i64, |acc, &b| {
+                b.is_ascii_digit().then(|| acc * 10 + i64::from(b - b'0'))
+            })
+        };
+        let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        let micros = num(20..26)?;
+        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+            return None;
+        }
+        let days = days_from_civil(year, month, day);
+        Some(Self(
+            ((days * 86_400 + hour * 3600 + minute * 60 + second) * 1_000_000) + micros,
+        ))
+    }
+
+    /// Parses any RFC 3339 time (with an offset or `Z`, any fraction), as typed by a user.
+    pub fn parse_rfc3339(text: &str) -> Result<Self, crate::audit::AuditError> {
+        if let Some(stamp) = Self::parse_stored(text.as_bytes()) {
+            return Ok(stamp);
+        }
+        let parsed =
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .map_err(|source| crate::audit::AuditError::InvalidTime {
+                    value: text.to_owned(),
+                    source,
+                })?;
+        let micros = parsed.unix_timestamp_nanos() / 1000;
+        Ok(Self(i64::try_from(micros).unwrap_or(0).max(0)))
+    }
+
+    /// The stored form, written into a fixed buffer (no allocation on the writer's path).
+    pub fn format_into(self, out: &mut [u8; TIMESTAMP_LEN]) {
+        let secs = self.0.div_euclid(1_000_000);
+        let micros = self.0.rem_euclid(1_000_000);
+        let days = secs.div_euclid(86_400);
+        let rem = secs.rem_euclid(86_400);
+        let (year, month, day) = civil_from_days(days);
+        let put = |out: &mut [u8; TIMESTAMP_LEN], at: usize, width: usize, mut value: i64| {
+            for i in (0..width).rev() {
+                // `value % 10` is 0..=9 for the non-negative values passed here.
+                out[at + i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(out, 0, 4, year);
+        out[4] = b'-';
+        put(out, 5, 2, month);
+        out[7] = b'-';
+        put(out, 8, 2, day);
+        out[10] = b'T';
+        put(out, 11, 2, rem / 3600);
+        out[13] = b':';
+        put(out, 14, 2, rem / 60 % 60);
+        out[16] = b':';
+        put(out, 17, 2, rem % 60);
+        out[19] = b'.';
+        put(out, 20, 6, micros);
+        out[26] = b'Z';
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; TIMESTAMP_LEN];
+        self.format_into(&mut buf);
+        // The buffer holds only ASCII digits and separators written above.
+        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; TIMESTAMP_LEN];
+        self.format_into(&mut buf);
+        let text = std::str::from_utf8(&buf).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Self::parse_stored(text.as_bytes())
+            .ok_or_else(|| serde::de::Error::custom("expected YYYY-MM-DDTHH:MM:SS.ffffffZ"))
+    }
+}
+
+// Howard Hinnant's `days_from_civil` / `civil_from_days` (proleptic Gregorian calendar).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The decision vocabulary of the log (mirrors `DecisionKind`, with serde names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Allowed,
+    Blocked,
+    Logged,
+    Refused,
+    Error,
+}
+
+impl Decision {
+    pub const ALL: [Self; 5] = [
+        Self::Allowed,
+        Self::Blocked,
+        Self::Logged,
+        Self::Refused,
+        Self::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Blocked => "blocked",
+            Self::Logged => "logged",
+            Self::Refused => "refused",
+            Self::Error => "error",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.as_str().eq_ignore_ascii_case(text))
+    }
+}
+
+impl From<DecisionKind> for Decision {
+    fn from(kind: DecisionKind) -> Self {
+        match kind {
+            DecisionKind::Allowed => Self::Allowed,
+            DecisionKind::Blocked => Self::Blocked,
+            DecisionKind::Logged => Self::Logged,
+            DecisionKind::Refused => Self::Refused,
+            DecisionKind::Error => Self::Error,
+        }
+    }
+}
+
+/// Which name triggered the match (`Trigger`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TriggerEntry {
+    Question,
+    Cname { matched: String, chain: Vec<String> },
+}
+
+/// The list and rule that decided (`RuleMatch`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleEntry {
+    pub list: String,
+    pub rule: String,
+    pub file: String,
+    pub line: u32,
+    pub trigger: TriggerEntry,
+}
+
+/// One query's record: every field of `DecisionRecord` except `time`, which is the line's time.
+/// Field order here is the order on disk, which the query fast path relies on
+/// (`client` before `qname` before `qtype` before `decision` before `rule.list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryEntry {
+    pub generation: u64,
+    /// `ip:port`, or the anonymised form (`192.0.2.0/24`, `2001:db8:1::/48`, or a hex hash).
+    pub client: String,
+    pub transport: String,
+    pub qname: String,
+    pub qtype: String,
+    pub qclass: String,
+    pub decision: Decision,
+    pub rule: Option<RuleEntry>,
+    /// `nxdomain`, `nodata`, `null`, `sinkhole` or `refused`; `None` when answered normally.
+    pub action: Option<String>,
+    pub rcode: String,
+    pub answer: String,
+    pub ede: Option<u16>,
+    /// `local`, `cache`, or the upstream's `ip:port`.
+    pub source: String,
+    pub latency_us: u64,
+}
+
+impl QueryEntry {
+    /// Builds the stored form; `client` is the (possibly anonymised) client text.
+    pub fn from_decision(record: &DecisionRecord, client: String) -> Self {
+        Self {
+            generation: record.generation,
+            client,
+            transport: record.transport.to_owned(),
+            qname: record.qname.clone(),
+            qtype: record.qtype.clone(),
+            qclass: record.qclass.clone(),
+            decision: record.decision.into(),
+            rule: record.rule.as_ref().map(rule_entry),
+            action: record.action.map(|a| action_name(a).to_owned()),
+            rcode: record.rcode.clone(),
+            answer: record.answer.clone(),
+            ede: record.ede,
+            source: source_text(record.source),
+            latency_us: record.latency_us,
+        }
+    }
+}
+
+fn rule_entry(rule: &RuleMatch) -> RuleEntry {
+    RuleEntry {
+        list: rule.list.clone(),
+        rule: rule.rule.clone(),
+        file: rule.file.clone(),
+        line: rule.line,
+        trigger: match &rule.trigger {
+            Trigger::Question => TriggerEntry::Question,
+            Trigger::Cname { matched, chain } => TriggerEntry::Cname {
+                matched: matched.clone(),
+                chain: chain.clone(),
+            },
+        },
+    }
+}
+
+fn source_text(source: AnswerSource) -> String {
+    match source {
+        AnswerSource::Local => "local".to_owned(),
+        AnswerSource::Cache => "cache".to_owned(),
+        AnswerSource::Upstream(addr) => addr.to_string(),
+    }
+}
+
+/// A query record borrowed from the `DecisionRecord`: serialises exactly like
+/// `Entry::Query(QueryEntry::from_decision(..))` (same members, same order) without cloning a
+/// string, because it runs once per query in the writer thread.
+#[derive(Debug, Serialize)]
+pub struct QueryRef<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    generation: u64,
+    client: &'a str,
+    transport: &'a str,
+    qname: &'a str,
+    qtype: &'a str,
+    qclass: &'a str,
+    decision: Decision,
+    rule: Option<RuleRef<'a>>,
+    action: Option<&'static str>,
+    rcode: &'a str,
+    answer: &'a str,
+    ede: Option<u16>,
+    source: SourceRef,
+    latency_us: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct RuleRef<'a> {
+    list: &'a str,
+    rule: &'a str,
+    file: &'a str,
+    line: u32,
+    trigger: TriggerRef<'a>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum TriggerRef<'a> {
+    Question,
+    Cname {
+        matched: &'a str,
+        chain: &'a [String],
+    },
+}
+
+#[derive(Debug)]
+struct SourceRef(AnswerSource);
+
+impl Serialize for SourceRef {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            AnswerSource::Local => serializer.serialize_str("local"),
+            AnswerSource::Cache => serializer.serialize_str("cache"),
+            AnswerSource::Upstream(addr) => serializer.collect_str(&addr),
+        }
+    }
+}
+
+impl<'a> QueryRef<'a> {
+    /// `client` is the (possibly anonymised) client text.
+    pub fn new(record: &'a DecisionRecord, client: &'a str) -> Self {
+        Self {
+            kind: "query",
+            generation: record.generation,
+            client,
+            transport: record.transport,
+            qname: &record.qname,
+            qtype: &record.qtype,
+            qclass: &record.qclass,
+            decision: record.decision.into(),
+            rule: record.rule.as_ref().map(|r| RuleRef {
+                list: &r.list,
+                rule: &r.rule,
+                file: &r.file,
+                line: r.line,
+                trigger: match &r.trigger {
+                    Trigger::Question => TriggerRef::Question,
+                    Trigger::Cname { matched, chain } => TriggerRef::Cname { matched, chain },
+                },
+            }),
+            action: record.action.map(action_name),
+            rcode: &record.rcode,
+            answer: &record.answer,
+            ede: record.ede,
+            source: SourceRef(record.source),
+            latency_us: record.latency_us,
+        }
+    }
+}
+
+/// The client text stored when no anonymisation applies.
+pub fn client_text(addr: SocketAddr) -> String {
+    addr.to_string()
+}
+
+/// One list file as loaded: enough to prove later which content was in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListLoad {
+    pub name: String,
+    pub path: String,
+    /// Hex SHA-256 of the file's bytes.
+    pub sha256: String,
+    pub rules: u64,
+}
+
+/// What a line of the log records. The `type` member names the variant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+// Not boxed: an entry lives only between its creation and its serialisation in the writer, and
+// almost every entry is a query, so the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Entry {
+    Query(QueryEntry),
+    /// The process started logging.
+    Start {
+        version: String,
+        config: String,
+    },
+    /// Clean stop: query records written and records dropped by this instance.
+    Stop {
+        records: u64,
+        dropped: u64,
+    },
+    /// A configuration/list generation was loaded and put in service.
+    Load {
+        generation: u64,
+        lists: Vec<ListLoad>,
+    },
+    /// A reload was refused; the previous generation stays in service.
+    ReloadRefused {
+        errors: Vec<String>,
+    },
+    /// `dropped` records were lost because the queue was full between `first` and `last`.
+    Gap {
+        dropped: u64,
+        first: Timestamp,
+        last: Timestamp,
+    },
+    /// On open, the previous segment ended in a torn line (a crash mid-write): its bytes from
+    /// `offset` on are not part of the chain.
+    Recovered {
+        segment: String,
+        offset: u64,
+        torn_bytes: u64,
+    },
+    /// A checkpoint over the chain head (`head_seq`, `head` = hash of that record, this line's
+    /// time), signed when a key is configured. `close` marks the last line of a segment, which
+    /// also carries the segment's time range and record count so readers can skip it.
+    Checkpoint(Checkpoint),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub head_seq: u64,
+    pub head: String,
+    /// Hex Ed25519 public key of the signer (so a log signed by another key is named as such).
+    pub key: Option<String>,
+    /// Hex Ed25519 signature over `keys::checkpoint_message`.
+    pub sig: Option<String>,
+    pub close: bool,
+    pub min_time: Option<Timestamp>,
+    pub max_time: Option<Timestamp>,
+    pub records: u64,
+}
+
+impl Entry {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Query(_) => "query",
+            Self::Start { .. } => "start",
+            Self::Stop { .. } => "stop",
+            Self::Load { .. } => "load",
+            Self::ReloadRefused { .. } => "reload_refused",
+            Self::Gap { .. } => "gap",
+            Self::Recovered { .. } => "recovered",
+            Self::Checkpoint(_) => "checkpoint",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_round_trip_and_known_value() {
+        let stamp = Timestamp::from_micros(1_738_324_800_000_123);
+        assert_eq!(stamp.to_string(), "2025-01-31T12:00:00.000123Z");
+        assert_eq!(
+            Timestamp::parse_stored(b"2025-01-31T12:00:00.000123Z"),
+            Some(stamp)
+        );
+        assert_eq!(
+            Timestamp::parse_rfc3339("2025-01-31T13:00:00.000123+01:00").unwrap(),
+            stamp
+        );
+        assert_eq!(
+            Timestamp::from_micros(0).to_string(),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        assert!(Timestamp::parse_rfc3339("yesterday").is_err());
+    }
+
+    #[test]
+    fn timestamp_civil_round_trip_over_centuries() {
+        for day in (-1000..200_000).step_by(37) {
+            let stamp = Timestamp::from_micros(day * 86_400_000_000 + 3_723_000_456);
+            if stamp.as_micros() < 0 {
+                continue;
+            }
+            assert_eq!(
+                Timestamp::parse_stored(stamp.to_string().as_bytes()),
+                Some(stamp)
+            );
+        }
+    }
+
+    #[test]
+    fn borrowed_query_serialises_like_the_owned_entry() {
+        use crate::policy::decision::{RuleMatch, Trigger};
+        let mut record = DecisionRecord {
+            time: SystemTime::now(),
+            generation: 3,
+            client: "[2001:db8::1]:53".parse().unwrap(),
+            transport: "tcp",
+            qname: "a\"b.example.".into(),
+            qtype: "AAAA".into(),
+            qclass: "IN".into(),
+            decision: DecisionKind::Logged,
+            rule: Some(RuleMatch {
+                list: "watch".into(),
+                rule: "*.example".into(),
+                file: "lists/w.txt".into(),
+                line: 9,
+                trigger: Trigger::Cname {
+                    matched: "c.example.".into(),
+                    chain: vec!["a.example.".into(), "c.example.".into()],
+                },
+            }),
+            action: None,
+            rcode: "NoError".into(),
+            answer: "CNAME c.example.".into(),
+            ede: None,
+            source: AnswerSource::Upstream("192.0.2.53:53".parse().unwrap()),
+            latency_us: 77,
+        };
+        for _ in 0..2 {
+            let owned = Entry::Query(QueryEntry::from_decision(&record, "x".into()));
+            let borrowed = QueryRef::new(&record, "x");
+            assert_eq!(
+                serde_json::to_string(&owned).unwrap(),
+                serde_json::to_string(&borrowed).unwrap()
+            );
+            record.rule = None;
+            record.source = AnswerSource::Cache;
+            record.action = Some(crate::config::BlockAction::Sinkhole);
+        }
+    }
+
+    #[test]
+    fn decision_names() {
+        for d in Decision::ALL {
+            assert_eq!(Decision::parse(d.as_str()), Some(d));
+        }
+        assert_eq!(Decision::parse("BLOCKED"), Some(Decision::Blocked));
+        assert_eq!(Decision::parse("nope"), None);
+    }
+}

@@ -1,0 +1,473 @@
+//! The byte format of the log (documented in `FORMAT.md`): segment file names, the header line,
+//! record lines and the chain hash over them, and plain readers of segment files.
+//!
+//! It owns encoding and decoding of single lines and the layout of a directory; it does not
+//! decide when to rotate (writer) or what a broken link means (verify).
+
+use std::{
+    borrow::Cow,
+    fs::File,
+    io::{BufRead, BufReader, Read, Seek, SeekFrom},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{
+    AuditError,
+    record::{Entry, Timestamp},
+};
+
+/// The `format` member of every header line.
+pub const FORMAT_NAME: &str = "dnsward-audit";
+/// The format version this code writes and reads. Readers refuse other versions.
+pub const FORMAT_VERSION: u32 = 1;
+/// `prev` of the very first record of a log.
+pub const GENESIS: Hash = [0; 32];
+/// File name prefix and extension of segments: `seg-<first seq, 20 digits>.dwlog`, so names sort
+/// in chain order.
+pub const SEGMENT_PREFIX: &str = "seg-";
+pub const SEGMENT_EXT: &str = ".dwlog";
+
+/// A SHA-256 chain hash.
+pub type Hash = [u8; 32];
+
+/// What a header line introduces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeaderKind {
+    /// A segment file in the log directory.
+    Segment,
+    /// An export file: all records of a log, verifiable on its own.
+    Export,
+}
+
+/// The first line of a segment or export file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: String,
+    pub version: u32,
+    pub kind: HeaderKind,
+    /// `seq` of the first record that follows.
+    pub first_seq: u64,
+    /// Hex hash of the record before `first_seq` (all zeros at the start of a log): the first
+    /// record's `prev` must equal it.
+    pub prev_segment_last_hash: String,
+    pub created: Timestamp,
+    pub instance: String,
+    /// Set when the previous segment ended in a torn line (crash mid-write): that segment's
+    /// bytes from `offset` on are not part of the chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torn_tail: Option<TornTail>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TornTail {
+    pub segment: String,
+    pub offset: u64,
+}
+
+impl Header {
+    pub fn new(kind: HeaderKind, first_seq: u64, prev: &Hash, instance: &str) -> Self {
+        Self {
+            format: FORMAT_NAME.to_owned(),
+            version: FORMAT_VERSION,
+            kind,
+            first_seq,
+            prev_segment_last_hash: hex::encode(prev),
+            created: Timestamp::now(),
+            instance: instance.to_owned(),
+            torn_tail: None,
+        }
+    }
+
+    /// Appends the header line (with its newline) to `buf`.
+    pub fn encode(&self, buf: &mut Vec<u8>) -> Result<(), AuditError> {
+        serde_json::to_writer(&mut *buf, self).map_err(AuditError::Encode)?;
+        buf.push(b'\n');
+        Ok(())
+    }
+
+    /// Parses a header line; `None` if it is not a header of this format and version.
+    pub fn parse(line: &[u8]) -> Option<Self> {
+        let header: Self = serde_json::from_slice(line).ok()?;
+        (header.format == FORMAT_NAME && header.version == FORMAT_VERSION).then_some(header)
+    }
+
+    pub fn prev_hash(&self) -> Option<Hash> {
+        decode_hash(self.prev_segment_last_hash.as_bytes())
+    }
+}
+
+/// The members of a record line in their on-disk order, minus `hash`.
+#[derive(Serialize)]
+struct LineOut<'a, E: ?Sized> {
+    seq: u64,
+    prev: &'a str,
+    time: Timestamp,
+    instance: &'a str,
+    #[serde(flatten)]
+    entry: &'a E,
+}
+
+/// Appends one record line (with its newline) to `buf` and returns its chain hash. `entry` is
+/// an `Entry`, or a borrowed form that serialises identically (`record::QueryRef`).
+///
+/// The line is the JSON object `{"seq":…,"prev":…,"time":…,"instance":…,"type":…,…,"hash":…}`;
+/// `hash = SHA-256(prev as 32 raw bytes ‖ the same object without the hash member)`, i.e. the
+/// exact bytes written up to the `,"hash"` plus the closing `}`. Verifiers hash the bytes as
+/// written; nothing is ever re-serialised, so the hash does not depend on a JSON library.
+pub fn encode_record<E: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    prev: &Hash,
+    time: Timestamp,
+    instance: &str,
+    entry: &E,
+) -> Result<Hash, AuditError> {
+    let mut prev_hex = [0u8; 64];
+    // 32 bytes always encode into exactly 64 hex digits, so this cannot fail.
+    let _ = hex::encode_to_slice(prev, &mut prev_hex);
+    let start = buf.len();
+    let line = LineOut {
+        // ASCII hex digits are valid UTF-8.
+        prev: std::str::from_utf8(&prev_hex).unwrap_or_default(),
+        seq,
+        time,
+        instance,
+        entry,
+    };
+    serde_json::to_writer(&mut *buf, &line).map_err(AuditError::Encode)?;
+    let hash = chain_hash(prev, &buf[start..]);
+    // Replace the closing brace by `,"hash":"…"}`.
+    buf.pop();
+    buf.extend_from_slice(b",\"hash\":\"");
+    let mut hash_hex = [0u8; 64];
+    // As above: 32 bytes into 64 digits.
+    let _ = hex::encode_to_slice(hash, &mut hash_hex);
+    buf.extend_from_slice(&hash_hex);
+    buf.extend_from_slice(b"\"}\n");
+    Ok(hash)
+}
+
+/// `SHA-256(prev ‖ canonical)`, where `canonical` is the record object without `hash`.
+pub fn chain_hash(prev: &Hash, canonical: &[u8]) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update(prev);
+    hasher.update(canonical);
+    hasher.finalize().into()
+}
+
+const HASH_SUFFIX_LEN: usize = 9 + 64 + 2; // `,"hash":"` + 64 hex + `"}`
+
+/// Splits a record line (without newline) into the hash over its canonical bytes (recomputed
+/// with `prev`) and the stored hash. `None` if the line does not end in a hash member.
+pub fn split_hash(line: &[u8]) -> Option<(&[u8], Hash)> {
+    let cut = line.len().checked_sub(HASH_SUFFIX_LEN)?;
+    let (body, suffix) = line.split_at(cut);
+    if !suffix.starts_with(b",\"hash\":\"") || !suffix.ends_with(b"\"}") {
+        return None;
+    }
+    let stored = decode_hash(&suffix[9..73])?;
+    Some((body, stored))
+}
+
+/// Recomputes a record line's hash: `SHA-256(prev ‖ body ‖ "}")`.
+pub fn recompute(prev: &Hash, body: &[u8]) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update(prev);
+    hasher.update(body);
+    hasher.update(b"}");
+    hasher.finalize().into()
+}
+
+pub fn decode_hash(hex_text: &[u8]) -> Option<Hash> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_text, &mut out).ok()?;
+    Some(out)
+}
+
+/// A record line fully decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    pub prev: String,
+    pub time: Timestamp,
+    pub instance: String,
+    #[serde(flatten)]
+    pub entry: Entry,
+    pub hash: String,
+}
+
+impl Record {
+    pub fn parse(line: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(line)
+    }
+}
+
+/// The chain members of a record line, without decoding the entry.
+#[derive(Debug, Deserialize)]
+pub struct LinkView<'a> {
+    pub seq: u64,
+    #[serde(borrow)]
+    pub prev: Cow<'a, str>,
+    pub time: Timestamp,
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+}
+
+impl<'a> LinkView<'a> {
+    pub fn parse(line: &'a [u8]) -> Option<Self> {
+        serde_json::from_slice(line).ok()
+    }
+}
+
+/// The file name of the segment whose first record is `first_seq`.
+pub fn segment_name(first_seq: u64) -> String {
+    format!("{SEGMENT_PREFIX}{first_seq:020}{SEGMENT_EXT}")
+}
+
+/// A segment file in a log directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentFile {
+    pub path: PathBuf,
+    pub first_seq: u64,
+}
+
+impl SegmentFile {
+    pub fn name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// The segments of `dir` in chain order. A missing directory is an empty log.
+pub fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, AuditError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(AuditError::io(dir)(e)),
+    };
+    let mut segments = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(AuditError::io(dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(digits) = name
+            .strip_prefix(SEGMENT_PREFIX)
+            .and_then(|n| n.strip_suffix(SEGMENT_EXT))
+        else {
+            continue;
+        };
+        if let Ok(first_seq) = digits.parse() {
+            segments.push(SegmentFile {
+                path: entry.path(),
+                first_seq,
+            });
+        }
+    }
+    segments.sort_by_key(|s| s.first_seq);
+    Ok(segments)
+}
+
+/// Reads a file line by line with byte offsets, reusing one buffer.
+pub struct LineReader<R> {
+    reader: R,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+/// One line: its offset, its bytes without the newline, and whether the newline was there.
+#[derive(Debug)]
+pub struct Line<'a> {
+    pub offset: u64,
+    pub bytes: &'a [u8],
+    pub complete: bool,
+}
+
+impl LineReader<BufReader<File>> {
+    pub fn open(path: &Path) -> Result<Self, AuditError> {
+        let file = File::open(path).map_err(AuditError::io(path))?;
+        Ok(Self::new(BufReader::with_capacity(256 * 1024, file)))
+    }
+}
+
+impl<R: BufRead> LineReader<R> {
+    pub fn new(reader: R) -> Self {
+        Self {
+            reader,
+            offset: 0,
+            buf: Vec::with_capacity(1024),
+        }
+    }
+
+    pub fn next_line(&mut self) -> std::io::Result<Option<Line<'_>>> {
+        self.buf.clear();
+        let read = self.reader.read_until(b'\n', &mut self.buf)?;
+        if read == 0 {
+            return Ok(None);
+        }
+        let offset = self.offset;
+        self.offset += read as u64;
+        let complete = self.buf.last() == Some(&b'\n');
+        if complete {
+            self.buf.pop();
+        }
+        Ok(Some(Line {
+            offset,
+            bytes: &self.buf,
+            complete,
+        }))
+    }
+}
+
+/// The state at the end of a segment, as the writer needs it to continue the chain.
+#[derive(Debug, Clone)]
+pub struct Tail {
+    pub header: Option<Header>,
+    /// `seq` of the last complete record (`first_seq - 1` if none).
+    pub last_seq: u64,
+    pub last_hash: Hash,
+    /// Offset of a torn last line (crash mid-write), if any.
+    pub torn_at: Option<u64>,
+    pub file_len: u64,
+}
+
+/// Scans a segment to its end. `fallback` is the head to assume when the segment holds no
+/// complete record (or not even a complete header): the previous segment's tail.
+pub fn read_tail(path: &Path, fallback: (u64, Hash)) -> Result<Tail, AuditError> {
+    let mut reader = LineReader::open(path)?;
+    let mut tail = Tail {
+        header: None,
+        last_seq: fallback.0,
+        last_hash: fallback.1,
+        torn_at: None,
+        file_len: 0,
+    };
+    while let Some(line) = reader.next_line().map_err(AuditError::io(path))? {
+        tail.file_len = line.offset + line.bytes.len() as u64 + u64::from(line.complete);
+        if !line.complete {
+            tail.torn_at = Some(line.offset);
+            break;
+        }
+        if tail.header.is_none() {
+            let header = Header::parse(line.bytes).ok_or_else(|| AuditError::Corrupt {
+                path: path.to_owned(),
+                offset: line.offset,
+                reason: "not a dnsward-audit version 1 segment header",
+            })?;
+            if let Some(prev) = header.prev_hash() {
+                tail.last_seq = header.first_seq.saturating_sub(1);
+                tail.last_hash = prev;
+            }
+            tail.header = Some(header);
+            continue;
+        }
+        let (Some(view), Some((_, hash))) = (LinkView::parse(line.bytes), split_hash(line.bytes))
+        else {
+            return Err(AuditError::Corrupt {
+                path: path.to_owned(),
+                offset: line.offset,
+                reason: "unreadable record line; run `dnsward audit verify`",
+            });
+        };
+        tail.last_seq = view.seq;
+        tail.last_hash = hash;
+    }
+    Ok(tail)
+}
+
+/// The last complete line of a file (without newline), read from the end; `None` if the file
+/// ends in a torn line or has fewer than two lines.
+pub fn read_last_line(path: &Path) -> Result<Option<Vec<u8>>, AuditError> {
+    let mut file = File::open(path).map_err(AuditError::io(path))?;
+    let len = file.metadata().map_err(AuditError::io(path))?.len();
+    let mut window = 4096u64;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start))
+            .map_err(AuditError::io(path))?;
+        let mut buf = Vec::with_capacity(window as usize);
+        (&mut file)
+            .take(window)
+            .read_to_end(&mut buf)
+            .map_err(AuditError::io(path))?;
+        if buf.last() != Some(&b'\n') {
+            return Ok(None);
+        }
+        let body = &buf[..buf.len() - 1];
+        if let Some(nl) = memchr::memrchr(b'\n', body) {
+            return Ok(Some(body[nl + 1..].to_vec()));
+        }
+        if start == 0 {
+            return Ok(None);
+        }
+        window *= 4;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::{Decision, QueryEntry};
+
+    fn query() -> Entry {
+        Entry::Query(QueryEntry {
+            generation: 1,
+            client: "192.0.2.1:5353".into(),
+            transport: "udp".into(),
+            qname: "www.example.com.".into(),
+            qtype: "A".into(),
+            qclass: "IN".into(),
+            decision: Decision::Allowed,
+            rule: None,
+            action: None,
+            rcode: "NoError".into(),
+            answer: "A 192.0.2.9".into(),
+            ede: None,
+            source: "cache".into(),
+            latency_us: 12,
+        })
+    }
+
+    #[test]
+    fn record_line_hash_covers_the_bytes_as_written() {
+        let mut buf = Vec::new();
+        let time = Timestamp::from_micros(1_700_000_000_000_000);
+        let hash = encode_record(&mut buf, 7, &GENESIS, time, "abcd", &query()).unwrap();
+        assert_eq!(buf.last(), Some(&b'\n'));
+        let line = &buf[..buf.len() - 1];
+        let (body, stored) = split_hash(line).unwrap();
+        assert_eq!(stored, hash);
+        assert_eq!(recompute(&GENESIS, body), hash);
+        assert!(line.starts_with(b"{\"seq\":7,\"prev\":\"0000"));
+        let record = Record::parse(line).unwrap();
+        assert_eq!(record.seq, 7);
+        assert_eq!(record.entry, query());
+        assert_eq!(record.time, time);
+        // One changed byte changes the hash.
+        let mut tampered = line.to_vec();
+        let at = tampered.len() / 2;
+        tampered[at] ^= 1;
+        let (body, stored) = split_hash(&tampered).unwrap();
+        assert_ne!(recompute(&GENESIS, body), stored);
+    }
+
+    #[test]
+    fn segment_names_sort_in_chain_order() {
+        assert_eq!(segment_name(1), "seg-00000000000000000001.dwlog");
+        assert!(segment_name(9) < segment_name(10));
+    }
+
+    #[test]
+    fn header_round_trip() {
+        let header = Header::new(HeaderKind::Segment, 5, &[7; 32], "inst");
+        let mut buf = Vec::new();
+        header.encode(&mut buf).unwrap();
+        assert_eq!(Header::parse(&buf[..buf.len() - 1]), Some(header));
+        assert_eq!(Header::parse(b"{\"format\":\"other\"}"), None);
+    }
+}

@@ -1,0 +1,645 @@
+//! Verification of a log directory, a single segment, or an export file: every chain link and
+//! every checkpoint signature, stopping at the first bad spot and naming what it looks like.
+//!
+//! It owns the classification of damage (modified, deleted, inserted, reordered, truncated
+//! tail, missing segment, bad or missing signature). It does not repair anything.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ed25519_dalek::VerifyingKey;
+
+use super::{
+    AuditError, keys, query,
+    record::{Entry, Timestamp},
+    segment::{self, GENESIS, Hash, Header, LineReader, LinkView, Record},
+};
+
+/// How long the newest records may go without a signed checkpoint before `verify` (with a
+/// public key) calls them unsigned. The writer checkpoints every `checkpoint_interval_secs`
+/// (default 5) while records flow, and a crash loses at most the unsynced tail; 30 s leaves
+/// room for both with the default settings.
+pub const UNSIGNED_TAIL_TOLERANCE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// See `UNSIGNED_TAIL_TOLERANCE`.
+    pub unsigned_tail_tolerance: Duration,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        Self {
+            unsigned_tail_tolerance: UNSIGNED_TAIL_TOLERANCE,
+        }
+    }
+}
+
+/// A place in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spot {
+    pub file: PathBuf,
+    pub seq: Option<u64>,
+    /// Byte offset of the line in `file`.
+    pub offset: u64,
+}
+
+impl fmt::Display for Spot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(seq) = self.seq {
+            write!(f, " seq {seq}")?;
+        }
+        write!(f, " offset {}", self.offset)
+    }
+}
+
+/// What is wrong at the first bad spot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A record's bytes do not match its hash, or it does not link to the record before.
+    Modified,
+    /// Records are missing: `missing` sequence numbers were skipped.
+    Deleted { missing: u64 },
+    /// A record that does not belong to the chain sits here.
+    Inserted,
+    /// Two records are out of order.
+    Reordered,
+    /// A whole segment is missing: the chain jumps from `expected_seq` to `found_seq` at a
+    /// segment boundary after a properly closed segment.
+    MissingSegment { expected_seq: u64, found_seq: u64 },
+    /// A checkpoint signature does not verify (or was made by another key).
+    BadSignature,
+    /// A public key was given but the log, a checkpoint, or its newest records are unsigned.
+    MissingSignature { reason: MissingSignature },
+    /// Not a dnsward audit file of a version this program reads.
+    Unreadable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingSignature {
+    /// No checkpoint in the log is signed.
+    LogUnsigned,
+    /// This checkpoint carries no signature.
+    CheckpointUnsigned,
+    /// Records after the last signed checkpoint span more than the tolerance.
+    UnsignedTail,
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Modified => f.write_str("modified record"),
+            Self::Deleted { missing } => write!(f, "deleted records ({missing} missing)"),
+            Self::Inserted => f.write_str("inserted record"),
+            Self::Reordered => f.write_str("reordered records"),
+            Self::MissingSegment {
+                expected_seq,
+                found_seq,
+            } => write!(
+                f,
+                "missing segment (expected seq {expected_seq}, next segment starts at {found_seq})"
+            ),
+            Self::BadSignature => f.write_str("bad checkpoint signature"),
+            Self::MissingSignature { reason } => match reason {
+                MissingSignature::LogUnsigned => {
+                    f.write_str("missing signature: the log is unsigned")
+                }
+                MissingSignature::CheckpointUnsigned => {
+                    f.write_str("missing signature: unsigned checkpoint")
+                }
+                MissingSignature::UnsignedTail => f.write_str(
+                    "missing signature: records after the last signed checkpoint exceed the tolerance",
+                ),
+            },
+            Self::Unreadable => f.write_str("unreadable: not a dnsward-audit v1 file"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub spot: Spot,
+}
+
+/// Where the verified chain starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainStart {
+    /// At the first record ever written (seq 1, zero `prev`).
+    Genesis,
+    /// After `seq` (older segments removed by retention, or an export of a later range): the
+    /// first file's header states the hash of record `seq`, which is taken on trust unless a
+    /// signed checkpoint later covers it (it does: checkpoints sign the head, which depends on
+    /// every earlier link, including this start).
+    After { seq: u64 },
+}
+
+/// The state of signatures over the verified range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signatures {
+    /// No checkpoint carries a signature.
+    Unsigned,
+    /// Signed, and every signature verifies against the key each checkpoint names, but no
+    /// public key was given, so who signed is not established.
+    NotChecked { checkpoints: u64 },
+    /// Every signature verifies against the given public key.
+    Verified { checkpoints: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    pub seq: u64,
+    pub head_seq: u64,
+    pub time: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    pub source: PathBuf,
+    /// Records whose link was checked (all lines except headers).
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub chain_start: ChainStart,
+    /// Earliest and latest record time (checkpoints excluded).
+    pub time_range: Option<(Timestamp, Timestamp)>,
+    pub signatures: Signatures,
+    pub last_signed_checkpoint: Option<CheckpointInfo>,
+    /// A torn last line at the very end (crash mid-write): not tampering, but reported.
+    pub truncated_tail: Option<Spot>,
+    /// Torn tails found at restart and declared by the following segment's header.
+    pub recovered: Vec<Spot>,
+    pub failure: Option<Failure>,
+}
+
+impl VerifyReport {
+    /// Whether the log verified (a truncated tail is a warning, not a failure).
+    pub fn ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.failure {
+            Some(failure) => writeln!(f, "FAILED: {} at {}", failure.kind, failure.spot)?,
+            None => writeln!(f, "OK: {}", self.source.display())?,
+        }
+        write!(f, "records: {}", self.records)?;
+        if let (Some(first), Some(last)) = (self.first_seq, self.last_seq) {
+            write!(f, " (seq {first}..={last})")?;
+        }
+        writeln!(f)?;
+        match self.chain_start {
+            ChainStart::Genesis => writeln!(f, "chain start: genesis")?,
+            ChainStart::After { seq } => writeln!(
+                f,
+                "chain start: after seq {seq} (earlier records removed by retention or not exported)"
+            )?,
+        }
+        if let Some((from, to)) = self.time_range {
+            writeln!(f, "time range: {from} .. {to}")?;
+        }
+        match self.signatures {
+            Signatures::Unsigned => writeln!(f, "signatures: unsigned")?,
+            Signatures::NotChecked { checkpoints } => writeln!(
+                f,
+                "signatures: {checkpoints} signed checkpoints, not checked against a trusted key (use --pubkey)"
+            )?,
+            Signatures::Verified { checkpoints } => {
+                writeln!(f, "signatures: {checkpoints} checkpoints verified")?;
+            }
+        }
+        if let Some(cp) = self.last_signed_checkpoint {
+            writeln!(
+                f,
+                "last signed checkpoint: seq {} over head seq {} at {}",
+                cp.seq, cp.head_seq, cp.time
+            )?;
+        }
+        for spot in &self.recovered {
+            writeln!(f, "note: torn tail recovered at restart: {spot}")?;
+        }
+        if let Some(spot) = &self.truncated_tail {
+            let after = self
+                .last_seq
+                .map_or_else(|| "start".to_owned(), |s| format!("seq {s}"));
+            writeln!(
+                f,
+                "warning: truncated tail after {after} at {spot} (crash mid-write; not tampering)"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Verifies a log directory, a segment file, or an export (JSON lines or CSV).
+pub fn verify(path: &Path, pubkey: Option<&Path>) -> Result<VerifyReport, AuditError> {
+    verify_with(path, pubkey, &VerifyOptions::default())
+}
+
+pub fn verify_with(
+    path: &Path,
+    pubkey: Option<&Path>,
+    options: &VerifyOptions,
+) -> Result<VerifyReport, AuditError> {
+    let key = pubkey.map(keys::load_verifying_key).transpose()?;
+    let mut checker = Checker::new(path, key, options.clone());
+    let outcome = if path.is_dir() {
+        let segments = segment::list_segments(path)?;
+        let count = segments.len();
+        let mut outcome = Ok(());
+        for (i, seg) in segments.iter().enumerate() {
+            outcome = checker.file(&seg.path, false, i + 1 == count);
+            if outcome.is_err() {
+                break;
+            }
+        }
+        outcome
+    } else {
+        let csv = query::is_csv_export(path)?;
+        checker.file(path, csv, true)
+    };
+    Ok(checker.finish(outcome.err()))
+}
+
+struct OwnedLine {
+    offset: u64,
+    bytes: Vec<u8>,
+    complete: bool,
+}
+
+/// The chain members of a line that the lookahead needs.
+struct Peek {
+    seq: u64,
+    prev: Option<Hash>,
+    self_ok: bool,
+}
+
+fn peek(bytes: &[u8]) -> Option<Peek> {
+    let view = LinkView::parse(bytes)?;
+    let prev = segment::decode_hash(view.prev.as_bytes());
+    let self_ok = match (prev, segment::split_hash(bytes)) {
+        (Some(prev), Some((body, stored))) => segment::recompute(&prev, body) == stored,
+        _ => false,
+    };
+    Some(Peek {
+        seq: view.seq,
+        prev,
+        self_ok,
+    })
+}
+
+struct Checker {
+    report: VerifyReport,
+    key: Option<VerifyingKey>,
+    options: VerifyOptions,
+    expected: Option<u64>,
+    head: Hash,
+    /// The previous file: its path, whether it ended with a closing checkpoint, and where it
+    /// was torn.
+    prev_file: Option<(PathBuf, bool, Option<u64>)>,
+    signed: u64,
+    unsigned: u64,
+    last_record_time: Option<Timestamp>,
+}
+
+impl Checker {
+    fn new(source: &Path, key: Option<VerifyingKey>, options: VerifyOptions) -> Self {
+        Self {
+            report: VerifyReport {
+                source: source.to_owned(),
+                records: 0,
+                first_seq: None,
+                last_seq: None,
+                chain_start: ChainStart::Genesis,
+                time_range: None,
+                signatures: Signatures::Unsigned,
+                last_signed_checkpoint: None,
+                truncated_tail: None,
+                recovered: Vec::new(),
+                failure: None,
+            },
+            key,
+            options,
+            expected: None,
+            head: GENESIS,
+            prev_file: None,
+            signed: 0,
+            unsigned: 0,
+            last_record_time: None,
+        }
+    }
+
+    fn fail(kind: FailureKind, file: &Path, seq: Option<u64>, offset: u64) -> Failure {
+        Failure {
+            kind,
+            spot: Spot {
+                file: file.to_owned(),
+                seq,
+                offset,
+            },
+        }
+    }
+
+    /// Checks one file. `csv`: rows of a CSV export; `last`: the last file of the log (a torn
+    /// line there is a truncated tail).
+    fn file(&mut self, path: &Path, csv: bool, last: bool) -> Result<(), Failure> {
+        let mut reader = LineReader::open(path)
+            .map_err(|_| Self::fail(FailureKind::Unreadable, path, None, 0))?;
+        let next_owned = |reader: &mut LineReader<_>| -> Result<Option<OwnedLine>, Failure> {
+            let line = reader
+                .next_line()
+                .map_err(|_| Self::fail(FailureKind::Unreadable, path, None, 0))?;
+            Ok(line.map(|l| OwnedLine {
+                offset: l.offset,
+                bytes: if csv && l.complete {
+                    query::csv_row_to_line(l.bytes).unwrap_or_default()
+                } else {
+                    l.bytes.to_vec()
+                },
+                complete: l.complete,
+            }))
+        };
+        let first = next_owned(&mut reader)?;
+        let Some(first) = first else {
+            // An empty file holds nothing of the chain.
+            return self.end_file(path, false, None, last);
+        };
+        let mut current = if csv {
+            // The column-name row; the chain start is the first record's `prev`.
+            next_owned(&mut reader)?
+        } else {
+            if !first.complete {
+                return self.end_file(path, false, Some(0), last);
+            }
+            let header = Header::parse(&first.bytes)
+                .ok_or_else(|| Self::fail(FailureKind::Unreadable, path, None, 0))?;
+            let prev = header
+                .prev_hash()
+                .ok_or_else(|| Self::fail(FailureKind::Unreadable, path, None, 0))?;
+            self.header(path, &header, prev)?;
+            next_owned(&mut reader)?
+        };
+        let mut closed = false;
+        while let Some(line) = current.take() {
+            if !line.complete {
+                return self.end_file(path, closed, Some(line.offset), last);
+            }
+            let next = next_owned(&mut reader)?;
+            if self.expected.is_none() {
+                // CSV: take the chain start from the first record.
+                let start = peek(&line.bytes)
+                    .and_then(|p| p.prev.map(|prev| (p.seq, prev)))
+                    .ok_or_else(|| Self::fail(FailureKind::Unreadable, path, None, line.offset))?;
+                self.start_chain(start.0, start.1);
+            }
+            let lookahead = next
+                .as_ref()
+                .filter(|n| n.complete)
+                .and_then(|n| peek(&n.bytes));
+            closed = self.line(path, &line, lookahead.as_ref())?;
+            current = next;
+        }
+        self.end_file(path, closed, None, last)
+    }
+
+    fn start_chain(&mut self, first_seq: u64, prev: Hash) {
+        self.expected = Some(first_seq);
+        self.head = prev;
+        self.report.chain_start = if first_seq == 1 && prev == GENESIS {
+            ChainStart::Genesis
+        } else {
+            ChainStart::After {
+                seq: first_seq.saturating_sub(1),
+            }
+        };
+    }
+
+    fn header(&mut self, path: &Path, header: &Header, prev: Hash) -> Result<(), Failure> {
+        let Some(expected) = self.expected else {
+            self.start_chain(header.first_seq, prev);
+            return Ok(());
+        };
+        // The previous file's torn tail must be the one this header declares.
+        if let Some((prev_path, _, torn)) = &self.prev_file {
+            let declared = header.torn_tail.as_ref().is_some_and(|t| {
+                Some(t.offset) == *torn && prev_path.file_name().is_some_and(|n| *n == *t.segment)
+            });
+            match torn {
+                Some(offset) if !declared => {
+                    return Err(Self::fail(FailureKind::Modified, prev_path, None, *offset));
+                }
+                Some(offset) => self.report.recovered.push(Spot {
+                    file: prev_path.clone(),
+                    seq: None,
+                    offset: *offset,
+                }),
+                None => {}
+            }
+        }
+        if header.first_seq == expected && prev == self.head {
+            return Ok(());
+        }
+        let closed = self
+            .prev_file
+            .as_ref()
+            .is_some_and(|(_, closed, _)| *closed);
+        let kind = if header.first_seq > expected && closed {
+            FailureKind::MissingSegment {
+                expected_seq: expected,
+                found_seq: header.first_seq,
+            }
+        } else if header.first_seq > expected {
+            FailureKind::Deleted {
+                missing: header.first_seq - expected,
+            }
+        } else if header.first_seq < expected {
+            FailureKind::Inserted
+        } else {
+            FailureKind::Modified
+        };
+        Err(Self::fail(kind, path, Some(expected), 0))
+    }
+
+    /// Checks one record line; returns whether it is a closing checkpoint.
+    fn line(
+        &mut self,
+        path: &Path,
+        line: &OwnedLine,
+        next: Option<&Peek>,
+    ) -> Result<bool, Failure> {
+        // `start_chain` ran before any line.
+        let expected = self.expected.unwrap_or(1);
+        let view = LinkView::parse(&line.bytes);
+        let split = segment::split_hash(&line.bytes);
+        let prev = view
+            .as_ref()
+            .and_then(|v| segment::decode_hash(v.prev.as_bytes()));
+        let self_ok = match (prev, split) {
+            (Some(prev), Some((body, stored))) => segment::recompute(&prev, body) == stored,
+            _ => false,
+        };
+        let seq = view.as_ref().map(|v| v.seq);
+        let linked = prev == Some(self.head);
+        if let (Some(view), Some((_, stored)), true, true) = (&view, split, self_ok, linked)
+            && view.seq == expected
+        {
+            self.head = stored;
+            self.expected = Some(expected + 1);
+            self.report.records += 1;
+            self.report.first_seq.get_or_insert(view.seq);
+            self.report.last_seq = Some(view.seq);
+            if view.kind == "checkpoint" {
+                return self.checkpoint(path, line, view.seq, view.time);
+            }
+            self.last_record_time = Some(
+                self.last_record_time
+                    .map_or(view.time, |t| t.max(view.time)),
+            );
+            self.report.time_range = Some(match self.report.time_range {
+                Some((from, to)) => (from.min(view.time), to.max(view.time)),
+                None => (view.time, view.time),
+            });
+            return Ok(false);
+        }
+        let next_fits =
+            next.is_some_and(|n| n.seq == expected && n.prev == Some(self.head) && n.self_ok);
+        let kind = match seq {
+            // The next line is the one expected here, and this one comes later: a swap.
+            Some(seq) if seq > expected && next.is_some_and(|n| n.seq == expected) => {
+                FailureKind::Reordered
+            }
+            _ if next_fits => FailureKind::Inserted,
+            Some(seq) if seq == expected => FailureKind::Modified,
+            Some(seq) if seq > expected => FailureKind::Deleted {
+                missing: seq - expected,
+            },
+            Some(_) => FailureKind::Inserted,
+            None => FailureKind::Modified,
+        };
+        // A deletion is named by the first missing seq; anything else by the line found.
+        let spot_seq = match kind {
+            FailureKind::Deleted { .. } => expected,
+            _ => seq.unwrap_or(expected),
+        };
+        Err(Self::fail(kind, path, Some(spot_seq), line.offset))
+    }
+
+    fn checkpoint(
+        &mut self,
+        path: &Path,
+        line: &OwnedLine,
+        seq: u64,
+        time: Timestamp,
+    ) -> Result<bool, Failure> {
+        let fail = |kind| Self::fail(kind, path, Some(seq), line.offset);
+        let Ok(Record {
+            entry: Entry::Checkpoint(cp),
+            prev,
+            ..
+        }) = Record::parse(&line.bytes)
+        else {
+            return Err(fail(FailureKind::Modified));
+        };
+        let head = segment::decode_hash(cp.head.as_bytes());
+        if cp.head_seq + 1 != seq || cp.head != prev {
+            return Err(fail(FailureKind::Modified));
+        }
+        let Some(head) = head else {
+            return Err(fail(FailureKind::Modified));
+        };
+        match (&cp.sig, &self.key) {
+            (Some(sig), key) => {
+                let embedded = cp
+                    .key
+                    .as_deref()
+                    .and_then(|k| segment::decode_hash(k.as_bytes()))
+                    .and_then(|k| VerifyingKey::from_bytes(&k).ok());
+                let key = match key {
+                    Some(given) if embedded.is_some_and(|e| e != *given) => {
+                        return Err(fail(FailureKind::BadSignature));
+                    }
+                    Some(given) => *given,
+                    None => embedded.ok_or_else(|| fail(FailureKind::BadSignature))?,
+                };
+                if !keys::verify_signature(&key, cp.head_seq, &head, time, sig) {
+                    return Err(fail(FailureKind::BadSignature));
+                }
+                self.signed += 1;
+                self.report.last_signed_checkpoint = Some(CheckpointInfo {
+                    seq,
+                    head_seq: cp.head_seq,
+                    time,
+                });
+            }
+            (None, Some(_)) if self.signed > 0 => {
+                return Err(fail(FailureKind::MissingSignature {
+                    reason: MissingSignature::CheckpointUnsigned,
+                }));
+            }
+            (None, _) => self.unsigned += 1,
+        }
+        Ok(cp.close)
+    }
+
+    fn end_file(
+        &mut self,
+        path: &Path,
+        closed: bool,
+        torn: Option<u64>,
+        last: bool,
+    ) -> Result<(), Failure> {
+        if let (Some(offset), true) = (torn, last) {
+            self.report.truncated_tail = Some(Spot {
+                file: path.to_owned(),
+                seq: None,
+                offset,
+            });
+        }
+        self.prev_file = Some((path.to_owned(), closed, torn));
+        Ok(())
+    }
+
+    fn finish(mut self, failure: Option<Failure>) -> VerifyReport {
+        self.report.signatures = match (self.signed, &self.key) {
+            (0, _) => Signatures::Unsigned,
+            (n, Some(_)) => Signatures::Verified { checkpoints: n },
+            (n, None) => Signatures::NotChecked { checkpoints: n },
+        };
+        let source = self.report.source.clone();
+        let failure = failure.or_else(|| {
+            self.key.as_ref()?;
+            let Some(cp) = self.report.last_signed_checkpoint else {
+                return Some(Self::fail(
+                    FailureKind::MissingSignature {
+                        reason: MissingSignature::LogUnsigned,
+                    },
+                    &source,
+                    None,
+                    0,
+                ));
+            };
+            let last = self.last_record_time?;
+            let span = last.as_micros().saturating_sub(cp.time.as_micros());
+            let tolerance =
+                i64::try_from(self.options.unsigned_tail_tolerance.as_micros()).unwrap_or(i64::MAX);
+            (span > tolerance && self.report.last_seq > Some(cp.seq)).then(|| {
+                Self::fail(
+                    FailureKind::MissingSignature {
+                        reason: MissingSignature::UnsignedTail,
+                    },
+                    &source,
+                    Some(cp.seq + 1),
+                    0,
+                )
+            })
+        });
+        self.report.failure = failure;
+        self.report
+    }
+}

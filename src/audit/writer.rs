@@ -1,0 +1,815 @@
+//! The writer: the query path's `AuditHandle` (a non-blocking `try_send` into a bounded queue)
+//! and the one thread that owns the segment files (`AuditWriter`).
+//!
+//! It owns serialisation, anonymisation, chaining, checkpoints and signing, rotation, fsync and
+//! retention. It does not read the log back except for the tail of the last segment at open.
+//!
+//! Why a std thread, not a tokio task: the writer does blocking file I/O and fsync all the time;
+//! on a runtime worker that would stall queries, and `spawn_blocking` is meant for short jobs.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::Write,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use ed25519_dalek::SigningKey;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::{
+    AuditError, keys,
+    record::{Checkpoint, Entry, ListLoad, QueryRef, Timestamp, client_text},
+    segment::{self, GENESIS, Hash, Header, HeaderKind, TornTail},
+    settings::{Anonymize, AuditSettings},
+};
+use crate::policy::decision::DecisionRecord;
+
+/// Messages drained per wake-up before the batch is written: large enough to amortise the
+/// `write` syscall, small enough that checkpoints and fsyncs are not delayed under load.
+const MAX_BATCH: usize = 4096;
+/// Longest sleep of an idle writer: bounds how late a timed checkpoint, fsync or age rotation
+/// can be.
+const MAX_IDLE: Duration = Duration::from_millis(500);
+
+/// A random id per process start, stored in every record so records of overlapping or
+/// successive runs can be told apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    /// 64 random bits as 16 hex digits.
+    pub fn random() -> Self {
+        Self(format!("{:016x}", rand::random::<u64>()))
+    }
+
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One list file as loaded, for `ServiceEvent::Load`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListFile {
+    pub name: String,
+    pub path: PathBuf,
+    /// Hex SHA-256 of the file's bytes.
+    pub sha256: String,
+    pub rules: u64,
+}
+
+/// Service events the application reports; the writer adds stop, gap, recovery and checkpoint
+/// records itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceEvent {
+    /// Sent once at start, before any query record.
+    Start { version: String, config: PathBuf },
+    /// A configuration/list generation went into service (at start and on each accepted reload).
+    Load {
+        generation: u64,
+        lists: Vec<ListFile>,
+    },
+    /// A reload was refused; the previous generation stays in service.
+    ReloadRefused { errors: Vec<String> },
+}
+
+impl ServiceEvent {
+    fn into_entry(self) -> Entry {
+        match self {
+            Self::Start { version, config } => Entry::Start {
+                version,
+                config: config.display().to_string(),
+            },
+            Self::Load { generation, lists } => Entry::Load {
+                generation,
+                lists: lists
+                    .into_iter()
+                    .map(|l| ListLoad {
+                        name: l.name,
+                        path: l.path.display().to_string(),
+                        sha256: l.sha256,
+                        rules: l.rules,
+                    })
+                    .collect(),
+            },
+            Self::ReloadRefused { errors } => Entry::ReloadRefused { errors },
+        }
+    }
+}
+
+// Not boxed: a box would add an allocation per query on the query path, while the channel
+// slots are preallocated at the largest variant's size anyway.
+#[allow(clippy::large_enum_variant)]
+enum Message {
+    Query(DecisionRecord),
+    Service(ServiceEvent),
+    Shutdown,
+}
+
+/// Overflow accounting shared by all handles and the writer. Atomics only: the query path must
+/// not take a lock even when the queue is full.
+#[derive(Debug, Default)]
+struct Drops {
+    /// Dropped since the writer last wrote a gap record (the writer swaps it to 0).
+    pending: AtomicU64,
+    /// First and last drop time (µs) of the pending run; 0 = none yet.
+    first_us: AtomicI64,
+    last_us: AtomicI64,
+    /// Dropped since start, for metrics (`audit_dropped_total`).
+    total: AtomicU64,
+}
+
+impl Drops {
+    fn note(&self) {
+        let now = Timestamp::now().as_micros();
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .first_us
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
+        self.last_us.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// Takes the pending run: (count, first, last). The count is exact; at the boundary between
+    /// two runs a drop's time may be attributed to the earlier gap's span.
+    fn take(&self) -> Option<(u64, Timestamp, Timestamp)> {
+        let count = self.pending.swap(0, Ordering::AcqRel);
+        if count == 0 {
+            return None;
+        }
+        let last = self.last_us.swap(0, Ordering::AcqRel);
+        let first = self.first_us.swap(0, Ordering::AcqRel);
+        let first = if first == 0 { last } else { first };
+        let last = last.max(first);
+        Some((
+            count,
+            Timestamp::from_micros(first),
+            Timestamp::from_micros(last),
+        ))
+    }
+}
+
+/// The query path's side: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct AuditHandle {
+    tx: SyncSender<Message>,
+    drops: Arc<Drops>,
+}
+
+impl std::fmt::Debug for AuditHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditHandle")
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditHandle {
+    /// Queues a decision. If the queue is full (or the writer has stopped) the record is counted
+    /// as dropped and later reported by a gap record; this never waits.
+    pub fn record(&self, record: DecisionRecord) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.tx.try_send(Message::Query(record))
+        {
+            self.drops.note();
+        }
+    }
+
+    /// Queues a service event, with the same never-wait, never-silent rule as `record`.
+    pub fn service(&self, event: ServiceEvent) {
+        if self.tx.try_send(Message::Service(event)).is_err() {
+            self.drops.note();
+        }
+    }
+
+    /// Queues a decision, waiting while the queue is full. Never use it on the query path; it
+    /// is for bulk producers that must not lose records (imports, benchmarks, tests). Returns
+    /// false (and counts a drop) only if the writer has stopped.
+    pub fn record_wait(&self, record: DecisionRecord) -> bool {
+        let sent = self.tx.send(Message::Query(record)).is_ok();
+        if !sent {
+            self.drops.note();
+        }
+        sent
+    }
+
+    /// Records dropped since start (queue full or writer stopped).
+    pub fn dropped(&self) -> u64 {
+        self.drops.total.load(Ordering::Relaxed)
+    }
+}
+
+/// What the writer did, returned by `shutdown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriterStats {
+    /// Query records written by this instance.
+    pub records: u64,
+    /// Records dropped by this instance (all of them reported in gap records).
+    pub dropped: u64,
+    /// `seq` of the last record written (the final checkpoint).
+    pub last_seq: u64,
+}
+
+/// Owns the writer thread; `shutdown` flushes, writes the stop record and a final checkpoint,
+/// fsyncs and joins.
+pub struct AuditWriter {
+    tx: SyncSender<Message>,
+    thread: Option<JoinHandle<Result<WriterStats, AuditError>>>,
+}
+
+impl std::fmt::Debug for AuditWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditWriter").finish_non_exhaustive()
+    }
+}
+
+impl AuditWriter {
+    /// Drains what is queued, then stops cleanly. Blocks until the writer thread is done.
+    pub fn shutdown(mut self) -> Result<WriterStats, AuditError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<WriterStats, AuditError> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(WriterStats::default());
+        };
+        // A blocking send: shutdown is not on the query path, and the message must queue behind
+        // everything already accepted. It fails only if the thread has already exited.
+        let _ = self.tx.send(Message::Shutdown);
+        thread.join().map_err(|_| AuditError::WriterPanicked)?
+    }
+}
+
+impl Drop for AuditWriter {
+    /// Dropping without `shutdown` still stops cleanly (best effort: errors are logged).
+    fn drop(&mut self) {
+        if let Err(error) = self.stop() {
+            tracing::error!(%error, "audit writer stopped with an error");
+        }
+    }
+}
+
+/// Entry point: `AuditLog::open`.
+#[derive(Debug)]
+pub struct AuditLog;
+
+impl AuditLog {
+    /// Opens (or creates) the log under `settings.dir`, continues its chain, and starts the
+    /// writer thread. The caller should send `ServiceEvent::Start` first thing.
+    pub fn open(
+        settings: &AuditSettings,
+        instance: InstanceId,
+    ) -> Result<(AuditHandle, AuditWriter), AuditError> {
+        let mut store = Store::open(settings, instance)?;
+        let (tx, rx) = sync_channel(settings.queue_capacity.max(1));
+        let drops = Arc::new(Drops::default());
+        let thread_drops = Arc::clone(&drops);
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || {
+                let result = store.run(&rx, &thread_drops);
+                if let Err(error) = &result {
+                    tracing::error!(%error, "audit writer failed; further records are counted as dropped");
+                }
+                result
+            })
+            .map_err(AuditError::Spawn)?;
+        Ok((
+            AuditHandle {
+                tx: tx.clone(),
+                drops,
+            },
+            AuditWriter {
+                tx,
+                thread: Some(thread),
+            },
+        ))
+    }
+}
+
+/// How client addresses are reduced before they enter the chain.
+enum Anonymizer {
+    None,
+    Truncate,
+    Hash(Vec<u8>),
+}
+
+impl Anonymizer {
+    fn from_settings(settings: &AuditSettings) -> Result<Self, AuditError> {
+        Ok(match settings.anonymize {
+            Anonymize::None => Self::None,
+            Anonymize::Truncate => Self::Truncate,
+            Anonymize::Hash => {
+                let path = settings
+                    .anonymize_key
+                    .as_deref()
+                    .ok_or(AuditError::MissingAnonymizeKey)?;
+                let key = std::fs::read(path).map_err(AuditError::io(path))?;
+                if key.len() < 16 {
+                    return Err(AuditError::ShortAnonymizeKey {
+                        path: path.to_owned(),
+                        len: key.len(),
+                    });
+                }
+                Self::Hash(key)
+            }
+        })
+    }
+
+    fn client(&self, addr: SocketAddr) -> String {
+        // An IPv4-mapped IPv6 address is an IPv4 client: truncating it to /48 would keep all
+        // 32 bits of the IPv4 address.
+        let ip = match addr.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        match self {
+            Self::None => client_text(addr),
+            Self::Truncate => match ip {
+                IpAddr::V4(v4) => format!("{}/24", Ipv4Trunc(v4)),
+                IpAddr::V6(v6) => {
+                    let mut segments = v6.segments();
+                    segments[3..].fill(0);
+                    format!("{}/48", std::net::Ipv6Addr::from(segments))
+                }
+            },
+            // The port is left out: it changes per query, and a per-query hash would make
+            // per-client counts impossible.
+            Self::Hash(key) => {
+                let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+                    // HMAC accepts keys of any length; this arm is unreachable.
+                    return String::new();
+                };
+                match ip {
+                    IpAddr::V4(v4) => mac.update(&v4.octets()),
+                    IpAddr::V6(v6) => mac.update(&v6.octets()),
+                }
+                hex::encode(&mac.finalize().into_bytes()[..16])
+            }
+        }
+    }
+}
+
+struct Ipv4Trunc(std::net::Ipv4Addr);
+
+impl std::fmt::Display for Ipv4Trunc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, _] = self.0.octets();
+        write!(f, "{a}.{b}.{c}.0")
+    }
+}
+
+struct OpenSegment {
+    path: PathBuf,
+    file: File,
+    bytes: u64,
+    opened: Instant,
+    min_time: Option<Timestamp>,
+    max_time: Option<Timestamp>,
+    records: u64,
+}
+
+/// The writer thread's state; it alone touches the files.
+struct Store {
+    dir: PathBuf,
+    settings: AuditSettings,
+    instance: InstanceId,
+    signer: Option<(SigningKey, String)>,
+    anonymizer: Anonymizer,
+    segment: Option<OpenSegment>,
+    /// A torn tail found at open, declared in the next segment's header.
+    pending_torn: Option<TornTail>,
+    next_seq: u64,
+    head: Hash,
+    /// Encoded lines not yet written to the current segment.
+    buf: Vec<u8>,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    unsynced: bool,
+    last_sync: Instant,
+    query_records: u64,
+}
+
+impl Store {
+    fn open(settings: &AuditSettings, instance: InstanceId) -> Result<Self, AuditError> {
+        let dir = settings.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(AuditError::io(&dir))?;
+        let signer = match &settings.signing_key {
+            Some(path) => {
+                let key = keys::load_signing_key(path)?;
+                let public = hex::encode(key.verifying_key().as_bytes());
+                Some((key, public))
+            }
+            None => None,
+        };
+        let mut store = Self {
+            dir,
+            settings: settings.clone(),
+            instance,
+            signer,
+            anonymizer: Anonymizer::from_settings(settings)?,
+            segment: None,
+            pending_torn: None,
+            next_seq: 1,
+            head: GENESIS,
+            buf: Vec::with_capacity(1 << 20),
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            unsynced: false,
+            last_sync: Instant::now(),
+            query_records: 0,
+        };
+        let recovered = store.recover()?;
+        if let Some(entry) = recovered {
+            store.append_entry(Timestamp::now(), &entry)?;
+            store.flush(true)?;
+        }
+        store.apply_retention()?;
+        Ok(store)
+    }
+
+    /// Finds where the chain ends. A torn last line (crash mid-write) stays in its file and is
+    /// declared in the next header; a last segment without any complete record holds nothing
+    /// of the chain and is removed (its name would collide with the next segment's).
+    fn recover(&mut self) -> Result<Option<Entry>, AuditError> {
+        let mut segments = segment::list_segments(&self.dir)?;
+        let mut recovered = None;
+        while let Some(last) = segments.pop() {
+            let tail = segment::read_tail(&last.path, (last.first_seq.saturating_sub(1), GENESIS))?;
+            if let Some(offset) = tail.torn_at {
+                tracing::warn!(segment = %last.path.display(), offset, "audit segment ends in a torn line (crash); continuing the chain before it");
+                recovered.get_or_insert_with(|| Entry::Recovered {
+                    segment: last.name(),
+                    offset,
+                    torn_bytes: tail.file_len - offset,
+                });
+            }
+            let has_records = tail.header.is_some() && tail.last_seq >= last.first_seq;
+            if has_records {
+                self.next_seq = tail.last_seq + 1;
+                self.head = tail.last_hash;
+                self.pending_torn = tail.torn_at.map(|offset| TornTail {
+                    segment: last.name(),
+                    offset,
+                });
+                return Ok(recovered);
+            }
+            std::fs::remove_file(&last.path).map_err(AuditError::io(&last.path))?;
+            if let Some((header, prev)) = tail
+                .header
+                .as_ref()
+                .and_then(|h| h.prev_hash().map(|p| (h, p)))
+            {
+                self.next_seq = header.first_seq;
+                self.head = prev;
+                return Ok(recovered);
+            }
+        }
+        Ok(recovered)
+    }
+
+    fn run(&mut self, rx: &Receiver<Message>, drops: &Drops) -> Result<WriterStats, AuditError> {
+        let mut stopping = false;
+        while !stopping {
+            match rx.recv_timeout(self.next_wake()) {
+                Ok(message) => {
+                    stopping = self.handle(message)?;
+                    for _ in 0..MAX_BATCH {
+                        if stopping {
+                            break;
+                        }
+                        match rx.try_recv() {
+                            Ok(message) => stopping = self.handle(message)?,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                // Every sender is gone: nobody can send a shutdown any more.
+                Err(RecvTimeoutError::Disconnected) => stopping = true,
+            }
+            self.write_gap(drops)?;
+            self.flush(self.settings.fsync_interval_ms == 0)?;
+            self.tick()?;
+        }
+        self.write_gap(drops)?;
+        let stop = Entry::Stop {
+            records: self.query_records,
+            dropped: drops.total.load(Ordering::Relaxed),
+        };
+        self.append_entry(Timestamp::now(), &stop)?;
+        self.close_segment()?;
+        Ok(WriterStats {
+            records: self.query_records,
+            dropped: drops.total.load(Ordering::Relaxed),
+            last_seq: self.next_seq - 1,
+        })
+    }
+
+    /// Returns whether the message asks to stop.
+    fn handle(&mut self, message: Message) -> Result<bool, AuditError> {
+        match message {
+            Message::Query(record) => {
+                let client = self.anonymizer.client(record.client);
+                let entry = QueryRef::new(&record, &client);
+                self.append(Timestamp::from_system_time(record.time), &entry, false)?;
+                self.query_records += 1;
+                Ok(false)
+            }
+            Message::Service(event) => {
+                self.append_entry(Timestamp::now(), &event.into_entry())?;
+                Ok(false)
+            }
+            Message::Shutdown => Ok(true),
+        }
+    }
+
+    fn write_gap(&mut self, drops: &Drops) -> Result<(), AuditError> {
+        if let Some((dropped, first, last)) = drops.take() {
+            tracing::warn!(dropped, "audit queue was full; a gap record names the loss");
+            self.append_entry(
+                Timestamp::now(),
+                &Entry::Gap {
+                    dropped,
+                    first,
+                    last,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn next_wake(&self) -> Duration {
+        let mut wake = MAX_IDLE;
+        if self.signer.is_some() && self.since_checkpoint > 0 {
+            let due = self.settings.checkpoint_interval();
+            wake = wake.min(due.saturating_sub(self.last_checkpoint.elapsed()));
+        }
+        if self.unsynced {
+            let due = self.settings.fsync_interval();
+            wake = wake.min(due.saturating_sub(self.last_sync.elapsed()));
+        }
+        wake.max(Duration::from_millis(1))
+    }
+
+    /// Timed work: signed checkpoints while records flow, fsync, age rotation.
+    fn tick(&mut self) -> Result<(), AuditError> {
+        if self.signer.is_some()
+            && self.since_checkpoint > 0
+            && self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval()
+        {
+            self.checkpoint(false)?;
+            self.flush(false)?;
+        }
+        if self.unsynced && self.last_sync.elapsed() >= self.settings.fsync_interval() {
+            self.sync()?;
+        }
+        let aged = self.segment.as_ref().is_some_and(|s| {
+            s.records > 0 && s.opened.elapsed() >= self.settings.segment_max_age()
+        });
+        if aged {
+            self.close_segment()?;
+        }
+        Ok(())
+    }
+
+    fn append_entry(&mut self, time: Timestamp, entry: &Entry) -> Result<(), AuditError> {
+        self.append(time, entry, matches!(entry, Entry::Checkpoint(_)))
+    }
+
+    /// Encodes one record into the batch; closes the segment when it is full. Checkpoints do
+    /// not count toward the segment's time range and never trigger a close (a closing
+    /// checkpoint may push a segment slightly past its size limit).
+    fn append<E: serde::Serialize + ?Sized>(
+        &mut self,
+        time: Timestamp,
+        entry: &E,
+        checkpoint: bool,
+    ) -> Result<(), AuditError> {
+        if self.segment.is_none() {
+            self.open_segment()?;
+        }
+        self.head = segment::encode_record(
+            &mut self.buf,
+            self.next_seq,
+            &self.head,
+            time,
+            self.instance.as_str(),
+            entry,
+        )?;
+        self.next_seq += 1;
+        self.since_checkpoint += 1;
+        let Some(segment) = self.segment.as_mut() else {
+            // `open_segment` above set it.
+            return Ok(());
+        };
+        segment.records += 1;
+        if !checkpoint {
+            segment.min_time = Some(segment.min_time.map_or(time, |t| t.min(time)));
+            segment.max_time = Some(segment.max_time.map_or(time, |t| t.max(time)));
+        }
+        let full = segment.bytes + self.buf.len() as u64 >= self.settings.segment_max_bytes;
+        if full && !checkpoint {
+            self.close_segment()?;
+        }
+        Ok(())
+    }
+
+    fn open_segment(&mut self) -> Result<(), AuditError> {
+        debug_assert!(
+            self.buf.is_empty(),
+            "lines of the previous segment are written"
+        );
+        let path = self.dir.join(segment::segment_name(self.next_seq));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(AuditError::io(&path))?;
+        let mut header = Header::new(
+            HeaderKind::Segment,
+            self.next_seq,
+            &self.head,
+            self.instance.as_str(),
+        );
+        header.torn_tail = self.pending_torn.take();
+        header.encode(&mut self.buf)?;
+        self.segment = Some(OpenSegment {
+            path,
+            file,
+            bytes: 0,
+            opened: Instant::now(),
+            min_time: None,
+            max_time: None,
+            records: 0,
+        });
+        Ok(())
+    }
+
+    /// Writes a checkpoint over the current head; signed if a key is configured.
+    fn checkpoint(&mut self, close: bool) -> Result<(), AuditError> {
+        let time = Timestamp::now();
+        let head_seq = self.next_seq - 1;
+        let (key, sig) = match &self.signer {
+            Some((key, public)) => (
+                Some(public.clone()),
+                Some(hex::encode(
+                    keys::sign(key, head_seq, &self.head, time).to_bytes(),
+                )),
+            ),
+            None => (None, None),
+        };
+        let (min_time, max_time, records) = self
+            .segment
+            .as_ref()
+            .map_or((None, None, 0), |s| (s.min_time, s.max_time, s.records));
+        let entry = Entry::Checkpoint(Checkpoint {
+            head_seq,
+            head: hex::encode(self.head),
+            key,
+            sig,
+            close,
+            min_time,
+            max_time,
+            records,
+        });
+        self.append_entry(time, &entry)?;
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Ends the current segment: a closing checkpoint, write, fsync, then retention.
+    fn close_segment(&mut self) -> Result<(), AuditError> {
+        if self.segment.is_none() {
+            return Ok(());
+        }
+        self.checkpoint(true)?;
+        self.flush(true)?;
+        self.segment = None;
+        self.apply_retention()
+    }
+
+    /// Writes buffered lines to the segment; fsyncs when `sync` is set.
+    fn flush(&mut self, sync: bool) -> Result<(), AuditError> {
+        if let Some(segment) = self.segment.as_mut()
+            && !self.buf.is_empty()
+        {
+            segment
+                .file
+                .write_all(&self.buf)
+                .map_err(AuditError::io(&segment.path))?;
+            segment.bytes += self.buf.len() as u64;
+            self.buf.clear();
+            self.unsynced = true;
+        }
+        if sync {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), AuditError> {
+        if let Some(segment) = &self.segment
+            && self.unsynced
+        {
+            segment
+                .file
+                .sync_data()
+                .map_err(AuditError::io(&segment.path))?;
+        }
+        self.unsynced = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Removes the oldest closed segments beyond the age and size limits. Only a prefix of the
+    /// chain is ever removed (never a hole), and never the segment being written; the first
+    /// remaining segment's header then carries the chain start.
+    fn apply_retention(&self) -> Result<(), AuditError> {
+        let segments = segment::list_segments(&self.dir)?;
+        let current = self.segment.as_ref().map(|s| s.path.as_path());
+        let mut sizes = Vec::with_capacity(segments.len());
+        let mut total = 0u64;
+        for seg in &segments {
+            let meta = std::fs::metadata(&seg.path).map_err(AuditError::io(&seg.path))?;
+            total += meta.len();
+            sizes.push((meta.len(), meta.modified().ok()));
+        }
+        let max_age = self.settings.retention_max_age();
+        let max_total = self.settings.retention_max_total_bytes;
+        let now = SystemTime::now();
+        // The newest segment is kept even when closed: it carries the chain head that the next
+        // run continues from.
+        let removable = segments.len().saturating_sub(1);
+        for (seg, (len, modified)) in segments.iter().zip(sizes).take(removable) {
+            if Some(seg.path.as_path()) == current {
+                break;
+            }
+            let too_old = match (max_age, modified) {
+                (Some(max_age), Some(modified)) => {
+                    now.duration_since(modified).unwrap_or_default() > max_age
+                }
+                _ => false,
+            };
+            let too_big = max_total > 0 && total > max_total;
+            if !too_old && !too_big {
+                break;
+            }
+            tracing::info!(segment = %seg.path.display(), too_old, too_big, "audit retention removes a segment");
+            std::fs::remove_file(&seg.path).map_err(AuditError::io(&seg.path))?;
+            total -= len;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_and_hashing_of_clients() {
+        let v4: SocketAddr = "192.0.2.77:5353".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8:1:2::5]:53".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:198.51.100.9]:53".parse().unwrap();
+        assert_eq!(Anonymizer::None.client(v4), "192.0.2.77:5353");
+        assert_eq!(Anonymizer::Truncate.client(v4), "192.0.2.0/24");
+        assert_eq!(Anonymizer::Truncate.client(v6), "2001:db8:1::/48");
+        assert_eq!(Anonymizer::Truncate.client(mapped), "198.51.100.0/24");
+        let hash = Anonymizer::Hash(b"0123456789abcdef".to_vec());
+        let other: SocketAddr = "192.0.2.77:1".parse().unwrap();
+        assert_eq!(
+            hash.client(v4),
+            hash.client(other),
+            "the port is not hashed"
+        );
+        assert_eq!(hash.client(v4).len(), 32);
+        assert_ne!(hash.client(v4), hash.client(v6));
+    }
+
+    #[test]
+    fn drops_are_counted_with_their_span() {
+        let drops = Drops::default();
+        assert_eq!(drops.take(), None);
+        drops.note();
+        drops.note();
+        let (count, first, last) = drops.take().unwrap();
+        assert_eq!(count, 2);
+        assert!(first <= last);
+        assert_eq!(drops.take(), None);
+        assert_eq!(drops.total.load(Ordering::Relaxed), 2);
+    }
+}

@@ -1,0 +1,852 @@
+//! Library-level tests of the audit log: the real writer thread on a temporary directory, then
+//! verify, search, summary and export on what it wrote, and each kind of tampering.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use dnsward::{
+    audit::{
+        self, AuditLog, AuditSettings, Entry, Filter, InstanceId, ServiceEvent, TimeRange,
+        cli::{AuditCommand, DirArg, RangeArgs},
+        keys,
+        query::{ClientFilter, DomainFilter, ExportFormat},
+        record::{Decision, QueryEntry, RuleEntry, Timestamp, TriggerEntry},
+        segment::{self, Record},
+        verify::{ChainStart, FailureKind, MissingSignature, Signatures},
+    },
+    config::BlockAction,
+    policy::decision::{AnswerSource, DecisionKind, DecisionRecord, RuleMatch, Trigger},
+};
+use proptest::prelude::*;
+
+const BASE_SECS: u64 = 1_738_324_800; // 2025-01-31T12:00:00Z
+
+/// Query `i`: every third is a blocked `www.binance.com.` (list `crypto`), the rest allowed
+/// names under `example.org.`; clients 192.0.2.1–4; one record per millisecond from BASE.
+fn decision(i: u64) -> DecisionRecord {
+    let blocked = i % 3 == 0;
+    DecisionRecord {
+        time: SystemTime::UNIX_EPOCH + Duration::from_secs(BASE_SECS) + Duration::from_millis(i),
+        generation: 1,
+        client: SocketAddr::from(([192, 0, 2, (i % 4 + 1) as u8], 40000 + (i % 1000) as u16)),
+        transport: if i % 5 == 0 { "tcp" } else { "udp" },
+        qname: if blocked {
+            "www.binance.com.".to_owned()
+        } else {
+            format!("host{}.example.org.", i % 7)
+        },
+        qtype: if i % 2 == 0 { "A" } else { "AAAA" }.to_owned(),
+        qclass: "IN".to_owned(),
+        decision: if blocked {
+            DecisionKind::Blocked
+        } else {
+            DecisionKind::Allowed
+        },
+        rule: blocked.then(|| RuleMatch {
+            list: "crypto".to_owned(),
+            rule: "||binance.com^".to_owned(),
+            file: "lists/crypto.txt".to_owned(),
+            line: 3,
+            trigger: Trigger::Question,
+        }),
+        action: blocked.then_some(BlockAction::Nxdomain),
+        rcode: if blocked { "NXDomain" } else { "NoError" }.to_owned(),
+        answer: if blocked {
+            String::new()
+        } else {
+            "A 192.0.2.99".to_owned()
+        },
+        ede: blocked.then_some(15),
+        source: if blocked {
+            AnswerSource::Local
+        } else {
+            AnswerSource::Upstream("198.51.100.1:53".parse().unwrap())
+        },
+        latency_us: 100 + i,
+    }
+}
+
+fn settings(dir: &Path) -> AuditSettings {
+    AuditSettings {
+        dir: dir.to_owned(),
+        segment_max_bytes: 16 * 1024,
+        fsync_interval_ms: 0,
+        ..AuditSettings::default()
+    }
+}
+
+/// Writes `count` queries (numbered from `first`) through the real writer and stops cleanly.
+fn write_log(settings: &AuditSettings, first: u64, count: u64) -> audit::writer::WriterStats {
+    let (handle, writer) = AuditLog::open(settings, InstanceId::random()).unwrap();
+    handle.service(ServiceEvent::Start {
+        version: "test".into(),
+        config: "config/dnsward.toml".into(),
+    });
+    for i in first..first + count {
+        handle.record(decision(i));
+    }
+    let stats = writer.shutdown().unwrap();
+    assert_eq!(
+        handle.dropped(),
+        0,
+        "the default queue holds a test's burst"
+    );
+    stats
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    segment::list_segments(dir)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.path)
+        .collect()
+}
+
+/// The segment holding record `seq`, its lines, and the index of that record's line.
+fn find_line(dir: &Path, seq: u64) -> (PathBuf, Vec<Vec<u8>>, usize) {
+    for path in segments(dir) {
+        let data = std::fs::read(&path).unwrap();
+        let lines: Vec<Vec<u8>> = data
+            .split_inclusive(|&b| b == b'\n')
+            .map(<[u8]>::to_vec)
+            .collect();
+        let needle = format!("{{\"seq\":{seq},");
+        if let Some(i) = lines.iter().position(|l| l.starts_with(needle.as_bytes())) {
+            return (path, lines, i);
+        }
+    }
+    panic!("seq {seq} not found");
+}
+
+fn write_lines(path: &Path, lines: &[Vec<u8>]) {
+    std::fs::write(path, lines.concat()).unwrap();
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+fn all_records(dir: &Path) -> Vec<Record> {
+    let mut out = Vec::new();
+    for path in segments(dir) {
+        let data = std::fs::read(&path).unwrap();
+        // Torn lines (crash tests) are not records.
+        let lines = data
+            .split(|&b| b == b'\n')
+            .skip(1)
+            .filter(|l| !l.is_empty());
+        out.extend(lines.filter_map(|line| Record::parse(line).ok()));
+    }
+    out
+}
+
+#[test]
+fn written_records_read_back_and_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = settings(tmp.path());
+    let stats = write_log(&settings, 0, 500);
+    assert_eq!(stats.records, 500);
+    assert!(
+        segments(tmp.path()).len() > 3,
+        "small segments rotate by size"
+    );
+
+    let records = all_records(tmp.path());
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert!(matches!(records[0].entry, Entry::Start { .. }));
+    let queries: Vec<&QueryEntry> = records
+        .iter()
+        .filter_map(|r| match &r.entry {
+            Entry::Query(q) => Some(q),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(queries.len(), 500);
+    let q0 = queries[0];
+    assert_eq!(q0.decision, Decision::Blocked);
+    assert_eq!(q0.client, "192.0.2.1:40000");
+    assert_eq!(q0.action.as_deref(), Some("nxdomain"));
+    assert_eq!(q0.source, "local");
+    assert_eq!(q0.ede, Some(15));
+    let rule = q0.rule.as_ref().unwrap();
+    assert_eq!(
+        (rule.list.as_str(), rule.file.as_str(), rule.line),
+        ("crypto", "lists/crypto.txt", 3)
+    );
+    assert_eq!(queries[1].source, "198.51.100.1:53");
+    let last = records.last().unwrap();
+    assert!(matches!(&last.entry, Entry::Checkpoint(cp) if cp.close));
+    assert!(records.iter().any(|r| matches!(
+        r.entry,
+        Entry::Stop {
+            records: 500,
+            dropped: 0
+        }
+    )));
+
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.records, seqs.len() as u64);
+    assert_eq!(report.chain_start, ChainStart::Genesis);
+    assert_eq!(report.signatures, Signatures::Unsigned);
+    assert!(report.truncated_tail.is_none());
+    let (from, to) = report.time_range.unwrap();
+    assert_eq!(from, Timestamp::from_micros(BASE_SECS as i64 * 1_000_000));
+    assert!(to > from);
+}
+
+fn signed_log(tmp: &Path, count: u64) -> (AuditSettings, PathBuf) {
+    let keydir = tmp.join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let (secret, public) = keys::keygen(&keydir).unwrap();
+    let settings = AuditSettings {
+        signing_key: Some(secret),
+        ..settings(&tmp.join("log"))
+    };
+    write_log(&settings, 0, count);
+    (settings, public)
+}
+
+#[test]
+fn signatures_verify_against_the_right_key_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (settings, public) = signed_log(tmp.path(), 300);
+    let report = audit::verify(&settings.dir, Some(&public)).unwrap();
+    assert!(report.ok(), "{report}");
+    assert!(matches!(report.signatures, Signatures::Verified { checkpoints } if checkpoints > 1));
+    assert_eq!(
+        report.last_signed_checkpoint.unwrap().seq,
+        report.last_seq.unwrap()
+    );
+
+    let report = audit::verify(&settings.dir, None).unwrap();
+    assert!(report.ok());
+    assert!(matches!(report.signatures, Signatures::NotChecked { .. }));
+
+    let other = tmp.path().join("other");
+    let (_, other_public) = keys::keygen(&other).unwrap();
+    let report = audit::verify(&settings.dir, Some(&other_public)).unwrap();
+    assert_eq!(report.failure.unwrap().kind, FailureKind::BadSignature);
+
+    // An unsigned log checked with a key.
+    let unsigned = tmp.path().join("unsigned");
+    write_log(&self::settings(&unsigned), 0, 10);
+    let report = audit::verify(&unsigned, Some(&public)).unwrap();
+    assert_eq!(
+        report.failure.unwrap().kind,
+        FailureKind::MissingSignature {
+            reason: MissingSignature::LogUnsigned
+        }
+    );
+}
+
+#[test]
+fn periodic_checkpoints_while_records_flow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keydir = tmp.path().join("k");
+    let (secret, public) = keys::keygen(&keydir).unwrap();
+    let settings = AuditSettings {
+        signing_key: Some(secret),
+        checkpoint_interval_secs: 1,
+        segment_max_bytes: 64 * 1024 * 1024,
+        ..settings(&tmp.path().join("log"))
+    };
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut i = 0;
+    // Poll until a non-closing checkpoint appears in the (single) open segment.
+    loop {
+        handle.record(decision(i));
+        i += 1;
+        std::thread::sleep(Duration::from_millis(20));
+        let found = segments(&settings.dir).iter().any(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .contains("\"type\":\"checkpoint\"")
+        });
+        if found {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no periodic checkpoint"
+        );
+    }
+    writer.shutdown().unwrap();
+    let report = audit::verify(&settings.dir, Some(&public)).unwrap();
+    assert!(report.ok(), "{report}");
+}
+
+#[test]
+fn changed_byte_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = settings(tmp.path());
+    write_log(&settings, 0, 300);
+    let (path, mut lines, i) = find_line(tmp.path(), 120);
+    let at = lines[i].len() / 2;
+    lines[i][at] = if lines[i][at] == b'x' { b'y' } else { b'x' };
+    write_lines(&path, &lines);
+    let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+    assert_eq!(failure.kind, FailureKind::Modified);
+    assert_eq!(failure.spot.seq, Some(120));
+    assert_eq!(failure.spot.file, path);
+    let offset: usize = lines[..i].iter().map(Vec::len).sum();
+    assert_eq!(failure.spot.offset, offset as u64);
+}
+
+#[test]
+fn deleted_record_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 300);
+    let (path, mut lines, i) = find_line(tmp.path(), 77);
+    lines.remove(i);
+    write_lines(&path, &lines);
+    let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+    assert_eq!(failure.kind, FailureKind::Deleted { missing: 1 });
+    assert_eq!(failure.spot.seq, Some(77));
+    assert_eq!(file_name(&failure.spot.file), file_name(&path));
+}
+
+#[test]
+fn inserted_record_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 300);
+    let (path, mut lines, i) = find_line(tmp.path(), 50);
+    // A copy of an earlier record placed after a later one.
+    let copy = lines[i].clone();
+    lines.insert(i + 3, copy);
+    write_lines(&path, &lines);
+    let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+    assert_eq!(failure.kind, FailureKind::Inserted);
+    assert_eq!(failure.spot.seq, Some(50));
+
+    // A forged record with a fresh seq.
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 300);
+    let (path, mut lines, i) = find_line(tmp.path(), 60);
+    let forged = String::from_utf8(lines[i].clone())
+        .unwrap()
+        .replace("\"seq\":60,", "\"seq\":61,");
+    lines.insert(i + 1, forged.into_bytes());
+    write_lines(&path, &lines);
+    let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+    assert_eq!(failure.kind, FailureKind::Inserted);
+    assert_eq!(failure.spot.seq, Some(61));
+}
+
+#[test]
+fn reordered_records_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 300);
+    let (path, mut lines, i) = find_line(tmp.path(), 90);
+    lines.swap(i, i + 1);
+    write_lines(&path, &lines);
+    let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+    assert_eq!(failure.kind, FailureKind::Reordered);
+    assert_eq!(failure.spot.seq, Some(91));
+}
+
+#[test]
+fn truncated_tail_is_a_warning_not_tampering() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 300);
+    let last = segments(tmp.path()).pop().unwrap();
+    let data = std::fs::read(&last).unwrap();
+    std::fs::write(&last, &data[..data.len() - 40]).unwrap();
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert!(report.ok(), "{report}");
+    let spot = report.truncated_tail.clone().unwrap();
+    assert_eq!(spot.file, last);
+    assert!(report.to_string().contains("truncated tail after seq"));
+}
+
+#[test]
+fn missing_middle_segment_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 500);
+    let segs = segments(tmp.path());
+    assert!(segs.len() >= 4);
+    std::fs::remove_file(&segs[2]).unwrap();
+    let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+    let first_of_removed = segment::list_segments(tmp.path()).unwrap();
+    let expected: u64 = file_name(&segs[2])[4..24].parse().unwrap();
+    assert!(matches!(
+        failure.kind,
+        FailureKind::MissingSegment { expected_seq, found_seq }
+            if expected_seq == expected && found_seq == first_of_removed[2].first_seq
+    ));
+    assert_eq!(failure.spot.file, segs[3]);
+}
+
+/// Rewrites every record from `seq` on with a correct chain (what an attacker without the key
+/// can do), after changing record `seq`'s qname.
+fn rechain_from(dir: &Path, seq: u64) {
+    let mut head: Option<[u8; 32]> = None;
+    for path in segments(dir) {
+        let data = std::fs::read(&path).unwrap();
+        let mut out = Vec::new();
+        for (n, line) in data.split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let mut text = String::from_utf8(line.to_vec()).unwrap();
+            if n == 0 {
+                if let Some(h) = head {
+                    let header: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    let old = header["prev_segment_last_hash"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned();
+                    text = text.replace(&old, &hex::encode(h));
+                }
+                out.extend_from_slice(text.as_bytes());
+                out.push(b'\n');
+                continue;
+            }
+            let record = Record::parse(text.as_bytes()).unwrap();
+            if record.seq < seq {
+                head = Some(segment::decode_hash(record.hash.as_bytes()).unwrap());
+                out.extend_from_slice(text.as_bytes());
+                out.push(b'\n');
+                continue;
+            }
+            if record.seq == seq {
+                text = text.replace("www.binance.com.", "www.innocent.org.");
+            }
+            let prev = head.unwrap();
+            text = text.replace(&record.prev, &hex::encode(prev));
+            let (body, _) = segment::split_hash(text.as_bytes()).unwrap();
+            let hash = segment::recompute(&prev, body);
+            let body = String::from_utf8(body.to_vec()).unwrap();
+            text = format!("{body},\"hash\":\"{}\"}}", hex::encode(hash));
+            head = Some(hash);
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'\n');
+        }
+        std::fs::write(&path, out).unwrap();
+    }
+}
+
+#[test]
+fn rechaining_without_the_key_fails_on_signatures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (settings, public) = signed_log(tmp.path(), 300);
+    let target = all_records(&settings.dir)
+        .into_iter()
+        .find(|r| {
+            r.seq >= 100 && matches!(&r.entry, Entry::Query(q) if q.qname.contains("binance"))
+        })
+        .unwrap()
+        .seq;
+    rechain_from(&settings.dir, target);
+    // The chain itself is consistent again...
+    let (_, lines, i) = find_line(&settings.dir, target);
+    assert!(String::from_utf8_lossy(&lines[i]).contains("innocent"));
+    // ...but the next signed checkpoint is not.
+    let failure = audit::verify(&settings.dir, Some(&public))
+        .unwrap()
+        .failure
+        .unwrap();
+    assert_eq!(failure.kind, FailureKind::BadSignature);
+    assert!(failure.spot.seq.unwrap() > target);
+    // Without the auditor's key, the checkpoints still contradict their embedded key.
+    let failure = audit::verify(&settings.dir, None).unwrap().failure.unwrap();
+    assert_eq!(failure.kind, FailureKind::BadSignature);
+}
+
+#[test]
+fn full_queue_is_recorded_as_a_gap_with_the_right_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = AuditSettings {
+        queue_capacity: 2,
+        segment_max_bytes: 64 * 1024 * 1024,
+        ..settings(tmp.path())
+    };
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    let burst = 20_000;
+    for i in 0..burst {
+        handle.record(decision(i));
+    }
+    let dropped = handle.dropped();
+    let stats = writer.shutdown().unwrap();
+    assert!(
+        dropped > 0,
+        "a 2-slot queue must overflow under a 20k burst"
+    );
+    let records = all_records(tmp.path());
+    let gap_total: u64 = records
+        .iter()
+        .map(|r| match &r.entry {
+            Entry::Gap {
+                dropped,
+                first,
+                last,
+            } => {
+                assert!(first <= last);
+                *dropped
+            }
+            _ => 0,
+        })
+        .sum();
+    let written = records
+        .iter()
+        .filter(|r| matches!(r.entry, Entry::Query(_)))
+        .count() as u64;
+    assert_eq!(gap_total, dropped);
+    assert_eq!(written + dropped, burst);
+    assert_eq!(stats.dropped, dropped);
+    assert!(audit::verify(tmp.path(), None).unwrap().ok());
+    let summary = audit::summary(tmp.path(), &TimeRange::default()).unwrap();
+    assert_eq!(summary.dropped, dropped);
+}
+
+#[test]
+fn retention_removes_old_segments_and_the_rest_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = AuditSettings {
+        segment_max_bytes: 8 * 1024,
+        retention_max_total_bytes: 40 * 1024,
+        ..settings(tmp.path())
+    };
+    write_log(&settings, 0, 1000);
+    let segs = segment::list_segments(tmp.path()).unwrap();
+    let total: u64 = segs
+        .iter()
+        .map(|s| std::fs::metadata(&s.path).unwrap().len())
+        .sum();
+    assert!(total <= 40 * 1024 + 8 * 1024, "total {total}");
+    assert!(segs[0].first_seq > 1, "the oldest segments are gone");
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(
+        report.chain_start,
+        ChainStart::After {
+            seq: segs[0].first_seq - 1
+        }
+    );
+}
+
+#[test]
+fn restart_continues_the_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = settings(tmp.path());
+    let first = write_log(&settings, 0, 100);
+    write_log(&settings, 100, 100);
+    let records = all_records(tmp.path());
+    let starts: Vec<&Record> = records
+        .iter()
+        .filter(|r| matches!(r.entry, Entry::Start { .. }))
+        .collect();
+    assert_eq!(starts.len(), 2);
+    assert_eq!(starts[1].seq, first.last_seq + 1);
+    assert_ne!(starts[0].instance, starts[1].instance);
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.chain_start, ChainStart::Genesis);
+}
+
+#[test]
+fn crash_torn_tail_then_restart_is_recovered_not_tampering() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = settings(tmp.path());
+    write_log(&settings, 0, 100);
+    // A crash mid-write: a partial line at the end of the last segment.
+    let last = segments(tmp.path()).pop().unwrap();
+    let mut data = std::fs::read(&last).unwrap();
+    let torn_at = data.len() as u64;
+    data.extend_from_slice(b"{\"seq\":999,\"prev\":\"00");
+    std::fs::write(&last, &data).unwrap();
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert!(report.ok() && report.truncated_tail.is_some(), "{report}");
+
+    write_log(&settings, 100, 50);
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert!(report.ok(), "{report}");
+    assert!(report.truncated_tail.is_none());
+    assert_eq!(report.recovered.len(), 1);
+    assert_eq!(report.recovered[0].offset, torn_at);
+    assert!(all_records(tmp.path()).iter().any(|r| matches!(
+        &r.entry,
+        Entry::Recovered { offset, .. } if *offset == torn_at
+    )));
+}
+
+#[test]
+fn exports_verify_on_their_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (settings, public) = signed_log(tmp.path(), 400);
+    for format in [ExportFormat::Jsonl, ExportFormat::Csv] {
+        let path = tmp.path().join(format!("export-{format:?}"));
+        let mut file = std::fs::File::create(&path).unwrap();
+        let stats = audit::export(&settings.dir, format, &mut file).unwrap();
+        drop(file);
+        assert!(stats.records > 400);
+        let report = audit::verify(&path, Some(&public)).unwrap();
+        assert!(report.ok(), "{format:?}: {report}");
+        assert_eq!(report.records, stats.records);
+        assert_eq!(report.chain_start, ChainStart::Genesis);
+
+        // An edited export fails, in either format.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let tampered = text.replacen("www.binance.com.", "www.binance.org.", 1);
+        std::fs::write(&path, tampered).unwrap();
+        let report = audit::verify(&path, Some(&public)).unwrap();
+        assert_eq!(
+            report.failure.unwrap().kind,
+            FailureKind::Modified,
+            "{format:?}"
+        );
+    }
+}
+
+#[test]
+fn search_filters_and_formats() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 600);
+    let count = |filter: Filter| {
+        audit::search(tmp.path(), &filter)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count(Filter::default()), 600);
+    let blocked = Filter {
+        decision: Some(Decision::Blocked),
+        ..Filter::default()
+    };
+    assert_eq!(count(blocked.clone()), 200);
+    let domain = |d: &str| Filter {
+        domain: Some(DomainFilter::parse(d)),
+        ..Filter::default()
+    };
+    assert_eq!(count(domain("binance.com")), 200);
+    assert_eq!(count(domain("=binance.com")), 0);
+    assert_eq!(count(domain("=WWW.binance.com")), 200);
+    assert_eq!(count(domain("example.org")), 400);
+    let client = |c: &str| Filter {
+        client: Some(ClientFilter::parse(c).unwrap()),
+        ..Filter::default()
+    };
+    assert_eq!(count(client("192.0.2.1")), 150);
+    assert_eq!(count(client("192.0.2.0/30")), 450); // .1 .2 .3
+    assert_eq!(
+        count(Filter {
+            qtype: Some("aaaa".into()),
+            ..Filter::default()
+        }),
+        300
+    );
+    assert_eq!(
+        count(Filter {
+            list: Some("crypto".into()),
+            ..Filter::default()
+        }),
+        200
+    );
+    assert_eq!(
+        count(Filter {
+            limit: Some(7),
+            ..blocked.clone()
+        }),
+        7
+    );
+    // Time: records are 1 ms apart from BASE; [BASE+100ms, BASE+200ms) holds 100.
+    let at = |ms: i64| Timestamp::from_micros(BASE_SECS as i64 * 1_000_000 + ms * 1000);
+    assert_eq!(
+        count(Filter {
+            range: TimeRange {
+                from: Some(at(100)),
+                to: Some(at(200)),
+            },
+            ..Filter::default()
+        }),
+        100
+    );
+
+    // The CLI formats.
+    let run = |json: bool, csv: bool| {
+        let mut out = Vec::new();
+        let ok = audit::cli::run(
+            AuditCommand::Search {
+                dir: DirArg { dir: None },
+                range: RangeArgs {
+                    since: None,
+                    from: None,
+                    to: None,
+                },
+                client: Some("192.0.2.1".into()),
+                domain: Some("binance.com".into()),
+                qtype: None,
+                decision: Some("blocked".into()),
+                list: None,
+                limit: Some(3),
+                json,
+                csv,
+            },
+            tmp.path(),
+            &mut out,
+        )
+        .unwrap();
+        assert!(ok);
+        String::from_utf8(out).unwrap()
+    };
+    let table = run(false, false);
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 4, "{table}");
+    assert!(rows[0].starts_with("TIME"));
+    let qname_col = rows[0].find("QNAME").unwrap();
+    assert!(
+        rows.iter()
+            .skip(1)
+            .all(|r| r[qname_col..].starts_with("www.binance.com.")),
+        "{table}"
+    );
+    let json = run(true, false);
+    assert_eq!(json.lines().count(), 3);
+    for line in json.lines() {
+        let record = Record::parse(line.as_bytes()).unwrap();
+        assert!(matches!(record.entry, Entry::Query(ref q) if q.client.starts_with("192.0.2.1:")));
+    }
+    let csv = run(false, true);
+    assert_eq!(csv.lines().count(), 4);
+    assert!(
+        csv.lines()
+            .nth(1)
+            .unwrap()
+            .contains(",www.binance.com.,A,IN,blocked,crypto,")
+    );
+}
+
+#[test]
+fn summary_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 600);
+    let summary = audit::summary(tmp.path(), &TimeRange::default()).unwrap();
+    assert_eq!(summary.queries, 600);
+    assert_eq!(summary.by_decision["blocked"], 200);
+    assert_eq!(summary.by_decision["allowed"], 400);
+    assert_eq!(summary.top_blocked[0].name, "www.binance.com.");
+    assert_eq!(summary.top_blocked[0].count, 200);
+    assert_eq!(summary.per_list["crypto"], 200);
+    assert_eq!(summary.per_hour["2025-01-31T12"], 600);
+    // Clients are counted by address, whatever their source port.
+    let clients: Vec<(&str, u64)> = summary
+        .top_clients
+        .iter()
+        .map(|c| (c.name.as_str(), c.count))
+        .collect();
+    assert_eq!(
+        clients,
+        [
+            ("192.0.2.1", 150),
+            ("192.0.2.2", 150),
+            ("192.0.2.3", 150),
+            ("192.0.2.4", 150)
+        ]
+    );
+    let text = summary.to_string();
+    assert!(text.contains("queries: 600"));
+    let json = serde_json::to_value(&summary).unwrap();
+    assert_eq!(json["by_decision"]["blocked"], 200);
+
+    let half = TimeRange {
+        from: None,
+        to: Some(Timestamp::from_micros(
+            BASE_SECS as i64 * 1_000_000 + 300_000,
+        )),
+    };
+    assert_eq!(audit::summary(tmp.path(), &half).unwrap().queries, 300);
+}
+
+#[test]
+fn truncate_anonymisation_is_applied_before_the_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = AuditSettings {
+        anonymize: audit::Anonymize::Truncate,
+        ..settings(tmp.path())
+    };
+    write_log(&settings, 0, 20);
+    let text: String = segments(tmp.path())
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(text.contains("\"client\":\"192.0.2.0/24\""));
+    assert!(!text.contains("192.0.2.1:"));
+    assert!(audit::verify(tmp.path(), None).unwrap().ok());
+    let filter = Filter {
+        client: Some(ClientFilter::parse("192.0.2.3").unwrap()),
+        ..Filter::default()
+    };
+    assert_eq!(audit::search(tmp.path(), &filter).unwrap().count(), 20);
+}
+
+fn text_strategy() -> impl Strategy<Value = String> {
+    prop_oneof![any::<String>(), "[a-z0-9.\\-\"\\\\,]{0,30}"]
+}
+
+prop_compose! {
+    fn query_entry()(
+        generation in any::<u64>(),
+        strings in proptest::collection::vec(text_strategy(), 10),
+        decision in prop_oneof![Just(Decision::Allowed), Just(Decision::Blocked), Just(Decision::Logged), Just(Decision::Refused), Just(Decision::Error)],
+        has_rule in any::<bool>(),
+        cname in proptest::option::of(proptest::collection::vec(text_strategy(), 0..3)),
+        line in any::<u32>(),
+        ede in proptest::option::of(any::<u16>()),
+        latency_us in any::<u64>(),
+    ) -> QueryEntry {
+        QueryEntry {
+            generation,
+            client: strings[0].clone(),
+            transport: strings[1].clone(),
+            qname: strings[2].clone(),
+            qtype: strings[3].clone(),
+            qclass: strings[4].clone(),
+            decision,
+            rule: has_rule.then(|| RuleEntry {
+                list: strings[5].clone(),
+                rule: strings[6].clone(),
+                file: strings[7].clone(),
+                line,
+                trigger: match &cname {
+                    Some(chain) => TriggerEntry::Cname { matched: strings[8].clone(), chain: chain.clone() },
+                    None => TriggerEntry::Question,
+                },
+            }),
+            action: has_rule.then(|| strings[9].clone()),
+            rcode: strings[9].clone(),
+            answer: strings[8].clone(),
+            ede,
+            source: strings[0].clone(),
+            latency_us,
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn record_encoding_round_trips(entry in query_entry(), seq in 1u64.., micros in 0i64..4_102_444_800_000_000) {
+        let entry = Entry::Query(entry);
+        let time = Timestamp::from_micros(micros);
+        let mut buf = Vec::new();
+        let hash = segment::encode_record(&mut buf, seq, &[3; 32], time, "inst", &entry).unwrap();
+        prop_assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
+        let line = &buf[..buf.len() - 1];
+        let record = Record::parse(line).unwrap();
+        prop_assert_eq!(&record.entry, &entry);
+        prop_assert_eq!(record.seq, seq);
+        prop_assert_eq!(record.time, time);
+        let (body, stored) = segment::split_hash(line).unwrap();
+        prop_assert_eq!(stored, hash);
+        prop_assert_eq!(segment::recompute(&[3; 32], body), hash);
+        // The CSV rendering of any record reads back to the same line.
+        let mut row = String::new();
+        prop_assert!(dnsward::audit::query::csv_row(line, &mut row));
+        prop_assert_eq!(dnsward::audit::query::csv_row_to_line(row.as_bytes()), Some(line.to_vec()));
+    }
+}
