@@ -190,6 +190,10 @@ fn shipped_lists_block_exchanges_and_watch_otc_sites() {
             &format!("upstreams = [\"{}\"]", upstream.addr),
         )
         .replace("data_dir = \"../var\"", "data_dir = \"data\"")
+        .replace(
+            "level  = \"info\"",
+            "level  = \"info,dnsward::decision=debug\"",
+        )
         .replace("\"../lists/", &format!("\"{root}/lists/"))
         // Forward mode: the test has no Internet root servers to recurse to.
         .replace("enabled           = true", "enabled           = false");

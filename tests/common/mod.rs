@@ -207,7 +207,7 @@ pub fn config_text_with_server(upstreams: &[SocketAddr], server: &str, extra: &s
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\n{server}\n\n[forward]\nupstreams = [{upstreams}]\ntimeout_ms = 500\nattempts = 2\n\n[log]\nlevel = \"info\"\n\n{extra}\n"
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n{server}\n\n[forward]\nupstreams = [{upstreams}]\ntimeout_ms = 500\nattempts = 2\n\n[log]\nlevel = \"info,dnsward::decision=debug\"\n\n{extra}\n"
     )
 }
 
