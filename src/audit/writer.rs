@@ -187,9 +187,12 @@ impl AuditHandle {
         }
     }
 
-    /// Queues a service event, with the same never-wait, never-silent rule as `record`.
+    /// Queues a service event, waiting for room if the queue is full. Service events (start,
+    /// a generation going live, a refused reload) are rare and off the query path, and a load
+    /// record is what ties every later answer to its list content, so it must not be lost to a
+    /// burst of queries. Counts a drop only if the writer has stopped.
     pub fn service(&self, event: ServiceEvent) {
-        if self.tx.try_send(Message::Service(event)).is_err() {
+        if self.tx.send(Message::Service(event)).is_err() {
             self.drops.note();
         }
     }

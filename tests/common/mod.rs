@@ -221,47 +221,63 @@ pub fn dnsward_command() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dnsward"))
 }
 
+/// Starts `dnsward serve` on `config_path`; returns the process, its log and its first address.
+fn spawn(config_path: &Path) -> (Child, Arc<Mutex<Vec<String>>>, SocketAddr) {
+    let mut child = dnsward_command()
+        .arg("serve")
+        .arg("--config")
+        .arg(config_path)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (sender, receiver) = mpsc::channel();
+    let log_writer = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line
+                .split("listening on ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|addr| addr.parse::<SocketAddr>().ok())
+            {
+                let _ = sender.send(addr);
+            }
+            log_writer.lock().unwrap().push(line);
+        }
+    });
+    let Ok(addr) = receiver.recv_timeout(IO_GUARD) else {
+        let _ = child.kill();
+        panic!(
+            "dnsward did not start; log:\n{}",
+            log.lock().unwrap().join("\n")
+        );
+    };
+    (child, log, addr)
+}
+
 impl Dnsward {
+    /// Stops the process (if running) and starts it again on the same config and files.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, log, addr) = spawn(&self.config_path());
+        self.child = child;
+        self.log = log;
+        self.addr = addr;
+    }
+
     /// Starts dnsward with `config` (full TOML text) and `files` written next to it.
     pub fn start(config: &str, files: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         write_files(dir.path(), files);
         let config_path = dir.path().join("dnsward.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut child = dnsward_command()
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (sender, receiver) = mpsc::channel();
-        let log_writer = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line
-                    .split("listening on ")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .and_then(|addr| addr.parse::<SocketAddr>().ok())
-                {
-                    let _ = sender.send(addr);
-                }
-                log_writer.lock().unwrap().push(line);
-            }
-        });
-        let Ok(addr) = receiver.recv_timeout(IO_GUARD) else {
-            let _ = child.kill();
-            panic!(
-                "dnsward did not start; log:\n{}",
-                log.lock().unwrap().join("\n")
-            );
-        };
+        let (child, log, addr) = spawn(&config_path);
         Self {
             addr,
             dir,

@@ -1,0 +1,482 @@
+//! The audit log end to end: the real server answers real queries, then the real `dnsward audit`
+//! CLI searches, summarises, exports and verifies what it wrote — and catches tampering.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Output,
+};
+
+use common::*;
+use hickory_proto::{op::ResponseCode, rr::RecordType};
+use serde_json::Value;
+
+fn audit(dnsward_config: &Path, args: &[&str]) -> Output {
+    dnsward_command()
+        .arg("audit")
+        .args(args)
+        .arg("--config")
+        .arg(dnsward_config)
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn json_lines(output: &Output) -> Vec<Value> {
+    stdout(output)
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+fn audit_dir(dnsward: &Dnsward) -> PathBuf {
+    dnsward.dir.path().join("data/audit")
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "dwlog"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The standard server with an audit section, plus a known set of queries answered.
+fn served(upstream: &Upstream, audit_section: &str) -> Dnsward {
+    let config = config_text_with_server(
+        &[upstream.addr],
+        "allow = [\"127.0.0.1/32\", \"::1/128\"]",
+        &format!("{audit_section}\n{STANDARD_LIST_TABLES}"),
+    );
+    Dnsward::start(&config, STANDARD_LISTS)
+}
+
+fn send_known_queries(dnsward: &Dnsward) {
+    for transport in BOTH {
+        ask(dnsward.addr, transport, "www.test.", RecordType::A); // allowed
+        ask(dnsward.addr, transport, "www.blocked.test.", RecordType::A); // blocked
+        ask(dnsward.addr, transport, "www.watch.test.", RecordType::A); // logged
+        ask(dnsward.addr, transport, "promo.shop.test.", RecordType::A); // blocked via CNAME
+        ask(
+            dnsward.addr,
+            transport,
+            "pay.blocked.test.",
+            RecordType::AAAA,
+        ); // allow list
+    }
+    let outsider = Ask {
+        source: "127.0.0.2".parse().unwrap(),
+        ..Ask::default()
+    };
+    let reply = query(
+        dnsward.addr,
+        Transport::Udp,
+        "www.test.",
+        RecordType::A,
+        &outsider,
+    );
+    assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+}
+
+#[test]
+fn every_query_has_exactly_one_record_with_its_rule() {
+    let upstream = Upstream::start();
+    let mut dnsward = served(&upstream, "");
+    send_known_queries(&dnsward);
+    assert!(dnsward.terminate());
+    let config = dnsward.config_path();
+
+    let records = json_lines(&audit(&config, &["search", "--json"]));
+    assert_eq!(records.len(), 11, "{records:#?}");
+    let find = |qname: &str, transport: &str| -> Vec<&Value> {
+        records
+            .iter()
+            .filter(|r| {
+                r["qname"] == qname && r["transport"] == transport && r["decision"] != "refused"
+            })
+            .collect()
+    };
+    for transport in ["udp", "tcp"] {
+        let allowed = find("www.test.", transport);
+        assert_eq!(allowed.len(), 1, "exactly one record per query");
+        assert_eq!(allowed[0]["decision"], "allowed");
+        assert_eq!(allowed[0]["rcode"], "No Error");
+        assert!(
+            allowed[0]["answer"]
+                .as_str()
+                .unwrap()
+                .contains("192.0.2.10")
+        );
+        assert_eq!(allowed[0]["generation"], 1);
+
+        let blocked = find("www.blocked.test.", transport);
+        assert_eq!(blocked.len(), 1);
+        assert_eq!(blocked[0]["decision"], "blocked");
+        assert_eq!(blocked[0]["action"], "nxdomain");
+        assert_eq!(blocked[0]["ede"], 15);
+        assert_eq!(blocked[0]["rule"]["list"], "exchanges");
+        assert_eq!(blocked[0]["rule"]["rule"], "blocked.test");
+        assert_eq!(blocked[0]["rule"]["file"], "block.txt");
+        assert_eq!(blocked[0]["rule"]["line"], 2);
+
+        let logged = find("www.watch.test.", transport);
+        assert_eq!(logged[0]["decision"], "logged");
+        assert_eq!(logged[0]["rule"]["list"], "watch");
+        assert_eq!(logged[0]["rule"]["line"], 1);
+
+        let cloaked = find("promo.shop.test.", transport);
+        assert_eq!(cloaked[0]["decision"], "blocked");
+        assert_eq!(cloaked[0]["rule"]["rule"], "binance.com");
+        assert_eq!(cloaked[0]["rule"]["trigger"]["kind"], "cname");
+        assert_eq!(
+            cloaked[0]["rule"]["trigger"]["matched"],
+            "trade.binance.com."
+        );
+
+        let allow_hit = find("pay.blocked.test.", transport);
+        assert_eq!(allow_hit[0]["decision"], "allowed");
+        assert_eq!(allow_hit[0]["rule"]["list"], "allow");
+    }
+    let refused: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["decision"] == "refused")
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0]["client"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.2:")
+    );
+
+    // A clean stop verifies, and the log carries its start, load and stop records.
+    let verify = audit(&config, &["verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    let export = audit(&config, &["export", "--format", "jsonl"]);
+    let all = json_lines(&export);
+    for kind in ["start", "load", "stop", "checkpoint"] {
+        assert!(all.iter().any(|r| r["type"] == kind), "no {kind} record");
+    }
+    let load = all.iter().find(|r| r["type"] == "load").unwrap();
+    assert_eq!(load["lists"].as_array().unwrap().len(), 3);
+    assert_eq!(load["lists"][1]["sha256"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn search_filters_and_output_formats() {
+    let upstream = Upstream::start();
+    let mut dnsward = served(&upstream, "");
+    send_known_queries(&dnsward);
+    assert!(dnsward.terminate());
+    let config = dnsward.config_path();
+    let count = |args: &[&str]| {
+        let mut all = vec!["search", "--json"];
+        all.extend_from_slice(args);
+        json_lines(&audit(&config, &all)).len()
+    };
+    assert_eq!(count(&["--decision", "blocked"]), 4);
+    assert_eq!(count(&["--decision", "logged"]), 2);
+    assert_eq!(count(&["--list", "exchanges"]), 4);
+    assert_eq!(count(&["--domain", "blocked.test"]), 4, "suffix match");
+    assert_eq!(count(&["--domain", "=blocked.test"]), 0, "exact match");
+    assert_eq!(count(&["--qtype", "AAAA"]), 2);
+    assert_eq!(count(&["--client", "127.0.0.2"]), 1);
+    assert_eq!(count(&["--client", "127.0.0.1/32"]), 10);
+    assert_eq!(count(&["--client", "127.0.0.0/24"]), 11);
+    assert_eq!(count(&["--since", "1h"]), 11);
+    assert_eq!(
+        count(&[
+            "--from",
+            "2000-01-01T00:00:00Z",
+            "--to",
+            "2001-01-01T00:00:00Z"
+        ]),
+        0
+    );
+    assert_eq!(count(&["--limit", "3"]), 3);
+
+    let csv = stdout(&audit(
+        &config,
+        &["search", "--csv", "--decision", "blocked"],
+    ));
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 5, "header + 4 rows: {csv}");
+    assert!(lines[0].contains("qname"), "{csv}");
+    let table = stdout(&audit(&config, &["search", "--decision", "logged"]));
+    assert!(table.contains("www.watch.test."), "{table}");
+    assert!(table.lines().count() >= 3, "header + rows: {table}");
+}
+
+#[test]
+fn summary_counts_match_the_queries_sent() {
+    let upstream = Upstream::start();
+    let mut dnsward = served(&upstream, "");
+    send_known_queries(&dnsward);
+    assert!(dnsward.terminate());
+    let output = audit(&dnsward.config_path(), &["summary", "--json"]);
+    assert!(output.status.success(), "{output:?}");
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let text = summary.to_string();
+    // 11 queries: 4 allowed (2 plain + 2 allow-list), 4 blocked, 2 logged, 1 refused.
+    assert!(text.contains("\"allowed\":4"), "{text}");
+    assert!(text.contains("\"blocked\":4"), "{text}");
+    assert!(text.contains("\"logged\":2"), "{text}");
+    assert!(text.contains("\"refused\":1"), "{text}");
+    let plain = stdout(&audit(&dnsward.config_path(), &["summary"]));
+    assert!(
+        plain.contains("www.blocked.test."),
+        "top blocked domains: {plain}"
+    );
+}
+
+#[test]
+fn signed_log_verifies_and_tampering_is_named() {
+    let upstream = Upstream::start();
+    let keys = tempfile::tempdir().unwrap();
+    let prefix = keys.path().join("auditor");
+    let keygen = dnsward_command()
+        .args(["audit", "keygen", "--out"])
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let key_files: Vec<PathBuf> = std::fs::read_dir(keys.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    let private = key_files
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with(".key"))
+        .unwrap()
+        .clone();
+    let public = key_files
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with(".pub"))
+        .unwrap()
+        .clone();
+
+    let mut dnsward = served(
+        &upstream,
+        &format!("[audit]\nsigning_key = \"{}\"\n", private.display()),
+    );
+    send_known_queries(&dnsward);
+    assert!(dnsward.terminate());
+    let config = dnsward.config_path();
+    let public_arg = public.to_string_lossy().into_owned();
+
+    let verify = audit(&config, &["verify", "--pubkey", &public_arg]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    let report = stdout(&verify);
+    assert!(report.contains("checkpoint"), "{report}");
+
+    // An export verifies on its own.
+    let export_path = dnsward.dir.path().join("export.jsonl");
+    let export_arg = export_path.to_string_lossy().into_owned();
+    assert!(
+        audit(
+            &config,
+            &["export", "--format", "jsonl", "--output", &export_arg]
+        )
+        .status
+        .success()
+    );
+    let verify_export = audit(&config, &["verify", "--pubkey", &public_arg, &export_arg]);
+    assert!(verify_export.status.success(), "{}", stdout(&verify_export));
+
+    // Change one byte of a stored record: verify fails and names the segment and sequence.
+    let segment = segments(&audit_dir(&dnsward)).pop().unwrap();
+    let text = std::fs::read_to_string(&segment).unwrap();
+    let tampered = text.replacen("www.blocked.test.", "www.blockeD.test.", 1);
+    assert_ne!(text, tampered);
+    std::fs::write(&segment, tampered).unwrap();
+    let verify = audit(&config, &["verify", "--pubkey", &public_arg]);
+    assert_eq!(verify.status.code(), Some(1));
+    let report = format!(
+        "{}{}",
+        stdout(&verify),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let name = segment.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(report.contains(&name), "{report}");
+    assert!(report.to_lowercase().contains("modified"), "{report}");
+    assert!(report.contains("seq"), "{report}");
+}
+
+#[test]
+fn kill_9_leaves_a_truncated_tail_not_tampering() {
+    let upstream = Upstream::start();
+    let mut dnsward = served(&upstream, "[audit]\nfsync_interval_ms = 0\n");
+    for index in 0..200 {
+        ask(
+            dnsward.addr,
+            Transport::Udp,
+            if index % 2 == 0 {
+                "www.test."
+            } else {
+                "www.blocked.test."
+            },
+            RecordType::A,
+        );
+    }
+    dnsward.signal("KILL");
+    assert!(eventually(|| !dnsward.is_running()));
+    let config = dnsward.config_path();
+    let dir = audit_dir(&dnsward);
+    // Simulate the torn last write a crash can leave (kill -9 between write calls).
+    let last = segments(&dir).pop().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    bytes.extend_from_slice(b"{\"seq\":999999,\"prev\":\"00");
+    std::fs::write(&last, &bytes).unwrap();
+
+    let verify = audit(&config, &["verify"]);
+    let report = stdout(&verify);
+    assert!(
+        verify.status.success(),
+        "a torn tail is not tampering: {report}"
+    );
+    assert!(report.to_lowercase().contains("truncated"), "{report}");
+
+    let records_before = json_lines(&audit(&config, &["search", "--json"])).len();
+    assert!(
+        records_before >= 150,
+        "most synced records survive: {records_before}"
+    );
+
+    // Restart: the chain continues past the torn tail, and the whole log still verifies.
+    dnsward.restart();
+    ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
+    assert!(dnsward.terminate());
+    let after = json_lines(&audit(&config, &["search", "--json"])).len();
+    assert_eq!(after, records_before + 1);
+    let export = json_lines(&audit(&config, &["export", "--format", "jsonl"]));
+    assert!(
+        export.iter().any(|r| r["type"] == "recovered"),
+        "the recovery is recorded"
+    );
+    let verify = audit(&config, &["verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+}
+
+#[test]
+fn a_full_queue_is_counted_and_recorded_as_a_gap() {
+    let upstream = Upstream::start();
+    // A one-slot queue and an fsync per batch: a burst must overflow it.
+    let mut dnsward = served(
+        &upstream,
+        "[audit]\nqueue_capacity = 1\nfsync_interval_ms = 0\n",
+    );
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let (_, query_bytes) = build_query("www.blocked.test.", RecordType::A, &Ask::default());
+    for _ in 0..3000 {
+        socket.send_to(&query_bytes, dnsward.addr).unwrap();
+    }
+    let mut buffer = [0u8; 1500];
+    while socket.recv_from(&mut buffer).is_ok() {}
+    assert!(dnsward.terminate());
+    let config = dnsward.config_path();
+    let all = json_lines(&audit(&config, &["export", "--format", "jsonl"]));
+    let queries = all.iter().filter(|r| r["type"] == "query").count() as u64;
+    let gaps: u64 = all
+        .iter()
+        .filter(|r| r["type"] == "gap")
+        .map(|r| r["dropped"].as_u64().unwrap())
+        .sum();
+    let stop = all
+        .iter()
+        .find(|r| r["type"] == "stop")
+        .expect("stop record");
+    assert!(gaps > 0, "the burst must overflow a one-slot queue");
+    assert_eq!(
+        stop["dropped"].as_u64().unwrap(),
+        gaps,
+        "every drop is in a gap record"
+    );
+    let answered = queries + gaps;
+    assert!(
+        answered <= 3000 && answered > 0,
+        "queries {queries} + dropped {gaps}"
+    );
+    let verify = audit(&config, &["verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+}
+
+#[test]
+fn retention_removes_old_segments_and_the_rest_verifies() {
+    let upstream = Upstream::start();
+    let mut dnsward = served(
+        &upstream,
+        "[audit]\nsegment_max_bytes = 4096\nretention_max_total_bytes = 16384\n",
+    );
+    for _ in 0..150 {
+        ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
+    }
+    assert!(dnsward.terminate());
+    let dir = audit_dir(&dnsward);
+    let files = segments(&dir);
+    let first = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert_ne!(
+        first, "seg-00000000000000000001.dwlog",
+        "the oldest segments were removed"
+    );
+    let total: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    assert!(
+        total <= 16384 + 4096 * 2,
+        "retention keeps the total near its limit: {total}"
+    );
+    let verify = audit(&dnsward.config_path(), &["verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+}
+
+#[test]
+fn reloads_are_audit_records_and_queries_name_their_generation() {
+    let upstream = Upstream::start();
+    let mut dnsward = served(&upstream, "");
+    let list = dnsward.dir.path().join("block.txt");
+    std::fs::write(&list, "blocked.test\nwww.test\n").unwrap();
+    assert!(eventually(|| {
+        ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A)
+            .metadata
+            .response_code
+            == ResponseCode::NXDomain
+    }));
+    std::fs::write(&list, "bad..line\n").unwrap();
+    dnsward
+        .wait_for_log(|line| line.contains("reload refused"))
+        .expect("refused");
+    assert!(dnsward.terminate());
+    let all = json_lines(&audit(
+        &dnsward.config_path(),
+        &["export", "--format", "jsonl"],
+    ));
+    let loads: Vec<&Value> = all.iter().filter(|r| r["type"] == "load").collect();
+    assert_eq!(loads.len(), 2, "start and one accepted reload");
+    assert_eq!(loads[1]["generation"], 2);
+    let refused = all
+        .iter()
+        .find(|r| r["type"] == "reload_refused")
+        .expect("refusal recorded");
+    assert!(
+        refused["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("block.txt:1:")
+    );
+    let blocked_www = all
+        .iter()
+        .find(|r| r["type"] == "query" && r["qname"] == "www.test." && r["decision"] == "blocked")
+        .expect("the new rule decided");
+    assert_eq!(blocked_www["generation"], 2);
+}
