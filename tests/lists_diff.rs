@@ -93,3 +93,74 @@ fn diff_sees_settings_and_lists_added_or_removed() {
     assert!(report.contains("list new"), "{report}");
     assert!(report.contains("added"), "{report}");
 }
+
+#[test]
+fn diff_reports_outcome_changes_for_names_in_the_audit_log() {
+    use hickory_proto::rr::RecordType;
+    let upstream = Upstream::start();
+    let config = config_text(
+        &[upstream.addr],
+        "[reload]\nwatch = false\n[[list]]\nname = \"exchanges\"\npath = \"block.txt\"\n[[list]]\nname = \"watch\"\npath = \"watch.txt\"\nmode = \"log-only\"\n",
+    );
+    let mut dnsward = Dnsward::start(
+        &config,
+        &[
+            ("block.txt", "blocked.test\n"),
+            ("watch.txt", "watch.test\n"),
+        ],
+    );
+    for _ in 0..3 {
+        ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
+    }
+    ask(
+        dnsward.addr,
+        Transport::Tcp,
+        "www.blocked.test.",
+        RecordType::A,
+    );
+    ask(
+        dnsward.addr,
+        Transport::Udp,
+        "www.watch.test.",
+        RecordType::A,
+    );
+    ask(dnsward.addr, Transport::Udp, "mail.test.", RecordType::MX);
+    assert!(dnsward.terminate(), "the audit log is flushed at stop");
+
+    // The edit: block www.test, drop blocked.test, enforce the watch list.
+    std::fs::write(dnsward.dir.path().join("block.txt"), "www.test\n").unwrap();
+    let edited = std::fs::read_to_string(dnsward.config_path())
+        .unwrap()
+        .replace("mode = \"log-only\"\n", "");
+    std::fs::write(dnsward.config_path(), edited).unwrap();
+
+    let output = diff(&dnsward, &["--since", "1h", "--json"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let changes = json["outcome_changes"].as_array().unwrap();
+    let change = |name: &str| {
+        changes
+            .iter()
+            .find(|change| change["name"] == name)
+            .unwrap_or_else(|| panic!("no change for {name}: {changes:#?}"))
+    };
+    let www = change("www.test");
+    assert_eq!(www["before"]["outcome"], "allowed");
+    assert_eq!(www["after"]["outcome"], "blocked");
+    assert_eq!(www["after"]["list"], "exchanges");
+    assert_eq!(www["queries"], 3);
+    assert_eq!(www["clients"], 1);
+    assert_eq!(change("www.blocked.test")["after"]["outcome"], "allowed");
+    assert_eq!(change("www.watch.test")["before"]["outcome"], "logged");
+    assert_eq!(change("www.watch.test")["after"]["outcome"], "blocked");
+    assert!(
+        !changes.iter().any(|change| change["name"] == "mail.test"),
+        "unaffected names are not listed"
+    );
+    assert_eq!(json["names_examined"], 4);
+
+    let text = diff(&dnsward, &["--since", "1h"]);
+    let report = String::from_utf8_lossy(&text.stdout);
+    assert!(report.contains("www.test"), "{report}");
+    assert!(report.contains("blocked (exchanges, nxdomain)"), "{report}");
+}
