@@ -16,7 +16,7 @@ use dnsward::{
         query::{Filter, TimeRange},
         record::Entry,
     },
-    config::{self, Config, ListKind, ListMode},
+    config::{self, Config, ListKind},
     logging,
     policy::decision::action_name,
     preview::Comparison,
@@ -142,8 +142,8 @@ fn check(path: &std::path::Path) -> ExitCode {
                     name = list.name,
                     path = list.display_path,
                     rules = compiled.matcher.len(),
-                    kind = kind_name(list.kind),
-                    mode = mode_name(list.mode),
+                    kind = list.kind.as_str(),
+                    mode = list.mode.as_str(),
                     action = if list.kind == ListKind::Block {
                         action_name(list.action)
                     } else {
@@ -415,8 +415,8 @@ fn log_effective_config(config: &Config, state: &State) {
             list = %list.name,
             path = %list.display_path,
             rules = compiled.matcher.len(),
-            kind = kind_name(list.kind),
-            mode = mode_name(list.mode),
+            kind = list.kind.as_str(),
+            mode = list.mode.as_str(),
             action = action_name(list.action),
             ede = list.ede,
             sha256 = %hex(&compiled.sha256),
@@ -434,20 +434,6 @@ fn print_warnings(warnings: &BuildWarnings) {
             "warning: ... and {} more skipped line(s)",
             warnings.skipped.len() - MAX_WARNINGS_SHOWN
         );
-    }
-}
-
-fn kind_name(kind: ListKind) -> &'static str {
-    match kind {
-        ListKind::Block => "block",
-        ListKind::Allow => "allow",
-    }
-}
-
-fn mode_name(mode: ListMode) -> &'static str {
-    match mode {
-        ListMode::Enforce => "enforce",
-        ListMode::LogOnly => "log-only",
     }
 }
 

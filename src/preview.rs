@@ -15,7 +15,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    config::{Config, ListKind, ListMode},
+    config::Config,
     lists::{self, LoadError, OnInvalid, RuleKind},
     policy::{Client, Policy, PolicyList, Transport, Verdict, decision::action_name},
     snapshot::{Manifest, Snapshot, SnapshotError},
@@ -257,13 +257,13 @@ fn diff_list(before: &PolicyList, after: &PolicyList) -> ListDiff {
     };
     setting(
         "type",
-        kind_name(before.kind).into(),
-        kind_name(after.kind).into(),
+        before.kind.as_str().into(),
+        after.kind.as_str().into(),
     );
     setting(
         "mode",
-        mode_name(before.mode).into(),
-        mode_name(after.mode).into(),
+        before.mode.as_str().into(),
+        after.mode.as_str().into(),
     );
     setting(
         "action",
@@ -319,20 +319,6 @@ fn rule_difference(before: &PolicyList, after: &PolicyList) -> (Vec<String>, Vec
     added.sort();
     removed.sort();
     (added, removed)
-}
-
-fn kind_name(kind: ListKind) -> &'static str {
-    match kind {
-        ListKind::Block => "block",
-        ListKind::Allow => "allow",
-    }
-}
-
-fn mode_name(mode: ListMode) -> &'static str {
-    match mode {
-        ListMode::Enforce => "enforce",
-        ListMode::LogOnly => "log-only",
-    }
 }
 
 /// Renders a preview as the text report `lists diff` prints.

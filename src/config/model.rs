@@ -233,6 +233,15 @@ pub enum ListKind {
     Allow,
 }
 
+impl ListKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::Allow => "allow",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BlockAction {
@@ -250,4 +259,13 @@ pub enum ListMode {
     #[default]
     Enforce,
     LogOnly,
+}
+
+impl ListMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::LogOnly => "log-only",
+        }
+    }
 }
