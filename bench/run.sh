@@ -62,25 +62,11 @@ RESULTS_DIR="$BENCH_DIR/results"
 RESULT_MD="$RESULTS_DIR/$STAMP.md"
 CLK_TCK="$(getconf CLK_TCK)"
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+RUN_DIR="$WORK/run"
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"   # log, die, cleanup, start_server, parse_dnsperf, inputs, nsd, ...
 
-# ---------------------------------------------------------------- cleanup (trap EXIT)
-PIDS=()
-cleanup() {
-    local rc=$?
-    for pid in "${PIDS[@]:-}"; do
-        [[ -n "$pid" ]] || continue
-        if kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid" 2>/dev/null || true; fi
-    done
-    sleep 0.5
-    for pid in "${PIDS[@]:-}"; do
-        [[ -n "$pid" ]] || continue
-        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
-    done
-    if [[ "$KEEP" == 0 && -d "$WORK" ]]; then rm -rf "$WORK/run"; fi
-    exit "$rc"
-}
+# cleanup (lib.sh) stops every process in PIDS and removes $WORK/run unless --keep
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -121,57 +107,8 @@ install_packages() {
     done
 }
 
-# ---------------------------------------------------------------- helpers
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }       # utime+stime, all threads
-rss_mib() { awk '/^VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
-hwm_mib() { awk '/^VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
-port_free() { ! ss -Hlnu "sport = :$1" | grep -q . && ! ss -Hlnt "sport = :$1" | grep -q .; }
-
-# start_server NAME PORT CMD...: launches CMD in the background, records its pid, waits until the
-# list is in force (a blocked name answers NXDOMAIN) and an allowed name resolves; stores
-# START_S (seconds from launch) and PID_<NAME>.
-start_server() {
-    local name="$1" port="$2"; shift 2
-    port_free "$port" || die "port $port is in use (another run still up?)"
-    local t0; t0="$(date +%s%N)"
-    "$@" >"$WORK/run/$name.out" 2>"$WORK/run/$name.err" &
-    local pid=$!
-    PIDS+=("$pid")
-    local probe
-    if ! probe="$(python3 "$BENCH_DIR/dnsprobe.py" --port "$port" --name "$PROBE_BLOCKED" \
-            --expect NXDOMAIN --wait --timeout 600 --since-ns "$t0")"; then
-        tail -20 "$WORK/run/$name.err" >&2 || true
-        die "$name did not answer NXDOMAIN for $PROBE_BLOCKED: $probe"
-    fi
-    kill -0 "$pid" 2>/dev/null || die "$name exited during start-up"
-    START_S="$(awk '{print $3}' <<<"$probe")"
-    # correctness: subdomain of a listed name blocked, allowed name answered from the upstream
-    python3 "$BENCH_DIR/dnsprobe.py" --port "$port" --name "$PROBE_BLOCKED_SUB" --expect NXDOMAIN \
-        >/dev/null || die "$name: $PROBE_BLOCKED_SUB (subdomain of a listed name) not NXDOMAIN"
-    python3 "$BENCH_DIR/dnsprobe.py" --port "$port" --name "$PROBE_ALLOWED" --expect NOERROR \
-        --timeout 5 >/dev/null || die "$name: allowed $PROBE_ALLOWED did not resolve via nsd"
-    printf -v "PID_${name//-/_}" '%s' "$pid"
-}
-
-# parse a dnsperf summary: prints "qps completed lost mean_ms sd_ms rcodes"
-parse_dnsperf() {
-    awk '
-        /Queries completed:/ {c=$3}
-        /Queries lost:/ {l=$3}
-        /Queries per second:/ {q=$4}
-        /Average Latency \(s\):/ {m=$4*1000}
-        /Latency StdDev \(s\):/ {s=$4*1000}
-        /Response codes:/ {sub(/^ *Response codes: */, ""); gsub(/ /, "_"); r=$0}
-        END {printf "%s %s %s %.3f %.3f %s\n", q, c, l, m, s, r}' "$1"
-}
-
-# p99 from dnsperf -v output ("> NOERROR name A 0.000123"): latency is the last field
-p99_from_verbose() {
-    awk '$1==">" && $2 != "T" && $2 != "I" {print $NF}' "$1" | sort -g | awk '
-        {v[NR]=$1} END {if (NR==0) {print "nan nan nan"; exit}
-            i=int(NR*0.99); if (i<1) i=1; j=int(NR*0.5); if (j<1) j=1;
-            printf "%.3f %.3f %d\n", v[j]*1000, v[i]*1000, NR}'
-}
+# helpers (cpu_ticks, rss_mib, hwm_mib, port_free, start_server, parse_dnsperf, p99_from_verbose,
+# median, render, bench_inputs, start_nsd, machine_line) are in bench/lib.sh
 
 # ---------------------------------------------------------------- setup
 mkdir -p "$WORK" "$RESULTS_DIR"
@@ -193,34 +130,10 @@ fi
 [[ -x "$DNSWARD_BIN" ]] || die "no dnsward binary at $DNSWARD_BIN"
 
 # ---------------------------------------------------------------- 3/4. lists and queries
-GEN="$WORK/gen-$RULES-$SEED"
-if [[ ! -f "$GEN/stats.txt" ]]; then
-    log "generating $RULES rules, queries and zones (seed $SEED) into $GEN"
-    rm -rf "$GEN"; mkdir -p "$GEN"
-    python3 "$BENCH_DIR/gen_lists.py" --rules "$RULES" --seed "$SEED" \
-        --exchanges "$REPO_DIR/lists/exchanges.txt" --outdir "$GEN"
-else
-    log "reusing generated inputs in $GEN"
-fi
-mapfile -t PROBE < "$GEN/probe.txt"
-PROBE_ALLOWED="${PROBE[0]}"; PROBE_BLOCKED="${PROBE[1]}"; PROBE_BLOCKED_SUB="${PROBE[2]}"
-RULES_TOTAL="$(awk -F= '$1=="rules_total"{print $2}' "$GEN/stats.txt")"
-QUERIES="$GEN/queries.txt"
-
-render() {  # render TEMPLATE OUT: substitutes @VAR@ placeholders
-    sed -e "s|@WORK@|$WORK/run|g" -e "s|@GEN@|$GEN|g" -e "s|@PORT_NSD@|$PORT_NSD|g" \
-        -e "s|@PORT@|$RENDER_PORT|g" -e "s|@THREADS@|$THREADS|g" "$1" >"$2"
-}
+bench_inputs    # sets GEN, PROBE_ALLOWED, PROBE_BLOCKED, PROBE_BLOCKED_SUB, RULES_TOTAL, QUERIES
 
 # ---------------------------------------------------------------- 2. upstream: nsd
-log "starting nsd on 127.0.0.1:$PORT_NSD"
-RENDER_PORT=$PORT_NSD render "$BENCH_DIR/templates/nsd.conf" "$WORK/run/nsd.conf"
-cat "$GEN/nsd-zones.conf" >>"$WORK/run/nsd.conf"
-nsd-checkconf "$WORK/run/nsd.conf" || die "nsd.conf invalid"
-nsd -d -c "$WORK/run/nsd.conf" >"$WORK/run/nsd.out" 2>"$WORK/run/nsd.err" &
-PIDS+=("$!")
-python3 "$BENCH_DIR/dnsprobe.py" --port $PORT_NSD --name "$PROBE_ALLOWED" --expect NOERROR --wait \
-    --timeout 60 >/dev/null || { cat "$WORK/run/nsd.err" >&2; die "nsd does not answer"; }
+start_nsd
 
 # ---------------------------------------------------------------- 5. resolvers
 SERVERS=()        # names, in table order
@@ -350,7 +263,6 @@ for name in "${SERVERS[@]}"; do
 done
 
 # ---------------------------------------------------------------- 6. report
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END{ if (NR%2) print v[(NR+1)/2]; else printf "%.2f\n", (v[NR/2]+v[NR/2+1])/2 }'; }
 declare -A QPS CPS MEAN P50 P99
 for name in "${SERVERS[@]}"; do
     P50[$name]="$(median <<<"${P50_RUNS[$name]}")"
@@ -399,7 +311,7 @@ TABLE="$WORK/run/table.md"
 {
     echo "# dnsward benchmark, $STAMP"
     echo
-    echo "- machine: $(nproc) CPU ($(lscpu | awk -F: '/Model name/{gsub(/^ +/,"",$2); print $2; exit}')), $(free -m | awk '/^Mem/{print $2}') MiB RAM, kernel $(uname -r), Debian $(cat /etc/debian_version)"
+    echo "- machine: $(machine_line)"
     echo "- load: dnsperf $(dnsperf -h 2>&1 | awk '/^Version/{print $2}') -c $CLIENTS -T $THREADS -l $DURATION, $REPS run(s) per server (round-robin), on the same 2 cores as the server"
     echo "- block list: $RULES_TOTAL rules ($RULES synthetic, seed $SEED, + lists/exchanges.txt); queries: $(awk -F= '$1=="queries"{q=$2} $1=="queries_blocked"{b=$2} END{printf "%d lines, %d blocked (%.0f%%)", q, b, 100*b/q}' "$GEN/stats.txt"), allowed names answered by nsd on loopback, warmed (one pass) before measuring"
     echo "- other load on the machine at the end (not started by this script; a busy neighbour makes figures noisy): loadavg $(cut -d' ' -f1-3 /proc/loadavg); $(ps -eo pcpu=,comm= --sort=-pcpu | grep -vE 'dnsperf|unbound|pdns_recursor|dnsward|nsd|ps$' | head -3 | awk '{printf "%s %s%%, ", $2, $1}')"
