@@ -245,7 +245,19 @@ fn queries_never_fail_during_reloads() {
         let marker = format!("generation={generation} trigger=\"SIGHUP\"");
         let applied =
             dnsward.wait_for_log(|line| line.contains("reload applied") && line.contains(&marker));
-        assert!(applied.is_some(), "reload {generation} not applied");
+        assert!(
+            applied.is_some(),
+            "reload {generation} not applied; log tail:\n{}",
+            dnsward
+                .log()
+                .iter()
+                .rev()
+                .take(15)
+                .rev()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
     stop.store(true, Ordering::Relaxed);
     let failures: Vec<String> = clients

@@ -301,10 +301,26 @@ impl Dnsward {
 
     /// Waits until a log line satisfies `predicate` (log lines arrive asynchronously).
     pub fn wait_for_log(&self, predicate: impl Fn(&str) -> bool) -> Option<String> {
-        let deadline = Instant::now() + IO_GUARD;
+        self.wait_for_log_within(IO_GUARD, predicate)
+    }
+
+    /// [`Self::wait_for_log`] with its own deadline, for slow work such as a low-priority reload
+    /// of a large list on a busy CI machine.
+    pub fn wait_for_log_within(
+        &self,
+        guard: Duration,
+        predicate: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + guard;
+        // Scan only the lines not seen yet: a busy server's log grows by thousands of lines.
+        let mut seen = 0;
         while Instant::now() < deadline {
-            if let Some(line) = self.log().into_iter().find(|line| predicate(line)) {
-                return Some(line);
+            {
+                let log = self.log.lock().unwrap();
+                if let Some(line) = log[seen..].iter().find(|line| predicate(line)) {
+                    return Some(line.clone());
+                }
+                seen = log.len();
             }
             std::thread::sleep(Duration::from_millis(20));
         }
