@@ -119,9 +119,14 @@ fn broken_list_edit_is_refused_whole_then_a_fix_applies() {
         .wait_for_log(|line| line.contains("block.txt:3:"))
         .expect("the bad line is reported as path:line");
     assert!(error.contains("exa mple.com"), "{error}");
-    dnsward
+    let refusal = dnsward
         .wait_for_log(|line| line.contains("reload refused"))
         .expect("the refusal is logged");
+    assert!(
+        refusal.contains("failures_total=1"),
+        "the refusal is counted: {refusal}"
+    );
+    assert!(refusal.contains("serving_generation=1"), "{refusal}");
     assert!(
         !blocked(&dnsward, "www.test."),
         "half an edit must not apply"
