@@ -132,8 +132,51 @@ fn check(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The files `serve` opens besides the lists: a broken one must fail `check` too.
+    let mut problems = Vec::new();
+    if config.audit.enabled
+        && let Some(key) = &config.audit.signing_key
+        && let Err(error) = dnsward::audit::keys::load_signing_key(key)
+    {
+        problems.push(format!(
+            "{}: audit.signing_key: {error}",
+            config.path.display()
+        ));
+    }
+    if config.recursion.enabled {
+        let checked = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| error.to_string())
+            .and_then(|runtime| {
+                runtime.block_on(async {
+                    dnsward::resolve::Recursor::new(
+                        &config.recursion,
+                        &config.forward_zones,
+                        &config.forward,
+                    )
+                    .map(drop)
+                    .map_err(|error| error.to_string())
+                })
+            });
+        if let Err(error) = checked {
+            problems.push(format!("{}: recursion: {error}", config.path.display()));
+        }
+    }
     let lists = config.lists.clone();
-    match state::build(config) {
+    let built = state::build(config);
+    if !problems.is_empty() {
+        for problem in &problems {
+            eprintln!("{problem}");
+        }
+        if let Err(error) = &built {
+            for problem in &error.errors {
+                eprintln!("{problem}");
+            }
+        }
+        return ExitCode::from(1);
+    }
+    match built {
         Ok((state, warnings)) => {
             print_warnings(&warnings);
             for (list, compiled) in lists.iter().zip(state.policy.lists()) {

@@ -221,3 +221,30 @@ fn shipped_lists_block_exchanges_and_watch_otc_sites() {
         })
         .expect("the OTC match is recorded");
 }
+
+#[test]
+fn check_validates_the_audit_key_and_recursion_files() {
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[forward]\nupstreams = [\"{UPSTREAM}\"]\n[audit]\nsigning_key = \"missing.key\"\n"
+    );
+    let (_dir, path) = setup(&config, &[]);
+    let output = run(&["check", "--config", &path]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("audit.signing_key"),
+        "{}",
+        stderr(&output)
+    );
+
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[forward]\nupstreams = [\"{UPSTREAM}\"]\n[recursion]\nenabled = true\nroot_hints = \"nope.hints\"\n"
+    );
+    let (_dir, path) = setup(&config, &[]);
+    let output = run(&["check", "--config", &path]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(
+        message.contains("recursion") && message.contains("nope.hints"),
+        "{message}"
+    );
+}
