@@ -103,7 +103,7 @@ fn assert_secure_a(reply: &Message, expected: &str) {
 #[test]
 fn delegation_with_glue_validates() {
     let lease = Hierarchy::lease();
-    let dnsward = recursive_dnsward(&lease, "");
+    let mut dnsward = recursive_dnsward(&lease, "");
     for transport in BOTH {
         let reply = query(
             dnsward.addr,
@@ -136,6 +136,26 @@ fn delegation_with_glue_validates() {
         // RFC 6840 §5.8: no AD to a client that did not ask for DNSSEC.
         assert!(!plain.metadata.authentic_data);
     }
+    // The audit record says the answer came from recursion, then from the cache.
+    assert!(dnsward.terminate());
+    let output = common::dnsward_command()
+        .args([
+            "audit",
+            "search",
+            "--json",
+            "--domain",
+            "=www.good.ward",
+            "--config",
+        ])
+        .arg(dnsward.config_path())
+        .output()
+        .unwrap();
+    let sources: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["source"].to_string())
+        .collect();
+    assert!(sources.iter().any(|s| s == "\"recursion\""), "{sources:?}");
+    assert!(sources.iter().any(|s| s == "\"cache\""), "{sources:?}");
 }
 
 #[test]

@@ -317,6 +317,7 @@ fn source_text(source: AnswerSource) -> String {
     match source {
         AnswerSource::Local => "local".to_owned(),
         AnswerSource::Cache => "cache".to_owned(),
+        AnswerSource::Recursion => "recursion".to_owned(),
         AnswerSource::Upstream(addr) => addr.to_string(),
     }
 }
@@ -371,6 +372,7 @@ impl Serialize for SourceRef {
         match self.0 {
             AnswerSource::Local => serializer.serialize_str("local"),
             AnswerSource::Cache => serializer.serialize_str("cache"),
+            AnswerSource::Recursion => serializer.serialize_str("recursion"),
             AnswerSource::Upstream(addr) => serializer.collect_str(&addr),
         }
     }

@@ -61,6 +61,8 @@ pub enum AnswerSource {
     /// Synthesized by policy (block, REFUSED by ACL, local error).
     Local,
     Cache,
+    /// Resolved iteratively from the root servers (many servers per answer).
+    Recursion,
     Upstream(SocketAddr),
 }
 
@@ -115,6 +117,7 @@ impl DecisionRecord {
         let source = match self.source {
             AnswerSource::Local => "local".to_owned(),
             AnswerSource::Cache => "cache".to_owned(),
+            AnswerSource::Recursion => "recursion".to_owned(),
             AnswerSource::Upstream(addr) => addr.to_string(),
         };
         let action = self.action.map(action_name).unwrap_or("");

@@ -38,9 +38,8 @@ use crate::{
     state::State,
 };
 
-/// The "upstream" a decision record names for an answer resolved from the root: 0.0.0.0:0
-/// (the real servers are many per answer). A dedicated `AnswerSource::Recursion` would be
-/// clearer; this keeps the record format unchanged.
+/// What the cache stores as the origin of an answer resolved from the root (many servers per
+/// answer); decision records say `recursion`.
 const RECURSION_SOURCE: std::net::SocketAddr =
     std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
@@ -225,7 +224,9 @@ impl Handler {
                     .resolve(&upstream_query)
                     .await
                     .map(|answer| {
-                        let source = answer.forwarded_to.unwrap_or(RECURSION_SOURCE);
+                        let source = answer
+                            .forwarded_to
+                            .map_or(AnswerSource::Recursion, AnswerSource::Upstream);
                         (answer.message, source, answer.ede)
                     })
                     .map_err(|error| (error.ede_code(), error.to_string())),
@@ -233,7 +234,7 @@ impl Handler {
                     .upstreams
                     .resolve(&upstream_query)
                     .await
-                    .map(|(message, upstream)| (message, upstream, None))
+                    .map(|(message, upstream)| (message, AnswerSource::Upstream(upstream), None))
                     .map_err(|error| (error.ede_code(), error.to_string())),
             };
             match resolved {
@@ -242,8 +243,12 @@ impl Handler {
                     record.decision = DecisionKind::Error;
                     return Reply::error(message.metadata.response_code, Some(ede));
                 }
-                Ok((message, upstream, None)) => {
-                    record.source = AnswerSource::Upstream(upstream);
+                Ok((message, source, None)) => {
+                    record.source = source;
+                    let upstream = match source {
+                        AnswerSource::Upstream(upstream) => upstream,
+                        _ => RECURSION_SOURCE,
+                    };
                     let cached_ttl = self.cache.insert(cache_key, &message, upstream, now);
                     let mut reply = Reply {
                         response_code: message.metadata.response_code,
