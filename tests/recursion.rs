@@ -239,6 +239,56 @@ fn nodata_is_validated_with_nsec() {
     }
 }
 
+/// NSEC3 (RFC 5155) zone: a positive answer, NXDOMAIN and NODATA all validate.
+#[test]
+fn nsec3_signed_zone_validates_positive_and_negative_answers() {
+    let lease = Hierarchy::lease();
+    let dnsward = recursive_dnsward(&lease, "");
+    for transport in BOTH {
+        let reply = query(
+            dnsward.addr,
+            transport,
+            "www.nsec3.ward.",
+            RecordType::A,
+            &dnssec(),
+        );
+        assert_secure_a(&reply, "192.0.2.31");
+        let reply = query(
+            dnsward.addr,
+            transport,
+            "nope.nsec3.ward.",
+            RecordType::A,
+            &dnssec(),
+        );
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{reply}"
+        );
+        assert!(
+            reply.metadata.authentic_data,
+            "NSEC3-proven NXDOMAIN: {reply}"
+        );
+        let reply = query(
+            dnsward.addr,
+            transport,
+            "www.nsec3.ward.",
+            RecordType::MX,
+            &dnssec(),
+        );
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "{reply}"
+        );
+        assert!(reply.answers.is_empty(), "{reply}");
+        assert!(
+            reply.metadata.authentic_data,
+            "NSEC3-proven NODATA: {reply}"
+        );
+    }
+}
+
 #[test]
 #[ignore = "hickory-resolver 0.26.3's name server pool stops at the first REFUSED instead of \
             trying the zone's other servers; dnsward's retries do not change which server it \

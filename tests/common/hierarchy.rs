@@ -53,6 +53,7 @@ const SERVERS: &[ServerPlan] = &[
             "insecure.ward.",
             "lame.ward.",
             "dead.ward.",
+            "nsec3.ward.",
             "ok.lab.",
         ],
     },
@@ -78,6 +79,7 @@ const ZONES: &[(&str, Signing)] = &[
     ("insecure.ward.", Signing::None),
     ("lame.ward.", Signing::Normal),
     ("dead.ward.", Signing::Normal),
+    ("nsec3.ward.", Signing::Nsec3),
     ("glueless.ward.", Signing::Normal),
     ("ok.lab.", Signing::Normal),
     ("hosting.lab.", Signing::Normal),
@@ -94,6 +96,8 @@ enum Signing {
     Tampered,
     /// Signed with a validity period that ended in 2020.
     Expired,
+    /// Signed with NSEC3 (hashed denial of existence, RFC 5155) instead of NSEC.
+    Nsec3,
     None,
 }
 
@@ -177,6 +181,9 @@ impl Hierarchy {
             let ksk = run(path, "ldns-keygen", &["-a", "ECDSAP256SHA256", "-k", zone]);
             let zsk = run(path, "ldns-keygen", &["-a", "ECDSAP256SHA256", zone]);
             let mut args: Vec<String> = Vec::new();
+            if signing == Signing::Nsec3 {
+                args.push("-n".to_owned());
+            }
             if signing == Signing::Expired {
                 args.extend(["-i", "20190101000000", "-e", "20200101000000"].map(String::from));
             }
