@@ -5,7 +5,6 @@
 //! and a hard entry limit with a scan-resistant eviction policy.
 
 use std::{
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -37,7 +36,6 @@ pub struct CachedAnswer {
     pub answers: Vec<Record>,
     pub authorities: Vec<Record>,
     pub additionals: Vec<Record>,
-    pub upstream: SocketAddr,
     stored_at: Instant,
     /// Seconds this entry lives; also the ceiling of every TTL we hand out from it.
     ttl_secs: u32,
@@ -95,13 +93,7 @@ impl AnswerCache {
     }
 
     /// Stores a reply if RFC 2308 says it may be cached; returns the TTL it was stored with.
-    pub fn insert(
-        &self,
-        key: CacheKey,
-        reply: &Message,
-        upstream: SocketAddr,
-        now: Instant,
-    ) -> Option<u32> {
+    pub fn insert(&self, key: CacheKey, reply: &Message, now: Instant) -> Option<u32> {
         let entries = self.entries.as_ref()?;
         let ttl_secs = self.ttl_for(reply)?;
         if ttl_secs == 0 {
@@ -113,7 +105,6 @@ impl AnswerCache {
             answers: reply.answers.clone(),
             authorities: reply.authorities.clone(),
             additionals: reply.additionals.clone(),
-            upstream,
             stored_at: now,
             ttl_secs,
         };
@@ -218,9 +209,6 @@ mod tests {
         }
     }
 
-    const UPSTREAM: SocketAddr =
-        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 53);
-
     #[test]
     fn positive_ttl_is_clamped_and_counts_down() {
         let cache = AnswerCache::new(&settings());
@@ -229,7 +217,6 @@ mod tests {
             cache.insert(
                 key("a.test."),
                 &reply(ResponseCode::NoError, Some(5000), None),
-                UPSTREAM,
                 now
             ),
             Some(1000)
@@ -238,7 +225,6 @@ mod tests {
             cache.insert(
                 key("b.test."),
                 &reply(ResponseCode::NoError, Some(1), None),
-                UPSTREAM,
                 now
             ),
             Some(10)
@@ -264,7 +250,6 @@ mod tests {
             cache.insert(
                 key("n.test."),
                 &reply(ResponseCode::NXDomain, None, Some((3600, 120))),
-                UPSTREAM,
                 now
             ),
             Some(120)
@@ -274,7 +259,6 @@ mod tests {
             cache.insert(
                 key("m.test."),
                 &reply(ResponseCode::NoError, None, Some((3600, 3600))),
-                UPSTREAM,
                 now
             ),
             Some(600)
@@ -284,7 +268,6 @@ mod tests {
             cache.insert(
                 key("o.test."),
                 &reply(ResponseCode::NXDomain, None, None),
-                UPSTREAM,
                 now
             ),
             None
@@ -300,17 +283,13 @@ mod tests {
             cache.insert(
                 key("r.test."),
                 &reply(ResponseCode::Refused, None, None),
-                UPSTREAM,
                 now
             ),
             None
         );
         let mut truncated = reply(ResponseCode::NoError, Some(300), None);
         truncated.metadata.truncation = true;
-        assert_eq!(
-            cache.insert(key("t.test."), &truncated, UPSTREAM, now),
-            None
-        );
+        assert_eq!(cache.insert(key("t.test."), &truncated, now), None);
     }
 
     #[test]
@@ -324,7 +303,6 @@ mod tests {
             cache.insert(
                 key("a.test."),
                 &reply(ResponseCode::NoError, Some(300), None),
-                UPSTREAM,
                 now
             ),
             None

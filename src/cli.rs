@@ -462,7 +462,7 @@ fn log_effective_config(config: &Config, state: &State) {
             mode = list.mode.as_str(),
             action = action_name(list.action),
             ede = list.ede,
-            sha256 = %hex(&compiled.sha256),
+            sha256 = %hex::encode(compiled.sha256),
             "list loaded"
         );
     }
@@ -478,8 +478,4 @@ fn print_warnings(warnings: &BuildWarnings) {
             warnings.skipped.len() - MAX_WARNINGS_SHOWN
         );
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

@@ -107,7 +107,7 @@ impl Reloader {
                         list = %list.name,
                         path = %list.display_path,
                         rules = list.matcher.len(),
-                        sha256 = %hex(&list.sha256),
+                        sha256 = %hex::encode(list.sha256),
                         "list loaded"
                     );
                 }
@@ -276,7 +276,7 @@ pub fn load_event(state: &State) -> ServiceEvent {
             .map(|list| ListFile {
                 name: list.name.to_string(),
                 path: list.path.clone(),
-                sha256: hex(&list.sha256),
+                sha256: hex::encode(list.sha256),
                 rules: list.matcher.len() as u64,
             })
             .collect(),
@@ -361,8 +361,4 @@ fn directory_of(file: &Path) -> Option<PathBuf> {
     } else {
         parent.to_owned()
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

@@ -86,7 +86,7 @@ impl Snapshot {
 
     /// Keeps a copy of list bytes as loaded (a no-op if that content is already kept).
     pub fn keep_list(&self, sha256: &[u8; 32], bytes: &[u8]) -> Result<(), SnapshotError> {
-        let path = self.list_path(&hex(sha256));
+        let path = self.list_path(&hex::encode(sha256));
         if path.exists() {
             return Ok(());
         }
@@ -108,7 +108,7 @@ impl Snapshot {
                 .map(|list| ManifestList {
                     name: list.name.to_string(),
                     path: list.display_path.to_string(),
-                    sha256: hex(&list.sha256),
+                    sha256: hex::encode(list.sha256),
                     kind: list.kind,
                     mode: list.mode,
                     action: list.action,
@@ -171,8 +171,4 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&temporary, path).map_err(io)
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

@@ -607,28 +607,14 @@ impl Drop for Unbound {
 
 /// A DO query over TCP that may fail (a resolver under comparison may time out).
 fn ask_tcp(server: SocketAddr, name: &str, qtype: RecordType) -> Result<Message, String> {
-    use std::io::{Read, Write};
-    let (id, bytes) = common::build_query(name, qtype, &dnssec());
-    let timeout = std::time::Duration::from_secs(30);
-    let mut socket =
-        std::net::TcpStream::connect_timeout(&server, timeout).map_err(|e| e.to_string())?;
-    socket
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
-    framed.extend_from_slice(&bytes);
-    socket.write_all(&framed).map_err(|e| e.to_string())?;
-    let mut length = [0u8; 2];
-    socket
-        .read_exact(&mut length)
-        .map_err(|e| format!("no reply: {e}"))?;
-    let mut buffer = vec![0u8; usize::from(u16::from_be_bytes(length))];
-    socket.read_exact(&mut buffer).map_err(|e| e.to_string())?;
-    let reply = Message::from_vec(&buffer).map_err(|e| e.to_string())?;
-    if reply.metadata.id != id {
-        return Err("id mismatch".to_owned());
-    }
-    Ok(reply)
+    common::try_query_with(
+        server,
+        Transport::Tcp,
+        name,
+        qtype,
+        &dnssec(),
+        std::time::Duration::from_secs(30),
+    )
 }
 
 /// What the differential test compares: rcode, AD, and the answer RRsets (owner, type, data;

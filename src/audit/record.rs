@@ -291,7 +291,7 @@ impl QueryEntry {
             rcode: record.rcode.clone(),
             answer: record.answer.clone(),
             ede: record.ede,
-            source: source_text(record.source),
+            source: record.source.to_string(),
             latency_us: record.latency_us,
         }
     }
@@ -310,15 +310,6 @@ fn rule_entry(rule: &RuleMatch) -> RuleEntry {
                 chain: chain.clone(),
             },
         },
-    }
-}
-
-fn source_text(source: AnswerSource) -> String {
-    match source {
-        AnswerSource::Local => "local".to_owned(),
-        AnswerSource::Cache => "cache".to_owned(),
-        AnswerSource::Recursion => "recursion".to_owned(),
-        AnswerSource::Upstream(addr) => addr.to_string(),
     }
 }
 
@@ -369,12 +360,7 @@ struct SourceRef(AnswerSource);
 
 impl Serialize for SourceRef {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            AnswerSource::Local => serializer.serialize_str("local"),
-            AnswerSource::Cache => serializer.serialize_str("cache"),
-            AnswerSource::Recursion => serializer.serialize_str("recursion"),
-            AnswerSource::Upstream(addr) => serializer.collect_str(&addr),
-        }
+        serializer.collect_str(&self.0)
     }
 }
 

@@ -66,6 +66,18 @@ pub enum AnswerSource {
     Upstream(SocketAddr),
 }
 
+impl std::fmt::Display for AnswerSource {
+    /// `local`, `cache`, `recursion` or the upstream's `ip:port`: the audit log's spelling.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local => f.write_str("local"),
+            Self::Cache => f.write_str("cache"),
+            Self::Recursion => f.write_str("recursion"),
+            Self::Upstream(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
 /// One query's full story.
 #[derive(Debug, Clone)]
 pub struct DecisionRecord {
@@ -114,12 +126,7 @@ impl DecisionRecord {
             ),
             None => ("", "", "", 0, String::new()),
         };
-        let source = match self.source {
-            AnswerSource::Local => "local".to_owned(),
-            AnswerSource::Cache => "cache".to_owned(),
-            AnswerSource::Recursion => "recursion".to_owned(),
-            AnswerSource::Upstream(addr) => addr.to_string(),
-        };
+
         let action = self.action.map(action_name).unwrap_or("");
         let ede = self.ede.map(i64::from).unwrap_or(-1);
         macro_rules! event {
@@ -143,7 +150,7 @@ impl DecisionRecord {
                     rcode = %self.rcode,
                     answer = %self.answer,
                     ede,
-                    source = %source,
+                    source = %self.source,
                     latency_us = self.latency_us,
                     "decision"
                 )

@@ -38,11 +38,6 @@ use crate::{
     state::State,
 };
 
-/// What the cache stores as the origin of an answer resolved from the root (many servers per
-/// answer); decision records say `recursion`.
-const RECURSION_SOURCE: std::net::SocketAddr =
-    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
-
 /// Counters kept on the query path: plain atomics, no lock.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -245,11 +240,7 @@ impl Handler {
                 }
                 Ok((message, source, None)) => {
                     record.source = source;
-                    let upstream = match source {
-                        AnswerSource::Upstream(upstream) => upstream,
-                        _ => RECURSION_SOURCE,
-                    };
-                    let cached_ttl = self.cache.insert(cache_key, &message, upstream, now);
+                    let cached_ttl = self.cache.insert(cache_key, &message, now);
                     let mut reply = Reply {
                         response_code: message.metadata.response_code,
                         authentic_data: message.metadata.authentic_data,
@@ -282,14 +273,15 @@ impl Handler {
         // 5. Policy on the answer: every name the CNAME chain passes through is checked as if
         //    asked directly (CNAME cloaking must not launder a blocked name). The question's own
         //    allow rule vouches for the question name only.
-        if let Some((rule, trigger)) = cname_chain_block(state, qname, &reply.answers, &client) {
-            return self.block(state, rule, trigger, qname, qtype, qclass, record);
-        }
-        if record.rule.is_none()
-            && let Some((rule, trigger)) = cname_chain_logged(state, qname, &reply.answers, &client)
-        {
-            record.rule = Some(rule_match(&state.policy, rule, trigger));
-            record.decision = DecisionKind::Logged;
+        match cname_chain_verdict(state, qname, &reply.answers, &client) {
+            Some((Verdict::Blocked(rule), trigger)) => {
+                return self.block(state, rule, trigger, qname, qtype, qclass, record);
+            }
+            Some((Verdict::Logged(rule), trigger)) if record.rule.is_none() => {
+                record.rule = Some(rule_match(&state.policy, rule, trigger));
+                record.decision = DecisionKind::Logged;
+            }
+            _ => {}
         }
 
         // RFC 6840 §5.8: AD only to clients that asked for DNSSEC-aware answers.
@@ -333,8 +325,8 @@ impl Handler {
     }
 }
 
-/// The CNAME chain of an answer, from the question onwards: (name, its CNAME target) pairs in
-/// chain order. Stops at a loop or a break in the chain.
+/// The CNAME targets of an answer, in chain order from the question. Stops at a loop or a
+/// break in the chain.
 fn cname_targets<'a>(qname: &Name, answers: &'a [Record]) -> Vec<&'a Name> {
     let mut chain: Vec<&Name> = Vec::new();
     let mut current = qname;
@@ -355,44 +347,15 @@ fn cname_targets<'a>(qname: &Name, answers: &'a [Record]) -> Vec<&'a Name> {
     chain
 }
 
-fn chain_names(qname: &Name, chain: &[&Name], upto: usize) -> Vec<String> {
-    std::iter::once(qname)
-        .chain(chain[..=upto].iter().copied())
-        .map(ToString::to_string)
-        .collect()
-}
-
-fn cname_chain_block(
+/// Decides every name the answer's CNAME chain passes through, once each: the first enforcing
+/// block wins; otherwise the first log-only match. Allow-list hits on chain names vouch for
+/// nothing more than those names, so they are not returned.
+fn cname_chain_verdict(
     state: &State,
     qname: &Name,
     answers: &[Record],
     client: &Client,
-) -> Option<(RuleRef, Trigger)> {
-    chain_verdict(state, qname, answers, client, |verdict| match verdict {
-        Verdict::Blocked(rule) => Some(rule),
-        _ => None,
-    })
-}
-
-fn cname_chain_logged(
-    state: &State,
-    qname: &Name,
-    answers: &[Record],
-    client: &Client,
-) -> Option<(RuleRef, Trigger)> {
-    chain_verdict(state, qname, answers, client, |verdict| match verdict {
-        Verdict::Logged(rule) => Some(rule),
-        _ => None,
-    })
-}
-
-fn chain_verdict(
-    state: &State,
-    qname: &Name,
-    answers: &[Record],
-    client: &Client,
-    pick: impl Fn(Verdict) -> Option<RuleRef>,
-) -> Option<(RuleRef, Trigger)> {
+) -> Option<(Verdict, Trigger)> {
     if !answers
         .iter()
         .any(|record| record.record_type() == RecordType::CNAME)
@@ -400,18 +363,27 @@ fn chain_verdict(
         return None;
     }
     let chain = cname_targets(qname, answers);
-    chain.iter().enumerate().find_map(|(index, target)| {
+    let mut logged = None;
+    for (index, target) in chain.iter().enumerate() {
         let mut buffer = [0u8; 256];
-        let key = write_lookup_key(target.iter(), &mut buffer)?;
-        let rule = pick(state.policy.decide(key, client))?;
-        Some((
-            rule,
-            Trigger::Cname {
-                matched: target.to_string(),
-                chain: chain_names(qname, &chain, index),
-            },
-        ))
-    })
+        let Some(key) = write_lookup_key(target.iter(), &mut buffer) else {
+            continue;
+        };
+        let verdict = state.policy.decide(key, client);
+        let trigger = || Trigger::Cname {
+            matched: target.to_string(),
+            chain: std::iter::once(qname)
+                .chain(chain[..=index].iter().copied())
+                .map(ToString::to_string)
+                .collect(),
+        };
+        match verdict {
+            Verdict::Blocked(_) => return Some((verdict, trigger())),
+            Verdict::Logged(_) if logged.is_none() => logged = Some((verdict, trigger())),
+            _ => {}
+        }
+    }
+    logged
 }
 
 fn rule_match(policy: &Policy, rule: RuleRef, trigger: Trigger) -> RuleMatch {

@@ -458,16 +458,31 @@ pub fn exchange_raw(
     }
 }
 
-pub fn tcp_exchange(mut socket: TcpStream, bytes: &[u8]) -> Vec<u8> {
-    socket.set_read_timeout(Some(IO_GUARD)).unwrap();
+pub fn tcp_exchange(socket: TcpStream, bytes: &[u8]) -> Vec<u8> {
+    try_tcp_exchange(socket, bytes, IO_GUARD).expect("no TCP reply")
+}
+
+/// One length-prefixed exchange on a connected TCP socket (RFC 1035 §4.2.2 framing).
+pub fn try_tcp_exchange(
+    mut socket: TcpStream,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    socket
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
     framed.extend_from_slice(bytes);
-    socket.write_all(&framed).unwrap();
+    socket.write_all(&framed).map_err(|e| e.to_string())?;
     let mut length = [0u8; 2];
-    socket.read_exact(&mut length).expect("no TCP reply");
-    let mut buffer = vec![0u8; u16::from_be_bytes(length) as usize];
-    socket.read_exact(&mut buffer).unwrap();
-    buffer
+    socket
+        .read_exact(&mut length)
+        .map_err(|e| format!("tcp: {e}"))?;
+    let mut buffer = vec![0u8; usize::from(u16::from_be_bytes(length))];
+    socket
+        .read_exact(&mut buffer)
+        .map_err(|e| format!("tcp: {e}"))?;
+    Ok(buffer)
 }
 
 /// Like [`query`], but a lost or garbled reply is an `Err` instead of a panic (for load tests).
@@ -478,7 +493,19 @@ pub fn try_query(
     qtype: RecordType,
     timeout: Duration,
 ) -> Result<Message, String> {
-    let (id, bytes) = build_query(name, qtype, &Ask::default());
+    try_query_with(server, transport, name, qtype, &Ask::default(), timeout)
+}
+
+/// [`try_query`] with the query's EDNS settings given.
+pub fn try_query_with(
+    server: SocketAddr,
+    transport: Transport,
+    name: &str,
+    qtype: RecordType,
+    ask: &Ask,
+    timeout: Duration,
+) -> Result<Message, String> {
+    let (id, bytes) = build_query(name, qtype, ask);
     let raw = match transport {
         Transport::Udp => {
             let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
@@ -494,23 +521,8 @@ pub fn try_query(
             buffer
         }
         Transport::Tcp => {
-            let mut socket =
-                TcpStream::connect_timeout(&server, timeout).map_err(|e| e.to_string())?;
-            socket
-                .set_read_timeout(Some(timeout))
-                .map_err(|e| e.to_string())?;
-            let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
-            framed.extend_from_slice(&bytes);
-            socket.write_all(&framed).map_err(|e| e.to_string())?;
-            let mut length = [0u8; 2];
-            socket
-                .read_exact(&mut length)
-                .map_err(|e| format!("tcp: {e}"))?;
-            let mut buffer = vec![0u8; u16::from_be_bytes(length) as usize];
-            socket
-                .read_exact(&mut buffer)
-                .map_err(|e| format!("tcp: {e}"))?;
-            buffer
+            let socket = TcpStream::connect_timeout(&server, timeout).map_err(|e| e.to_string())?;
+            try_tcp_exchange(socket, &bytes, timeout)?
         }
     };
     let reply = Message::from_vec(&raw).map_err(|e| e.to_string())?;
