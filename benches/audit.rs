@@ -18,6 +18,10 @@ use dnsward::{
     config::BlockAction,
     policy::decision::{AnswerSource, DecisionKind, DecisionRecord, RuleMatch, Trigger},
 };
+use hickory_proto::{
+    op::ResponseCode,
+    rr::{DNSClass, RecordType},
+};
 
 const BASE_SECS: u64 = 1_738_324_800;
 
@@ -34,31 +38,33 @@ fn decision(i: u64, n: u64) -> DecisionRecord {
         client: SocketAddr::from(([10, 0, (i / 7 % 4) as u8, (i % 250) as u8], 40000)),
         transport: "udp",
         qname: if blocked {
-            "www.binance.com.".to_owned()
+            "www.binance.com.".parse().unwrap()
         } else {
             format!("host{}.example{}.org.", i % 100, i % 97)
+                .parse()
+                .unwrap()
         },
-        qtype: "A".to_owned(),
-        qclass: "IN".to_owned(),
+        qtype: RecordType::A,
+        qclass: DNSClass::IN,
         decision: if blocked {
             DecisionKind::Blocked
         } else {
             DecisionKind::Allowed
         },
         rule: blocked.then(|| RuleMatch {
-            list: "crypto".to_owned(),
-            rule: "||binance.com^".to_owned(),
-            file: "lists/crypto.txt".to_owned(),
+            list: "crypto".into(),
+            rule: "||binance.com^".into(),
+            file: "lists/crypto.txt".into(),
             line: 3,
             trigger: Trigger::Question,
         }),
         action: blocked.then_some(BlockAction::Nxdomain),
-        rcode: if blocked { "NXDomain" } else { "NoError" }.to_owned(),
-        answer: if blocked {
-            String::new()
+        rcode: if blocked {
+            ResponseCode::NXDomain
         } else {
-            "A 192.0.2.99".to_owned()
+            ResponseCode::NoError
         },
+        answer: (!blocked).then(|| "A 192.0.2.99".into()),
         ede: blocked.then_some(15),
         source: if blocked {
             AnswerSource::Local

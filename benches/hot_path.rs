@@ -96,7 +96,12 @@ fn cache(c: &mut Criterion) {
                 dnssec_ok: false,
                 checking_disabled: false,
             };
-            cache.insert(key.clone(), &reply, now);
+            cache.insert(
+                key.clone(),
+                &reply,
+                &std::sync::Arc::from("A 192.0.2.1"),
+                now,
+            );
             key
         })
         .collect();

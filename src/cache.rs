@@ -36,6 +36,8 @@ pub struct CachedAnswer {
     pub answers: Vec<Record>,
     pub authorities: Vec<Record>,
     pub additionals: Vec<Record>,
+    /// The answer section in brief, for decision records: made once, not per hit.
+    pub summary: Arc<str>,
     stored_at: Instant,
     /// Seconds this entry lives; also the ceiling of every TTL we hand out from it.
     ttl_secs: u32,
@@ -93,7 +95,13 @@ impl AnswerCache {
     }
 
     /// Stores a reply if RFC 2308 says it may be cached; returns the TTL it was stored with.
-    pub fn insert(&self, key: CacheKey, reply: &Message, now: Instant) -> Option<u32> {
+    pub fn insert(
+        &self,
+        key: CacheKey,
+        reply: &Message,
+        summary: &Arc<str>,
+        now: Instant,
+    ) -> Option<u32> {
         let entries = self.entries.as_ref()?;
         let ttl_secs = self.ttl_for(reply)?;
         if ttl_secs == 0 {
@@ -105,6 +113,7 @@ impl AnswerCache {
             answers: reply.answers.clone(),
             authorities: reply.authorities.clone(),
             additionals: reply.additionals.clone(),
+            summary: summary.clone(),
             stored_at: now,
             ttl_secs,
         };
@@ -217,6 +226,7 @@ mod tests {
             cache.insert(
                 key("a.test."),
                 &reply(ResponseCode::NoError, Some(5000), None),
+                &Arc::from(""),
                 now
             ),
             Some(1000)
@@ -225,6 +235,7 @@ mod tests {
             cache.insert(
                 key("b.test."),
                 &reply(ResponseCode::NoError, Some(1), None),
+                &Arc::from(""),
                 now
             ),
             Some(10)
@@ -250,6 +261,7 @@ mod tests {
             cache.insert(
                 key("n.test."),
                 &reply(ResponseCode::NXDomain, None, Some((3600, 120))),
+                &Arc::from(""),
                 now
             ),
             Some(120)
@@ -259,6 +271,7 @@ mod tests {
             cache.insert(
                 key("m.test."),
                 &reply(ResponseCode::NoError, None, Some((3600, 3600))),
+                &Arc::from(""),
                 now
             ),
             Some(600)
@@ -268,6 +281,7 @@ mod tests {
             cache.insert(
                 key("o.test."),
                 &reply(ResponseCode::NXDomain, None, None),
+                &Arc::from(""),
                 now
             ),
             None
@@ -283,13 +297,17 @@ mod tests {
             cache.insert(
                 key("r.test."),
                 &reply(ResponseCode::Refused, None, None),
+                &Arc::from(""),
                 now
             ),
             None
         );
         let mut truncated = reply(ResponseCode::NoError, Some(300), None);
         truncated.metadata.truncation = true;
-        assert_eq!(cache.insert(key("t.test."), &truncated, now), None);
+        assert_eq!(
+            cache.insert(key("t.test."), &truncated, &Arc::from(""), now),
+            None
+        );
     }
 
     #[test]
@@ -303,6 +321,7 @@ mod tests {
             cache.insert(
                 key("a.test."),
                 &reply(ResponseCode::NoError, Some(300), None),
+                &Arc::from(""),
                 now
             ),
             None

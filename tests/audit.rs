@@ -107,7 +107,7 @@ fn every_query_has_exactly_one_record_with_its_rule() {
         let allowed = find("www.test.", transport);
         assert_eq!(allowed.len(), 1, "exactly one record per query");
         assert_eq!(allowed[0]["decision"], "allowed");
-        assert_eq!(allowed[0]["rcode"], "No Error");
+        assert_eq!(allowed[0]["rcode"], "NOERROR");
         assert!(
             allowed[0]["answer"]
                 .as_str()
@@ -325,9 +325,17 @@ fn kill_9_leaves_a_truncated_tail_not_tampering() {
             RecordType::A,
         );
     }
+    // Records still queued at a crash are lost by design; those written (and synced, with
+    // `fsync_interval_ms = 0`) must survive. Wait until the writer has caught up, so what
+    // survives is known, then crash with more queries in flight.
+    let config = dnsward.config_path();
+    let count = || json_lines(&audit(&config, &["search", "--json"])).len();
+    assert!(eventually(|| count() == 200), "written: {}", count());
+    for _ in 0..20 {
+        ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
+    }
     dnsward.signal("KILL");
     assert!(eventually(|| !dnsward.is_running()));
-    let config = dnsward.config_path();
     let dir = audit_dir(&dnsward);
     // Simulate the torn last write a crash can leave (kill -9 between write calls).
     let last = segments(&dir).pop().unwrap();
@@ -345,8 +353,8 @@ fn kill_9_leaves_a_truncated_tail_not_tampering() {
 
     let records_before = json_lines(&audit(&config, &["search", "--json"])).len();
     assert!(
-        records_before >= 150,
-        "most synced records survive: {records_before}"
+        (200..=220).contains(&records_before),
+        "every record written before the crash survives: {records_before}"
     );
 
     // Restart: the chain continues past the torn tail, and the whole log still verifies.

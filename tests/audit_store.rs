@@ -20,6 +20,10 @@ use dnsward::{
     config::BlockAction,
     policy::decision::{AnswerSource, DecisionKind, DecisionRecord, RuleMatch, Trigger},
 };
+use hickory_proto::{
+    op::ResponseCode,
+    rr::{DNSClass, RecordType},
+};
 use proptest::prelude::*;
 
 const BASE_SECS: u64 = 1_738_324_800; // 2025-01-31T12:00:00Z
@@ -34,31 +38,35 @@ fn decision(i: u64) -> DecisionRecord {
         client: SocketAddr::from(([192, 0, 2, (i % 4 + 1) as u8], 40000 + (i % 1000) as u16)),
         transport: if i % 5 == 0 { "tcp" } else { "udp" },
         qname: if blocked {
-            "www.binance.com.".to_owned()
+            "www.binance.com.".parse().unwrap()
         } else {
-            format!("host{}.example.org.", i % 7)
+            format!("host{}.example.org.", i % 7).parse().unwrap()
         },
-        qtype: if i % 2 == 0 { "A" } else { "AAAA" }.to_owned(),
-        qclass: "IN".to_owned(),
+        qtype: if i % 2 == 0 {
+            RecordType::A
+        } else {
+            RecordType::AAAA
+        },
+        qclass: DNSClass::IN,
         decision: if blocked {
             DecisionKind::Blocked
         } else {
             DecisionKind::Allowed
         },
         rule: blocked.then(|| RuleMatch {
-            list: "crypto".to_owned(),
-            rule: "||binance.com^".to_owned(),
-            file: "lists/crypto.txt".to_owned(),
+            list: "crypto".into(),
+            rule: "||binance.com^".into(),
+            file: "lists/crypto.txt".into(),
             line: 3,
             trigger: Trigger::Question,
         }),
         action: blocked.then_some(BlockAction::Nxdomain),
-        rcode: if blocked { "NXDomain" } else { "NoError" }.to_owned(),
-        answer: if blocked {
-            String::new()
+        rcode: if blocked {
+            ResponseCode::NXDomain
         } else {
-            "A 192.0.2.99".to_owned()
+            ResponseCode::NoError
         },
+        answer: (!blocked).then(|| "A 192.0.2.99".into()),
         ede: blocked.then_some(15),
         source: if blocked {
             AnswerSource::Local

@@ -16,6 +16,7 @@
 //! The byte format is specified in `src/audit/FORMAT.md`.
 
 pub mod cli;
+mod json;
 pub mod keys;
 pub mod query;
 pub mod record;

@@ -165,10 +165,15 @@ impl DomainFilter {
             Some(rest) => (true, rest),
             None => (false, text),
         };
-        Self {
-            name: name.trim_end_matches('.').to_ascii_lowercase(),
-            exact,
-        }
+        let name = name.trim_end_matches('.');
+        // Names are stored as asked on the wire (`xn--` for internationalised labels), so a
+        // name typed in Unicode is converted the way a resolver's client would have.
+        let name = if name.is_ascii() {
+            name.to_ascii_lowercase()
+        } else {
+            idna::domain_to_ascii(name).unwrap_or_else(|_| name.to_lowercase())
+        };
+        Self { name, exact }
     }
 
     fn matches(&self, qname: &[u8]) -> bool {
@@ -1288,6 +1293,8 @@ mod tests {
 
     #[test]
     fn domain_filter_exact_and_suffix() {
+        let unicode = DomainFilter::parse("bücher.example");
+        assert!(unicode.matches(b"www.xn--bcher-kva.example."));
         let suffix = DomainFilter::parse("Binance.com.");
         assert!(suffix.matches(b"binance.com."));
         assert!(suffix.matches(b"www.BINANCE.com."));

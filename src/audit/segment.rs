@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    AuditError,
-    record::{Entry, Timestamp},
+    AuditError, json,
+    record::{Entry, TIMESTAMP_LEN, Timestamp},
 };
 
 /// The `format` member of every header line.
@@ -100,24 +100,9 @@ impl Header {
     }
 }
 
-/// The members of a record line in their on-disk order, minus `hash`.
-#[derive(Serialize)]
-struct LineOut<'a, E: ?Sized> {
-    seq: u64,
-    prev: &'a str,
-    time: Timestamp,
-    instance: &'a str,
-    #[serde(flatten)]
-    entry: &'a E,
-}
-
 /// Appends one record line (with its newline) to `buf` and returns its chain hash. `entry` is
-/// an `Entry`, or a borrowed form that serialises identically (`record::QueryRef`).
-///
-/// The line is the JSON object `{"seq":…,"prev":…,"time":…,"instance":…,"type":…,…,"hash":…}`;
-/// `hash = SHA-256(prev as 32 raw bytes ‖ the same object without the hash member)`, i.e. the
-/// exact bytes written up to the `,"hash"` plus the closing `}`. Verifiers hash the bytes as
-/// written; nothing is ever re-serialised, so the hash does not depend on a JSON library.
+/// any `Entry`; query records, written once per query, take the hand-written
+/// [`encode_line`] path instead (`record::write_query_members`), which yields the same bytes.
 pub fn encode_record<E: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     seq: u64,
@@ -126,27 +111,68 @@ pub fn encode_record<E: Serialize + ?Sized>(
     instance: &str,
     entry: &E,
 ) -> Result<Hash, AuditError> {
-    let mut prev_hex = [0u8; 64];
-    // 32 bytes always encode into exactly 64 hex digits, so this cannot fail.
-    let _ = hex::encode_to_slice(prev, &mut prev_hex);
+    encode_line(buf, seq, prev, time, instance, |buf| {
+        let start = buf.len();
+        serde_json::to_writer(&mut *buf, entry).map_err(AuditError::Encode)?;
+        unwrap_object(buf, start)
+    })
+}
+
+/// Turns the JSON object written at `buf[start..]` into its bare members (`{…}` → `…`), so they
+/// continue a record line's object.
+pub fn unwrap_object(buf: &mut Vec<u8>, start: usize) -> Result<(), AuditError> {
+    if buf.len() < start + 2 || buf[start] != b'{' || buf.last() != Some(&b'}') {
+        return Err(AuditError::Encode(serde::ser::Error::custom(
+            "an entry must serialise as a non-empty JSON object",
+        )));
+    }
+    buf.pop();
+    buf.remove(start);
+    Ok(())
+}
+
+/// Appends one record line: `{"seq":…,"prev":…,"time":…,"instance":…,` then the members that
+/// `members` writes (starting with `"type"`), then `,"hash":"…"}` and a newline. Returns the
+/// chain hash.
+///
+/// `hash = SHA-256(prev as 32 raw bytes ‖ the object without the hash member)`, i.e. the exact
+/// bytes written up to the `,"hash"` plus the closing `}`. Verifiers hash the bytes as written;
+/// nothing is ever re-serialised, so the hash does not depend on a JSON library.
+pub fn encode_line(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    prev: &Hash,
+    time: Timestamp,
+    instance: &str,
+    members: impl FnOnce(&mut Vec<u8>) -> Result<(), AuditError>,
+) -> Result<Hash, AuditError> {
     let start = buf.len();
-    let line = LineOut {
-        // ASCII hex digits are valid UTF-8.
-        prev: std::str::from_utf8(&prev_hex).unwrap_or_default(),
-        seq,
-        time,
-        instance,
-        entry,
-    };
-    serde_json::to_writer(&mut *buf, &line).map_err(AuditError::Encode)?;
+    buf.extend_from_slice(b"{\"seq\":");
+    buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    buf.extend_from_slice(b",\"prev\":\"");
+    let mut hex_buf = [0u8; 64];
+    // 32 bytes always encode into exactly 64 hex digits, so this cannot fail.
+    let _ = hex::encode_to_slice(prev, &mut hex_buf);
+    buf.extend_from_slice(&hex_buf);
+    buf.extend_from_slice(b"\",\"time\":\"");
+    let mut time_buf = [0u8; TIMESTAMP_LEN];
+    time.format_into(&mut time_buf);
+    buf.extend_from_slice(&time_buf);
+    buf.extend_from_slice(b"\",\"instance\":");
+    json::string(buf, instance);
+    buf.push(b',');
+    if let Err(error) = members(buf) {
+        buf.truncate(start);
+        return Err(error);
+    }
+    buf.push(b'}');
     let hash = chain_hash(prev, &buf[start..]);
     // Replace the closing brace by `,"hash":"…"}`.
     buf.pop();
     buf.extend_from_slice(b",\"hash\":\"");
-    let mut hash_hex = [0u8; 64];
     // As above: 32 bytes into 64 digits.
-    let _ = hex::encode_to_slice(hash, &mut hash_hex);
-    buf.extend_from_slice(&hash_hex);
+    let _ = hex::encode_to_slice(hash, &mut hex_buf);
+    buf.extend_from_slice(&hex_buf);
     buf.extend_from_slice(b"\"}\n");
     Ok(hash)
 }

@@ -4,9 +4,164 @@
 //! It is shaped for the audit log, which stores it as is; until then `emit` writes it as one
 //! structured `tracing` event.
 
-use std::{net::SocketAddr, time::SystemTime};
+use std::{fmt, net::SocketAddr, sync::Arc, time::SystemTime};
+
+use hickory_proto::{
+    op::ResponseCode,
+    rr::{DNSClass, Name, RecordType},
+};
 
 use crate::config::BlockAction;
+
+/// A question name as the client sent it (case kept), held inline in wire form: taking it costs
+/// a copy of at most 255 bytes, not an allocation, on every query. It is rendered as text only
+/// where it is read (the audit writer, a debug event).
+#[derive(Clone, Copy)]
+pub struct QName {
+    len: u8,
+    wire: [u8; 255],
+}
+
+impl QName {
+    /// The root name.
+    pub const ROOT: Self = Self {
+        len: 1,
+        wire: [0u8; 255],
+    };
+
+    /// From uncompressed wire form (labels, then the root's zero byte). `None` if it is not one
+    /// well-formed name of at most 255 bytes.
+    pub fn from_wire(wire: &[u8]) -> Option<Self> {
+        let mut at = 0;
+        loop {
+            let len = usize::from(*wire.get(at)?);
+            if len > 63 {
+                return None;
+            }
+            at += 1 + len;
+            if len == 0 {
+                break;
+            }
+        }
+        if at != wire.len() || at > 255 {
+            return None;
+        }
+        let mut name = Self {
+            len: at as u8,
+            wire: [0; 255],
+        };
+        name.wire[..at].copy_from_slice(wire);
+        Some(name)
+    }
+
+    pub fn from_name(name: &Name) -> Self {
+        let mut out = Self {
+            len: 0,
+            wire: [0; 255],
+        };
+        let mut at = 0;
+        for label in name.iter() {
+            // A `Name` holds at most 255 wire bytes, labels at most 63: this cannot overflow.
+            if at + 1 + label.len() >= 255 {
+                break;
+            }
+            out.wire[at] = label.len() as u8;
+            out.wire[at + 1..at + 1 + label.len()].copy_from_slice(label);
+            at += 1 + label.len();
+        }
+        out.wire[at] = 0;
+        out.len = (at + 1) as u8;
+        out
+    }
+
+    pub fn wire(&self) -> &[u8] {
+        &self.wire[..usize::from(self.len)]
+    }
+
+    /// The labels, left to right.
+    pub fn labels(&self) -> impl Iterator<Item = &[u8]> {
+        let wire = self.wire();
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let len = usize::from(*wire.get(at)?);
+            if len == 0 {
+                return None;
+            }
+            let label = wire.get(at + 1..at + 1 + len)?;
+            at += 1 + len;
+            Some(label)
+        })
+    }
+}
+
+impl QName {
+    /// Appends the presentation form (see `Display`) to `out` without `fmt`: the audit writer
+    /// renders one per query.
+    pub fn write_text(&self, out: &mut Vec<u8>) {
+        let mut empty = true;
+        for label in self.labels() {
+            empty = false;
+            for (index, &byte) in label.iter().enumerate() {
+                match byte {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => out.push(byte),
+                    b'*' if index == 0 => out.push(byte),
+                    0x21..=0x7e => out.extend_from_slice(&[b'\\', byte]),
+                    _ => out.extend_from_slice(&[
+                        b'\\',
+                        b'0' + byte / 100,
+                        b'0' + byte / 10 % 10,
+                        b'0' + byte % 10,
+                    ]),
+                }
+            }
+            out.push(b'.');
+        }
+        if empty {
+            out.push(b'.');
+        }
+    }
+}
+
+impl fmt::Display for QName {
+    /// RFC 1035 §5.1 presentation form, ASCII only: letters, digits, `-`, `_` and a leading `*`
+    /// as they are; other printable bytes escaped with `\\`, the rest as `\\DDD` (decimal).
+    /// Internationalised names stay in their `xn--` form, exactly as asked.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = Vec::with_capacity(usize::from(self.len) * 2);
+        self.write_text(&mut text);
+        // Only ASCII is written above.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for QName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "QName({self})")
+    }
+}
+
+impl PartialEq for QName {
+    fn eq(&self, other: &Self) -> bool {
+        self.wire() == other.wire()
+    }
+}
+
+impl Eq for QName {}
+
+impl From<&Name> for QName {
+    fn from(name: &Name) -> Self {
+        Self::from_name(name)
+    }
+}
+
+impl std::str::FromStr for QName {
+    type Err = hickory_proto::ProtoError;
+
+    /// Parses presentation form (mostly for tests and benches).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Name::from_ascii(text).map(|name| Self::from_name(&name))
+    }
+}
 
 /// What happened to a query, in the audit log's vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,12 +200,13 @@ pub enum Trigger {
     Cname { matched: String, chain: Vec<String> },
 }
 
-/// The list and rule that decided, resolved to names so the record stands on its own.
+/// The list and rule that decided, resolved to names so the record stands on its own. List name
+/// and file are shared with the policy (a reference count, not a copy, per query).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleMatch {
-    pub list: String,
-    pub rule: String,
-    pub file: String,
+    pub list: Arc<str>,
+    pub rule: Box<str>,
+    pub file: Arc<str>,
     pub line: u32,
     pub trigger: Trigger,
 }
@@ -87,16 +243,17 @@ pub struct DecisionRecord {
     pub generation: u64,
     pub client: SocketAddr,
     pub transport: &'static str,
-    pub qname: String,
-    pub qtype: String,
-    pub qclass: String,
+    pub qname: QName,
+    pub qtype: RecordType,
+    pub qclass: DNSClass,
     pub decision: DecisionKind,
     pub rule: Option<RuleMatch>,
     /// The action taken for a block; `None` when answered normally.
     pub action: Option<BlockAction>,
-    pub rcode: String,
+    pub rcode: ResponseCode,
     /// The answer section in brief (`A 192.0.2.1, CNAME x.example.`), or the sinkhole address.
-    pub answer: String,
+    /// Shared: a cached answer's summary is made once, when it is stored.
+    pub answer: Option<Arc<str>>,
     pub ede: Option<u16>,
     pub source: AnswerSource,
     pub latency_us: u64,
@@ -113,9 +270,9 @@ impl DecisionRecord {
         }
         let (list, rule, file, line, trigger) = match &self.rule {
             Some(rule) => (
-                rule.list.as_str(),
-                rule.rule.as_str(),
-                rule.file.as_str(),
+                &*rule.list,
+                &*rule.rule,
+                &*rule.file,
                 rule.line,
                 match &rule.trigger {
                     Trigger::Question => "question".to_owned(),
@@ -148,7 +305,7 @@ impl DecisionRecord {
                     trigger = %trigger,
                     action,
                     rcode = %self.rcode,
-                    answer = %self.answer,
+                    answer = self.answer.as_deref().unwrap_or(""),
                     ede,
                     source = %self.source,
                     latency_us = self.latency_us,

@@ -17,7 +17,7 @@ use std::{
 use arc_swap::ArcSwap;
 use hickory_proto::{
     op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode},
-    rr::{Name, RData, Record, RecordType, rdata::opt::EdnsOption},
+    rr::{DNSClass, Name, RData, Record, RecordType, rdata::opt::EdnsOption},
 };
 use hickory_server::{
     net::{runtime::Time, xfer::Protocol},
@@ -31,7 +31,7 @@ use crate::{
     cache::{AnswerCache, CacheKey},
     policy::{
         Client, DecisionKind, DecisionRecord, Policy, RuleRef, Transport, Trigger, Verdict,
-        decision::{AnswerSource, RuleMatch},
+        decision::{AnswerSource, QName, RuleMatch},
         write_lookup_key,
     },
     resolve::{Recursor, UpstreamQuery},
@@ -90,6 +90,9 @@ struct Reply {
     authorities: Vec<Record>,
     additionals: Vec<Record>,
     ede: Option<(u16, String)>,
+    /// The answer section's summary for the decision record when it is already known (a cached
+    /// answer carries the one made when it was stored); `None`: made from `answers`.
+    summary: Option<Arc<str>>,
 }
 
 impl Reply {
@@ -202,6 +205,7 @@ impl Handler {
                 authorities: cached.aged(&cached.authorities, age),
                 additionals: cached.aged(&cached.additionals, age),
                 ede: None,
+                summary: Some(cached.summary.clone()),
             }
         } else {
             let upstream_query = UpstreamQuery {
@@ -240,7 +244,8 @@ impl Handler {
                 }
                 Ok((message, source, None)) => {
                     record.source = source;
-                    let cached_ttl = self.cache.insert(cache_key, &message, now);
+                    let summary = summarize(&message.answers);
+                    let cached_ttl = self.cache.insert(cache_key, &message, &summary, now);
                     let mut reply = Reply {
                         response_code: message.metadata.response_code,
                         authentic_data: message.metadata.authentic_data,
@@ -248,6 +253,7 @@ impl Handler {
                         authorities: message.authorities,
                         additionals: message.additionals,
                         ede: None,
+                        summary: Some(summary),
                     };
                     // Clients see the same TTL ceiling (`cache.max_ttl_secs`) on a fresh answer
                     // as on a cached one.
@@ -321,6 +327,7 @@ impl Handler {
             authorities: synthesized.authorities,
             additionals: Vec::new(),
             ede: Some(synthesized.ede),
+            summary: None,
         }
     }
 }
@@ -389,16 +396,16 @@ fn cname_chain_verdict(
 fn rule_match(policy: &Policy, rule: RuleRef, trigger: Trigger) -> RuleMatch {
     let list = policy.list(rule);
     RuleMatch {
-        list: list.name.to_string(),
-        rule: policy.rule_text(rule).to_string(),
-        file: list.display_path.to_string(),
+        list: list.name.clone(),
+        rule: policy.rule_text(rule).to_string().into(),
+        file: list.display_path.clone(),
         line: rule.line,
         trigger,
     }
 }
 
 /// A short, human-readable summary of the answer section for the decision record.
-fn summarize(answers: &[Record]) -> String {
+fn summarize(answers: &[Record]) -> Arc<str> {
     let mut summary = String::new();
     for record in answers.iter().take(8) {
         if !summary.is_empty() {
@@ -409,7 +416,7 @@ fn summarize(answers: &[Record]) -> String {
     if answers.len() > 8 {
         let _ = write!(summary, ", ... ({} records)", answers.len());
     }
-    summary
+    summary.into()
 }
 
 #[async_trait::async_trait]
@@ -431,13 +438,14 @@ impl RequestHandler for Handler {
             addr: request.src(),
             transport,
         };
+        // A query without a question is recorded as `. ZERO IN`.
         let (qname, qtype, qclass) = match request.queries.queries().first() {
             Some(query) => (
-                query.original().name().to_string(),
-                query.query_type().to_string(),
-                query.query_class().to_string(),
+                QName::from_name(query.original().name()),
+                query.query_type(),
+                query.query_class(),
             ),
-            None => (String::new(), String::new(), String::new()),
+            None => (QName::ROOT, RecordType::ZERO, DNSClass::IN),
         };
         let mut record = DecisionRecord {
             time: SystemTime::now(),
@@ -450,8 +458,8 @@ impl RequestHandler for Handler {
             decision: DecisionKind::Allowed,
             rule: None,
             action: None,
-            rcode: String::new(),
-            answer: String::new(),
+            rcode: ResponseCode::NoError,
+            answer: None,
             ede: None,
             source: AnswerSource::Local,
             latency_us: 0,
@@ -470,8 +478,12 @@ impl RequestHandler for Handler {
         )
         .await;
 
-        record.rcode = reply.response_code.to_string();
-        record.answer = summarize(&reply.answers);
+        record.rcode = reply.response_code;
+        record.answer = match reply.summary {
+            Some(summary) => Some(summary),
+            None if reply.answers.is_empty() => None,
+            None => Some(summarize(&reply.answers)),
+        };
         record.ede = reply
             .ede
             .as_ref()
