@@ -51,6 +51,11 @@ impl CachedAnswer {
         (age < Duration::from_secs(u64::from(self.ttl_secs))).then_some(age_secs)
     }
 
+    /// Seconds left of this entry's life at `age_secs`.
+    pub fn remaining_secs(&self, age_secs: u32) -> u32 {
+        self.ttl_secs.saturating_sub(age_secs)
+    }
+
     /// The records of one section with TTLs counted down by `age_secs` and capped at the entry's
     /// TTL (so a `max_ttl` clamp also shows in what clients see).
     pub fn aged(&self, records: &[Record], age_secs: u32) -> Vec<Record> {
@@ -74,6 +79,11 @@ pub struct AnswerCache {
 }
 
 impl AnswerCache {
+    /// The configured entry limit (0: caching off).
+    pub fn capacity(&self) -> usize {
+        self.settings.max_entries
+    }
+
     pub fn new(settings: &CacheSection) -> Self {
         Self {
             entries: (settings.max_entries > 0)

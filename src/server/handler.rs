@@ -7,6 +7,7 @@
 
 use std::{
     fmt::Write as _,
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -18,6 +19,7 @@ use arc_swap::ArcSwap;
 use hickory_proto::{
     op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode},
     rr::{DNSClass, Name, RData, Record, RecordType, rdata::opt::EdnsOption},
+    serialize::binary::BinEncoder,
 };
 use hickory_server::{
     net::{runtime::Time, xfer::Protocol},
@@ -25,7 +27,10 @@ use hickory_server::{
     zone_handler::MessageResponseBuilder,
 };
 
-use super::sinkhole;
+use super::{
+    fastpath::{self, Outcome, PlainQuery, WireCache, WireKey},
+    sinkhole,
+};
 use crate::audit::AuditHandle;
 use crate::{
     cache::{AnswerCache, CacheKey},
@@ -46,6 +51,9 @@ pub struct Counters {
     pub blocked: AtomicU64,
     pub logged: AtomicU64,
     pub cache_hits: AtomicU64,
+    /// Queries answered from stored response bytes (`fastpath`); also counted as cache hits
+    /// or blocks.
+    pub fast_answers: AtomicU64,
     pub upstream_errors: AtomicU64,
     /// Queries we could parse but not serve (no question, several questions, bad opcode, bad
     /// EDNS version). Packets that do not parse at all are answered FORMERR by hickory-server.
@@ -62,6 +70,7 @@ impl Counters {
             blocked = get(&self.blocked),
             logged = get(&self.logged),
             cache_hits = get(&self.cache_hits),
+            fast_answers = get(&self.fast_answers),
             upstream_errors = get(&self.upstream_errors),
             malformed = get(&self.malformed),
             "{message}"
@@ -79,6 +88,8 @@ pub struct Handler {
     recursor: Option<Arc<Recursor>>,
     /// Where every decision record goes; `None` with `[audit] enabled = false`.
     audit: Option<AuditHandle>,
+    /// Responses sent over UDP, for the fast path (`fastpath`); `None` with the cache off.
+    wire: Option<WireCache>,
 }
 
 /// The answer a step settled on, before it is put on the wire.
@@ -93,6 +104,9 @@ struct Reply {
     /// The answer section's summary for the decision record when it is already known (a cached
     /// answer carries the one made when it was stored); `None`: made from `answers`.
     summary: Option<Arc<str>>,
+    /// Seconds this answer stays valid, for answers from the cache or a resolution that was
+    /// cached; the fast path may replay it for that long.
+    fresh_for: Option<u32>,
 }
 
 impl Reply {
@@ -113,17 +127,194 @@ impl Handler {
         recursor: Option<Arc<Recursor>>,
         audit: Option<AuditHandle>,
     ) -> Self {
+        let wire = (cache.capacity() > 0).then(|| WireCache::new(cache.capacity()));
         Self {
             state,
             cache,
             counters,
             recursor,
             audit,
+            wire,
         }
     }
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The fast path: answers `query` from the wire cache when a response to the same question
+    /// and flags was stored under the serving generation, records the decision, and returns
+    /// true. `send` puts the bytes on the wire and says whether it could (a full socket buffer
+    /// leaves the query to the full chain, which can wait). Anything else returns false
+    /// without side effects, and the full request chain answers.
+    pub(super) fn answer_fast(
+        &self,
+        query: &PlainQuery<'_>,
+        client: SocketAddr,
+        out: &mut [u8],
+        send: impl FnOnce(&[u8]) -> bool,
+    ) -> bool {
+        let Some(wire) = &self.wire else {
+            return false;
+        };
+        let started = Instant::now();
+        let state = self.state.load();
+        // The ACL is per client, so it is never part of what is stored.
+        if !state.acl.allows(client.ip()) {
+            return false;
+        }
+        let Some((length, entry)) = wire.answer(
+            query,
+            state.generation,
+            state.config.server.udp_payload_max,
+            started,
+            out,
+        ) else {
+            return false;
+        };
+        if !send(&out[..length]) {
+            return false;
+        }
+        let outcome = &entry.outcome;
+        let counters = &self.counters;
+        counters.queries.fetch_add(1, Ordering::Relaxed);
+        counters.fast_answers.fetch_add(1, Ordering::Relaxed);
+        match outcome.decision {
+            DecisionKind::Blocked => counters.blocked.fetch_add(1, Ordering::Relaxed),
+            DecisionKind::Logged => counters.logged.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        if outcome.source == AnswerSource::Cache {
+            counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        let record = DecisionRecord {
+            time: SystemTime::now(),
+            generation: state.generation,
+            client,
+            transport: Transport::Udp.as_str(),
+            qname: QName::from_wire(query.qname).unwrap_or(QName::ROOT),
+            qtype: RecordType::from(query.qtype),
+            qclass: DNSClass::from(query.qclass),
+            decision: outcome.decision,
+            rule: outcome.rule.clone(),
+            action: outcome.action,
+            rcode: outcome.rcode,
+            answer: outcome.answer.clone(),
+            ede: outcome.ede,
+            source: outcome.source,
+            latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        };
+        record.emit();
+        if let Some(audit) = &self.audit {
+            audit.record(record);
+        }
+        true
+    }
+
+    /// Stores a UDP response for the fast path when replaying it is exactly right: a query of
+    /// the shape the fast path parses, a decision that depends only on the name and the
+    /// serving lists, and an answer that is either synthesized by policy or valid for a known
+    /// time. Refusals (per client) and errors are never stored.
+    fn store_for_fast_path(
+        &self,
+        state: &State,
+        request: &Request,
+        reply: &Reply,
+        record: &DecisionRecord,
+    ) {
+        let Some(wire) = &self.wire else {
+            return;
+        };
+        let fresh_for = match (record.decision, record.source, reply.fresh_for) {
+            (DecisionKind::Refused | DecisionKind::Error, _, _) => return,
+            (
+                _,
+                AnswerSource::Cache | AnswerSource::Upstream(_) | AnswerSource::Recursion,
+                Some(secs),
+            ) => Some(secs),
+            // Blocked on the question itself: the same for the whole generation. Blocked on a
+            // CNAME in an upstream answer: that answer may change, and its life is not kept.
+            (DecisionKind::Blocked, AnswerSource::Local, None)
+                if record
+                    .rule
+                    .as_ref()
+                    .is_some_and(|rule| rule.trigger == Trigger::Question) =>
+            {
+                None
+            }
+            _ => return,
+        };
+        if fresh_for == Some(0)
+            || request.metadata.op_code != OpCode::Query
+            || !matches!(
+                reply.response_code,
+                ResponseCode::NoError | ResponseCode::NXDomain
+            )
+        {
+            return;
+        }
+        let [query] = request.queries.queries() else {
+            return;
+        };
+        let edns = request.edns.as_ref();
+        if edns.is_some_and(|edns| edns.version() != 0 || !edns.options().as_ref().is_empty()) {
+            return;
+        }
+        let flags = fastpath::request_flags(
+            request.metadata.recursion_desired,
+            request.metadata.checking_disabled,
+            request.metadata.authentic_data,
+            edns.is_some(),
+            edns.is_some_and(|edns| edns.flags().dnssec_ok),
+        );
+        let mut key_buffer = [0u8; 260];
+        let key = fastpath::write_key(
+            query.name().iter(),
+            u16::from(query.query_type()),
+            u16::from(query.query_class()),
+            flags,
+            &mut key_buffer,
+        );
+        if wire.contains(key) {
+            return;
+        }
+        let (metadata, response_edns) =
+            response_header(request, reply, state.config.server.udp_payload_max);
+        let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref()).build(
+            metadata,
+            reply.answers.iter(),
+            reply.authorities.iter(),
+            std::iter::empty(),
+            reply.additionals.iter(),
+        );
+        let mut bytes = Vec::with_capacity(512);
+        if response
+            .destructive_emit(&mut BinEncoder::new(&mut bytes))
+            .is_err()
+        {
+            return;
+        }
+        let outcome = Outcome {
+            decision: record.decision,
+            rule: record.rule.clone(),
+            action: record.action,
+            rcode: record.rcode,
+            answer: record.answer.clone(),
+            ede: record.ede,
+            source: if record.source == AnswerSource::Local {
+                AnswerSource::Local
+            } else {
+                AnswerSource::Cache
+            },
+        };
+        wire.store(
+            WireKey::new(key),
+            &bytes,
+            state.generation,
+            fresh_for,
+            outcome,
+            Instant::now(),
+        );
     }
 
     /// Runs the chain for one request and returns the reply with its decision record.
@@ -206,6 +397,7 @@ impl Handler {
                 additionals: cached.aged(&cached.additionals, age),
                 ede: None,
                 summary: Some(cached.summary.clone()),
+                fresh_for: Some(cached.remaining_secs(age)),
             }
         } else {
             let upstream_query = UpstreamQuery {
@@ -254,6 +446,7 @@ impl Handler {
                         additionals: message.additionals,
                         ede: None,
                         summary: Some(summary),
+                        fresh_for: cached_ttl,
                     };
                     // Clients see the same TTL ceiling (`cache.max_ttl_secs`) on a fresh answer
                     // as on a cached one.
@@ -328,6 +521,7 @@ impl Handler {
             additionals: Vec::new(),
             ede: Some(synthesized.ede),
             summary: None,
+            fresh_for: None,
         }
     }
 }
@@ -479,8 +673,8 @@ impl RequestHandler for Handler {
         .await;
 
         record.rcode = reply.response_code;
-        record.answer = match reply.summary {
-            Some(summary) => Some(summary),
+        record.answer = match &reply.summary {
+            Some(summary) => Some(summary.clone()),
             None if reply.answers.is_empty() => None,
             None => Some(summarize(&reply.answers)),
         };
@@ -490,6 +684,9 @@ impl RequestHandler for Handler {
             .map(|(code, _)| *code)
             .filter(|_| request.edns.is_some());
         record.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if transport == Transport::Udp {
+            self.store_for_fast_path(&state, request, &reply, &record);
+        }
         record.emit();
         // The audit queue never blocks: a full queue is counted and becomes a gap record.
         if let Some(audit) = &self.audit {
@@ -507,31 +704,7 @@ async fn send<R: ResponseHandler>(
     reply: &Reply,
     udp_payload_max: u16,
 ) -> ResponseInfo {
-    let mut metadata = Metadata::response_from_request(&request.metadata);
-    metadata.recursion_available = true;
-    metadata.response_code = reply.response_code;
-    metadata.authentic_data = reply.authentic_data;
-
-    let response_edns = request.edns.as_ref().map(|client_edns| {
-        let mut edns = Edns::new();
-        edns.set_max_payload(
-            client_edns
-                .max_payload()
-                .clamp(512, udp_payload_max.max(512)),
-        );
-        edns.set_dnssec_ok(client_edns.flags().dnssec_ok);
-        // The 4-bit header rcode cannot hold BADVERS (16); its high bits travel in the OPT.
-        edns.set_rcode_high(reply.response_code.high());
-        if let Some((code, text)) = &reply.ede {
-            // RFC 8914 §2: INFO-CODE (16 bits) then EXTRA-TEXT (UTF-8, not NUL-terminated).
-            let mut data = Vec::with_capacity(2 + text.len());
-            data.extend_from_slice(&code.to_be_bytes());
-            data.extend_from_slice(text.as_bytes());
-            edns.options_mut().insert(EdnsOption::Unknown(15, data));
-        }
-        edns
-    });
-
+    let (metadata, response_edns) = response_header(request, reply, udp_payload_max);
     let builder = MessageResponseBuilder::new(&request.queries, response_edns.as_ref());
     let response = builder.build(
         metadata,
@@ -556,4 +729,37 @@ async fn send<R: ResponseHandler>(
             })
         }
     }
+}
+
+/// The response's header and OPT record for `reply`.
+fn response_header(
+    request: &Request,
+    reply: &Reply,
+    udp_payload_max: u16,
+) -> (Metadata, Option<Edns>) {
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.recursion_available = true;
+    metadata.response_code = reply.response_code;
+    metadata.authentic_data = reply.authentic_data;
+
+    let response_edns = request.edns.as_ref().map(|client_edns| {
+        let mut edns = Edns::new();
+        edns.set_max_payload(
+            client_edns
+                .max_payload()
+                .clamp(512, udp_payload_max.max(512)),
+        );
+        edns.set_dnssec_ok(client_edns.flags().dnssec_ok);
+        // The 4-bit header rcode cannot hold BADVERS (16); its high bits travel in the OPT.
+        edns.set_rcode_high(reply.response_code.high());
+        if let Some((code, text)) = &reply.ede {
+            // RFC 8914 §2: INFO-CODE (16 bits) then EXTRA-TEXT (UTF-8, not NUL-terminated).
+            let mut data = Vec::with_capacity(2 + text.len());
+            data.extend_from_slice(&code.to_be_bytes());
+            data.extend_from_slice(text.as_bytes());
+            edns.options_mut().insert(EdnsOption::Unknown(15, data));
+        }
+        edns
+    });
+    (metadata, response_edns)
 }

@@ -1,0 +1,560 @@
+//! The UDP fast path: a query asked before, under the same serving state, is answered from the
+//! response bytes sent the first time (a packet cache, as in PowerDNS Recursor and dnsdist).
+//!
+//! The request chain (`handler`) stays the one place that decides. After it answers a query of
+//! the common shape (one question, opcode QUERY, no EDNS options), it stores the encoded
+//! response here with the decision it made; the next query with the same question and flags
+//! is answered by copying those bytes and patching what differs per query: the ID, the case of
+//! the question name (DNS 0x20), the OPT payload size, and TTLs counted down by age. Nothing is
+//! parsed into hickory types, nothing is encoded, and the decision record is the stored one.
+//!
+//! An entry is valid only for the state generation it was decided under: policy on the
+//! question and on the answer's CNAME chain depends only on the name and the lists (never on
+//! the client, for now), so the same generation gives the same decision. The ACL depends on
+//! the client and is checked on every query. Answers from upstream or cache expire with the
+//! cache entry they came from; synthesized block answers live as long as their generation.
+
+use std::{
+    hash::{Hash, Hasher},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use quick_cache::Equivalent;
+
+use crate::policy::decision::{AnswerSource, DecisionKind, RuleMatch};
+
+/// Room for a key: a wire name (at most 255 bytes), type, class and the flags byte.
+const KEY_MAX: usize = 255 + 5;
+
+/// A query of the shape the fast path serves, borrowed from the datagram.
+#[derive(Debug)]
+pub struct PlainQuery<'a> {
+    pub id: [u8; 2],
+    /// The question name in wire form, as sent (case kept).
+    pub qname: &'a [u8],
+    pub qtype: u16,
+    pub qclass: u16,
+    /// RD, CD, AD and EDNS/DO: every request flag that changes the response bytes.
+    flags: u8,
+    /// The client's EDNS UDP payload size, if it sent an OPT record.
+    pub edns_payload: Option<u16>,
+}
+
+const FLAG_RD: u8 = 1;
+const FLAG_CD: u8 = 2;
+const FLAG_AD: u8 = 4;
+const FLAG_EDNS: u8 = 8;
+const FLAG_DO: u8 = 16;
+
+/// The request flags as one byte of the cache key.
+pub fn request_flags(rd: bool, cd: bool, ad: bool, edns: bool, dnssec_ok: bool) -> u8 {
+    let bit = |on: bool, flag: u8| if on { flag } else { 0 };
+    bit(rd, FLAG_RD)
+        | bit(cd, FLAG_CD)
+        | bit(ad, FLAG_AD)
+        | bit(edns, FLAG_EDNS)
+        | bit(dnssec_ok, FLAG_DO)
+}
+
+impl<'a> PlainQuery<'a> {
+    /// Parses the common query shape: a query (QR 0, opcode 0, not truncated) with exactly one
+    /// question and no other records but an optional OPT of EDNS version 0 without options,
+    /// with nothing after it. Anything else is `None`, and the full request chain handles it
+    /// (it also answers FORMERR, NOTIMP or BADVERS where due).
+    pub fn parse(packet: &'a [u8]) -> Option<Self> {
+        let header = packet.get(..12)?;
+        // QR, opcode, AA, TC must be zero; RD is free.
+        if header[2] & 0xfe != 0 || header[4..8] != [0, 1, 0, 0] || header[8..10] != [0, 0] {
+            return None;
+        }
+        let additional = u16::from_be_bytes([header[10], header[11]]);
+        let mut at = 12;
+        loop {
+            let len = usize::from(*packet.get(at)?);
+            if len > 63 {
+                // Compression pointers have no place in a question.
+                return None;
+            }
+            at += 1 + len;
+            if len == 0 {
+                break;
+            }
+        }
+        let qname = &packet[12..at];
+        if qname.len() > 255 {
+            return None;
+        }
+        let question = packet.get(at..at + 4)?;
+        let qtype = u16::from_be_bytes([question[0], question[1]]);
+        let qclass = u16::from_be_bytes([question[2], question[3]]);
+        at += 4;
+        let rd = header[2] & 1 != 0;
+        let cd = header[3] & 0x10 != 0;
+        let ad = header[3] & 0x20 != 0;
+        let (edns_payload, dnssec_ok) = match additional {
+            0 => (None, false),
+            1 => {
+                // Root owner, type OPT, class = payload, TTL = ext-rcode, version, flags, and
+                // an empty RDATA.
+                let opt = packet.get(at..at + 11)?;
+                if opt[0] != 0 || opt[1..3] != [0, 41] || opt[5] != 0 || opt[6] != 0 {
+                    return None;
+                }
+                if opt[9..11] != [0, 0] {
+                    return None;
+                }
+                at += 11;
+                (
+                    Some(u16::from_be_bytes([opt[3], opt[4]])),
+                    opt[7] & 0x80 != 0,
+                )
+            }
+            _ => return None,
+        };
+        if at != packet.len() {
+            return None;
+        }
+        Some(Self {
+            id: [header[0], header[1]],
+            qname,
+            qtype,
+            qclass,
+            flags: request_flags(rd, cd, ad, edns_payload.is_some(), dnssec_ok),
+            edns_payload,
+        })
+    }
+
+    /// The labels of the question name, as sent.
+    pub fn labels(&self) -> impl Iterator<Item = &'a [u8]> {
+        wire_labels(self.qname)
+    }
+
+    /// Writes this query's cache key into `buffer`.
+    fn key<'b>(&self, buffer: &'b mut [u8; KEY_MAX]) -> &'b [u8] {
+        write_key(self.labels(), self.qtype, self.qclass, self.flags, buffer)
+    }
+}
+
+/// The labels of an uncompressed wire name.
+pub fn wire_labels(wire: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let len = usize::from(*wire.get(at)?);
+        let label = wire.get(at + 1..at + 1 + len)?;
+        at += 1 + len;
+        (len > 0).then_some(label)
+    })
+}
+
+/// Key bytes: the lowercased wire name, type, class, flags.
+pub fn write_key<'b, 'l>(
+    labels: impl Iterator<Item = &'l [u8]>,
+    qtype: u16,
+    qclass: u16,
+    flags: u8,
+    buffer: &'b mut [u8; KEY_MAX],
+) -> &'b [u8] {
+    let mut at = 0;
+    for label in labels {
+        // Names come from parsed packets (at most 255 wire bytes); stop rather than panic.
+        if at + 1 + label.len() > 255 {
+            break;
+        }
+        buffer[at] = label.len() as u8;
+        for (slot, byte) in buffer[at + 1..].iter_mut().zip(label) {
+            *slot = byte.to_ascii_lowercase();
+        }
+        at += 1 + label.len();
+    }
+    buffer[at] = 0;
+    buffer[at + 1..at + 3].copy_from_slice(&qtype.to_be_bytes());
+    buffer[at + 3..at + 5].copy_from_slice(&qclass.to_be_bytes());
+    buffer[at + 5] = flags;
+    &buffer[..at + 6]
+}
+
+/// An owned key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireKey(Box<[u8]>);
+
+impl WireKey {
+    pub fn new(bytes: &[u8]) -> Self {
+        Self(bytes.into())
+    }
+}
+
+impl Hash for WireKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(&self.0);
+    }
+}
+
+/// A borrowed key, hashed like `WireKey`, for lookups without an allocation.
+struct KeyRef<'a>(&'a [u8]);
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(self.0);
+    }
+}
+
+impl Equivalent<WireKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &WireKey) -> bool {
+        *self.0 == *key.0
+    }
+}
+
+/// The decision behind a stored answer: what each fast answer's decision record says.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub decision: DecisionKind,
+    pub rule: Option<RuleMatch>,
+    pub action: Option<crate::config::BlockAction>,
+    pub rcode: hickory_proto::op::ResponseCode,
+    pub answer: Option<Arc<str>>,
+    pub ede: Option<u16>,
+    /// `Local` (synthesized) or `Cache`.
+    pub source: AnswerSource,
+}
+
+/// One stored response.
+#[derive(Debug)]
+pub struct WireAnswer {
+    /// The response as first sent; ID and question case are overwritten per query.
+    bytes: Box<[u8]>,
+    /// Offset of the OPT record's CLASS (payload size) field.
+    opt_payload_at: Option<usize>,
+    /// Offset and value of every TTL field counted down by age (none for synthesized answers,
+    /// whose TTL is the configured `blocking.ttl_secs` at any time).
+    ttls: Box<[(usize, u32)]>,
+    stored_at: Instant,
+    /// `None`: valid for the whole generation.
+    expires: Option<Instant>,
+    generation: u64,
+    pub outcome: Outcome,
+}
+
+/// The stored responses; cheap to share. Sharded (`quick_cache`): no global lock.
+#[derive(Debug)]
+pub struct WireCache {
+    entries: quick_cache::sync::Cache<WireKey, Arc<WireAnswer>>,
+}
+
+impl WireCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: quick_cache::sync::Cache::new(capacity),
+        }
+    }
+
+    /// Writes the stored answer to `query` into `out` and returns its length and entry, if one
+    /// is stored for this generation, still fresh, and fits the client's UDP limit.
+    pub fn answer(
+        &self,
+        query: &PlainQuery<'_>,
+        generation: u64,
+        udp_payload_max: u16,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Option<(usize, Arc<WireAnswer>)> {
+        let mut key_buffer = [0u8; KEY_MAX];
+        let key = KeyRef(query.key(&mut key_buffer));
+        let entry = self.entries.get(&key)?;
+        if entry.generation != generation {
+            return None;
+        }
+        if entry.expires.is_some_and(|expires| now >= expires) {
+            self.entries.remove(&key);
+            return None;
+        }
+        // RFC 6891 §7 / RFC 1035 §4.2.1, as the request chain does: the larger answer, with TC,
+        // is its business.
+        let limit = query
+            .edns_payload
+            .map_or(512, |payload| payload.clamp(512, udp_payload_max.max(512)));
+        let bytes = &entry.bytes;
+        if bytes.len() > usize::from(limit) || bytes.len() > out.len() {
+            return None;
+        }
+        let out = &mut out[..bytes.len()];
+        out.copy_from_slice(bytes);
+        out[..2].copy_from_slice(&query.id);
+        out[12..12 + query.qname.len()].copy_from_slice(query.qname);
+        if let Some(at) = entry.opt_payload_at {
+            out[at..at + 2].copy_from_slice(&limit.to_be_bytes());
+        }
+        let age = u32::try_from(now.saturating_duration_since(entry.stored_at).as_secs())
+            .unwrap_or(u32::MAX);
+        for &(at, ttl) in &entry.ttls {
+            out[at..at + 4].copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
+        }
+        Some((bytes.len(), entry))
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.entries.contains_key(&KeyRef(key))
+    }
+
+    /// Stores `response` (as sent) under `key`. `fresh_for`: seconds the answer stays valid
+    /// (its TTLs are then counted down); `None` for synthesized answers. Responses that do not
+    /// walk cleanly are not stored.
+    pub fn store(
+        &self,
+        key: WireKey,
+        response: &[u8],
+        generation: u64,
+        fresh_for: Option<u32>,
+        outcome: Outcome,
+        now: Instant,
+    ) {
+        let Some((opt_payload_at, ttl_fields)) = walk(response) else {
+            return;
+        };
+        let ttls = if fresh_for.is_some() {
+            ttl_fields
+                .into_iter()
+                .map(|at| {
+                    let ttl = u32::from_be_bytes([
+                        response[at],
+                        response[at + 1],
+                        response[at + 2],
+                        response[at + 3],
+                    ]);
+                    (at, ttl)
+                })
+                .collect()
+        } else {
+            Box::default()
+        };
+        let entry = WireAnswer {
+            bytes: response.into(),
+            opt_payload_at,
+            ttls,
+            stored_at: now,
+            expires: fresh_for.map(|secs| now + Duration::from_secs(u64::from(secs))),
+            generation,
+            outcome,
+        };
+        self.entries.insert(key, Arc::new(entry));
+    }
+}
+
+/// Finds the OPT payload field and the TTL fields of every other record in a response.
+fn walk(message: &[u8]) -> Option<(Option<usize>, Vec<usize>)> {
+    let count = |at: usize| usize::from(u16::from_be_bytes([message[at], message[at + 1]]));
+    if message.len() < 12 || count(4) != 1 {
+        return None;
+    }
+    let records = count(6) + count(8) + count(10);
+    let mut at = skip_name(message, 12)? + 4;
+    let mut opt = None;
+    let mut ttls = Vec::with_capacity(records);
+    for _ in 0..records {
+        at = skip_name(message, at)?;
+        let fixed = message.get(at..at + 10)?;
+        let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+        let rdlength = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        if rtype == 41 {
+            opt = Some(at + 2);
+        } else {
+            ttls.push(at + 4);
+        }
+        at += 10 + rdlength;
+    }
+    (at == message.len()).then_some((opt, ttls))
+}
+
+/// The offset after a (possibly compressed) name starting at `at`.
+fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let len = *message.get(at)?;
+        match len {
+            0 => return Some(at + 1),
+            0xc0..=0xff => return message.get(at + 1).map(|_| at + 2),
+            1..=63 => at += 1 + usize::from(len),
+            _ => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(edns: Option<(u16, bool)>) -> Vec<u8> {
+        let mut packet = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        packet.extend_from_slice(b"\x03WwW\x07example\x03com\x00\x00\x01\x00\x01");
+        if let Some((payload, dnssec_ok)) = edns {
+            packet[11] = 1;
+            packet.extend_from_slice(&[0, 0, 41]);
+            packet.extend_from_slice(&payload.to_be_bytes());
+            packet.extend_from_slice(&[0, 0, if dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
+        }
+        packet
+    }
+
+    #[test]
+    fn parses_the_plain_shape_only() {
+        let plain = query(None);
+        let parsed = PlainQuery::parse(&plain).unwrap();
+        assert_eq!(parsed.id, [0x12, 0x34]);
+        assert_eq!(parsed.qname, b"\x03WwW\x07example\x03com\x00");
+        assert_eq!(
+            (parsed.qtype, parsed.qclass, parsed.edns_payload),
+            (1, 1, None)
+        );
+        let edns = query(Some((1232, true)));
+        let parsed = PlainQuery::parse(&edns).unwrap();
+        assert_eq!(parsed.edns_payload, Some(1232));
+        assert_ne!(parsed.flags & FLAG_DO, 0);
+
+        let mut response = plain.clone();
+        response[2] |= 0x80;
+        let mut notify = plain.clone();
+        notify[2] = 4 << 3;
+        let mut two_questions = plain.clone();
+        two_questions[5] = 2;
+        let mut trailing = plain.clone();
+        trailing.push(0);
+        let mut with_option = edns.clone();
+        with_option[edns.len() - 1] = 4;
+        with_option.extend_from_slice(&[0, 10, 0, 0]);
+        let mut version_1 = edns.clone();
+        version_1[edns.len() - 5] = 1;
+        let mut compressed = plain.clone();
+        compressed[12] = 0xc0;
+        for packet in [
+            response,
+            notify,
+            two_questions,
+            trailing,
+            with_option,
+            version_1,
+            compressed,
+        ] {
+            assert!(PlainQuery::parse(&packet).is_none(), "{packet:?}");
+        }
+        assert!(PlainQuery::parse(&plain[..20]).is_none());
+    }
+
+    #[test]
+    fn keys_ignore_case_but_not_flags() {
+        let plain = query(None);
+        let lower = {
+            let mut p = plain.clone();
+            p[13..16].copy_from_slice(b"www");
+            p
+        };
+        let edns = query(Some((1232, false)));
+        let mut a = [0u8; KEY_MAX];
+        let mut b = [0u8; KEY_MAX];
+        let mut c = [0u8; KEY_MAX];
+        let first = PlainQuery::parse(&plain).unwrap();
+        let second = PlainQuery::parse(&lower).unwrap();
+        let third = PlainQuery::parse(&edns).unwrap();
+        assert_eq!(first.key(&mut a), second.key(&mut b));
+        assert_ne!(first.key(&mut a), third.key(&mut c));
+    }
+
+    /// A response to `query(edns)`: one A record (TTL 300) whose owner is a pointer to the
+    /// question, plus the OPT record when asked with EDNS.
+    fn response(request: &[u8], with_opt: bool) -> Vec<u8> {
+        let question_end = 12 + 17 + 4;
+        let mut out = request[..question_end].to_vec();
+        out[2] |= 0x80;
+        out[7] = 1;
+        out[11] = u8::from(with_opt);
+        out.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 192, 0, 2, 1]);
+        if with_opt {
+            out.extend_from_slice(&[0, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0]);
+        }
+        out
+    }
+
+    fn outcome() -> Outcome {
+        Outcome {
+            decision: DecisionKind::Allowed,
+            rule: None,
+            action: None,
+            rcode: hickory_proto::op::ResponseCode::NoError,
+            answer: Some("A 192.0.2.1".into()),
+            ede: None,
+            source: AnswerSource::Cache,
+        }
+    }
+
+    #[test]
+    fn answers_patch_id_case_payload_and_ttl() {
+        let cache = WireCache::new(16);
+        let first = query(Some((4096, false)));
+        let parsed = PlainQuery::parse(&first).unwrap();
+        let mut key = [0u8; KEY_MAX];
+        let now = Instant::now();
+        cache.store(
+            WireKey::new(parsed.key(&mut key)),
+            &response(&first, true),
+            7,
+            Some(100),
+            outcome(),
+            now,
+        );
+
+        let mut second = query(Some((1400, false)));
+        second[0] = 0xab;
+        second[13..16].copy_from_slice(b"wWw");
+        let parsed = PlainQuery::parse(&second).unwrap();
+        let mut out = [0u8; 4096];
+        let later = now + Duration::from_secs(30);
+        let (len, entry) = cache.answer(&parsed, 7, 1232, later, &mut out).unwrap();
+        let answer = &out[..len];
+        assert_eq!(answer[..2], [0xab, 0x34]);
+        assert_eq!(&answer[13..16], b"wWw");
+        // TTL 300 at offset 33 + 6, counted down by 30 s.
+        assert_eq!(answer[39..43], 270u32.to_be_bytes());
+        // OPT payload: the client's 1400, capped at our 1232.
+        assert_eq!(answer[len - 8..len - 6], 1232u16.to_be_bytes());
+        assert_eq!(entry.outcome.answer.as_deref(), Some("A 192.0.2.1"));
+
+        // Another generation, or past the entry's life: not answered here.
+        assert!(cache.answer(&parsed, 8, 1232, later, &mut out).is_none());
+        let expired = now + Duration::from_secs(100);
+        assert!(cache.answer(&parsed, 7, 1232, expired, &mut out).is_none());
+    }
+
+    #[test]
+    fn synthesized_answers_keep_their_ttl_and_oversized_ones_are_declined() {
+        let cache = WireCache::new(16);
+        let request = query(None);
+        let parsed = PlainQuery::parse(&request).unwrap();
+        let mut key = [0u8; KEY_MAX];
+        let now = Instant::now();
+        cache.store(
+            WireKey::new(parsed.key(&mut key)),
+            &response(&request, false),
+            1,
+            None,
+            outcome(),
+            now,
+        );
+        let mut out = [0u8; 4096];
+        let (len, _) = cache
+            .answer(&parsed, 1, 1232, now + Duration::from_secs(5000), &mut out)
+            .unwrap();
+        assert_eq!(out[39..43], 300u32.to_be_bytes());
+        assert_eq!(len, 33 + 16);
+        let mut small = [0u8; 20];
+        assert!(cache.answer(&parsed, 1, 1232, now, &mut small).is_none());
+    }
+
+    #[test]
+    fn walk_rejects_a_damaged_message() {
+        let request = query(None);
+        let good = response(&request, false);
+        assert!(walk(&good).is_some());
+        assert!(walk(&good[..good.len() - 1]).is_none());
+        let mut long = good.clone();
+        long.push(0);
+        assert!(walk(&long).is_none());
+    }
+}
