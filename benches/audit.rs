@@ -176,5 +176,42 @@ fn search_and_summary(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, writer_throughput, search_and_summary);
+/// One query record line as the writer thread makes it: members by hand, chain hash, hex.
+fn record_encoding(c: &mut Criterion) {
+    let records: Vec<DecisionRecord> = (0..1000).map(|i| decision(i, 1000)).collect();
+    let mut group = c.benchmark_group("audit_encoding");
+    group.throughput(Throughput::Elements(1));
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut head = [0u8; 32];
+    let mut index = 0;
+    group.bench_function("query_line", |b| {
+        b.iter(|| {
+            if buf.len() > (1 << 20) - 4096 {
+                buf.clear();
+            }
+            let record = &records[index % records.len()];
+            index += 1;
+            head = audit::segment::encode_line(
+                &mut buf,
+                index as u64,
+                &head,
+                audit::Timestamp::from_system_time(record.time),
+                "f7df2c10dcc75c4b",
+                |out| {
+                    audit::record::write_query_members(out, record, "10.0.0.1:40000");
+                    Ok(())
+                },
+            )
+            .expect("encode");
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    record_encoding,
+    writer_throughput,
+    search_and_summary
+);
 criterion_main!(benches);

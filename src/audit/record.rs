@@ -10,14 +10,12 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use hickory_proto::{
-    op::ResponseCode,
-    rr::{DNSClass, RecordType},
-};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::json;
-use crate::policy::decision::{DecisionKind, DecisionRecord, RuleMatch, Trigger, action_name};
+use crate::policy::decision::{
+    ClassText, DecisionKind, DecisionRecord, RcodeText, RuleMatch, Trigger, TypeText, action_name,
+};
 
 /// A UTC instant with microsecond precision, stored as RFC 3339 with exactly six fractional
 /// digits and `Z` (`2025-01-31T12:00:00.000123Z`). The fixed width makes stored times compare
@@ -316,58 +314,6 @@ fn rule_entry(rule: &RuleMatch) -> RuleEntry {
     }
 }
 
-/// A record type as written in zone files: its mnemonic, or `TYPE<n>` (RFC 3597) when hickory
-/// has none.
-pub struct TypeText(pub RecordType);
-
-impl fmt::Display for TypeText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            RecordType::Unknown(code) => write!(f, "TYPE{code}"),
-            known => f.write_str(known.into()),
-        }
-    }
-}
-
-/// A class mnemonic, or `CLASS<n>` (RFC 3597).
-pub struct ClassText(pub DNSClass);
-
-impl fmt::Display for ClassText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            DNSClass::Unknown(code) => write!(f, "CLASS{code}"),
-            DNSClass::OPT(size) => write!(f, "CLASS{size}"),
-            known => f.write_str(known.into()),
-        }
-    }
-}
-
-/// A response code as `dig` and the IANA registry spell it (`NOERROR`, `NXDOMAIN`, ...), or
-/// `RCODE<n>`.
-pub struct RcodeText(pub ResponseCode);
-
-impl fmt::Display for RcodeText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = match self.0 {
-            ResponseCode::NoError => "NOERROR",
-            ResponseCode::FormErr => "FORMERR",
-            ResponseCode::ServFail => "SERVFAIL",
-            ResponseCode::NXDomain => "NXDOMAIN",
-            ResponseCode::NotImp => "NOTIMP",
-            ResponseCode::Refused => "REFUSED",
-            ResponseCode::YXDomain => "YXDOMAIN",
-            ResponseCode::YXRRSet => "YXRRSET",
-            ResponseCode::NXRRSet => "NXRRSET",
-            ResponseCode::NotAuth => "NOTAUTH",
-            ResponseCode::NotZone => "NOTZONE",
-            ResponseCode::BADVERS => "BADVERS",
-            ResponseCode::BADCOOKIE => "BADCOOKIE",
-            other => return write!(f, "RCODE{}", u16::from(other)),
-        };
-        f.write_str(text)
-    }
-}
-
 /// Appends a query record's members, from `"type":"query"` to `"latency_us"`, by hand: this
 /// runs once per query on the writer thread, which shares the CPU with the server, and serde's
 /// generic path (with a `flatten`) cost about three times as much. The bytes are exactly those
@@ -538,6 +484,11 @@ impl Entry {
 
 #[cfg(test)]
 mod tests {
+    use hickory_proto::{
+        op::ResponseCode,
+        rr::{DNSClass, RecordType},
+    };
+
     use super::*;
 
     #[test]

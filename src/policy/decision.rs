@@ -296,15 +296,15 @@ impl DecisionRecord {
                     client = %self.client,
                     transport = self.transport,
                     qname = %self.qname,
-                    qtype = %self.qtype,
-                    qclass = %self.qclass,
+                    qtype = %TypeText(self.qtype),
+                    qclass = %ClassText(self.qclass),
                     list,
                     rule,
                     file,
                     line,
                     trigger = %trigger,
                     action,
-                    rcode = %self.rcode,
+                    rcode = %RcodeText(self.rcode),
                     answer = self.answer.as_deref().unwrap_or(""),
                     ede,
                     source = %self.source,
@@ -314,6 +314,58 @@ impl DecisionRecord {
             };
         }
         event!(tracing::Level::DEBUG);
+    }
+}
+
+/// A record type as written in zone files: its mnemonic, or `TYPE<n>` (RFC 3597) when hickory
+/// has none.
+pub struct TypeText(pub RecordType);
+
+impl fmt::Display for TypeText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            RecordType::Unknown(code) => write!(f, "TYPE{code}"),
+            known => f.write_str(known.into()),
+        }
+    }
+}
+
+/// A class mnemonic, or `CLASS<n>` (RFC 3597).
+pub struct ClassText(pub DNSClass);
+
+impl fmt::Display for ClassText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            DNSClass::Unknown(code) => write!(f, "CLASS{code}"),
+            DNSClass::OPT(size) => write!(f, "CLASS{size}"),
+            known => f.write_str(known.into()),
+        }
+    }
+}
+
+/// A response code as `dig` and the IANA registry spell it (`NOERROR`, `NXDOMAIN`, ...), or
+/// `RCODE<n>`.
+pub struct RcodeText(pub ResponseCode);
+
+impl fmt::Display for RcodeText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self.0 {
+            ResponseCode::NoError => "NOERROR",
+            ResponseCode::FormErr => "FORMERR",
+            ResponseCode::ServFail => "SERVFAIL",
+            ResponseCode::NXDomain => "NXDOMAIN",
+            ResponseCode::NotImp => "NOTIMP",
+            ResponseCode::Refused => "REFUSED",
+            ResponseCode::YXDomain => "YXDOMAIN",
+            ResponseCode::YXRRSet => "YXRRSET",
+            ResponseCode::NXRRSet => "NXRRSET",
+            ResponseCode::NotAuth => "NOTAUTH",
+            ResponseCode::NotZone => "NOTZONE",
+            ResponseCode::BADVERS => "BADVERS",
+            ResponseCode::BADCOOKIE => "BADCOOKIE",
+            other => return write!(f, "RCODE{}", u16::from(other)),
+        };
+        f.write_str(text)
     }
 }
 
