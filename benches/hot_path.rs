@@ -115,5 +115,73 @@ fn cache(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decide, cache);
+/// The UDP fast path's replay: parse the query, find the stored response, copy it and patch ID,
+/// question case, payload size and TTLs.
+fn wire_replay(c: &mut Criterion) {
+    use dnsward::{
+        policy::decision::{AnswerSource, DecisionKind},
+        server::fastpath::{Outcome, PlainQuery, WireCache, WireKey, request_flags, write_key},
+    };
+    let cache = WireCache::new(100_000);
+    let now = Instant::now();
+    let queries: Vec<Vec<u8>> = (0..10_000)
+        .map(|i| {
+            let name = Name::from_str(&format!("www{i}.example.com.")).expect("valid name");
+            let mut query = Message::new(7, MessageType::Query, OpCode::Query);
+            query.metadata.recursion_desired = true;
+            query.add_query(hickory_proto::op::Query::query(name.clone(), RecordType::A));
+            let mut edns = hickory_proto::op::Edns::new();
+            edns.set_max_payload(1232);
+            query.set_edns(edns.clone());
+            let mut response = query.clone();
+            response.metadata.message_type = MessageType::Response;
+            response.add_answer(Record::from_rdata(
+                name.clone(),
+                300,
+                RData::A(A::new(192, 0, 2, 1)),
+            ));
+            let mut key = [0u8; 260];
+            let key = write_key(
+                name.iter(),
+                1,
+                1,
+                request_flags(true, false, false, true, false),
+                &mut key,
+            );
+            cache.store(
+                WireKey::new(key),
+                &response.to_vec().expect("encodes"),
+                1,
+                Some(300),
+                Outcome {
+                    decision: DecisionKind::Allowed,
+                    rule: None,
+                    action: None,
+                    rcode: hickory_proto::op::ResponseCode::NoError,
+                    answer: Some(Arc::from("A 192.0.2.1")),
+                    ede: None,
+                    source: AnswerSource::Cache,
+                },
+                now,
+            );
+            query.to_vec().expect("encodes")
+        })
+        .collect();
+    let mut out = vec![0u8; 4096];
+    let mut index = 0;
+    c.bench_function("wire_replay", |b| {
+        b.iter(|| {
+            index = (index + 7) % queries.len();
+            let query = PlainQuery::parse(&queries[index]).expect("plain");
+            black_box(
+                cache
+                    .answer(&query, 1, 1232, now, &mut out)
+                    .expect("stored")
+                    .0,
+            )
+        })
+    });
+}
+
+criterion_group!(benches, decide, cache, wire_replay);
 criterion_main!(benches);

@@ -2,7 +2,7 @@
 //! [`handler::Handler`] until shutdown.
 
 pub mod acl;
-mod fastpath;
+pub mod fastpath;
 pub mod handler;
 pub mod sinkhole;
 mod udp;
