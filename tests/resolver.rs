@@ -297,7 +297,7 @@ fn log_only_answers_normally_and_records_the_decision() {
         "rule=\"watch.test\"",
         "file=\"watch.txt\"",
         "line=1",
-        "rcode=No Error",
+        "rcode=NOERROR",
     ] {
         assert!(line.contains(field), "missing {field} in {line}");
     }

@@ -4,6 +4,7 @@
 pub mod acl;
 pub mod fastpath;
 pub mod handler;
+mod mmsg;
 pub mod sinkhole;
 mod udp;
 

@@ -11,6 +11,7 @@
 use std::{
     future::Future,
     net::SocketAddr,
+    os::fd::AsRawFd,
     sync::{Arc, atomic::Ordering},
     task::{Context, Poll, Waker},
 };
@@ -25,73 +26,113 @@ use hickory_server::{
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
     zone_handler::MessageResponse,
 };
-use tokio::net::UdpSocket;
+use tokio::{io::Interest, net::UdpSocket};
 use tokio_util::sync::CancellationToken;
 
-use super::{Handler, fastpath::PlainQuery};
+use super::{
+    Handler,
+    fastpath::PlainQuery,
+    mmsg::{RecvBatch, SendBatch},
+};
 
 /// Largest datagram we read: anything longer is not a DNS query we would answer anyway.
 const MAX_QUERY: usize = 4096;
 
-/// Receives on `socket` until `shutdown`, answering each query.
+/// Receives on `socket` until `shutdown`, answering each query. Datagrams are read and fast
+/// answers sent in batches (`mmsg`); the rest go through the request chain one by one.
 pub async fn serve(socket: Arc<UdpSocket>, handler: Arc<Handler>, shutdown: CancellationToken) {
-    let mut buffer = vec![0u8; MAX_QUERY];
-    let mut answer = vec![0u8; MAX_QUERY];
+    let fd = socket.as_raw_fd();
+    let mut received = RecvBatch::new(MAX_QUERY);
+    let mut answers = SendBatch::new(MAX_QUERY);
+    let mut scratch = vec![0u8; MAX_QUERY];
     loop {
-        let (length, source) = tokio::select! {
-            received = socket.recv_from(&mut buffer) => match received {
-                Ok(received) => received,
-                Err(error) => {
-                    // ICMP errors from earlier sends surface here on some systems; not fatal.
-                    tracing::debug!(%error, "udp receive error");
-                    continue;
+        tokio::select! {
+            ready = socket.readable() => {
+                if let Err(error) = ready {
+                    tracing::warn!(%error, "udp socket failed");
+                    return;
                 }
-            },
+            }
             () = shutdown.cancelled() => return,
-        };
-        // Answering to port 0 or an unspecified address is impossible (and a spoofing sign).
-        if source.port() == 0 || source.ip().is_unspecified() {
-            continue;
         }
-        let packet = &buffer[..length];
-        if let Some(query) = PlainQuery::parse(packet) {
-            let sent = handler.answer_fast(&query, source, &mut answer, |bytes| {
-                socket.try_send_to(bytes, source).is_ok()
-            });
-            if sent {
-                continue;
-            }
-        }
-        let request = match Request::from_bytes(packet.to_vec(), source, Protocol::Udp) {
-            Ok(request) => request,
+        // One batch per wake-up, then back to `readable`, whose cooperative budget makes a
+        // busy socket yield to spawned queries now and then. `try_io` re-arms readiness when
+        // the kernel says WouldBlock.
+        let count = match socket.try_io(Interest::READABLE, || received.recv(fd)) {
+            Ok(count) => count,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(error) => {
-                handler.counters().malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%error, %source, "malformed query");
-                answer_formerr(&socket, packet, source);
+                // ICMP errors from earlier sends surface here on some systems; not fatal.
+                tracing::debug!(%error, "udp receive error");
                 continue;
             }
         };
-        if request.metadata.message_type == MessageType::Response {
-            // Never answer a response: that is how reflection loops start.
+        for index in 0..count {
+            let (packet, source) = received.datagram(index);
+            let Some(source) = source else { continue };
+            answer(
+                &socket,
+                &handler,
+                packet,
+                source,
+                &mut scratch,
+                &mut answers,
+            );
+        }
+        let lost = answers.flush(fd);
+        if lost > 0 {
+            tracing::debug!(lost, "udp answers could not be sent");
+        }
+    }
+}
+
+/// One datagram: the fast path, or the request chain.
+fn answer(
+    socket: &Arc<UdpSocket>,
+    handler: &Arc<Handler>,
+    packet: &[u8],
+    source: SocketAddr,
+    scratch: &mut [u8],
+    answers: &mut SendBatch,
+) {
+    // Answering to port 0 or an unspecified address is impossible (and a spoofing sign).
+    if source.port() == 0 || source.ip().is_unspecified() {
+        return;
+    }
+    if let Some(query) = PlainQuery::parse(packet)
+        && handler.answer_fast(&query, source, scratch, |bytes| answers.push(bytes, source))
+    {
+        return;
+    }
+    let request = match Request::from_bytes(packet.to_vec(), source, Protocol::Udp) {
+        Ok(request) => request,
+        Err(error) => {
             handler.counters().malformed.fetch_add(1, Ordering::Relaxed);
-            continue;
+            tracing::debug!(%error, %source, "malformed query");
+            answer_formerr(socket, packet, source);
+            return;
         }
-        let responder = Responder {
-            socket: socket.clone(),
-            destination: source,
-        };
-        let handler = handler.clone();
-        let mut query = Box::pin(async move {
-            handler
-                .handle_request::<_, TokioTime>(&request, responder)
-                .await;
-        });
-        // Poll once here: cache hits and blocks finish without ever being scheduled. A query
-        // that must wait is handed to the runtime, which polls it again with a real waker.
-        let mut context = Context::from_waker(Waker::noop());
-        if query.as_mut().poll(&mut context) == Poll::Pending {
-            tokio::spawn(query);
-        }
+    };
+    if request.metadata.message_type == MessageType::Response {
+        // Never answer a response: that is how reflection loops start.
+        handler.counters().malformed.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let responder = Responder {
+        socket: socket.clone(),
+        destination: source,
+    };
+    let handler = handler.clone();
+    let mut query = Box::pin(async move {
+        handler
+            .handle_request::<_, TokioTime>(&request, responder)
+            .await;
+    });
+    // Poll once here: cache hits and blocks finish without ever being scheduled. A query that
+    // must wait is handed to the runtime, which polls it again with a real waker.
+    let mut context = Context::from_waker(Waker::noop());
+    if query.as_mut().poll(&mut context) == Poll::Pending {
+        tokio::spawn(query);
     }
 }
 
