@@ -9,6 +9,9 @@
 //! [`bogus_reason`]), negative answers back into messages, forwarding chosen zones
 //! (`[[forward.zone]]`) instead of recursing, and one deadline for the whole resolution.
 //!
+//! Which authoritative server to ask next when one is lame (REFUSED) or dead (silent), and
+//! remembering dead ones, is `servers`: a connection provider under hickory's name server pools.
+//!
 //! It does not apply policy or cache final answers (the handler and `cache` do).
 
 use std::{
@@ -29,13 +32,16 @@ use hickory_proto::{
     serialize::txt::Parser,
 };
 use hickory_resolver::{
-    net::{DnsError, NetError, NoRecords, runtime::TokioRuntimeProvider},
+    net::{DnsError, NetError, NoRecords},
     recursor::{DnssecConfig, DnssecPolicy, RecursorError, RecursorOptions},
 };
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::upstream::{UpstreamError, UpstreamQuery, Upstreams};
+use super::{
+    servers::{self, GuardedProvider},
+    upstream::{UpstreamError, UpstreamQuery, Upstreams},
+};
 use crate::config::ForwardConfig;
 
 /// The IANA root hints (named.root), used when `recursion.root_hints` is not set.
@@ -61,6 +67,11 @@ pub struct RecursionSettings {
     /// Default 10 000: long enough for a dead server's timeout plus retries elsewhere, short
     /// enough that a client retrying is not left waiting for ever.
     pub timeout_ms: u64,
+    /// How long one authoritative server gets to answer one query (or accept a TCP connection)
+    /// before the zone's next server is asked, in milliseconds. Default 1 000: above
+    /// intercontinental round trips with TCP setup, well below hickory's 5 s for the whole pool,
+    /// so a dead server costs one second, not the question (see `servers`).
+    pub server_timeout_ms: u64,
     /// Maximum referral depth (and CNAME/NS sub-resolution depth), hickory's
     /// `recursion_limit`/`ns_recursion_limit`. Default 24. Bounds delegation loops. (The total
     /// work per question is further capped by hickory at 200 outgoing queries.)
@@ -91,6 +102,7 @@ impl Default for RecursionSettings {
             trust_anchor: None,
             dnssec_validation: true,
             timeout_ms: 10_000,
+            server_timeout_ms: 1_000,
             max_depth: 24,
             deny_servers: None,
             allow_servers: Vec::new(),
@@ -184,7 +196,7 @@ const RESOLVE_ATTEMPTS: u32 = 4;
 
 /// The recursive resolver: hickory's recursor plus forward zones.
 pub struct Recursor {
-    inner: hickory_resolver::recursor::Recursor<TokioRuntimeProvider>,
+    inner: hickory_resolver::recursor::Recursor<GuardedProvider>,
     /// Sorted longest name first, so the most specific zone wins.
     forward_zones: Vec<(Name, Upstreams)>,
     validating: bool,
@@ -283,7 +295,7 @@ impl Recursor {
             dnssec_policy,
             None,
             options,
-            TokioRuntimeProvider::default(),
+            GuardedProvider::new(Duration::from_millis(settings.server_timeout_ms.max(1))),
         )
         .map_err(RecursionError::Setup)?;
 
@@ -323,12 +335,9 @@ impl Recursor {
 
     /// Runs hickory's recursor under the one deadline, again after a server failure.
     ///
-    /// Why again: hickory 0.26.3's name server pool gives up on the first REFUSED or SERVFAIL
-    /// (a lame server) instead of trying the zone's other servers, and its end-to-end deadline
-    /// equals the per-server timeout, so a dead first server uses it all. A timeout does lower
-    /// the dead server's rank (SRTT penalty), so the next attempt asks another server first; a
-    /// REFUSED does not, so a lame delegation resolves only when the retry happens to pick the
-    /// other server (see the report on issue 6).
+    /// Lame and dead servers are passed over inside one attempt (see `servers`); a further
+    /// attempt is for a zone whose every server failed once, e.g. a single server that lost one
+    /// packet, which one timeout does not hold down.
     async fn resolve_with_retries(
         &self,
         question: &Query,
@@ -549,6 +558,7 @@ fn is_server_failure(error: &RecursorError) -> bool {
         other => {
             let text = other.to_string();
             text.contains("timed out")
+                || text.contains(servers::REJECTION)
                 || text.contains("Query Refused")
                 || text.contains("Server Failure")
                 || text.contains("error response")
