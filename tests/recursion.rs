@@ -454,6 +454,31 @@ fn expired_signature_is_servfail_with_ede_7() {
     }
 }
 
+/// `ward.` has a DS for `nokey.ward.`, but no key in `nokey.ward.`'s DNSKEY RRset matches it.
+#[test]
+fn dnskey_missing_is_servfail_with_ede_9() {
+    let lease = Hierarchy::lease();
+    let dnsward = recursive_dnsward(&lease, "");
+    for transport in BOTH {
+        for (name, qtype) in [
+            ("www.nokey.ward.", RecordType::A),
+            ("nope.nokey.ward.", RecordType::A),
+            ("nokey.ward.", RecordType::DNSKEY),
+        ] {
+            let reply = query(dnsward.addr, transport, name, qtype, &dnssec());
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::ServFail,
+                "{name} {qtype}: {reply}"
+            );
+            assert!(reply.answers.is_empty(), "{reply}");
+            let (code, text) = ede(&reply).unwrap_or_default();
+            assert_eq!(code, 9, "{name} {qtype}: {reply}");
+            assert!(text.contains("nokey.ward"), "{text}");
+        }
+    }
+}
+
 #[test]
 fn insecure_delegation_answers_without_ad() {
     let lease = Hierarchy::lease();
@@ -697,6 +722,7 @@ fn differential_against_unbound() {
         "www.bogus.ward.",
         "ok.bogus.ward.",
         "www.expired.ward.",
+        "www.nokey.ward.",
         "insecure.ward.",
         "www.insecure.ward.",
         "alias.insecure.ward.",
