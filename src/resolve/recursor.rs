@@ -6,8 +6,9 @@
 //! `Proof` (Secure, Insecure, Bogus, Indeterminate) but neither sets AD nor says *why* a record is
 //! bogus. This module owns what it lacks: the settings, turning proofs into the AD bit and
 //! SERVFAIL, an RFC 8914 code for the reason (9 when the parent's DS names no key of the zone,
-//! else from the RRSIGs in the response, see [`bogus_reason`]), negative answers back into messages, forwarding chosen zones
-//! (`[[forward.zone]]`) instead of recursing, and one deadline for the whole resolution.
+//! else from the RRSIGs in the response, see [`bogus_reason`]), negative answers back into
+//! messages, forwarding chosen zones (`[[forward.zone]]`) instead of recursing, and one deadline
+//! for the whole resolution.
 //!
 //! Which authoritative server to ask next when one is lame (REFUSED) or dead (silent), and
 //! remembering dead ones, is `servers`: a connection provider under hickory's name server pools.
@@ -453,8 +454,8 @@ impl Recursor {
 
     /// RFC 8914 code 9 "DNSKEY Missing" for a bogus answer: the zone that signed it (the RRSIGs'
     /// signer) has a secure DS RRset in its parent, but no key in the zone's DNSKEY RRset (or no
-    /// DNSKEY RRset at all) is the one a DS names. hickory's validator knows this but only logs
-    /// it, so the DS and DNSKEY RRsets are looked up again (both are in its cache by now).
+    /// DNSKEY RRset at all) is the one a DS names. hickory's validator does not say why it failed,
+    /// so the DS and DNSKEY RRsets are looked up again (both are in its caches by now).
     /// `None` when the chain of trust is intact or could not be checked.
     async fn missing_dnskey(
         &self,
