@@ -12,6 +12,7 @@
 //!
 //! Which authoritative server to ask next when one is lame (REFUSED) or dead (silent), and
 //! remembering dead ones, is `servers`: a connection provider under hickory's name server pools.
+//! Fetching a new signed zone's DS and DNSKEY RRsets early, in parallel, is `prefetch`.
 //!
 //! It does not apply policy or cache final answers (the handler and `cache` do).
 
@@ -40,6 +41,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{
+    prefetch,
     servers::{self, GuardedProvider},
     upstream::{UpstreamError, UpstreamQuery, Upstreams},
 };
@@ -197,7 +199,7 @@ const RESOLVE_ATTEMPTS: u32 = 4;
 
 /// The recursive resolver: hickory's recursor plus forward zones.
 pub struct Recursor {
-    inner: hickory_resolver::recursor::Recursor<GuardedProvider>,
+    inner: Arc<hickory_resolver::recursor::Recursor<GuardedProvider>>,
     /// Sorted longest name first, so the most specific zone wins.
     forward_zones: Vec<(Name, Upstreams)>,
     validating: bool,
@@ -291,14 +293,28 @@ impl Recursor {
         if let Some(deny) = &settings.deny_servers {
             options.deny_server = deny.clone();
         }
-        let inner = hickory_resolver::recursor::Recursor::new(
-            &roots,
-            dnssec_policy,
-            None,
-            options,
-            GuardedProvider::new(Duration::from_millis(settings.server_timeout_ms.max(1))),
-        )
-        .map_err(RecursionError::Setup)?;
+        let (delegations, prefetch_queue) = prefetch::queue();
+        let server_timeout = Duration::from_millis(settings.server_timeout_ms.max(1));
+        let inner = Arc::new(
+            hickory_resolver::recursor::Recursor::new(
+                &roots,
+                dnssec_policy,
+                None,
+                options,
+                GuardedProvider::new(
+                    server_timeout,
+                    settings.dnssec_validation.then_some(delegations),
+                ),
+            )
+            .map_err(RecursionError::Setup)?,
+        );
+        if settings.dnssec_validation {
+            prefetch::spawn(
+                &inner,
+                prefetch_queue,
+                Duration::from_millis(settings.timeout_ms),
+            );
+        }
 
         let mut forward_zones = Vec::with_capacity(zones.len());
         for zone in zones {

@@ -23,6 +23,8 @@
 //!   so one lost packet cannot make a single-server zone fail for seconds; the SRTT penalty
 //!   already moves it to the back of its pool.
 //!
+//! It also reports referrals to signed zones (a DS RRset next to the NS RRset) to `prefetch`.
+//!
 //! Lameness (REFUSED) is per zone, not per address, so it is not held down here: the server may
 //! serve other zones, and the SRTT penalty already puts it last. Everything else (iteration,
 //! caching, DNSSEC validation) stays hickory's.
@@ -42,12 +44,16 @@ use futures_util::{
     StreamExt,
     stream::{self, BoxStream},
 };
-use hickory_proto::op::{DnsRequest, DnsResponse, ResponseCode};
+use hickory_proto::{
+    op::{DnsRequest, DnsResponse, Message, ResponseCode},
+    rr::{Name, RecordType},
+};
 use hickory_resolver::{
     ConnectionProvider, PoolContext,
     config::ConnectionConfig,
     net::{NetError, runtime::TokioRuntimeProvider, xfer::DnsHandle},
 };
+use tokio::sync::mpsc;
 
 /// Consecutive timeouts (or refused connections) before an address is held down.
 pub const HOLD_AFTER: u32 = 2;
@@ -126,6 +132,7 @@ pub struct GuardedProvider {
     runtime: TokioRuntimeProvider,
     health: Arc<ServerHealth>,
     timeout: Duration,
+    delegations: Option<mpsc::Sender<Name>>,
 }
 
 impl fmt::Debug for GuardedProvider {
@@ -139,11 +146,13 @@ impl fmt::Debug for GuardedProvider {
 
 impl GuardedProvider {
     /// `timeout`: how long one server gets to answer one query (or accept a connection).
-    pub fn new(timeout: Duration) -> Self {
+    /// `delegations`: where to report signed delegations seen in referrals, if anywhere.
+    pub fn new(timeout: Duration, delegations: Option<mpsc::Sender<Name>>) -> Self {
         Self {
             runtime: TokioRuntimeProvider::default(),
             health: Arc::new(ServerHealth::default()),
             timeout,
+            delegations,
         }
     }
 }
@@ -168,6 +177,7 @@ impl ConnectionProvider for GuardedProvider {
         let connecting = self.runtime.new_connection(ip, config, cx)?;
         let health = self.health.clone();
         let timeout = self.timeout;
+        let delegations = self.delegations.clone();
         Ok(Box::pin(async move {
             match tokio::time::timeout(timeout, connecting).await {
                 Ok(Ok(inner)) => Ok(GuardedConnection {
@@ -175,6 +185,7 @@ impl ConnectionProvider for GuardedProvider {
                     server: ip,
                     health,
                     timeout,
+                    delegations,
                 }),
                 Ok(Err(error)) => {
                     note_failure(&health, ip, &error);
@@ -207,6 +218,7 @@ pub struct GuardedConnection {
     server: IpAddr,
     health: Arc<ServerHealth>,
     timeout: Duration,
+    delegations: Option<mpsc::Sender<Name>>,
 }
 
 impl GuardedConnection {
@@ -236,7 +248,15 @@ impl GuardedConnection {
                             code,
                         }))))
                     }
-                    _ => Ok(response),
+                    _ => {
+                        if let Some(delegations) = &self.delegations
+                            && let Some(zone) = signed_delegation(&response)
+                        {
+                            // Full queue: the validator fetches the RRsets itself, as before.
+                            let _ = delegations.try_send(zone);
+                        }
+                        Ok(response)
+                    }
                 }
             }
             Err(error) => {
@@ -247,6 +267,22 @@ impl GuardedConnection {
             }
         }
     }
+}
+
+/// The child zone a referral delegates to, when the referral also carries the child's DS RRset.
+fn signed_delegation(response: &Message) -> Option<Name> {
+    if !response.answers.is_empty() || response.metadata.response_code != ResponseCode::NoError {
+        return None;
+    }
+    let ds = response
+        .authorities
+        .iter()
+        .find(|record| record.record_type() == RecordType::DS)?;
+    response
+        .authorities
+        .iter()
+        .any(|record| record.record_type() == RecordType::NS && record.name == ds.name)
+        .then(|| ds.name.clone())
 }
 
 impl DnsHandle for GuardedConnection {
@@ -300,6 +336,47 @@ mod tests {
         health.answered(SERVER);
         assert_eq!(health.held(SERVER, now), None);
         assert_eq!(health.failed(SERVER, now), None);
+    }
+
+    fn referral(with_ds: bool) -> Message {
+        use hickory_proto::{
+            dnssec::{
+                Algorithm, DigestType,
+                rdata::{DNSSECRData, DS},
+            },
+            op::{MessageType, OpCode},
+            rr::{RData, Record, rdata::NS},
+        };
+        let child: Name = "child.ward.".parse().unwrap();
+        let mut message = Message::new(1, MessageType::Response, OpCode::Query);
+        message.authorities.push(Record::from_rdata(
+            child.clone(),
+            3600,
+            RData::NS(NS("ns.child.ward.".parse().unwrap())),
+        ));
+        if with_ds {
+            let ds = DS::new(
+                1,
+                Algorithm::ECDSAP256SHA256,
+                DigestType::SHA256,
+                vec![0; 32],
+            );
+            message.authorities.push(Record::from_rdata(
+                child,
+                3600,
+                RData::DNSSEC(DNSSECRData::DS(ds)),
+            ));
+        }
+        message
+    }
+
+    #[test]
+    fn only_a_referral_with_a_ds_is_a_signed_delegation() {
+        assert_eq!(
+            signed_delegation(&referral(true)),
+            Some("child.ward.".parse().unwrap())
+        );
+        assert_eq!(signed_delegation(&referral(false)), None);
     }
 
     #[test]
