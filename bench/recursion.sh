@@ -12,8 +12,8 @@
 #   chain included (root DNSKEY, ward. DS/DNSKEY, the zone's DS/DNSKEY, the answer);
 # - cold zones: on a freshly started resolver, one question per bench zone, one at a time
 #   (www.c001.ward. ... A): root and ward. are cached after the first, each zone is new
-#   (delegation, DS, DNSKEY, answer), which is what a resolver meets on the internet; median and
-#   p99 of the per-question latency;
+#   (delegation, DS, DNSKEY, answer), which is what a resolver meets on the internet; REPS
+#   rounds on fresh processes, median and p99 of all the per-question latencies;
 # - warm: dnsperf on the same query file (positive, CNAME, NXDOMAIN and NODATA answers in every
 #   bench zone and the test zones), after one warm-up pass: QPS and mean latency at saturation
 #   (-c CLIENTS), p50/p99 from a run rate-limited to RATE QPS with -v; REPS repetitions,
@@ -341,7 +341,16 @@ stats() {
             printf "%.2f %.2f %.2f %d %d\n", m, v[i], v[NR], NR, ad}' <<<"$sorted"
 }
 
+# others_load: load average and the busiest processes this script did not start (a neighbour
+# on the shared cores makes every figure noisy, so the report says what else ran).
+others_load() {
+    echo "loadavg $(cut -d' ' -f1-3 /proc/loadavg); $(ps -eo pid=,pcpu=,comm= --sort=-pcpu \
+        | awk -v mine=" ${PIDS[*]} " 'index(mine, " " $1 " ") == 0 && $3 != "ps"' \
+        | head -3 | awk '{printf "%s %s%%, ", $3, $2}')"
+}
+
 wait_no_dnsperf
+LOAD_START="$(others_load)"
 
 # ---------------------------------------------------------------- cold, first query
 # Round-robin so that drift hits both alike: restart r asks each resolver about zone r.
@@ -357,12 +366,29 @@ for ((r = 1; r <= RESTARTS; r++)); do
 done
 
 # ---------------------------------------------------------------- cold zones
+# REPS rounds, round-robin, each on a fresh process (so the same zones are new again); the
+# statistics are over all rounds' questions, which evens out a neighbour's bursts.
 for z in "${BENCH_ZONES[@]}"; do printf 'www.%s A\n' "$z"; done >"$RUN_DIR/zones.q"
-for name in "${SERVERS[@]}"; do
-    log "cold zones: $name, $ZONES zones one at a time on a fresh process"
-    start "$name"
-    timed "${PORT[$name]}" "$RUN_DIR/zones.q" >"$RUN_DIR/$name.zones"
+declare -A ZONE_TICKS
+for name in "${SERVERS[@]}"; do : >"$RUN_DIR/$name.zones"; ZONE_TICKS[$name]=0; done
+for ((r = 1; r <= REPS; r++)); do
+    for name in "${SERVERS[@]}"; do
+        log "cold zones, round $r: $name, $ZONES zones one at a time on a fresh process"
+        start "$name"
+        c0="$(cpu_ticks "${PID[$name]}")"
+        timed "${PORT[$name]}" "$RUN_DIR/zones.q" >>"$RUN_DIR/$name.zones"
+        c1="$(cpu_ticks "${PID[$name]}")"
+        ZONE_TICKS[$name]=$((ZONE_TICKS[$name] + c1 - c0))
+        stop "$name"
+    done
 done
+# resolver CPU time per cold-zone question (utime+stime of all its threads), in ms
+declare -A ZONE_CPU
+for name in "${SERVERS[@]}"; do
+    ZONE_CPU[$name]="$(awk -v t="${ZONE_TICKS[$name]}" -v hz="$(getconf CLK_TCK)" -v n=$((ZONES * REPS)) \
+        'BEGIN{printf "%.3f", t / hz * 1000 / n}')"
+done
+for name in "${SERVERS[@]}"; do start "$name"; done
 
 # ---------------------------------------------------------------- warm
 QUERIES="$RUN_DIR/warm.q"
@@ -427,9 +453,10 @@ TABLE="$RUN_DIR/table.md"
     printf '| warm mean latency at saturation (ms) | %s | %s | %s | |\n' "${MEAN[dnsward]}" "${MEAN[unbound]}" "$(ratio "${MEAN[dnsward]}" "${MEAN[unbound]}")"
     printf '| warm p50 / p99 at %s QPS (ms) | %s / %s | %s / %s | p99 %s | |\n' "$RATE" "${P50[dnsward]}" "${P99[dnsward]}" "${P50[unbound]}" "${P99[unbound]}" "$(ratio "${P99[dnsward]}" "${P99[unbound]}")"
     d="$(field "${ZSTAT[dnsward]}" 1)"; u="$(field "${ZSTAT[unbound]}" 1)"
-    printf '| cold zones: median latency, %d new zones one at a time (ms) | %s | %s | %s | <= 1.5x: %s |\n' "$ZONES" "$d" "$u" "$(ratio "$d" "$u")" "$(verdict "$d" "$u" le 1.5)"
+    printf '| cold zones: median latency, %d new zones one at a time, %d rounds (ms) | %s | %s | %s | <= 1.5x: %s |\n' "$ZONES" "$REPS" "$d" "$u" "$(ratio "$d" "$u")" "$(verdict "$d" "$u" le 1.5)"
     d="$(field "${ZSTAT[dnsward]}" 2)"; u="$(field "${ZSTAT[unbound]}" 2)"
     printf '| cold zones: p99 latency (ms) | %s | %s | %s | <= 1.5x: %s |\n' "$d" "$u" "$(ratio "$d" "$u")" "$(verdict "$d" "$u" le 1.5)"
+    printf '| cold zones: resolver CPU time per question (ms) | %s | %s | %s | |\n' "${ZONE_CPU[dnsward]}" "${ZONE_CPU[unbound]}" "$(ratio "${ZONE_CPU[dnsward]}" "${ZONE_CPU[unbound]}")"
     d="$(field "${FIRST[dnsward]}" 1)"; u="$(field "${FIRST[unbound]}" 1)"
     printf '| cold start: first question from the root hints, median of %d restarts (ms) | %s | %s | %s | <= 1.5x: %s |\n' "$RESTARTS" "$d" "$u" "$(ratio "$d" "$u")" "$(verdict "$d" "$u" le 1.5)"
     printf '| cold start: slowest of the %d (ms) | %s | %s | %s | |\n' "$RESTARTS" "$(field "${FIRST[dnsward]}" 3)" "$(field "${FIRST[unbound]}" 3)" "$(ratio "$(field "${FIRST[dnsward]}" 3)" "$(field "${FIRST[unbound]}" 3)")"
@@ -439,10 +466,10 @@ TABLE="$RUN_DIR/table.md"
     echo "# dnsward recursion benchmark, $STAMP"
     echo
     echo "- machine: $(machine_line)"
-    echo "- other load at the end (not started by this script; a busy neighbour makes figures noisy): loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- other load (not started by this script; a busy neighbour makes figures noisy): at the start $LOAD_START at the end $(others_load)"
     echo "- servers: dnsward = ${VERSION[dnsward]}, recursive mode, validating, shipped defaults but deny_servers = []; Unbound = ${VERSION[unbound]}, validator + iterator, qname-minimisation, $THREADS threads, 64m/128m caches; same root hints (127.0.53.1) and root KSK"
     echo "- hierarchy: nsd on 127.0.53.{1,2,3,10,11}:53, signed with ldns-signzone (ECDSA P-256): root, ward., lab., $ZONES bench zones c001-c$(printf '%03d' "$ZONES").ward. and the test zones good.ward., nsec3.ward. (NSEC3), insecure.ward. (unsigned), ok.lab., glueless.ward., hosting.lab."
-    echo "- cold start: $RESTARTS times per resolver (round-robin), a fresh process asked one question (www.cNNN.ward. A, DO=1, a different zone each time) from a Python UDP client; cold zones: a fresh process asked www.cNNN.ward. A for all $ZONES zones one at a time (root and ward. cached after the first); latency = send to answer in the client"
+    echo "- cold start: $RESTARTS times per resolver (round-robin), a fresh process asked one question (www.cNNN.ward. A, DO=1, a different zone each time) from a Python UDP client; cold zones: $REPS rounds (round-robin) of a fresh process asked www.cNNN.ward. A for all $ZONES zones one at a time (root and ward. cached after the first); latency = send to answer in the client"
     echo "- warm: $(wc -l <"$QUERIES") distinct questions (A, AAAA, MX, TXT; positive, CNAME, NXDOMAIN, NODATA; no DO bit), one dnsperf pass to warm up, then $REPS round-robin repetitions of dnsperf $(dnsperf -h 2>&1 | awk '/^Version/{print $2}') -c $CLIENTS -T $THREADS -l $DURATION (QPS, mean latency) and of -Q $RATE -v (p50/p99 of the per-answer latencies); medians of the repetitions. dnsperf runs on the same 2 cores as the resolver."
     echo
     cat "$TABLE"
