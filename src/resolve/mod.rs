@@ -1,6 +1,8 @@
-//! Getting answers for allowed questions: forwarding to upstreams (recursion comes later).
+//! Getting answers for allowed questions: forwarding to upstreams, or recursion from the root.
 
+pub mod prefetch;
 pub mod recursor;
+pub mod servers;
 pub mod upstream;
 
 pub use recursor::{ForwardZone, RecursionError, RecursionSettings, RecursiveAnswer, Recursor};

@@ -5,9 +5,14 @@
 //! caches) is hickory-resolver's `Recursor`; its DNSSEC validator marks every record with a
 //! `Proof` (Secure, Insecure, Bogus, Indeterminate) but neither sets AD nor says *why* a record is
 //! bogus. This module owns what it lacks: the settings, turning proofs into the AD bit and
-//! SERVFAIL, an RFC 8914 code for the reason (from the RRSIGs in the response, see
-//! [`bogus_reason`]), negative answers back into messages, forwarding chosen zones
-//! (`[[forward.zone]]`) instead of recursing, and one deadline for the whole resolution.
+//! SERVFAIL, an RFC 8914 code for the reason (9 when the parent's DS names no key of the zone,
+//! else from the RRSIGs in the response, see [`bogus_reason`]), negative answers back into
+//! messages, forwarding chosen zones (`[[forward.zone]]`) instead of recursing, and one deadline
+//! for the whole resolution.
+//!
+//! Which authoritative server to ask next when one is lame (REFUSED) or dead (silent), and
+//! remembering dead ones, is `servers`: a connection provider under hickory's name server pools.
+//! Fetching a new signed zone's DS and DNSKEY RRsets early, in parallel, is `prefetch`.
 //!
 //! It does not apply policy or cache final answers (the handler and `cache` do).
 
@@ -22,20 +27,24 @@ use std::{
 use hickory_proto::{
     dnssec::{
         Proof, TrustAnchors,
-        rdata::{DNSSECRData, RRSIG},
+        rdata::{DNSKEY, DNSSECRData, DS, RRSIG},
     },
     op::{Message, MessageType, OpCode, Query, ResponseCode},
     rr::{DNSClass, Name, RData, Record, RecordType},
     serialize::txt::Parser,
 };
 use hickory_resolver::{
-    net::{DnsError, NetError, NoRecords, runtime::TokioRuntimeProvider},
+    net::{DnsError, NetError, NoRecords},
     recursor::{DnssecConfig, DnssecPolicy, RecursorError, RecursorOptions},
 };
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::upstream::{UpstreamError, UpstreamQuery, Upstreams};
+use super::{
+    prefetch,
+    servers::{self, GuardedProvider},
+    upstream::{UpstreamError, UpstreamQuery, Upstreams},
+};
 use crate::config::ForwardConfig;
 
 /// The IANA root hints (named.root), used when `recursion.root_hints` is not set.
@@ -61,6 +70,11 @@ pub struct RecursionSettings {
     /// Default 10 000: long enough for a dead server's timeout plus retries elsewhere, short
     /// enough that a client retrying is not left waiting for ever.
     pub timeout_ms: u64,
+    /// How long one authoritative server gets to answer one query (or accept a TCP connection)
+    /// before the zone's next server is asked, in milliseconds. Default 1 000: above
+    /// intercontinental round trips with TCP setup, well below hickory's 5 s for the whole pool,
+    /// so a dead server costs one second, not the question (see `servers`).
+    pub server_timeout_ms: u64,
     /// Maximum referral depth (and CNAME/NS sub-resolution depth), hickory's
     /// `recursion_limit`/`ns_recursion_limit`. Default 24. Bounds delegation loops. (The total
     /// work per question is further capped by hickory at 200 outgoing queries.)
@@ -91,6 +105,7 @@ impl Default for RecursionSettings {
             trust_anchor: None,
             dnssec_validation: true,
             timeout_ms: 10_000,
+            server_timeout_ms: 1_000,
             max_depth: 24,
             deny_servers: None,
             allow_servers: Vec::new(),
@@ -184,7 +199,7 @@ const RESOLVE_ATTEMPTS: u32 = 4;
 
 /// The recursive resolver: hickory's recursor plus forward zones.
 pub struct Recursor {
-    inner: hickory_resolver::recursor::Recursor<TokioRuntimeProvider>,
+    inner: Arc<hickory_resolver::recursor::Recursor<GuardedProvider>>,
     /// Sorted longest name first, so the most specific zone wins.
     forward_zones: Vec<(Name, Upstreams)>,
     validating: bool,
@@ -278,14 +293,28 @@ impl Recursor {
         if let Some(deny) = &settings.deny_servers {
             options.deny_server = deny.clone();
         }
-        let inner = hickory_resolver::recursor::Recursor::new(
-            &roots,
-            dnssec_policy,
-            None,
-            options,
-            TokioRuntimeProvider::default(),
-        )
-        .map_err(RecursionError::Setup)?;
+        let (delegations, prefetch_queue) = prefetch::queue();
+        let server_timeout = Duration::from_millis(settings.server_timeout_ms.max(1));
+        let inner = Arc::new(
+            hickory_resolver::recursor::Recursor::new(
+                &roots,
+                dnssec_policy,
+                None,
+                options,
+                GuardedProvider::new(
+                    server_timeout,
+                    settings.dnssec_validation.then_some(delegations),
+                ),
+            )
+            .map_err(RecursionError::Setup)?,
+        );
+        if settings.dnssec_validation {
+            prefetch::spawn(
+                &inner,
+                prefetch_queue,
+                Duration::from_millis(settings.timeout_ms),
+            );
+        }
 
         let mut forward_zones = Vec::with_capacity(zones.len());
         for zone in zones {
@@ -323,12 +352,9 @@ impl Recursor {
 
     /// Runs hickory's recursor under the one deadline, again after a server failure.
     ///
-    /// Why again: hickory 0.26.3's name server pool gives up on the first REFUSED or SERVFAIL
-    /// (a lame server) instead of trying the zone's other servers, and its end-to-end deadline
-    /// equals the per-server timeout, so a dead first server uses it all. A timeout does lower
-    /// the dead server's rank (SRTT penalty), so the next attempt asks another server first; a
-    /// REFUSED does not, so a lame delegation resolves only when the retry happens to pick the
-    /// other server (see the report on issue 6).
+    /// Lame and dead servers are passed over inside one attempt (see `servers`); a further
+    /// attempt is for a zone whose every server failed once, e.g. a single server that lost one
+    /// packet, which one timeout does not hold down.
     async fn resolve_with_retries(
         &self,
         question: &Query,
@@ -442,6 +468,73 @@ impl Recursor {
         (chain, current)
     }
 
+    /// RFC 8914 code 9 "DNSKEY Missing" for a bogus answer: the zone that signed it (the RRSIGs'
+    /// signer) has a secure DS RRset in its parent, but no key in the zone's DNSKEY RRset (or no
+    /// DNSKEY RRset at all) is the one a DS names. hickory's validator does not say why it failed,
+    /// so the DS and DNSKEY RRsets are looked up again (both are in its caches by now).
+    /// `None` when the chain of trust is intact or could not be checked.
+    async fn missing_dnskey(
+        &self,
+        judged: &[&Record],
+        qclass: DNSClass,
+        deadline: tokio::time::Instant,
+    ) -> Option<(u16, String)> {
+        let bogus = first_bogus(judged.iter().copied())?;
+        let zone = rrsigs_of(judged.iter().copied(), bogus)
+            .first()?
+            .input()
+            .signer_name
+            .clone();
+        let ds_lookup = self
+            .lookup(&zone, RecordType::DS, qclass, deadline)
+            .await
+            .ok()?;
+        // Only a DS we can trust makes a missing key an error rather than an insecure zone.
+        let ds: Vec<&DS> = ds_lookup
+            .sections
+            .1
+            .iter()
+            .filter(|record| record.proof == Proof::Secure && record.name.eq_ignore_root(&zone))
+            .filter_map(|record| match &record.data {
+                RData::DNSSEC(DNSSECRData::DS(ds)) => Some(ds),
+                _ => None,
+            })
+            .collect();
+        if ds.is_empty() {
+            return None;
+        }
+        let key_lookup = self
+            .lookup(&zone, RecordType::DNSKEY, qclass, deadline)
+            .await
+            .ok()?;
+        let keys: Vec<&DNSKEY> = key_lookup
+            .sections
+            .1
+            .iter()
+            .filter(|record| record.name.eq_ignore_root(&zone))
+            .filter_map(|record| match &record.data {
+                RData::DNSSEC(DNSSECRData::DNSKEY(key)) => Some(key),
+                _ => None,
+            })
+            .collect();
+        let matched = ds.iter().any(|ds| {
+            keys.iter()
+                .any(|key| ds.covers(&zone, key).unwrap_or(false))
+        });
+        if matched {
+            return None;
+        }
+        let tags: Vec<String> = ds.iter().map(|ds| ds.key_tag().to_string()).collect();
+        Some((
+            9,
+            format!(
+                "{zone} DNSKEY: {} keys, none matches the parent's DS (key tag {})",
+                keys.len(),
+                tags.join(", ")
+            ),
+        ))
+    }
+
     /// Resolves one client question. DNSSEC failures are answers (SERVFAIL with an EDE), not
     /// errors; errors are for "no answer at all" (timeouts, unreachable or refusing servers).
     pub async fn resolve(
@@ -500,17 +593,22 @@ impl Recursor {
             .chain(authorities.iter().filter(|_| !has_qtype))
             .collect();
         let enforce = self.validating && !query.checking_disabled;
-        if enforce && bogus_denial {
-            let ede = bogus_reason(judged.iter().copied(), unix_now())
-                .unwrap_or_else(|| (6, format!("{name}: denial of existence failed validation")));
-            return Ok(servfail(ede));
-        }
         let any_bogus = judged
             .iter()
             .any(|record| !is_dnssec_meta(record) && record.proof == Proof::Bogus);
-        if enforce && any_bogus {
-            let ede = bogus_reason(judged.iter().copied(), unix_now())
-                .unwrap_or_else(|| (6, format!("{name}: answer failed DNSSEC validation")));
+        if enforce && (bogus_denial || any_bogus) {
+            let what = if any_bogus {
+                "answer failed DNSSEC validation"
+            } else {
+                "denial of existence failed validation"
+            };
+            // A broken chain of trust explains every bad signature below it, so it is named
+            // first; otherwise the signatures themselves say why.
+            let ede = match self.missing_dnskey(&judged, query.qclass, deadline).await {
+                Some(ede) => ede,
+                None => bogus_reason(judged.iter().copied(), unix_now())
+                    .unwrap_or_else(|| (6, format!("{name}: {what}"))),
+            };
             return Ok(servfail(ede));
         }
         // RFC 4035 §3.2.3: AD only when every RRset we answer with (and, for a negative answer,
@@ -549,6 +647,7 @@ fn is_server_failure(error: &RecursorError) -> bool {
         other => {
             let text = other.to_string();
             text.contains("timed out")
+                || text.contains(servers::REJECTION)
                 || text.contains("Query Refused")
                 || text.contains("Server Failure")
                 || text.contains("error response")
@@ -678,6 +777,33 @@ fn unix_now() -> u32 {
         .map_or(0, |elapsed| elapsed.as_secs() as u32)
 }
 
+/// The first record of `records` marked bogus: an answer RRset's, else (a negative answer whose
+/// SOA validated but whose proof did not) the NSEC/NSEC3's.
+fn first_bogus<'a>(records: impl Iterator<Item = &'a Record> + Clone) -> Option<&'a Record> {
+    records
+        .clone()
+        .find(|record| !is_dnssec_meta(record) && record.proof == Proof::Bogus)
+        .or_else(|| {
+            records.clone().find(|record| {
+                record.proof == Proof::Bogus && record.record_type() != RecordType::RRSIG
+            })
+        })
+}
+
+/// The RRSIGs in `records` that cover `record`'s RRset.
+fn rrsigs_of<'a>(records: impl Iterator<Item = &'a Record>, record: &Record) -> Vec<&'a RRSIG> {
+    let rtype = record.record_type();
+    records
+        .filter(|other| other.name.eq_ignore_root(&record.name))
+        .filter_map(|other| match &other.data {
+            RData::DNSSEC(DNSSECRData::RRSIG(rrsig)) if rrsig.input().type_covered == rtype => {
+                Some(rrsig)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Why the first bogus RRset in `records` is bogus, as an RFC 8914 code and text, judged from
 /// the RRSIGs that cover it: none (10 RRSIGs Missing), all past their expiration (7 Signature
 /// Expired), all before their inception (8 Signature Not Yet Valid), otherwise 6 DNSSEC Bogus.
@@ -687,26 +813,9 @@ pub fn bogus_reason<'a>(
     records: impl Iterator<Item = &'a Record> + Clone,
     now: u32,
 ) -> Option<(u16, String)> {
-    let bogus = records
-        .clone()
-        .find(|record| !is_dnssec_meta(record) && record.proof == Proof::Bogus)
-        .or_else(|| {
-            // A negative answer whose SOA validated but whose NSEC did not: judge the NSEC.
-            records.clone().find(|record| {
-                record.proof == Proof::Bogus && record.record_type() != RecordType::RRSIG
-            })
-        })?;
-    let rtype = bogus.record_type();
-    let rrsigs: Vec<&RRSIG> = records
-        .filter(|record| record.name.eq_ignore_root(&bogus.name))
-        .filter_map(|record| match &record.data {
-            RData::DNSSEC(DNSSECRData::RRSIG(rrsig)) if rrsig.input().type_covered == rtype => {
-                Some(rrsig)
-            }
-            _ => None,
-        })
-        .collect();
-    let what = format!("{} {}", bogus.name, rtype);
+    let bogus = first_bogus(records.clone())?;
+    let rrsigs = rrsigs_of(records, bogus);
+    let what = format!("{} {}", bogus.name, bogus.record_type());
     if rrsigs.is_empty() {
         return Some((10, format!("{what}: no RRSIG")));
     }

@@ -54,6 +54,7 @@ const SERVERS: &[ServerPlan] = &[
             "lame.ward.",
             "dead.ward.",
             "nsec3.ward.",
+            "nokey.ward.",
             "ok.lab.",
         ],
     },
@@ -80,6 +81,7 @@ const ZONES: &[(&str, Signing)] = &[
     ("lame.ward.", Signing::Normal),
     ("dead.ward.", Signing::Normal),
     ("nsec3.ward.", Signing::Nsec3),
+    ("nokey.ward.", Signing::ForeignDs),
     ("glueless.ward.", Signing::Normal),
     ("ok.lab.", Signing::Normal),
     ("hosting.lab.", Signing::Normal),
@@ -98,6 +100,9 @@ enum Signing {
     Expired,
     /// Signed with NSEC3 (hashed denial of existence, RFC 5155) instead of NSEC.
     Nsec3,
+    /// Signed normally, but the parent's DS is made from another KSK that the zone does not
+    /// publish: the DS names a DNSKEY the child lacks (RFC 8914 code 9).
+    ForeignDs,
     None,
 }
 
@@ -201,10 +206,15 @@ impl Hierarchy {
                 assert!(text.contains("192.0.2.66"));
                 std::fs::write(&signed, text.replace("192.0.2.66", "192.0.2.99")).unwrap();
             }
+            let ds_key = if signing == Signing::ForeignDs {
+                run(path, "ldns-keygen", &["-a", "ECDSAP256SHA256", "-k", zone])
+            } else {
+                ksk.clone()
+            };
             let ds = run(
                 path,
                 "ldns-key2ds",
-                &["-n", "-2", &format!("{}.key", ksk.trim())],
+                &["-n", "-2", &format!("{}.key", ds_key.trim())],
             );
             if zone == "." {
                 let key =
