@@ -8,11 +8,16 @@ use crate::config::{LogFormat, LogSection};
 /// debugging in the field should not have to edit the config.
 pub fn init(settings: &LogSection) {
     // hickory-server logs every request at info; our decision records already say more, so its
-    // chatter is kept to warnings unless the operator's filter names it.
+    // chatter is kept to warnings. hickory's recursor warns about every "no data" answer met on
+    // the way down a delegation (QNAME minimisation meets many), which is normal resolution,
+    // not trouble: its errors still show. Both unless the operator's filter names hickory.
     let level = if settings.level.contains("hickory") {
         settings.level.clone()
     } else {
-        format!("{},hickory_server=warn", settings.level)
+        format!(
+            "{},hickory_server=warn,hickory_resolver=error,hickory_proto=error",
+            settings.level
+        )
     };
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&level))

@@ -53,12 +53,14 @@ fn decision(i: u64) -> DecisionRecord {
         } else {
             DecisionKind::Allowed
         },
-        rule: blocked.then(|| RuleMatch {
-            list: "crypto".into(),
-            rule: "||binance.com^".into(),
-            file: "lists/crypto.txt".into(),
-            line: 3,
-            trigger: Trigger::Question,
+        rule: blocked.then(|| {
+            std::sync::Arc::new(RuleMatch {
+                list: "crypto".into(),
+                rule: "||binance.com^".into(),
+                file: "lists/crypto.txt".into(),
+                line: 3,
+                trigger: Trigger::Question,
+            })
         }),
         action: blocked.then_some(BlockAction::Nxdomain),
         rcode: if blocked {

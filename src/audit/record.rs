@@ -287,7 +287,7 @@ impl QueryEntry {
             qtype: TypeText(record.qtype).to_string(),
             qclass: ClassText(record.qclass).to_string(),
             decision: record.decision.into(),
-            rule: record.rule.as_ref().map(rule_entry),
+            rule: record.rule.as_deref().map(rule_entry),
             action: record.action.map(|a| action_name(a).to_owned()),
             rcode: RcodeText(record.rcode).to_string(),
             answer: record.answer.as_deref().unwrap_or_default().to_owned(),
@@ -548,7 +548,7 @@ mod tests {
             qtype: RecordType::AAAA,
             qclass: DNSClass::IN,
             decision: DecisionKind::Logged,
-            rule: Some(RuleMatch {
+            rule: Some(std::sync::Arc::new(RuleMatch {
                 list: "watch \"list\"".into(),
                 rule: "*.example".into(),
                 file: "lists/w\\x.txt".into(),
@@ -557,7 +557,7 @@ mod tests {
                     matched: "c.example.".into(),
                     chain: vec!["a.example.".into(), "c.example.".into()],
                 },
-            }),
+            })),
             action: None,
             rcode: ResponseCode::NoError,
             answer: Some("CNAME c.example., TXT \"x\\ty\"".into()),
@@ -584,13 +584,13 @@ mod tests {
             ),
             ("TYPE65280", "CLASS7", "RCODE3841")
         );
-        record.rule = Some(RuleMatch {
+        record.rule = Some(std::sync::Arc::new(RuleMatch {
             list: "l".into(),
             rule: "r".into(),
             file: "f".into(),
             line: 1,
             trigger: Trigger::Question,
-        });
+        }));
         record.rcode = ResponseCode::NXDomain;
         assert_same_bytes(&record, "c");
     }

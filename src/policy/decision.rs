@@ -247,7 +247,8 @@ pub struct DecisionRecord {
     pub qtype: RecordType,
     pub qclass: DNSClass,
     pub decision: DecisionKind,
-    pub rule: Option<RuleMatch>,
+    /// Shared: a replayed answer (`server::fastpath`) names the rule stored with it.
+    pub rule: Option<Arc<RuleMatch>>,
     /// The action taken for a block; `None` when answered normally.
     pub action: Option<BlockAction>,
     pub rcode: ResponseCode,

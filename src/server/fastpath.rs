@@ -209,7 +209,7 @@ impl Equivalent<WireKey> for KeyRef<'_> {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub decision: DecisionKind,
-    pub rule: Option<RuleMatch>,
+    pub rule: Option<Arc<RuleMatch>>,
     pub action: Option<crate::config::BlockAction>,
     pub rcode: hickory_proto::op::ResponseCode,
     pub answer: Option<Arc<str>>,

@@ -364,7 +364,7 @@ impl Handler {
                 return self.block(state, rule, Trigger::Question, qname, qtype, qclass, record);
             }
             Verdict::Allowed(rule) | Verdict::Logged(rule) => {
-                record.rule = Some(rule_match(&state.policy, rule, Trigger::Question));
+                record.rule = Some(Arc::new(rule_match(&state.policy, rule, Trigger::Question)));
                 if matches!(verdict, Verdict::Logged(_)) {
                     record.decision = DecisionKind::Logged;
                 }
@@ -477,7 +477,7 @@ impl Handler {
                 return self.block(state, rule, trigger, qname, qtype, qclass, record);
             }
             Some((Verdict::Logged(rule), trigger)) if record.rule.is_none() => {
-                record.rule = Some(rule_match(&state.policy, rule, trigger));
+                record.rule = Some(Arc::new(rule_match(&state.policy, rule, trigger)));
                 record.decision = DecisionKind::Logged;
             }
             _ => {}
@@ -511,7 +511,7 @@ impl Handler {
         );
         record.decision = DecisionKind::Blocked;
         record.action = Some(list.action);
-        record.rule = Some(rule_match(&state.policy, rule, trigger));
+        record.rule = Some(Arc::new(rule_match(&state.policy, rule, trigger)));
         record.source = AnswerSource::Local;
         Reply {
             response_code: synthesized.response_code,
