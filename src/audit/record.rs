@@ -14,7 +14,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::json;
 use crate::policy::decision::{
-    ClassText, DecisionKind, DecisionRecord, RcodeText, RuleMatch, Trigger, TypeText, action_name,
+    AnswerSource, ClassText, DecisionKind, DecisionRecord, RcodeText, RuleMatch, Trigger, TypeText,
+    action_name,
 };
 
 /// A UTC instant with microsecond precision, stored as RFC 3339 with exactly six fractional
@@ -322,9 +323,9 @@ pub fn write_query_members(out: &mut Vec<u8>, record: &DecisionRecord, client: &
     out.extend_from_slice(b"\"type\":\"query\",\"generation\":");
     json::number(out, record.generation);
     out.extend_from_slice(b",\"client\":");
-    json::string(out, client);
+    json::plain_string(out, client);
     out.extend_from_slice(b",\"transport\":");
-    json::string(out, record.transport);
+    json::plain_string(out, record.transport);
     out.extend_from_slice(b",\"qname\":\"");
     // The presentation form is printable ASCII; only its `\\` and `"` need JSON escapes.
     let start = out.len();
@@ -335,9 +336,15 @@ pub fn write_query_members(out: &mut Vec<u8>, record: &DecisionRecord, client: &
     }
     out.push(b'"');
     out.extend_from_slice(b",\"qtype\":");
-    json::display(out, &TypeText(record.qtype));
+    match TypeText(record.qtype).as_static() {
+        Some(text) => json::plain_string(out, text),
+        None => json::display(out, &TypeText(record.qtype)),
+    }
     out.extend_from_slice(b",\"qclass\":");
-    json::display(out, &ClassText(record.qclass));
+    match ClassText(record.qclass).as_static() {
+        Some(text) => json::plain_string(out, text),
+        None => json::display(out, &ClassText(record.qclass)),
+    }
     out.extend_from_slice(b",\"decision\":\"");
     out.extend_from_slice(Decision::from(record.decision).as_str().as_bytes());
     out.extend_from_slice(b"\",\"rule\":");
@@ -378,7 +385,10 @@ pub fn write_query_members(out: &mut Vec<u8>, record: &DecisionRecord, client: &
     out.extend_from_slice(b",\"action\":");
     json::opt_string(out, record.action.map(action_name));
     out.extend_from_slice(b",\"rcode\":");
-    json::display(out, &RcodeText(record.rcode));
+    match RcodeText(record.rcode).as_static() {
+        Some(text) => json::plain_string(out, text),
+        None => json::display(out, &RcodeText(record.rcode)),
+    }
     out.extend_from_slice(b",\"answer\":");
     json::string(out, record.answer.as_deref().unwrap_or_default());
     out.extend_from_slice(b",\"ede\":");
@@ -387,7 +397,14 @@ pub fn write_query_members(out: &mut Vec<u8>, record: &DecisionRecord, client: &
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"source\":");
-    json::display(out, &record.source);
+    match record.source {
+        AnswerSource::Upstream(addr) => {
+            out.push(b'"');
+            json::socket_addr_text(out, addr);
+            out.push(b'"');
+        }
+        source => json::display(out, &source),
+    }
     out.extend_from_slice(b",\"latency_us\":");
     json::number(out, record.latency_us);
 }

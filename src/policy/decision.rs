@@ -322,6 +322,16 @@ impl DecisionRecord {
 /// has none.
 pub struct TypeText(pub RecordType);
 
+impl TypeText {
+    /// The mnemonic, when there is one.
+    pub fn as_static(&self) -> Option<&'static str> {
+        match self.0 {
+            RecordType::Unknown(_) => None,
+            known => Some(known.into()),
+        }
+    }
+}
+
 impl fmt::Display for TypeText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
@@ -333,6 +343,16 @@ impl fmt::Display for TypeText {
 
 /// A class mnemonic, or `CLASS<n>` (RFC 3597).
 pub struct ClassText(pub DNSClass);
+
+impl ClassText {
+    /// The mnemonic, when there is one.
+    pub fn as_static(&self) -> Option<&'static str> {
+        match self.0 {
+            DNSClass::Unknown(_) | DNSClass::OPT(_) => None,
+            known => Some(known.into()),
+        }
+    }
+}
 
 impl fmt::Display for ClassText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -348,9 +368,10 @@ impl fmt::Display for ClassText {
 /// `RCODE<n>`.
 pub struct RcodeText(pub ResponseCode);
 
-impl fmt::Display for RcodeText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = match self.0 {
+impl RcodeText {
+    /// The mnemonic, when there is one.
+    pub fn as_static(&self) -> Option<&'static str> {
+        Some(match self.0 {
             ResponseCode::NoError => "NOERROR",
             ResponseCode::FormErr => "FORMERR",
             ResponseCode::ServFail => "SERVFAIL",
@@ -364,9 +385,17 @@ impl fmt::Display for RcodeText {
             ResponseCode::NotZone => "NOTZONE",
             ResponseCode::BADVERS => "BADVERS",
             ResponseCode::BADCOOKIE => "BADCOOKIE",
-            other => return write!(f, "RCODE{}", u16::from(other)),
-        };
-        f.write_str(text)
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for RcodeText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.as_static() {
+            Some(text) => f.write_str(text),
+            None => write!(f, "RCODE{}", u16::from(self.0)),
+        }
     }
 }
 
