@@ -119,7 +119,7 @@ fn cache(c: &mut Criterion) {
 /// question case, payload size and TTLs.
 fn wire_replay(c: &mut Criterion) {
     use dnsward::{
-        policy::decision::{AnswerSource, DecisionKind},
+        policy::decision::DecisionKind,
         server::fastpath::{Outcome, PlainQuery, WireCache, WireKey, request_flags, write_key},
     };
     let cache = WireCache::new(100_000);
@@ -160,7 +160,7 @@ fn wire_replay(c: &mut Criterion) {
                     rcode: hickory_proto::op::ResponseCode::NoError,
                     answer: Some(Arc::from("A 192.0.2.1")),
                     ede: None,
-                    source: AnswerSource::Cache,
+                    synthesized: false,
                 },
                 now,
             );

@@ -618,6 +618,17 @@ mod tests {
             crate::policy::decision::QName::from_wire(b"\x04a.b\\\x03\x00\xffZ\x01*\x00").unwrap();
         assert_eq!(name.to_string(), "a\\.b\\\\.\\000\\255Z.*.");
         assert_eq!(crate::policy::decision::QName::ROOT.to_string(), ".");
+        // Long names (beyond the inline size) are kept whole.
+        let long: String = (0..5).map(|i| format!("{}{i}.", "x".repeat(40))).collect();
+        let name: crate::policy::decision::QName = long.parse().unwrap();
+        assert_eq!(name.to_string(), long);
+        assert_eq!(name.wire().len(), 5 * 42 + 1);
+        assert_eq!(
+            crate::policy::decision::QName::from_wire(name.wire())
+                .unwrap()
+                .to_string(),
+            long
+        );
         assert!(crate::policy::decision::QName::from_wire(b"\x05ab\x00").is_none());
     }
 

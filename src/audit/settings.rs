@@ -40,7 +40,7 @@ pub struct AuditSettings {
     /// Records queued between the query path and the writer thread. Default 32768: about a
     /// fifth of a second at 150k queries/s, far more than the writer lags under load (it
     /// drains every 2 ms); beyond it records are counted as dropped and a gap record says so.
-    /// Each slot holds a record (about 450 bytes), so this is also the queue's memory.
+    /// Each slot holds a record (about 260 bytes), so this is also the queue's memory.
     pub queue_capacity: usize,
     /// What is stored of the client address: `none` (default, the address and port as seen),
     /// `truncate` (IPv4 /24, IPv6 /48, no port) or `hash` (keyed HMAC-SHA256, hex).

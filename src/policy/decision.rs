@@ -13,21 +13,28 @@ use hickory_proto::{
 
 use crate::config::BlockAction;
 
-/// A question name as the client sent it (case kept), held inline in wire form: taking it costs
-/// a copy of at most 255 bytes, not an allocation, on every query. It is rendered as text only
-/// where it is read (the audit writer, a debug event).
-#[derive(Clone, Copy)]
-pub struct QName {
-    len: u8,
-    wire: [u8; 255],
+/// A question name as the client sent it (case kept), in wire form. Names of up to
+/// `QName::INLINE` bytes (nearly all) are held inline: taking one costs a copy, not an
+/// allocation, on every query, and keeps the record small in the audit queue. It is rendered as
+/// text only where it is read (the audit writer, a debug event).
+#[derive(Clone)]
+pub struct QName(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, wire: [u8; QName::INLINE] },
+    Long(Box<[u8]>),
 }
 
 impl QName {
+    /// Longest name held inline, in wire bytes.
+    pub const INLINE: usize = 94;
+
     /// The root name.
-    pub const ROOT: Self = Self {
+    pub const ROOT: Self = Self(Repr::Inline {
         len: 1,
-        wire: [0u8; 255],
-    };
+        wire: [0u8; Self::INLINE],
+    });
 
     /// From uncompressed wire form (labels, then the root's zero byte). `None` if it is not one
     /// well-formed name of at most 255 bytes.
@@ -43,39 +50,44 @@ impl QName {
                 break;
             }
         }
-        if at != wire.len() || at > 255 {
-            return None;
+        (at == wire.len() && at <= 255).then(|| Self::from_valid_wire(wire))
+    }
+
+    fn from_valid_wire(wire: &[u8]) -> Self {
+        if wire.len() <= Self::INLINE {
+            let mut inline = [0u8; Self::INLINE];
+            inline[..wire.len()].copy_from_slice(wire);
+            Self(Repr::Inline {
+                // At most `INLINE` bytes.
+                len: wire.len() as u8,
+                wire: inline,
+            })
+        } else {
+            Self(Repr::Long(wire.into()))
         }
-        let mut name = Self {
-            len: at as u8,
-            wire: [0; 255],
-        };
-        name.wire[..at].copy_from_slice(wire);
-        Some(name)
     }
 
     pub fn from_name(name: &Name) -> Self {
-        let mut out = Self {
-            len: 0,
-            wire: [0; 255],
-        };
+        let mut wire = [0u8; 256];
         let mut at = 0;
         for label in name.iter() {
             // A `Name` holds at most 255 wire bytes, labels at most 63: this cannot overflow.
             if at + 1 + label.len() >= 255 {
                 break;
             }
-            out.wire[at] = label.len() as u8;
-            out.wire[at + 1..at + 1 + label.len()].copy_from_slice(label);
+            wire[at] = label.len() as u8;
+            wire[at + 1..at + 1 + label.len()].copy_from_slice(label);
             at += 1 + label.len();
         }
-        out.wire[at] = 0;
-        out.len = (at + 1) as u8;
-        out
+        wire[at] = 0;
+        Self::from_valid_wire(&wire[..=at])
     }
 
     pub fn wire(&self) -> &[u8] {
-        &self.wire[..usize::from(self.len)]
+        match &self.0 {
+            Repr::Inline { len, wire } => &wire[..usize::from(*len)],
+            Repr::Long(wire) => wire,
+        }
     }
 
     /// The labels, left to right.
@@ -127,7 +139,7 @@ impl fmt::Display for QName {
     /// as they are; other printable bytes escaped with `\\`, the rest as `\\DDD` (decimal).
     /// Internationalised names stay in their `xn--` form, exactly as asked.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = Vec::with_capacity(usize::from(self.len) * 2);
+        let mut text = Vec::with_capacity(self.wire().len() * 2);
         self.write_text(&mut text);
         // Only ASCII is written above.
         f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)

@@ -17,7 +17,7 @@
 use std::{
     hash::{Hash, Hasher},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use quick_cache::Equivalent;
@@ -214,23 +214,33 @@ pub struct Outcome {
     pub rcode: hickory_proto::op::ResponseCode,
     pub answer: Option<Arc<str>>,
     pub ede: Option<u16>,
-    /// `Local` (synthesized) or `Cache`.
-    pub source: AnswerSource,
+    /// Made by policy (source `local`), not replayed from upstream (source `cache`).
+    pub synthesized: bool,
 }
 
-/// One stored response.
+impl Outcome {
+    pub fn source(&self) -> AnswerSource {
+        if self.synthesized {
+            AnswerSource::Local
+        } else {
+            AnswerSource::Cache
+        }
+    }
+}
+
+/// One stored response. Kept small: a cache holds one per question and flag combination.
 #[derive(Debug)]
 pub struct WireAnswer {
-    /// The response as first sent; ID and question case are overwritten per query.
-    bytes: Box<[u8]>,
-    /// Offset of the OPT record's CLASS (payload size) field.
-    opt_payload_at: Option<usize>,
-    /// Offset and value of every TTL field counted down by age (none for synthesized answers,
-    /// whose TTL is the configured `blocking.ttl_secs` at any time).
-    ttls: Box<[(usize, u32)]>,
+    /// The response as first sent (ID and question case are overwritten per query), then the
+    /// offsets of the TTL fields counted down by age, two bytes each (none for synthesized
+    /// answers, whose TTL is the configured `blocking.ttl_secs` at any time).
+    data: Box<[u8]>,
+    response_len: u16,
+    /// Offset of the OPT record's CLASS (payload size) field; 0: none.
+    opt_payload_at: u16,
+    /// Seconds from `stored_at` the entry is valid; `u32::MAX`: the whole generation.
+    life_secs: u32,
     stored_at: Instant,
-    /// `None`: valid for the whole generation.
-    expires: Option<Instant>,
     generation: u64,
     pub outcome: Outcome,
 }
@@ -264,7 +274,8 @@ impl WireCache {
         if entry.generation != generation {
             return None;
         }
-        if entry.expires.is_some_and(|expires| now >= expires) {
+        let age = now.saturating_duration_since(entry.stored_at).as_secs();
+        if entry.life_secs != u32::MAX && age >= u64::from(entry.life_secs) {
             self.entries.remove(&key);
             return None;
         }
@@ -273,7 +284,7 @@ impl WireCache {
         let limit = query
             .edns_payload
             .map_or(512, |payload| payload.clamp(512, udp_payload_max.max(512)));
-        let bytes = &entry.bytes;
+        let (bytes, ttl_offsets) = entry.data.split_at(usize::from(entry.response_len));
         if bytes.len() > usize::from(limit) || bytes.len() > out.len() {
             return None;
         }
@@ -281,12 +292,14 @@ impl WireCache {
         out.copy_from_slice(bytes);
         out[..2].copy_from_slice(&query.id);
         out[12..12 + query.qname.len()].copy_from_slice(query.qname);
-        if let Some(at) = entry.opt_payload_at {
+        if entry.opt_payload_at != 0 {
+            let at = usize::from(entry.opt_payload_at);
             out[at..at + 2].copy_from_slice(&limit.to_be_bytes());
         }
-        let age = u32::try_from(now.saturating_duration_since(entry.stored_at).as_secs())
-            .unwrap_or(u32::MAX);
-        for &(at, ttl) in &entry.ttls {
+        let age = u32::try_from(age).unwrap_or(u32::MAX);
+        for offset in ttl_offsets.chunks_exact(2) {
+            let at = usize::from(u16::from_be_bytes([offset[0], offset[1]]));
+            let ttl = u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
             out[at..at + 4].copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
         }
         Some((bytes.len(), entry))
@@ -311,28 +324,27 @@ impl WireCache {
         let Some((opt_payload_at, ttl_fields)) = walk(response) else {
             return;
         };
-        let ttls = if fresh_for.is_some() {
-            ttl_fields
-                .into_iter()
-                .map(|at| {
-                    let ttl = u32::from_be_bytes([
-                        response[at],
-                        response[at + 1],
-                        response[at + 2],
-                        response[at + 3],
-                    ]);
-                    (at, ttl)
-                })
-                .collect()
-        } else {
-            Box::default()
+        // Offsets fit in 16 bits: a stored response is at most 64 KiB (and replayed only if it
+        // fits the client's UDP limit).
+        let (Ok(response_len), Ok(opt_payload_at)) = (
+            u16::try_from(response.len()),
+            u16::try_from(opt_payload_at.unwrap_or(0)),
+        ) else {
+            return;
         };
+        let mut data = Vec::with_capacity(response.len() + 2 * ttl_fields.len());
+        data.extend_from_slice(response);
+        if fresh_for.is_some() {
+            for at in ttl_fields {
+                data.extend_from_slice(&(at as u16).to_be_bytes());
+            }
+        }
         let entry = WireAnswer {
-            bytes: response.into(),
+            data: data.into_boxed_slice(),
+            response_len,
             opt_payload_at,
-            ttls,
+            life_secs: fresh_for.map_or(u32::MAX, |secs| secs.min(u32::MAX - 1)),
             stored_at: now,
-            expires: fresh_for.map(|secs| now + Duration::from_secs(u64::from(secs))),
             generation,
             outcome,
         };
@@ -380,6 +392,8 @@ fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn query(edns: Option<(u16, bool)>) -> Vec<u8> {
@@ -480,7 +494,7 @@ mod tests {
             rcode: hickory_proto::op::ResponseCode::NoError,
             answer: Some("A 192.0.2.1".into()),
             ede: None,
-            source: AnswerSource::Cache,
+            synthesized: false,
         }
     }
 

@@ -184,7 +184,7 @@ impl Handler {
             DecisionKind::Logged => counters.logged.fetch_add(1, Ordering::Relaxed),
             _ => 0,
         };
-        if outcome.source == AnswerSource::Cache {
+        if !outcome.synthesized {
             counters.cache_hits.fetch_add(1, Ordering::Relaxed);
         }
         let record = DecisionRecord {
@@ -201,7 +201,7 @@ impl Handler {
             rcode: outcome.rcode,
             answer: outcome.answer.clone(),
             ede: outcome.ede,
-            source: outcome.source,
+            source: outcome.source(),
             latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         };
         record.emit();
@@ -301,11 +301,7 @@ impl Handler {
             rcode: record.rcode,
             answer: record.answer.clone(),
             ede: record.ede,
-            source: if record.source == AnswerSource::Local {
-                AnswerSource::Local
-            } else {
-                AnswerSource::Cache
-            },
+            synthesized: record.source == AnswerSource::Local,
         };
         wire.store(
             WireKey::new(key),
