@@ -354,6 +354,20 @@ fn dead_server_times_out_and_the_next_answers() {
 }
 
 #[test]
+fn the_root_is_primed_at_start() {
+    let lease = Hierarchy::lease();
+    let dnsward = recursive_dnsward(&lease, "");
+    // No question asked: RFC 8109 priming fetches and validates the root NS and DNSKEY sets.
+    assert!(
+        dnsward
+            .wait_for_log(|line| line.contains("root primed"))
+            .is_some(),
+        "{:?}",
+        dnsward.log()
+    );
+}
+
+#[test]
 fn truncated_answer_is_fetched_over_tcp() {
     let lease = Hierarchy::lease();
     let dnsward = recursive_dnsward(&lease, "");

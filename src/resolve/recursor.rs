@@ -537,6 +537,38 @@ impl Recursor {
 
     /// Resolves one client question. DNSSEC failures are answers (SERVFAIL with an EDE), not
     /// errors; errors are for "no answer at all" (timeouts, unreachable or refusing servers).
+    /// RFC 8109 priming: asks for the root's NS and DNSKEY RRsets once, right after start, so
+    /// the first client question does not wait for them (and a broken root hints file or trust
+    /// anchor shows in the log at once, not at the first query). Failures are logged only: the
+    /// next question simply tries again.
+    pub async fn prime(&self) {
+        let root = Name::root();
+        let mut primed = true;
+        for qtype in [RecordType::NS, RecordType::DNSKEY] {
+            let query = UpstreamQuery {
+                name: &root,
+                qtype,
+                qclass: DNSClass::IN,
+                dnssec_ok: true,
+                checking_disabled: false,
+            };
+            match self.resolve(&query).await {
+                Ok(answer) if answer.ede.is_none() => {}
+                Ok(answer) => {
+                    primed = false;
+                    tracing::warn!(%qtype, ede = ?answer.ede, "priming the root: not validated");
+                }
+                Err(error) => {
+                    primed = false;
+                    tracing::warn!(%qtype, %error, "priming the root failed");
+                }
+            }
+        }
+        if primed {
+            tracing::info!("root primed (NS and DNSKEY, RFC 8109)");
+        }
+    }
+
     pub async fn resolve(
         &self,
         query: &UpstreamQuery<'_>,

@@ -77,6 +77,10 @@ pub async fn start(
     } else {
         None
     };
+    if let Some(recursor) = &recursor {
+        let recursor = recursor.clone();
+        tokio::spawn(async move { recursor.prime().await });
+    }
     let handler = Handler::new(
         state,
         AnswerCache::new(&config.cache),

@@ -35,6 +35,9 @@ use super::{
     mmsg::{RecvBatch, SendBatch},
 };
 
+/// Batches still read after shutdown is asked (32 datagrams each).
+const SHUTDOWN_DRAIN_BATCHES: usize = 64;
+
 /// Largest datagram we read: anything longer is not a DNS query we would answer anyway.
 const MAX_QUERY: usize = 4096;
 
@@ -45,20 +48,39 @@ pub async fn serve(socket: Arc<UdpSocket>, handler: Arc<Handler>, shutdown: Canc
     let mut received = RecvBatch::new(MAX_QUERY);
     let mut answers = SendBatch::new(MAX_QUERY);
     let mut scratch = vec![0u8; MAX_QUERY];
+    // At shutdown, what the kernel has already queued is still answered (a bounded number of
+    // batches, so a flood cannot hold the stop up), then the loop ends.
+    let mut drain_left: Option<usize> = None;
     loop {
-        tokio::select! {
-            ready = socket.readable() => {
-                if let Err(error) = ready {
-                    tracing::warn!(%error, "udp socket failed");
-                    return;
+        match &mut drain_left {
+            None => {
+                tokio::select! {
+                    ready = socket.readable() => {
+                        if let Err(error) = ready {
+                            tracing::warn!(%error, "udp socket failed");
+                            return;
+                        }
+                    }
+                    () = shutdown.cancelled() => drain_left = Some(SHUTDOWN_DRAIN_BATCHES),
                 }
             }
-            () = shutdown.cancelled() => return,
+            Some(0) => return,
+            Some(left) => *left -= 1,
         }
         // One batch per wake-up, then back to `readable`, whose cooperative budget makes a
         // busy socket yield to spawned queries now and then. `try_io` re-arms readiness when
         // the kernel says WouldBlock.
-        let count = match socket.try_io(Interest::READABLE, || received.recv(fd)) {
+        let batch = if drain_left.is_some() {
+            // Straight to the (non-blocking) socket: the reactor may not have seen the last
+            // datagrams yet, and the loop ends at the first WouldBlock anyway.
+            match received.recv(fd) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
+                batch => batch,
+            }
+        } else {
+            socket.try_io(Interest::READABLE, || received.recv(fd))
+        };
+        let count = match batch {
             Ok(count) => count,
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(error) => {
