@@ -14,8 +14,8 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicI64, AtomicU64, Ordering},
-        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering},
+        mpsc::{Receiver, RecvTimeoutError, Sender, channel},
     },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
@@ -164,10 +164,59 @@ impl Drops {
     }
 }
 
+/// The bounded queue's sending side: std's unbounded (linked-block) channel plus a counter for
+/// the bound. `sync_channel` allocates its ring of `capacity` slots up front, and once the ring
+/// has cycled all of it is resident (megabytes at the default); this holds memory only for
+/// what is actually waiting, a few hundred records under load.
+#[derive(Clone)]
+struct QueueTx {
+    tx: Sender<Message>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    /// Set when the writer thread has exited: nothing will make room any more.
+    writer_gone: Arc<AtomicBool>,
+}
+
+impl QueueTx {
+    /// Queues `message` if there is room; false otherwise (or if the writer is gone).
+    fn try_send(&self, message: Message) -> bool {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        self.send_counted(message)
+    }
+
+    /// Queues `message`, waiting while the queue is full (never on the query path).
+    fn send_waiting(&self, message: Message) -> bool {
+        while self.queued.load(Ordering::Acquire) >= self.capacity
+            && !self.writer_gone.load(Ordering::Acquire)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.send_anyway(message)
+    }
+
+    /// Queues `message` past the bound (the shutdown request must always get in).
+    fn send_anyway(&self, message: Message) -> bool {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.send_counted(message)
+    }
+
+    /// Sends a message already counted in `queued`; false if the writer is gone.
+    fn send_counted(&self, message: Message) -> bool {
+        let sent = self.tx.send(message).is_ok();
+        if !sent {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent
+    }
+}
+
 /// The query path's side: cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct AuditHandle {
-    tx: SyncSender<Message>,
+    tx: QueueTx,
     drops: Arc<Drops>,
 }
 
@@ -183,9 +232,7 @@ impl AuditHandle {
     /// Queues a decision. If the queue is full (or the writer has stopped) the record is counted
     /// as dropped and later reported by a gap record; this never waits.
     pub fn record(&self, record: DecisionRecord) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.tx.try_send(Message::Query(record))
-        {
+        if !self.tx.try_send(Message::Query(record)) {
             self.drops.note();
         }
     }
@@ -195,7 +242,7 @@ impl AuditHandle {
     /// record is what ties every later answer to its list content, so it must not be lost to a
     /// burst of queries. Counts a drop only if the writer has stopped.
     pub fn service(&self, event: ServiceEvent) {
-        if self.tx.send(Message::Service(event)).is_err() {
+        if !self.tx.send_waiting(Message::Service(event)) {
             self.drops.note();
         }
     }
@@ -204,7 +251,7 @@ impl AuditHandle {
     /// is for bulk producers that must not lose records (imports, benchmarks, tests). Returns
     /// false (and counts a drop) only if the writer has stopped.
     pub fn record_wait(&self, record: DecisionRecord) -> bool {
-        let sent = self.tx.send(Message::Query(record)).is_ok();
+        let sent = self.tx.send_waiting(Message::Query(record));
         if !sent {
             self.drops.note();
         }
@@ -231,7 +278,7 @@ pub struct WriterStats {
 /// Owns the writer thread; `shutdown` flushes, writes the stop record and a final checkpoint,
 /// fsyncs and joins.
 pub struct AuditWriter {
-    tx: SyncSender<Message>,
+    tx: QueueTx,
     thread: Option<JoinHandle<Result<WriterStats, AuditError>>>,
 }
 
@@ -253,7 +300,7 @@ impl AuditWriter {
         };
         // A blocking send: shutdown is not on the query path, and the message must queue behind
         // everything already accepted. It fails only if the thread has already exited.
-        let _ = self.tx.send(Message::Shutdown);
+        let _ = self.tx.send_anyway(Message::Shutdown);
         thread.join().map_err(|_| AuditError::WriterPanicked)?
     }
 }
@@ -279,13 +326,22 @@ impl AuditLog {
         instance: InstanceId,
     ) -> Result<(AuditHandle, AuditWriter), AuditError> {
         let mut store = Store::open(settings, instance)?;
-        let (tx, rx) = sync_channel(settings.queue_capacity.max(1));
+        let (tx, rx) = channel();
+        let tx = QueueTx {
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            capacity: settings.queue_capacity.max(1),
+            writer_gone: Arc::new(AtomicBool::new(false)),
+        };
         let drops = Arc::new(Drops::default());
         let thread_drops = Arc::clone(&drops);
+        let queued = Arc::clone(&tx.queued);
+        let writer_gone = Arc::clone(&tx.writer_gone);
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                let result = store.run(&rx, &thread_drops);
+                let result = store.run(&rx, &queued, &thread_drops);
+                writer_gone.store(true, Ordering::Release);
                 if let Err(error) = &result {
                     tracing::error!(%error, "audit writer failed; further records are counted as dropped");
                 }
@@ -496,18 +552,27 @@ impl Store {
         Ok(recovered)
     }
 
-    fn run(&mut self, rx: &Receiver<Message>, drops: &Drops) -> Result<WriterStats, AuditError> {
+    fn run(
+        &mut self,
+        rx: &Receiver<Message>,
+        queued: &AtomicUsize,
+        drops: &Drops,
+    ) -> Result<WriterStats, AuditError> {
         let mut stopping = false;
         while !stopping {
             match rx.recv_timeout(self.next_wake()) {
                 Ok(message) => {
+                    queued.fetch_sub(1, Ordering::AcqRel);
                     stopping = self.handle(message)?;
                     for _ in 0..MAX_BATCH {
                         if stopping {
                             break;
                         }
                         match rx.try_recv() {
-                            Ok(message) => stopping = self.handle(message)?,
+                            Ok(message) => {
+                                queued.fetch_sub(1, Ordering::AcqRel);
+                                stopping = self.handle(message)?;
+                            }
                             Err(_) => break,
                         }
                     }
