@@ -4,7 +4,7 @@
 # and trust anchor, both validating. Issue 6: cold- and warm-cache QPS and latency.
 #
 #   bench/recursion.sh [--zones N] [--duration SECS] [--reps N] [--restarts N] [--rate QPS]
-#                      [--quick] [--dnsward PATH] [--no-build] [--keep]
+#                      [--quick] [--no-audit] [--dnsward PATH] [--no-build] [--keep]
 #
 # What is measured (all answers over UDP on 127.0.0.1, one resolver at a time):
 # - cold, first query: RESTARTS times per resolver, start it afresh and time one question
@@ -39,6 +39,9 @@ BUILD=1
 KEEP=0
 
 usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+# --no-audit: dnsward with `[audit] enabled = false`, like for like with Unbound, which logs no
+# queries (the default run keeps dnsward's shipped default: the audit log on).
+AUDIT_OFF=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --zones) ZONES="$2"; shift 2 ;;
@@ -50,6 +53,7 @@ while [[ $# -gt 0 ]]; do
         --dnsward) DNSWARD_BIN="$2"; BUILD=0; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --keep) KEEP=1; shift ;;
+        --no-audit) AUDIT_OFF=1; shift ;;
         -h|--help) usage 0 ;;
         *) echo "unknown option: $1" >&2; usage 2 ;;
     esac
@@ -65,7 +69,9 @@ WORK="${BENCH_WORK:-/tmp/dnsward-bench}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_DIR/target}"
 STAMP="$(date -u +%Y-%m-%dT%H%MZ)"
 RESULTS_DIR="$BENCH_DIR/results"
-RESULT_MD="$RESULTS_DIR/$STAMP-recursion.md"
+AUDIT_NOTE=""; RESULT_SUFFIX=""
+if ((AUDIT_OFF)); then AUDIT_NOTE=" and the audit log off"; RESULT_SUFFIX="-no-audit"; fi
+RESULT_MD="$RESULTS_DIR/$STAMP-recursion$RESULT_SUFFIX.md"
 RUN_DIR="$WORK/recursion-run"
 LOG_TAG="bench-recursion"
 # shellcheck source=bench/lib.sh
@@ -233,6 +239,7 @@ deny_servers = []
 [log]
 level = "info"
 EOF
+if ((AUDIT_OFF)); then printf '\n[audit]\nenabled = false\n' >>"$RUN_DIR/dnsward.toml"; fi
 "$DNSWARD_BIN" check --config "$RUN_DIR/dnsward.toml" >"$RUN_DIR/dnsward.check" 2>&1 \
     || { cat "$RUN_DIR/dnsward.check" >&2; die "dnsward check rejected its config"; }
 
@@ -467,7 +474,7 @@ TABLE="$RUN_DIR/table.md"
     echo
     echo "- machine: $(machine_line)"
     echo "- other load (not started by this script; a busy neighbour makes figures noisy): at the start $LOAD_START at the end $(others_load)"
-    echo "- servers: dnsward = ${VERSION[dnsward]}, recursive mode, validating, shipped defaults but deny_servers = []; Unbound = ${VERSION[unbound]}, validator + iterator, qname-minimisation, $THREADS threads, 64m/128m caches; same root hints (127.0.53.1) and root KSK"
+    echo "- servers: dnsward = ${VERSION[dnsward]}, recursive mode, validating, shipped defaults but deny_servers = []$AUDIT_NOTE; Unbound = ${VERSION[unbound]}, validator + iterator, qname-minimisation, $THREADS threads, 64m/128m caches; same root hints (127.0.53.1) and root KSK"
     echo "- hierarchy: nsd on 127.0.53.{1,2,3,10,11}:53, signed with ldns-signzone (ECDSA P-256): root, ward., lab., $ZONES bench zones c001-c$(printf '%03d' "$ZONES").ward. and the test zones good.ward., nsec3.ward. (NSEC3), insecure.ward. (unsigned), ok.lab., glueless.ward., hosting.lab."
     echo "- cold start: $RESTARTS times per resolver (round-robin), a fresh process asked one question (www.cNNN.ward. A, DO=1, a different zone each time) from a Python UDP client; cold zones: $REPS rounds (round-robin) of a fresh process asked www.cNNN.ward. A for all $ZONES zones one at a time (root and ward. cached after the first); latency = send to answer in the client"
     echo "- warm: $(wc -l <"$QUERIES") distinct questions (A, AAAA, MX, TXT; positive, CNAME, NXDOMAIN, NODATA; no DO bit), one dnsperf pass to warm up, then $REPS round-robin repetitions of dnsperf $(dnsperf -h 2>&1 | awk '/^Version/{print $2}') -c $CLIENTS -T $THREADS -l $DURATION (QPS, mean latency) and of -Q $RATE -v (p50/p99 of the per-answer latencies); medians of the repetitions. dnsperf runs on the same 2 cores as the resolver."
