@@ -140,7 +140,7 @@ fn wire_replay(c: &mut Criterion) {
                 300,
                 RData::A(A::new(192, 0, 2, 1)),
             ));
-            let mut key = [0u8; 260];
+            let mut key = [0u8; dnsward::server::fastpath::KEY_MAX];
             let key = write_key(
                 name.iter(),
                 1,

@@ -38,6 +38,11 @@ fn exchange(dnsward: &Dnsward, source: &str, packet: &[u8]) -> Vec<u8> {
     exchange_raw(dnsward.addr, Transport::Udp, source, packet)
 }
 
+/// The parsed reply to `packet` sent from `source`.
+fn reply(dnsward: &Dnsward, source: &str, packet: &[u8]) -> Message {
+    Message::from_vec(&exchange(dnsward, source, packet)).unwrap()
+}
+
 fn a_ttl(reply: &Message) -> u32 {
     reply
         .answers
@@ -92,12 +97,11 @@ fn repeated_queries_are_replayed_with_their_own_id_case_and_aged_ttl() {
     );
 
     std::thread::sleep(Duration::from_millis(2100));
-    let third = Message::from_vec(&exchange(
+    let third = reply(
         &dnsward,
         "127.0.0.1",
         &raw_query(0x3333, &["www", "test"], 1, Some(1232)),
-    ))
-    .unwrap();
+    );
     assert!(
         a_ttl(&third) + 2 <= a_ttl(&first),
         "TTL counts down: {} then {}",
@@ -106,19 +110,17 @@ fn repeated_queries_are_replayed_with_their_own_id_case_and_aged_ttl() {
     );
 
     // A client without EDNS is a different key; its answer has no OPT.
-    let plain = Message::from_vec(&exchange(
+    let plain = reply(
         &dnsward,
         "127.0.0.1",
         &raw_query(0x4444, &["www", "test"], 1, None),
-    ))
-    .unwrap();
+    );
     assert!(plain.edns.is_none());
-    let plain_again = Message::from_vec(&exchange(
+    let plain_again = reply(
         &dnsward,
         "127.0.0.1",
         &raw_query(0x5555, &["www", "test"], 1, None),
-    ))
-    .unwrap();
+    );
     assert!(plain_again.edns.is_none());
     assert_eq!(plain_again.metadata.id, 0x5555);
 
@@ -202,10 +204,10 @@ fn a_stored_answer_is_never_replayed_to_a_refused_client_or_after_a_reload() {
     let dnsward = Dnsward::start(&config, STANDARD_LISTS);
     let query = raw_query(7, &["www", "test"], 1, Some(1232));
     for _ in 0..2 {
-        let reply = Message::from_vec(&exchange(&dnsward, "127.0.0.1", &query)).unwrap();
+        let reply = reply(&dnsward, "127.0.0.1", &query);
         assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
     }
-    let outsider = Message::from_vec(&exchange(&dnsward, "127.0.0.2", &query)).unwrap();
+    let outsider = reply(&dnsward, "127.0.0.2", &query);
     assert_eq!(outsider.metadata.response_code, ResponseCode::Refused);
 
     // The name joins the block list: the stored answer belongs to the previous generation.
@@ -221,7 +223,7 @@ fn a_stored_answer_is_never_replayed_to_a_refused_client_or_after_a_reload() {
             .is_some(),
         "reloaded"
     );
-    let reply = Message::from_vec(&exchange(&dnsward, "127.0.0.1", &query)).unwrap();
+    let reply = reply(&dnsward, "127.0.0.1", &query);
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
 }
 
@@ -230,12 +232,11 @@ fn answers_too_large_for_the_client_are_still_truncated() {
     let upstream = Upstream::start();
     let dnsward = Dnsward::standard(&upstream, "");
     for payload in [Some(1232), Some(1232), None, None] {
-        let reply = Message::from_vec(&exchange(
+        let reply = reply(
             &dnsward,
             "127.0.0.1",
             &raw_query(9, &["big", "test"], 16, payload),
-        ))
-        .unwrap();
+        );
         assert!(reply.metadata.truncation, "TC for {payload:?}");
     }
 }

@@ -328,7 +328,6 @@ fn dead_server_times_out_and_the_next_answers() {
     let lease = Hierarchy::lease();
     let dnsward = recursive_dnsward_logging(&lease, "", SERVER_LOG);
     for transport in BOTH {
-        let started = std::time::Instant::now();
         let reply = query(
             dnsward.addr,
             transport,
@@ -337,18 +336,17 @@ fn dead_server_times_out_and_the_next_answers() {
             &dnssec(),
         );
         assert_secure_a(&reply, "192.0.2.40");
-        // One server timeout (1 s), not hickory's 5 s per request.
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(4),
-            "{:?}",
-            started.elapsed()
-        );
     }
+    // The dead server was asked and given up on by our per-server timeout (which hands the
+    // question to the zone's next server), not by hickory's deadline for the whole question.
     assert!(
         dnsward
-            .wait_for_log(|line| line.contains(&hierarchy::DEAD_SERVER.to_string()))
+            .wait_for_log(|line| {
+                line.contains(&hierarchy::DEAD_SERVER.to_string())
+                    && line.contains("server not answering")
+            })
             .is_some(),
-        "the dead server was never asked: {:#?}",
+        "the dead server was never timed out: {:#?}",
         dnsward.log()
     );
 }

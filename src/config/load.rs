@@ -165,6 +165,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             "must be at least 1".into(),
         ));
     }
+    for (key, value) in [
+        ("recursion.timeout_ms", file.recursion.timeout_ms),
+        (
+            "recursion.server_timeout_ms",
+            file.recursion.server_timeout_ms,
+        ),
+    ] {
+        if value == 0 {
+            return Err(invalid(0..0, key.into(), "must be at least 1".into()));
+        }
+    }
 
     if let Err(error) = tracing_subscriber::EnvFilter::try_new(&file.log.level) {
         return Err(invalid(
@@ -430,6 +441,17 @@ mod tests {
         assert_eq!(
             error,
             "conf/dnsward.toml:4: forward.attempts: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn zero_recursion_timeouts_are_rejected_with_their_line() {
+        let error = parse_str("[recursion]\nenabled = true\nserver_timeout_ms = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "conf/dnsward.toml:3: recursion.server_timeout_ms: must be at least 1"
         );
     }
 

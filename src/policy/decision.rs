@@ -92,18 +92,20 @@ impl QName {
 
     /// The labels, left to right.
     pub fn labels(&self) -> impl Iterator<Item = &[u8]> {
-        let wire = self.wire();
-        let mut at = 0;
-        std::iter::from_fn(move || {
-            let len = usize::from(*wire.get(at)?);
-            if len == 0 {
-                return None;
-            }
-            let label = wire.get(at + 1..at + 1 + len)?;
-            at += 1 + len;
-            Some(label)
-        })
+        wire_labels(self.wire())
     }
+}
+
+/// The labels of an uncompressed wire name, left to right; stops at the root label or at the
+/// first label that runs past the end.
+pub fn wire_labels(wire: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let len = usize::from(*wire.get(at)?);
+        let label = wire.get(at + 1..at + 1 + len)?;
+        at += 1 + len;
+        (len > 0).then_some(label)
+    })
 }
 
 impl QName {

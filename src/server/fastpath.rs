@@ -22,10 +22,10 @@ use std::{
 
 use quick_cache::Equivalent;
 
-use crate::policy::decision::{AnswerSource, DecisionKind, RuleMatch};
+use crate::policy::decision::{AnswerSource, DecisionKind, RuleMatch, wire_labels};
 
 /// Room for a key: a wire name (at most 255 bytes), type, class and the flags byte.
-const KEY_MAX: usize = 255 + 5;
+pub const KEY_MAX: usize = 255 + 5;
 
 /// A query of the shape the fast path serves, borrowed from the datagram.
 #[derive(Debug)]
@@ -134,17 +134,6 @@ impl<'a> PlainQuery<'a> {
     fn key<'b>(&self, buffer: &'b mut [u8; KEY_MAX]) -> &'b [u8] {
         write_key(self.labels(), self.qtype, self.qclass, self.flags, buffer)
     }
-}
-
-/// The labels of an uncompressed wire name.
-pub fn wire_labels(wire: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        let len = usize::from(*wire.get(at)?);
-        let label = wire.get(at + 1..at + 1 + len)?;
-        at += 1 + len;
-        (len > 0).then_some(label)
-    })
 }
 
 /// Key bytes: the lowercased wire name, type, class, flags.

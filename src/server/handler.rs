@@ -267,7 +267,7 @@ impl Handler {
             edns.is_some(),
             edns.is_some_and(|edns| edns.flags().dnssec_ok),
         );
-        let mut key_buffer = [0u8; 260];
+        let mut key_buffer = [0u8; fastpath::KEY_MAX];
         let key = fastpath::write_key(
             query.name().iter(),
             u16::from(query.query_type()),

@@ -62,13 +62,14 @@ impl RecvBatch {
             .zip(self.addrs.iter_mut())
             .enumerate()
         {
-            iovec.iov_base = self.buffers[index * self.slot_len..].as_mut_ptr().cast();
-            iovec.iov_len = self.slot_len;
-            *header = zeroed_header();
-            header.msg_hdr.msg_name = ptr::from_mut(addr).cast();
-            header.msg_hdr.msg_namelen = socklen::<libc::sockaddr_storage>();
-            header.msg_hdr.msg_iov = ptr::from_mut(iovec);
-            header.msg_hdr.msg_iovlen = 1;
+            let slot = &mut self.buffers[index * self.slot_len..(index + 1) * self.slot_len];
+            point(
+                header,
+                iovec,
+                slot,
+                addr,
+                socklen::<libc::sockaddr_storage>(),
+            );
         }
         // SAFETY: every header points at its own iovec and address storage, and every iovec
         // at a distinct `slot_len` slice of `buffers`, all alive and unaliased for the call;
@@ -153,15 +154,14 @@ impl SendBatch {
     pub fn flush(&mut self, fd: RawFd) -> usize {
         let count = mem::take(&mut self.queued);
         for index in 0..count {
-            let iovec = &mut self.iovecs[index];
-            iovec.iov_base = self.buffers[index * self.slot_len..].as_mut_ptr().cast();
-            iovec.iov_len = self.lens[index];
-            let header = &mut self.headers[index];
-            *header = zeroed_header();
-            header.msg_hdr.msg_name = ptr::from_mut(&mut self.addrs[index]).cast();
-            header.msg_hdr.msg_namelen = self.addr_lens[index];
-            header.msg_hdr.msg_iov = ptr::from_mut(iovec);
-            header.msg_hdr.msg_iovlen = 1;
+            let start = index * self.slot_len;
+            point(
+                &mut self.headers[index],
+                &mut self.iovecs[index],
+                &mut self.buffers[start..start + self.lens[index]],
+                &mut self.addrs[index],
+                self.addr_lens[index],
+            );
         }
         let mut start = 0;
         let mut failed = 0;
@@ -187,6 +187,23 @@ impl SendBatch {
         }
         failed
     }
+}
+
+/// Points `header` at one datagram: its bytes (through `iovec`) and its address.
+fn point(
+    header: &mut libc::mmsghdr,
+    iovec: &mut libc::iovec,
+    bytes: &mut [u8],
+    addr: &mut libc::sockaddr_storage,
+    addr_len: libc::socklen_t,
+) {
+    iovec.iov_base = bytes.as_mut_ptr().cast();
+    iovec.iov_len = bytes.len();
+    *header = zeroed_header();
+    header.msg_hdr.msg_name = ptr::from_mut(addr).cast();
+    header.msg_hdr.msg_namelen = addr_len;
+    header.msg_hdr.msg_iov = ptr::from_mut(iovec);
+    header.msg_hdr.msg_iovlen = 1;
 }
 
 fn zeroed_storage() -> libc::sockaddr_storage {
