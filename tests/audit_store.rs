@@ -428,7 +428,13 @@ fn rechain_from(dir: &Path, seq: u64) {
                 text = text.replace("www.binance.com.", "www.innocent.org.");
             }
             let prev = head.unwrap();
-            text = text.replace(&record.prev, &hex::encode(prev));
+            // The link a line states: a version 1 `prev`, a checkpoint's `head`.
+            if let Some(stated) = &record.prev {
+                text = text.replace(stated, &hex::encode(prev));
+            }
+            if let Entry::Checkpoint(cp) = &record.entry {
+                text = text.replace(&cp.head, &hex::encode(prev));
+            }
             let (body, _) = segment::split_hash(text.as_bytes()).unwrap();
             let hash = segment::recompute(&prev, body);
             let body = String::from_utf8(body.to_vec()).unwrap();
@@ -600,6 +606,22 @@ fn exports_verify_on_their_own() {
         assert_eq!(report.records, stats.records);
         assert_eq!(report.chain_start, ChainStart::Genesis);
 
+        if format == ExportFormat::Csv {
+            // Version 2 lines do not state their link; the CSV `prev` column does, and an
+            // edited one is a modification.
+            let text = std::fs::read_to_string(&path).unwrap();
+            let row = text.lines().nth(5).unwrap();
+            let prev = row.split(',').nth(22).unwrap();
+            assert_eq!(prev.len(), 64, "{row}");
+            let tampered = text.replacen(row, &row.replacen(prev, &"0".repeat(64), 1), 1);
+            std::fs::write(&path, &tampered).unwrap();
+            let failure = audit::verify(&path, Some(&public))
+                .unwrap()
+                .failure
+                .unwrap();
+            assert_eq!(failure.kind, FailureKind::Modified);
+            std::fs::write(&path, text).unwrap();
+        }
         // An edited export fails, in either format.
         let text = std::fs::read_to_string(&path).unwrap();
         let tampered = text.replacen("www.binance.com.", "www.binance.org.", 1);
@@ -856,7 +878,86 @@ proptest! {
         prop_assert_eq!(segment::recompute(&[3; 32], body), hash);
         // The CSV rendering of any record reads back to the same line.
         let mut row = String::new();
-        prop_assert!(dnsward::audit::query::csv_row(line, &mut row));
-        prop_assert_eq!(dnsward::audit::query::csv_row_to_line(row.as_bytes()), Some(line.to_vec()));
+        let prev = hex::encode([3; 32]);
+        prop_assert!(dnsward::audit::query::csv_row(line, Some(&prev), &mut row));
+        prop_assert_eq!(
+            dnsward::audit::query::csv_row_to_line(row.as_bytes()),
+            Some((line.to_vec(), prev))
+        );
     }
+}
+
+/// A log written in format version 1 (by dnsward at 305c444: a `prev` member in every line, null
+/// members written out, signed) still verifies, searches and summarises, and the writer continues
+/// its chain in version 2.
+#[test]
+fn version_1_logs_still_verify_search_and_continue() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let tmp = tempfile::tempdir().unwrap();
+    let v1_segment = "seg-00000000000000000001.dwlog";
+    std::fs::copy(
+        data.join("audit-v1").join(v1_segment),
+        tmp.path().join(v1_segment),
+    )
+    .unwrap();
+    let public = data.join("audit-v1.pub");
+
+    let report = audit::verify(tmp.path(), Some(&public)).unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.records, 9);
+    assert!(matches!(
+        report.signatures,
+        Signatures::Verified { checkpoints: 1 }
+    ));
+
+    let hits = |filter: Filter| -> Vec<String> {
+        audit::search(tmp.path(), &filter)
+            .unwrap()
+            .map(|hit| match hit.unwrap().record.entry {
+                Entry::Query(q) => q.qname,
+                other => panic!("search returned {other:?}"),
+            })
+            .collect()
+    };
+    let blocked = hits(Filter {
+        list: Some("exchanges".into()),
+        ..Filter::default()
+    });
+    assert_eq!(blocked, ["www.binance.com.", "okx.com."]);
+    assert_eq!(hits(Filter::default()).len(), 5);
+    let summary = audit::summary(tmp.path(), &TimeRange::default()).unwrap();
+    assert_eq!(summary.queries, 5);
+    assert_eq!(summary.by_decision.get("blocked"), Some(&2));
+
+    // An altered `prev` member is an altered line.
+    let (path, mut lines, i) = find_line(tmp.path(), 5);
+    let text = String::from_utf8(lines[i].clone()).unwrap();
+    let stated = Record::parse(text.trim_end().as_bytes())
+        .unwrap()
+        .prev
+        .unwrap();
+    lines[i] = text.replace(&stated, &"0".repeat(64)).into_bytes();
+    let original = std::fs::read(&path).unwrap();
+    write_lines(&path, &lines);
+    let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+    assert_eq!(
+        (failure.kind, failure.spot.seq),
+        (FailureKind::Modified, Some(5))
+    );
+    std::fs::write(&path, original).unwrap();
+
+    // The writer continues the chain in version 2: no `prev`, no null members.
+    write_log(&settings(tmp.path()), 0, 30);
+    let newest = segments(tmp.path()).pop().unwrap();
+    let text = std::fs::read_to_string(&newest).unwrap();
+    let header = segment::Header::parse(text.lines().next().unwrap().as_bytes()).unwrap();
+    assert_eq!((header.version, header.first_seq), (2, 10));
+    assert!(!text.contains("\"prev\":"), "{text}");
+    let queries = text.lines().filter(|l| l.contains("\"type\":\"query\""));
+    assert!(queries.clone().all(|l| !l.contains(":null")), "{text}");
+    assert_eq!(queries.count(), 30);
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.chain_start, ChainStart::Genesis);
+    assert_eq!(hits(Filter::default()).len(), 35);
 }

@@ -22,14 +22,6 @@ pub fn display(out: &mut Vec<u8>, value: &impl fmt::Display) {
     out.push(b'"');
 }
 
-/// Appends `value`, or `null`.
-pub fn opt_string(out: &mut Vec<u8>, value: Option<&str>) {
-    match value {
-        Some(text) => string(out, text),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
 /// Appends `text` as a JSON string without looking for characters to escape: only for text
 /// that is ours and plain ASCII (mnemonics, `udp`, addresses), where the scan is wasted work.
 pub fn plain_string(out: &mut Vec<u8>, text: &str) {

@@ -264,9 +264,12 @@ fn scan(line: &[u8]) -> Scan<'_> {
         let mut c = Cursor { line, at: 0 };
         c.key(b"{\"seq\":")?;
         c.digits()?;
-        c.key(b",\"prev\":\"")?;
-        c.skip(64)?;
-        c.key(b"\",\"time\":\"")?;
+        if c.key(b",\"prev\":\"").is_some() {
+            // Version 1 lines carry the link.
+            c.skip(64)?;
+            c.key(b"\"")?;
+        }
+        c.key(b",\"time\":\"")?;
         let time = c.string()?;
         c.key(b",\"instance\":\"")?;
         c.string()?;
@@ -288,12 +291,14 @@ fn scan(line: &[u8]) -> Scan<'_> {
         c.string()?;
         c.key(b",\"decision\":\"")?;
         let decision = c.string()?;
-        c.key(b",\"rule\":")?;
-        let list = if c.key(b"null").is_some() {
+        // Version 2 leaves a null rule out; version 1 wrote `"rule":null`.
+        let list = if c.key(b",\"rule\":{\"list\":\"").is_some() {
+            Some(c.string()?)
+        } else if c.key(b",\"rule\":").is_some() {
+            c.key(b"null")?;
             None
         } else {
-            c.key(b"{\"list\":\"")?;
-            Some(c.string()?)
+            None
         };
         Some(Scan::Query(Quick {
             time,
@@ -923,6 +928,8 @@ pub fn export(
     let mut stats = ExportStats::default();
     let mut started = false;
     let mut row = String::new();
+    // The hash of the line before, for the CSV `prev` column (version 2 lines do not carry it).
+    let mut prev = String::new();
     for seg in segment::list_segments(dir)? {
         let mut reader = LineReader::open(&seg.path)?;
         let mut first = true;
@@ -936,7 +943,7 @@ pub fn export(
                     let header = Header::parse(line.bytes).ok_or_else(|| AuditError::Corrupt {
                         path: seg.path.clone(),
                         offset: 0,
-                        reason: "not a dnsward-audit version 1 segment header",
+                        reason: "not a dnsward-audit segment header of version 1 or 2",
                     })?;
                     match format {
                         ExportFormat::Jsonl => {
@@ -950,6 +957,7 @@ pub fn export(
                         }
                         ExportFormat::Csv => {
                             writeln!(out, "{CSV_COLUMNS}").map_err(AuditError::Output)?;
+                            prev.clone_from(&header.prev_segment_last_hash);
                         }
                     }
                 }
@@ -965,10 +973,15 @@ pub fn export(
                     row.clear();
                     // A line that does not decode is exported as a row with only `record`,
                     // so the damage stays visible to `verify`.
-                    if !csv_row(line.bytes, &mut row) {
-                        row.push_str(",,,,,,,,,,,,,,,,,,,,,,,,");
+                    if !csv_row(line.bytes, Some(&prev), &mut row) {
+                        row.push_str(",,,,,,,,,,,,,,,,,,,,,,");
+                        csv_field(&mut row, &prev);
+                        row.push_str(",,");
                         csv_field(&mut row, &String::from_utf8_lossy(line.bytes));
                     }
+                    prev = segment::split_hash(line.bytes)
+                        .map(|(_, hash)| hex::encode(hash))
+                        .unwrap_or_default();
                     out.write_all(row.as_bytes()).map_err(AuditError::Output)?;
                     out.write_all(b"\n").map_err(AuditError::Output)?;
                 }
@@ -1004,8 +1017,11 @@ fn csv_field(row: &mut String, value: &str) {
     }
 }
 
-/// Renders a stored line as a CSV row (no newline); false if the line does not decode.
-pub fn csv_row(line: &[u8], row: &mut String) -> bool {
+/// Renders a stored line as a CSV row (no newline); false if the line does not decode. `prev`
+/// is the hash of the record before, for the `prev` column (an export knows it; a search
+/// result, out of its context, leaves the column empty unless the line states it, as version
+/// 1 lines do).
+pub fn csv_row(line: &[u8], prev: Option<&str>, row: &mut String) -> bool {
     let Ok(record) = Record::parse(line) else {
         return false;
     };
@@ -1058,7 +1074,11 @@ pub fn csv_row(line: &[u8], row: &mut String) -> bool {
         }
         _ => fields.extend(std::iter::repeat_n(String::new(), 18)),
     }
-    fields.push(record.prev.clone());
+    fields.push(
+        prev.map(str::to_owned)
+            .or_else(|| record.prev.clone())
+            .unwrap_or_default(),
+    );
     fields.push(record.hash.clone());
     for (i, field) in fields.iter().enumerate() {
         if i > 0 {
@@ -1103,13 +1123,19 @@ fn csv_split(row: &[u8]) -> Vec<Vec<u8>> {
     fields
 }
 
-/// For `verify` of a CSV export: the stored line in a row's `record` column, provided every
-/// other column is exactly what that line renders to (so an edited flattened column counts as
-/// a modification too); `None` otherwise.
-pub fn csv_row_to_line(row: &[u8]) -> Option<Vec<u8>> {
-    let line = csv_split(row).pop()?;
+/// Index of the `prev` column in [`CSV_COLUMNS`].
+const CSV_PREV_COLUMN: usize = 22;
+
+/// For `verify` of a CSV export: the stored line in a row's `record` column and the row's
+/// `prev` column, provided every other column is exactly what that line renders to (so an
+/// edited flattened column counts as a modification too); `None` otherwise.
+pub fn csv_row_to_line(row: &[u8]) -> Option<(Vec<u8>, String)> {
+    let mut fields = csv_split(row);
+    let line = fields.pop()?;
+    let prev = String::from_utf8(fields.get(CSV_PREV_COLUMN)?.clone()).ok()?;
     let mut rendered = String::new();
-    (csv_row(&line, &mut rendered) && rendered.as_bytes() == row).then_some(line)
+    (csv_row(&line, Some(&prev), &mut rendered) && rendered.as_bytes() == row)
+        .then_some((line, prev))
 }
 
 /// Whether a file is a CSV export (it starts with the column names).
@@ -1154,7 +1180,7 @@ pub fn write_hits(
             let mut row = String::new();
             for hit in hits {
                 row.clear();
-                csv_row(&hit?.line, &mut row);
+                csv_row(&hit?.line, None, &mut row);
                 writeln!(out, "{row}").map_err(AuditError::Output)?;
                 count += 1;
             }

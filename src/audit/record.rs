@@ -266,11 +266,18 @@ pub struct QueryEntry {
     pub qtype: String,
     pub qclass: String,
     pub decision: Decision,
+    /// Absent when no rule matched (version 1 wrote `null`; both read as `None`). Leaving out
+    /// the members that are null in most records keeps the line, and so its hashing and
+    /// writing, short.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<RuleEntry>,
-    /// `nxdomain`, `nodata`, `null`, `sinkhole` or `refused`; `None` when answered normally.
+    /// `nxdomain`, `nodata`, `null`, `sinkhole` or `refused`; absent when answered normally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
     pub rcode: String,
     pub answer: String,
+    /// The RFC 8914 code, absent when none was attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ede: Option<u16>,
     /// `local`, `cache`, or the upstream's `ip:port`.
     pub source: String,
@@ -347,11 +354,11 @@ pub fn write_query_members(out: &mut Vec<u8>, record: &DecisionRecord, client: &
     }
     out.extend_from_slice(b",\"decision\":\"");
     out.extend_from_slice(Decision::from(record.decision).as_str().as_bytes());
-    out.extend_from_slice(b"\",\"rule\":");
+    out.push(b'"');
     match &record.rule {
-        None => out.extend_from_slice(b"null"),
+        None => {}
         Some(rule) => {
-            out.push(b'{');
+            out.extend_from_slice(b",\"rule\":{");
             json::key(out, "list");
             json::string(out, &rule.list);
             out.push(b',');
@@ -382,8 +389,10 @@ pub fn write_query_members(out: &mut Vec<u8>, record: &DecisionRecord, client: &
             out.push(b'}');
         }
     }
-    out.extend_from_slice(b",\"action\":");
-    json::opt_string(out, record.action.map(action_name));
+    if let Some(action) = record.action {
+        out.extend_from_slice(b",\"action\":");
+        json::plain_string(out, action_name(action));
+    }
     out.extend_from_slice(b",\"rcode\":");
     match RcodeText(record.rcode).as_static() {
         Some(text) => json::plain_string(out, text),
@@ -391,10 +400,9 @@ pub fn write_query_members(out: &mut Vec<u8>, record: &DecisionRecord, client: &
     }
     out.extend_from_slice(b",\"answer\":");
     json::string(out, record.answer.as_deref().unwrap_or_default());
-    out.extend_from_slice(b",\"ede\":");
-    match record.ede {
-        Some(code) => json::number(out, code),
-        None => out.extend_from_slice(b"null"),
+    if let Some(code) = record.ede {
+        out.extend_from_slice(b",\"ede\":");
+        json::number(out, code);
     }
     out.extend_from_slice(b",\"source\":");
     match record.source {

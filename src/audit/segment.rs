@@ -21,8 +21,11 @@ use super::{
 
 /// The `format` member of every header line.
 pub const FORMAT_NAME: &str = "dnsward-audit";
-/// The format version this code writes and reads. Readers refuse other versions.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this code writes. Version 1 (whose record lines also carried `prev`) is
+/// still read and verified; readers refuse any other version.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version readers accept.
+pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// `prev` of the very first record of a log.
 pub const GENESIS: Hash = [0; 32];
 /// File name prefix and extension of segments: `seg-<first seq, 20 digits>.dwlog`, so names sort
@@ -51,8 +54,8 @@ pub struct Header {
     pub kind: HeaderKind,
     /// `seq` of the first record that follows.
     pub first_seq: u64,
-    /// Hex hash of the record before `first_seq` (all zeros at the start of a log): the first
-    /// record's `prev` must equal it.
+    /// Hex hash of the record before `first_seq` (all zeros at the start of a log): the chain
+    /// link of the first record that follows.
     pub prev_segment_last_hash: String,
     pub created: Timestamp,
     pub instance: String,
@@ -89,10 +92,13 @@ impl Header {
         Ok(())
     }
 
-    /// Parses a header line; `None` if it is not a header of this format and version.
+    /// Parses a header line; `None` if it is not a header of this format and a version this
+    /// code reads.
     pub fn parse(line: &[u8]) -> Option<Self> {
         let header: Self = serde_json::from_slice(line).ok()?;
-        (header.format == FORMAT_NAME && header.version == FORMAT_VERSION).then_some(header)
+        (header.format == FORMAT_NAME
+            && (OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&header.version))
+        .then_some(header)
     }
 
     pub fn prev_hash(&self) -> Option<Hash> {
@@ -131,13 +137,14 @@ pub fn unwrap_object(buf: &mut Vec<u8>, start: usize) -> Result<(), AuditError> 
     Ok(())
 }
 
-/// Appends one record line: `{"seq":…,"prev":…,"time":…,"instance":…,` then the members that
-/// `members` writes (starting with `"type"`), then `,"hash":"…"}` and a newline. Returns the
-/// chain hash.
+/// Appends one record line: `{"seq":…,"time":…,"instance":…,` then the members that `members`
+/// writes (starting with `"type"`), then `,"hash":"…"}` and a newline. Returns the chain hash.
 ///
 /// `hash = SHA-256(prev as 32 raw bytes ‖ the object without the hash member)`, i.e. the exact
 /// bytes written up to the `,"hash"` plus the closing `}`. Verifiers hash the bytes as written;
-/// nothing is ever re-serialised, so the hash does not depend on a JSON library.
+/// nothing is ever re-serialised, so the hash does not depend on a JSON library. `prev` (the
+/// previous record's hash) is not written: every reader of the chain has just read it, and
+/// leaving it out saves a sixth of every line's bytes, hashing and writing (format version 2).
 pub fn encode_line(
     buf: &mut Vec<u8>,
     seq: u64,
@@ -149,12 +156,7 @@ pub fn encode_line(
     let start = buf.len();
     buf.extend_from_slice(b"{\"seq\":");
     buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-    buf.extend_from_slice(b",\"prev\":\"");
-    let mut hex_buf = [0u8; 64];
-    // 32 bytes always encode into exactly 64 hex digits, so this cannot fail.
-    let _ = hex::encode_to_slice(prev, &mut hex_buf);
-    buf.extend_from_slice(&hex_buf);
-    buf.extend_from_slice(b"\",\"time\":\"");
+    buf.extend_from_slice(b",\"time\":\"");
     let mut time_buf = [0u8; TIMESTAMP_LEN];
     time.format_into(&mut time_buf);
     buf.extend_from_slice(&time_buf);
@@ -170,7 +172,8 @@ pub fn encode_line(
     // Replace the closing brace by `,"hash":"…"}`.
     buf.pop();
     buf.extend_from_slice(b",\"hash\":\"");
-    // As above: 32 bytes into 64 digits.
+    let mut hex_buf = [0u8; 64];
+    // 32 bytes always encode into exactly 64 hex digits, so this cannot fail.
     let _ = hex::encode_to_slice(hash, &mut hex_buf);
     buf.extend_from_slice(&hex_buf);
     buf.extend_from_slice(b"\"}\n");
@@ -218,7 +221,9 @@ pub fn decode_hash(hex_text: &[u8]) -> Option<Hash> {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Record {
     pub seq: u64,
-    pub prev: String,
+    /// Only in version 1 lines; version 2 leaves the link implicit (see [`encode_line`]).
+    #[serde(default)]
+    pub prev: Option<String>,
     pub time: Timestamp,
     pub instance: String,
     #[serde(flatten)]
@@ -236,8 +241,9 @@ impl Record {
 #[derive(Debug, Deserialize)]
 pub struct LinkView<'a> {
     pub seq: u64,
-    #[serde(borrow)]
-    pub prev: Cow<'a, str>,
+    /// Only in version 1 lines.
+    #[serde(default, borrow)]
+    pub prev: Option<Cow<'a, str>>,
     pub time: Timestamp,
     #[serde(rename = "type", borrow)]
     pub kind: Cow<'a, str>,
@@ -383,7 +389,7 @@ pub fn read_tail(path: &Path, fallback: (u64, Hash)) -> Result<Tail, AuditError>
             let header = Header::parse(line.bytes).ok_or_else(|| AuditError::Corrupt {
                 path: path.to_owned(),
                 offset: line.offset,
-                reason: "not a dnsward-audit version 1 segment header",
+                reason: "not a dnsward-audit segment header of version 1 or 2",
             })?;
             if let Some(prev) = header.prev_hash() {
                 tail.last_seq = header.first_seq.saturating_sub(1);
@@ -469,7 +475,9 @@ mod tests {
         let (body, stored) = split_hash(line).unwrap();
         assert_eq!(stored, hash);
         assert_eq!(recompute(&GENESIS, body), hash);
-        assert!(line.starts_with(b"{\"seq\":7,\"prev\":\"0000"));
+        assert!(line.starts_with(b"{\"seq\":7,\"time\":\"2023-11-14T22:13:20.000000Z\""));
+        // The link is implicit: a different `prev` gives a different hash for the same bytes.
+        assert_ne!(recompute(&[1; 32], body), hash);
         let record = Record::parse(line).unwrap();
         assert_eq!(record.seq, 7);
         assert_eq!(record.entry, query());

@@ -271,27 +271,33 @@ struct OwnedLine {
     offset: u64,
     bytes: Vec<u8>,
     complete: bool,
+    /// The `prev` column of a CSV export row.
+    stated_prev: Option<String>,
 }
 
-/// The chain members of a line that the lookahead needs.
-struct Peek {
-    seq: u64,
-    prev: Option<Hash>,
-    self_ok: bool,
-}
+impl OwnedLine {
+    /// The link the line states, if any: a version 1 line's `prev` member, or a CSV row's
+    /// `prev` column. Version 2 lines leave it implicit.
+    fn stated_prev(&self, view: &LinkView<'_>) -> Option<Option<Hash>> {
+        match (&self.stated_prev, &view.prev) {
+            (Some(column), _) => Some(segment::decode_hash(column.as_bytes())),
+            (None, Some(member)) => Some(segment::decode_hash(member.as_bytes())),
+            (None, None) => None,
+        }
+    }
 
-fn peek(bytes: &[u8]) -> Option<Peek> {
-    let view = LinkView::parse(bytes)?;
-    let prev = segment::decode_hash(view.prev.as_bytes());
-    let self_ok = match (prev, segment::split_hash(bytes)) {
-        (Some(prev), Some((body, stored))) => segment::recompute(&prev, body) == stored,
-        _ => false,
-    };
-    Some(Peek {
-        seq: view.seq,
-        prev,
-        self_ok,
-    })
+    /// The line's own hash if it links to `head`: the stored hash is SHA-256(`head` ‖ the
+    /// line's canonical bytes), and any link the line states is `head`.
+    fn links_to(&self, view: &LinkView<'_>, head: &Hash) -> Option<Hash> {
+        if self
+            .stated_prev(view)
+            .is_some_and(|stated| stated != Some(*head))
+        {
+            return None;
+        }
+        let (body, stored) = segment::split_hash(&self.bytes)?;
+        (segment::recompute(head, body) == stored).then_some(stored)
+    }
 }
 
 struct Checker {
@@ -355,14 +361,19 @@ impl Checker {
             let line = reader
                 .next_line()
                 .map_err(|_| Self::fail(FailureKind::Unreadable, path, None, 0))?;
-            Ok(line.map(|l| OwnedLine {
-                offset: l.offset,
-                bytes: if csv && l.complete {
-                    query::csv_row_to_line(l.bytes).unwrap_or_default()
+            Ok(line.map(|l| {
+                let (bytes, stated_prev) = if csv && l.complete {
+                    query::csv_row_to_line(l.bytes)
+                        .map_or_else(Default::default, |(line, prev)| (line, Some(prev)))
                 } else {
-                    l.bytes.to_vec()
-                },
-                complete: l.complete,
+                    (l.bytes.to_vec(), None)
+                };
+                OwnedLine {
+                    offset: l.offset,
+                    bytes,
+                    complete: l.complete,
+                    stated_prev,
+                }
             }))
         };
         let first = next_owned(&mut reader)?;
@@ -392,17 +403,14 @@ impl Checker {
             }
             let next = next_owned(&mut reader)?;
             if self.expected.is_none() {
-                // CSV: take the chain start from the first record.
-                let start = peek(&line.bytes)
-                    .and_then(|p| p.prev.map(|prev| (p.seq, prev)))
+                // CSV: take the chain start from the first record's `prev` column.
+                let start = LinkView::parse(&line.bytes)
+                    .and_then(|view| Some((view.seq, line.stated_prev(&view)??)))
                     .ok_or_else(|| Self::fail(FailureKind::Unreadable, path, None, line.offset))?;
                 self.start_chain(start.0, start.1);
             }
-            let lookahead = next
-                .as_ref()
-                .filter(|n| n.complete)
-                .and_then(|n| peek(&n.bytes));
-            closed = self.line(path, &line, lookahead.as_ref())?;
+            let lookahead = next.as_ref().filter(|n| n.complete);
+            closed = self.line(path, &line, lookahead)?;
             current = next;
         }
         self.end_file(path, closed, None, last)
@@ -471,31 +479,23 @@ impl Checker {
         &mut self,
         path: &Path,
         line: &OwnedLine,
-        next: Option<&Peek>,
+        next: Option<&OwnedLine>,
     ) -> Result<bool, Failure> {
         // `start_chain` ran before any line.
         let expected = self.expected.unwrap_or(1);
         let view = LinkView::parse(&line.bytes);
-        let split = segment::split_hash(&line.bytes);
-        let prev = view
-            .as_ref()
-            .and_then(|v| segment::decode_hash(v.prev.as_bytes()));
-        let self_ok = match (prev, split) {
-            (Some(prev), Some((body, stored))) => segment::recompute(&prev, body) == stored,
-            _ => false,
-        };
         let seq = view.as_ref().map(|v| v.seq);
-        let linked = prev == Some(self.head);
-        if let (Some(view), Some((_, stored)), true, true) = (&view, split, self_ok, linked)
+        if let Some(view) = &view
             && view.seq == expected
+            && let Some(stored) = line.links_to(view, &self.head)
         {
-            self.head = stored;
+            let head_before = std::mem::replace(&mut self.head, stored);
             self.expected = Some(expected + 1);
             self.report.records += 1;
             self.report.first_seq.get_or_insert(view.seq);
             self.report.last_seq = Some(view.seq);
             if view.kind == "checkpoint" {
-                return self.checkpoint(path, line, view.seq, view.time);
+                return self.checkpoint(path, line, view.seq, view.time, head_before);
             }
             self.last_record_time = Some(
                 self.last_record_time
@@ -507,13 +507,17 @@ impl Checker {
             });
             return Ok(false);
         }
-        let next_fits =
-            next.is_some_and(|n| n.seq == expected && n.prev == Some(self.head) && n.self_ok);
+        let next_view = next.and_then(|n| Some((n, LinkView::parse(&n.bytes)?)));
+        let next_is_expected = next_view
+            .as_ref()
+            .is_some_and(|(_, view)| view.seq == expected);
+        let next_fits = next_is_expected
+            && next_view
+                .as_ref()
+                .is_some_and(|(n, view)| n.links_to(view, &self.head).is_some());
         let kind = match seq {
             // The next line is the one expected here, and this one comes later: a swap.
-            Some(seq) if seq > expected && next.is_some_and(|n| n.seq == expected) => {
-                FailureKind::Reordered
-            }
+            Some(seq) if seq > expected && next_is_expected => FailureKind::Reordered,
             _ if next_fits => FailureKind::Inserted,
             Some(seq) if seq == expected => FailureKind::Modified,
             Some(seq) if seq > expected => FailureKind::Deleted {
@@ -536,18 +540,18 @@ impl Checker {
         line: &OwnedLine,
         seq: u64,
         time: Timestamp,
+        head_before: Hash,
     ) -> Result<bool, Failure> {
         let fail = |kind| Self::fail(kind, path, Some(seq), line.offset);
         let Ok(Record {
             entry: Entry::Checkpoint(cp),
-            prev,
             ..
         }) = Record::parse(&line.bytes)
         else {
             return Err(fail(FailureKind::Modified));
         };
         let head = segment::decode_hash(cp.head.as_bytes());
-        if cp.head_seq + 1 != seq || cp.head != prev {
+        if cp.head_seq + 1 != seq || head != Some(head_before) {
             return Err(fail(FailureKind::Modified));
         }
         let Some(head) = head else {
