@@ -5,6 +5,7 @@
 //! It does not own the byte layout around a record (`seq`, `prev`, `hash`: see `segment`).
 
 use std::{
+    cell::Cell,
     fmt,
     net::SocketAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -107,31 +108,44 @@ impl Timestamp {
 
     /// The stored form, written into a fixed buffer (no allocation on the writer's path).
     pub fn format_into(self, out: &mut [u8; TIMESTAMP_LEN]) {
-        let secs = self.0.div_euclid(1_000_000);
-        let micros = self.0.rem_euclid(1_000_000);
-        let days = secs.div_euclid(86_400);
-        let rem = secs.rem_euclid(86_400);
-        let (year, month, day) = civil_from_days(days);
-        let put = |out: &mut [u8; TIMESTAMP_LEN], at: usize, width: usize, mut value: i64| {
+        thread_local! {
+            /// The date and time of day of the last second formatted on this thread: the
+            /// writer formats thousands of records per second, and the calendar arithmetic
+            /// was most of this function's cost.
+            static LAST_SECOND: Cell<(i64, [u8; SECOND_LEN])> =
+                const { Cell::new((i64::MIN, [0; SECOND_LEN])) };
+        }
+        const SECOND_LEN: usize = 20; // `YYYY-MM-DDTHH:MM:SS.`
+        let put = |out: &mut [u8], at: usize, width: usize, mut value: i64| {
             for i in (0..width).rev() {
                 // `value % 10` is 0..=9 for the non-negative values passed here.
                 out[at + i] = b'0' + (value % 10) as u8;
                 value /= 10;
             }
         };
-        put(out, 0, 4, year);
-        out[4] = b'-';
-        put(out, 5, 2, month);
-        out[7] = b'-';
-        put(out, 8, 2, day);
-        out[10] = b'T';
-        put(out, 11, 2, rem / 3600);
-        out[13] = b':';
-        put(out, 14, 2, rem / 60 % 60);
-        out[16] = b':';
-        put(out, 17, 2, rem % 60);
-        out[19] = b'.';
-        put(out, 20, 6, micros);
+        let secs = self.0.div_euclid(1_000_000);
+        let micros = self.0.rem_euclid(1_000_000);
+        let (cached_secs, mut second) = LAST_SECOND.get();
+        if cached_secs != secs {
+            let days = secs.div_euclid(86_400);
+            let rem = secs.rem_euclid(86_400);
+            let (year, month, day) = civil_from_days(days);
+            put(&mut second, 0, 4, year);
+            second[4] = b'-';
+            put(&mut second, 5, 2, month);
+            second[7] = b'-';
+            put(&mut second, 8, 2, day);
+            second[10] = b'T';
+            put(&mut second, 11, 2, rem / 3600);
+            second[13] = b':';
+            put(&mut second, 14, 2, rem / 60 % 60);
+            second[16] = b':';
+            put(&mut second, 17, 2, rem % 60);
+            second[19] = b'.';
+            LAST_SECOND.set((secs, second));
+        }
+        out[..SECOND_LEN].copy_from_slice(&second);
+        put(out, SECOND_LEN, 6, micros);
         out[26] = b'Z';
     }
 }
@@ -533,6 +547,23 @@ mod tests {
             "1970-01-01T00:00:00.000000Z"
         );
         assert!(Timestamp::parse_rfc3339("yesterday").is_err());
+    }
+
+    #[test]
+    fn timestamps_in_and_across_seconds_format_right() {
+        // The second's text is cached per thread: within a second, across its boundary (and a
+        // day's, a year's), and back again.
+        let cases = [
+            (1_738_324_800_999_999, "2025-01-31T12:00:00.999999Z"),
+            (1_738_324_801_000_000, "2025-01-31T12:00:01.000000Z"),
+            (1_738_324_801_000_042, "2025-01-31T12:00:01.000042Z"),
+            (1_738_324_800_000_001, "2025-01-31T12:00:00.000001Z"),
+            (1_735_689_599_999_999, "2024-12-31T23:59:59.999999Z"),
+            (1_735_689_600_000_000, "2025-01-01T00:00:00.000000Z"),
+        ];
+        for (micros, text) in cases {
+            assert_eq!(Timestamp::from_micros(micros).to_string(), text);
+        }
     }
 
     #[test]
