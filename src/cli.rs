@@ -116,7 +116,7 @@ pub fn main() -> ExitCode {
             Ok(true) => ExitCode::from(1),
             Ok(false) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("dnsward: {error:#}");
+                eprintln!("dnsward: {}", error_text(&error));
                 ExitCode::from(2)
             }
         },
@@ -237,6 +237,24 @@ fn audit(path: &std::path::Path, command: AuditCommand) -> ExitCode {
     }
 }
 
+/// An error and its causes on one line, `context: cause: cause`. The library's errors already
+/// name their cause in their own text (`audit.key: No such file or directory`), so a cause
+/// whose text the line already ends with is not repeated.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.ends_with(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
 /// Whether an audit command names its directory itself (`--dir`, or a path to verify), so an
 /// auditor can work on a copied log without the resolver's config.
 fn command_has_dir(command: &AuditCommand) -> bool {
@@ -351,8 +369,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
     match run_server(state) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
-            eprintln!("dnsward: {error:#}");
+            let text = error_text(&error);
+            tracing::error!("{text}");
+            eprintln!("dnsward: {text}");
             ExitCode::from(1)
         }
     }

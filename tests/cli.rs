@@ -223,6 +223,24 @@ fn shipped_lists_block_exchanges_and_watch_otc_sites() {
 }
 
 #[test]
+fn serve_names_a_missing_audit_key_once() {
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[forward]\nupstreams = [\"{UPSTREAM}\"]\n[audit]\nsigning_key = \"missing.key\"\n"
+    );
+    let (_dir, path) = setup(&config, &[]);
+    let output = run(&["serve", "--config", &path]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    let last = message.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("dnsward: cannot open the audit log") && last.contains("missing.key"),
+        "{message}"
+    );
+    // The cause is named once, not once per level of the error chain.
+    assert_eq!(last.matches("os error 2").count(), 1, "{message}");
+}
+
+#[test]
 fn check_validates_the_audit_key_and_recursion_files() {
     let config = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n[forward]\nupstreams = [\"{UPSTREAM}\"]\n[audit]\nsigning_key = \"missing.key\"\n"
