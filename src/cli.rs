@@ -244,7 +244,7 @@ fn error_text(error: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in error.chain() {
         let cause = cause.to_string();
-        if text.ends_with(&cause) {
+        if text == cause || text.ends_with(&format!(": {cause}")) {
             continue;
         }
         if !text.is_empty() {

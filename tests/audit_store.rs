@@ -613,13 +613,17 @@ fn exports_verify_on_their_own() {
             let row = text.lines().nth(5).unwrap();
             let prev = row.split(',').nth(22).unwrap();
             assert_eq!(prev.len(), 64, "{row}");
-            let tampered = text.replacen(row, &row.replacen(prev, &"0".repeat(64), 1), 1);
-            std::fs::write(&path, &tampered).unwrap();
-            let failure = audit::verify(&path, Some(&public))
-                .unwrap()
-                .failure
-                .unwrap();
-            assert_eq!(failure.kind, FailureKind::Modified);
+            // Another hash, or the same one in capitals (the column is outside the hashed
+            // bytes, so only an exact match is the writer's).
+            for edited in ["0".repeat(64), prev.to_uppercase()] {
+                let tampered = text.replacen(row, &row.replacen(prev, &edited, 1), 1);
+                std::fs::write(&path, &tampered).unwrap();
+                let failure = audit::verify(&path, Some(&public))
+                    .unwrap()
+                    .failure
+                    .unwrap();
+                assert_eq!(failure.kind, FailureKind::Modified, "{edited}");
+            }
             std::fs::write(&path, text).unwrap();
         }
         // An edited export fails, in either format.
@@ -752,6 +756,38 @@ fn search_filters_and_formats() {
             .unwrap()
             .contains(",www.binance.com.,A,IN,blocked,crypto,")
     );
+}
+
+/// The search's byte scan is only a shortcut: a line whose members come in another order
+/// (written by other software) is read in full, so its rule still counts.
+#[test]
+fn lines_in_another_member_order_are_still_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 30);
+    let list = |name: &str| Filter {
+        list: Some(name.into()),
+        ..Filter::default()
+    };
+    let count = |filter: Filter| audit::search(tmp.path(), &filter).unwrap().count();
+    assert_eq!(count(list("crypto")), 10);
+    // Move the first blocked query's rule (seq 2, after the start record) behind its rcode.
+    let (path, mut lines, i) = find_line(tmp.path(), 2);
+    let text = String::from_utf8(lines[i].clone()).unwrap();
+    let start = text.find(",\"rule\":").unwrap();
+    let end = text.find(",\"action\":").unwrap();
+    let rule = &text[start..end];
+    let moved =
+        text.replacen(rule, "", 1)
+            .replacen(",\"answer\":", &format!("{rule},\"answer\":"), 1);
+    assert!(
+        moved.contains("\"rcode\":\"NXDOMAIN\",\"rule\":{\"list\":\"crypto\""),
+        "{moved}"
+    );
+    lines[i] = moved.into_bytes();
+    write_lines(&path, &lines);
+    assert_eq!(count(list("crypto")), 10);
+    let summary = audit::summary(tmp.path(), &TimeRange::default()).unwrap();
+    assert_eq!(summary.per_list.get("crypto"), Some(&10));
 }
 
 #[test]

@@ -298,6 +298,11 @@ fn scan(line: &[u8]) -> Scan<'_> {
             c.key(b"null")?;
             None
         } else {
+            // No rule here: make sure there is none later either (a line in another member
+            // order). The key cannot occur unescaped inside a JSON string.
+            if memchr::memmem::find(&line[c.at..], b"\"rule\":").is_some() {
+                return None;
+            }
             None
         };
         Some(Scan::Query(Quick {

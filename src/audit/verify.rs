@@ -276,23 +276,28 @@ struct OwnedLine {
 }
 
 impl OwnedLine {
-    /// The link the line states, if any: a version 1 line's `prev` member, or a CSV row's
-    /// `prev` column. Version 2 lines leave it implicit.
-    fn stated_prev(&self, view: &LinkView<'_>) -> Option<Option<Hash>> {
-        match (&self.stated_prev, &view.prev) {
-            (Some(column), _) => Some(segment::decode_hash(column.as_bytes())),
-            (None, Some(member)) => Some(segment::decode_hash(member.as_bytes())),
-            (None, None) => None,
-        }
+    /// The links the line states: a CSV row's `prev` column and a version 1 line's `prev`
+    /// member. Version 2 lines in a log leave it implicit.
+    fn stated_prevs<'a>(&'a self, view: &'a LinkView<'_>) -> impl Iterator<Item = &'a str> {
+        self.stated_prev
+            .as_deref()
+            .into_iter()
+            .chain(view.prev.as_deref())
+    }
+
+    /// The first stated link as a hash, if it is written exactly as the writer writes hashes
+    /// (64 lower-case hex digits).
+    fn stated_hash(&self, view: &LinkView<'_>) -> Option<Hash> {
+        let text = self.stated_prevs(view).next()?;
+        segment::decode_hash(text.as_bytes()).filter(|hash| hex::encode(hash) == text)
     }
 
     /// The line's own hash if it links to `head`: the stored hash is SHA-256(`head` ‖ the
-    /// line's canonical bytes), and any link the line states is `head`.
+    /// line's canonical bytes), and every link the line states is `head`, byte for byte (a
+    /// CSV column is outside the hashed bytes, so even a change of letter case is an edit).
     fn links_to(&self, view: &LinkView<'_>, head: &Hash) -> Option<Hash> {
-        if self
-            .stated_prev(view)
-            .is_some_and(|stated| stated != Some(*head))
-        {
+        let head_text = hex::encode(head);
+        if self.stated_prevs(view).any(|stated| stated != head_text) {
             return None;
         }
         let (body, stored) = segment::split_hash(&self.bytes)?;
@@ -405,7 +410,7 @@ impl Checker {
             if self.expected.is_none() {
                 // CSV: take the chain start from the first record's `prev` column.
                 let start = LinkView::parse(&line.bytes)
-                    .and_then(|view| Some((view.seq, line.stated_prev(&view)??)))
+                    .and_then(|view| Some((view.seq, line.stated_hash(&view)?)))
                     .ok_or_else(|| Self::fail(FailureKind::Unreadable, path, None, line.offset))?;
                 self.start_chain(start.0, start.1);
             }
