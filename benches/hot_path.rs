@@ -120,7 +120,7 @@ fn cache(c: &mut Criterion) {
 fn wire_replay(c: &mut Criterion) {
     use dnsward::{
         policy::decision::DecisionKind,
-        server::fastpath::{Outcome, PlainQuery, WireCache, WireKey, request_flags, write_key},
+        server::fastpath::{Outcome, PlainQuery, WireCache, request_flags, write_key},
     };
     let cache = WireCache::new(100_000);
     let now = Instant::now();
@@ -149,7 +149,7 @@ fn wire_replay(c: &mut Criterion) {
                 &mut key,
             );
             cache.store(
-                WireKey::new(key),
+                key,
                 &response.to_vec().expect("encodes"),
                 1,
                 Some(300),

@@ -14,13 +14,7 @@
 //! the client and is checked on every query. Answers from upstream or cache expire with the
 //! cache entry they came from; synthesized block answers live as long as their generation.
 
-use std::{
-    hash::{Hash, Hasher},
-    sync::Arc,
-    time::Instant,
-};
-
-use quick_cache::Equivalent;
+use std::{hash::BuildHasher, sync::Arc, time::Instant};
 
 use crate::policy::decision::{AnswerSource, DecisionKind, RuleMatch, wire_labels};
 
@@ -163,37 +157,6 @@ pub fn write_key<'b, 'l>(
     &buffer[..at + 6]
 }
 
-/// An owned key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WireKey(Box<[u8]>);
-
-impl WireKey {
-    pub fn new(bytes: &[u8]) -> Self {
-        Self(bytes.into())
-    }
-}
-
-impl Hash for WireKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write(&self.0);
-    }
-}
-
-/// A borrowed key, hashed like `WireKey`, for lookups without an allocation.
-struct KeyRef<'a>(&'a [u8]);
-
-impl Hash for KeyRef<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write(self.0);
-    }
-}
-
-impl Equivalent<WireKey> for KeyRef<'_> {
-    fn equivalent(&self, key: &WireKey) -> bool {
-        *self.0 == *key.0
-    }
-}
-
 /// The decision behind a stored answer: what each fast answer's decision record says.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -220,6 +183,8 @@ impl Outcome {
 /// One stored response. Kept small: a cache holds one per question and flag combination.
 #[derive(Debug)]
 pub struct WireAnswer {
+    /// The request flags of the key (the name, type and class are the response's question).
+    flags: u8,
     /// The response as first sent (ID and question case are overwritten per query), then the
     /// offsets of the TTL fields counted down by age, two bytes each (none for synthesized
     /// answers, whose TTL is the configured `blocking.ttl_secs` at any time).
@@ -234,17 +199,43 @@ pub struct WireAnswer {
     pub outcome: Outcome,
 }
 
+impl WireAnswer {
+    /// Whether this entry answers `key` (see [`write_key`]): its question, compared without
+    /// regard to case, with the key's name, type and class, and the same request flags.
+    fn answers(&self, key: &[u8]) -> bool {
+        let Some(name_len) = key.len().checked_sub(5) else {
+            return false;
+        };
+        let question = self.data.get(12..12 + name_len + 4);
+        question.is_some_and(|question| {
+            question[..name_len].eq_ignore_ascii_case(&key[..name_len])
+                && question[name_len..] == key[name_len..name_len + 4]
+        }) && self.flags == key[name_len + 4]
+    }
+}
+
 /// The stored responses; cheap to share. Sharded (`quick_cache`): no global lock.
+///
+/// Entries are found by a 64-bit hash of the key, not the key itself: a stored key was one
+/// more allocation per entry and one more cache miss per lookup, and the stored response's
+/// question already holds the name, type and class, so a found entry is checked against the
+/// key (`WireAnswer::answers`). Two keys with the same hash only displace each other.
 #[derive(Debug)]
 pub struct WireCache {
-    entries: quick_cache::sync::Cache<WireKey, Arc<WireAnswer>>,
+    entries: quick_cache::sync::Cache<u64, Arc<WireAnswer>>,
+    hasher: foldhash::quality::RandomState,
 }
 
 impl WireCache {
     pub fn new(capacity: usize) -> Self {
         Self {
             entries: quick_cache::sync::Cache::new(capacity),
+            hasher: foldhash::quality::RandomState::default(),
         }
+    }
+
+    fn slot(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
     }
 
     /// Writes the stored answer to `query` into `out` and returns its length and entry, if one
@@ -258,14 +249,15 @@ impl WireCache {
         out: &mut [u8],
     ) -> Option<(usize, Arc<WireAnswer>)> {
         let mut key_buffer = [0u8; KEY_MAX];
-        let key = KeyRef(query.key(&mut key_buffer));
-        let entry = self.entries.get(&key)?;
-        if entry.generation != generation {
+        let key = query.key(&mut key_buffer);
+        let slot = self.slot(key);
+        let entry = self.entries.get(&slot)?;
+        if entry.generation != generation || !entry.answers(key) {
             return None;
         }
         let age = now.saturating_duration_since(entry.stored_at).as_secs();
         if entry.life_secs != u32::MAX && age >= u64::from(entry.life_secs) {
-            self.entries.remove(&key);
+            self.entries.remove(&slot);
             return None;
         }
         // RFC 6891 §7 / RFC 1035 §4.2.1, as the request chain does: the larger answer, with TC,
@@ -294,16 +286,19 @@ impl WireCache {
         Some((bytes.len(), entry))
     }
 
+    /// Whether an answer to `key` is stored (of any generation).
     pub fn contains(&self, key: &[u8]) -> bool {
-        self.entries.contains_key(&KeyRef(key))
+        self.entries
+            .peek(&self.slot(key))
+            .is_some_and(|entry| entry.answers(key))
     }
 
-    /// Stores `response` (as sent) under `key`. `fresh_for`: seconds the answer stays valid
-    /// (its TTLs are then counted down); `None` for synthesized answers. Responses that do not
-    /// walk cleanly are not stored.
+    /// Stores `response` (as sent) under `key` (see [`write_key`]). `fresh_for`: seconds the
+    /// answer stays valid (its TTLs are then counted down); `None` for synthesized answers.
+    /// Responses that do not walk cleanly, or whose question is not the key's, are not stored.
     pub fn store(
         &self,
-        key: WireKey,
+        key: &[u8],
         response: &[u8],
         generation: u64,
         fresh_for: Option<u32>,
@@ -328,7 +323,11 @@ impl WireCache {
                 data.extend_from_slice(&(at as u16).to_be_bytes());
             }
         }
+        let Some(&flags) = key.last() else {
+            return;
+        };
         let entry = WireAnswer {
+            flags,
             data: data.into_boxed_slice(),
             response_len,
             opt_payload_at,
@@ -337,7 +336,10 @@ impl WireCache {
             generation,
             outcome,
         };
-        self.entries.insert(key, Arc::new(entry));
+        if !entry.answers(key) {
+            return;
+        }
+        self.entries.insert(self.slot(key), Arc::new(entry));
     }
 }
 
@@ -495,7 +497,7 @@ mod tests {
         let mut key = [0u8; KEY_MAX];
         let now = Instant::now();
         cache.store(
-            WireKey::new(parsed.key(&mut key)),
+            parsed.key(&mut key),
             &response(&first, true),
             7,
             Some(100),
@@ -533,7 +535,7 @@ mod tests {
         let mut key = [0u8; KEY_MAX];
         let now = Instant::now();
         cache.store(
-            WireKey::new(parsed.key(&mut key)),
+            parsed.key(&mut key),
             &response(&request, false),
             1,
             None,
@@ -548,6 +550,48 @@ mod tests {
         assert_eq!(len, 33 + 16);
         let mut small = [0u8; 20];
         assert!(cache.answer(&parsed, 1, 1232, now, &mut small).is_none());
+    }
+
+    #[test]
+    fn an_entry_answers_only_its_own_question_and_flags() {
+        let cache = WireCache::new(16);
+        let request = query(None);
+        let parsed = PlainQuery::parse(&request).unwrap();
+        let mut key_buffer = [0u8; KEY_MAX];
+        let key = parsed.key(&mut key_buffer).to_vec();
+        cache.store(
+            &key,
+            &response(&request, false),
+            1,
+            None,
+            outcome(),
+            Instant::now(),
+        );
+        let entry = cache.entries.peek(&cache.slot(&key)).unwrap();
+        assert!(entry.answers(&key));
+        // Entries are found by hash; a key that lands on another's slot must not be answered.
+        let mut other_name = key.clone();
+        other_name[1] = b'x';
+        assert!(!entry.answers(&other_name));
+        let mut other_type = key.clone();
+        let at = key.len() - 4;
+        other_type[at] ^= 1;
+        assert!(!entry.answers(&other_type));
+        let mut other_flags = key.clone();
+        *other_flags.last_mut().unwrap() ^= 1;
+        assert!(!entry.answers(&other_flags));
+        assert!(!entry.answers(&key[..3]));
+        // A response whose question is not the key's is not stored.
+        let cache = WireCache::new(16);
+        cache.store(
+            &other_name,
+            &response(&request, false),
+            1,
+            None,
+            outcome(),
+            Instant::now(),
+        );
+        assert!(!cache.contains(&other_name));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use hickory_server::{
 };
 
 use super::{
-    fastpath::{self, Outcome, PlainQuery, WireCache, WireKey},
+    fastpath::{self, Outcome, PlainQuery, WireCache},
     sinkhole,
 };
 use crate::audit::AuditHandle;
@@ -304,7 +304,7 @@ impl Handler {
             synthesized: record.source == AnswerSource::Local,
         };
         wire.store(
-            WireKey::new(key),
+            key,
             &bytes,
             state.generation,
             fresh_for,
