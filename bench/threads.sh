@@ -2,7 +2,7 @@
 # Per-thread CPU of dnsward under dnsperf: where each answer's server CPU goes (the query path's
 # worker threads against the audit writer thread). Uses the inputs of a kept full run.
 #
-#   bench/run.sh --audit --keep        # once: generates inputs, renders configs, starts nothing after
+#   bench/run.sh --audit --keep        # once: generates the inputs and configs and keeps them
 #   bench/threads.sh [--config dnsward-audit-on] [--duration 10] [--dnsward PATH]
 #
 # Prints queries completed and, per thread name, user and system CPU seconds during the run, and
