@@ -152,6 +152,7 @@ impl Handler {
         query: &PlainQuery<'_>,
         client: SocketAddr,
         out: &mut [u8],
+        audit_batch: &mut Vec<DecisionRecord>,
         send: impl FnOnce(&[u8]) -> bool,
     ) -> bool {
         let Some(wire) = &self.wire else {
@@ -205,10 +206,19 @@ impl Handler {
             latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         };
         record.emit();
-        if let Some(audit) = &self.audit {
-            audit.record(record);
+        if self.audit.is_some() {
+            audit_batch.push(record);
         }
         true
+    }
+
+    /// Hands the decision records gathered by `answer_fast` over one receive batch to the audit
+    /// writer (see `AuditHandle::record_batch`).
+    pub(super) fn flush_audit(&self, audit_batch: &mut Vec<DecisionRecord>) {
+        if let Some(audit) = &self.audit {
+            audit.record_batch(audit_batch);
+        }
+        audit_batch.clear();
     }
 
     /// Stores a UDP response for the fast path when replaying it is exactly right: a query of
@@ -660,14 +670,6 @@ impl RequestHandler for Handler {
             self.counters.logged.fetch_add(1, Ordering::Relaxed);
         }
 
-        let info = send(
-            request,
-            &mut response_handle,
-            &reply,
-            state.config.server.udp_payload_max,
-        )
-        .await;
-
         record.rcode = reply.response_code;
         record.answer = match &reply.summary {
             Some(summary) => Some(summary.clone()),
@@ -679,10 +681,19 @@ impl RequestHandler for Handler {
             .as_ref()
             .map(|(code, _)| *code)
             .filter(|_| request.edns.is_some());
-        record.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // Stored before the answer leaves, so a client that asks again as soon as it has it
+        // is answered by the fast path.
         if transport == Transport::Udp {
             self.store_for_fast_path(&state, request, &reply, &record);
         }
+        let info = send(
+            request,
+            &mut response_handle,
+            &reply,
+            state.config.server.udp_payload_max,
+        )
+        .await;
+        record.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         record.emit();
         // The audit queue never blocks: a full queue is counted and becomes a gap record.
         if let Some(audit) = &self.audit {

@@ -29,10 +29,12 @@ use hickory_server::{
 use tokio::{io::Interest, net::UdpSocket};
 use tokio_util::sync::CancellationToken;
 
+use crate::policy::decision::DecisionRecord;
+
 use super::{
     Handler,
     fastpath::PlainQuery,
-    mmsg::{RecvBatch, SendBatch},
+    mmsg::{self, RecvBatch, SendBatch},
 };
 
 /// Batches still read after shutdown is asked (32 datagrams each).
@@ -48,6 +50,9 @@ pub async fn serve(socket: Arc<UdpSocket>, handler: Arc<Handler>, shutdown: Canc
     let mut received = RecvBatch::new(MAX_QUERY);
     let mut answers = SendBatch::new(MAX_QUERY);
     let mut scratch = vec![0u8; MAX_QUERY];
+    // Decision records of the fast answers in the current batch, handed to the audit writer at
+    // once after the batch's answers are sent.
+    let mut audit_batch = Vec::with_capacity(mmsg::BATCH);
     // At shutdown, what the kernel has already queued is still answered (a bounded number of
     // batches, so a flood cannot hold the stop up), then the loop ends.
     let mut drain_left: Option<usize> = None;
@@ -99,12 +104,14 @@ pub async fn serve(socket: Arc<UdpSocket>, handler: Arc<Handler>, shutdown: Canc
                 source,
                 &mut scratch,
                 &mut answers,
+                &mut audit_batch,
             );
         }
         let lost = answers.flush(fd);
         if lost > 0 {
             tracing::debug!(lost, "udp answers could not be sent");
         }
+        handler.flush_audit(&mut audit_batch);
     }
 }
 
@@ -116,13 +123,16 @@ fn answer(
     source: SocketAddr,
     scratch: &mut [u8],
     answers: &mut SendBatch,
+    audit_batch: &mut Vec<DecisionRecord>,
 ) {
     // Answering to port 0 or an unspecified address is impossible (and a spoofing sign).
     if source.port() == 0 || source.ip().is_unspecified() {
         return;
     }
     if let Some(query) = PlainQuery::parse(packet)
-        && handler.answer_fast(&query, source, scratch, |bytes| answers.push(bytes, source))
+        && handler.answer_fast(&query, source, scratch, audit_batch, |bytes| {
+            answers.push(bytes, source)
+        })
     {
         return;
     }
