@@ -271,9 +271,11 @@ impl AuditHandle {
                 }
             }
             count => {
-                // The filled vector goes; the worker gets an empty one of the same capacity
-                // (one allocation per batch, no copy of the records).
-                let records = std::mem::replace(batch, Vec::with_capacity(batch.capacity()));
+                // Sized to the records, not to the worker's buffer: queued batches are what a
+                // backlog holds while the writer waits on the disk, and most receive batches
+                // are far from full.
+                let mut records = Vec::with_capacity(count);
+                records.append(batch);
                 if !self.tx.try_send(Message::Queries(records)) {
                     self.drops.note_many(count as u64);
                 }
