@@ -474,6 +474,44 @@ fn rechaining_without_the_key_fails_on_signatures() {
     assert_eq!(failure.kind, FailureKind::BadSignature);
 }
 
+/// Batches (one UDP receive batch's records) count record by record against the queue bound:
+/// all written when there is room, all counted when there is none, and a queue smaller than a
+/// batch still takes what fits.
+#[test]
+fn batches_of_records_are_written_or_counted_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (handle, writer) = AuditLog::open(&settings(tmp.path()), InstanceId::random()).unwrap();
+    let mut batch: Vec<DecisionRecord> = (0..10).map(decision).collect();
+    handle.record_batch(&mut batch);
+    assert!(batch.is_empty());
+    writer.shutdown().unwrap();
+    assert_eq!(handle.dropped(), 0);
+    let queries = |dir: &Path| {
+        all_records(dir)
+            .into_iter()
+            .filter(|r| matches!(r.entry, Entry::Query(_)))
+            .count() as u64
+    };
+    assert_eq!(queries(tmp.path()), 10);
+
+    let small = tempfile::tempdir().unwrap();
+    let settings = AuditSettings {
+        queue_capacity: 4,
+        ..settings(small.path())
+    };
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    let mut batch: Vec<DecisionRecord> = (0..10).map(decision).collect();
+    handle.record_batch(&mut batch);
+    let dropped = handle.dropped();
+    writer.shutdown().unwrap();
+    let written = queries(small.path());
+    assert!(
+        written >= 4,
+        "the queue had room for four: {written} written"
+    );
+    assert_eq!(written + dropped, 10);
+}
+
 #[test]
 fn full_queue_is_recorded_as_a_gap_with_the_right_count() {
     let tmp = tempfile::tempdir().unwrap();

@@ -228,6 +228,40 @@ fn a_stored_answer_is_never_replayed_to_a_refused_client_or_after_a_reload() {
 }
 
 #[test]
+fn a_name_answered_before_a_reload_is_replayed_again_after_it() {
+    let upstream = Upstream::start();
+    let mut dnsward = Dnsward::standard(&upstream, "");
+    let query = raw_query(9, &["www", "test"], 1, Some(1232));
+    // Generation 1: asked and stored.
+    assert_eq!(
+        reply(&dnsward, "127.0.0.1", &query).metadata.response_code,
+        ResponseCode::NoError
+    );
+    // An edit that leaves www.test allowed.
+    std::fs::write(
+        dnsward.dir.path().join("block.txt"),
+        "blocked.test\n||binance.com^\n*.wild.test\nother.test\n",
+    )
+    .unwrap();
+    dnsward.signal("HUP");
+    assert!(
+        dnsward
+            .wait_for_log(|line| line.contains("generation=2"))
+            .is_some(),
+        "reloaded"
+    );
+    // Generation 2: the old entry is not replayed; this answer replaces it, and the next four
+    // are replayed.
+    for _ in 0..5 {
+        assert_eq!(
+            reply(&dnsward, "127.0.0.1", &query).metadata.response_code,
+            ResponseCode::NoError
+        );
+    }
+    assert_eq!(stop_counter(&mut dnsward, "fast_answers"), 4);
+}
+
+#[test]
 fn answers_too_large_for_the_client_are_still_truncated() {
     let upstream = Upstream::start();
     let dnsward = Dnsward::standard(&upstream, "");

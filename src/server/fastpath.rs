@@ -257,7 +257,9 @@ impl WireCache {
         }
         let age = now.saturating_duration_since(entry.stored_at).as_secs();
         if entry.life_secs != u32::MAX && age >= u64::from(entry.life_secs) {
-            self.entries.remove(&slot);
+            // Only this expired entry: another worker may have stored a fresh one meanwhile.
+            self.entries
+                .remove_if(&slot, |stored| Arc::ptr_eq(stored, &entry));
             return None;
         }
         // RFC 6891 §7 / RFC 1035 §4.2.1, as the request chain does: the larger answer, with TC,
@@ -286,11 +288,12 @@ impl WireCache {
         Some((bytes.len(), entry))
     }
 
-    /// Whether an answer to `key` is stored (of any generation).
-    pub fn contains(&self, key: &[u8]) -> bool {
+    /// Whether an answer to `key` is stored for `generation` (an entry of an earlier generation
+    /// is replaced by the next store, or the name would stay off the fast path after a reload).
+    pub fn contains(&self, key: &[u8], generation: u64) -> bool {
         self.entries
             .peek(&self.slot(key))
-            .is_some_and(|entry| entry.answers(key))
+            .is_some_and(|entry| entry.generation == generation && entry.answers(key))
     }
 
     /// Stores `response` (as sent) under `key` (see [`write_key`]). `fresh_for`: seconds the
@@ -591,7 +594,7 @@ mod tests {
             outcome(),
             Instant::now(),
         );
-        assert!(!cache.contains(&other_name));
+        assert!(!cache.contains(&other_name, 1));
     }
 
     #[test]

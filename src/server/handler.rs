@@ -285,7 +285,7 @@ impl Handler {
             flags,
             &mut key_buffer,
         );
-        if wire.contains(key) {
+        if wire.contains(key, state.generation) {
             return;
         }
         let (metadata, response_edns) =
