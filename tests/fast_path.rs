@@ -64,6 +64,18 @@ fn stop_counter(dnsward: &mut Dnsward, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {line}"))
 }
 
+/// Rewrites the standard `block.txt` and waits until generation 2 serves it.
+fn reload_block_list(dnsward: &Dnsward, block_list: &str) {
+    std::fs::write(dnsward.dir.path().join("block.txt"), block_list).unwrap();
+    dnsward.signal("HUP");
+    assert!(
+        dnsward
+            .wait_for_log(|line| line.contains("generation=2"))
+            .is_some(),
+        "reloaded"
+    );
+}
+
 #[test]
 fn repeated_queries_are_replayed_with_their_own_id_case_and_aged_ttl() {
     let upstream = Upstream::start();
@@ -211,17 +223,9 @@ fn a_stored_answer_is_never_replayed_to_a_refused_client_or_after_a_reload() {
     assert_eq!(outsider.metadata.response_code, ResponseCode::Refused);
 
     // The name joins the block list: the stored answer belongs to the previous generation.
-    std::fs::write(
-        dnsward.dir.path().join("block.txt"),
+    reload_block_list(
+        &dnsward,
         "blocked.test\n||binance.com^\n*.wild.test\nwww.test\n",
-    )
-    .unwrap();
-    dnsward.signal("HUP");
-    assert!(
-        dnsward
-            .wait_for_log(|line| line.contains("generation=2"))
-            .is_some(),
-        "reloaded"
     );
     let reply = reply(&dnsward, "127.0.0.1", &query);
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
@@ -238,17 +242,9 @@ fn a_name_answered_before_a_reload_is_replayed_again_after_it() {
         ResponseCode::NoError
     );
     // An edit that leaves www.test allowed.
-    std::fs::write(
-        dnsward.dir.path().join("block.txt"),
+    reload_block_list(
+        &dnsward,
         "blocked.test\n||binance.com^\n*.wild.test\nother.test\n",
-    )
-    .unwrap();
-    dnsward.signal("HUP");
-    assert!(
-        dnsward
-            .wait_for_log(|line| line.contains("generation=2"))
-            .is_some(),
-        "reloaded"
     );
     // Generation 2: the old entry is not replayed; this answer replaces it, and the next four
     // are replayed.

@@ -218,7 +218,6 @@ impl Handler {
         if let Some(audit) = &self.audit {
             audit.record_batch(audit_batch);
         }
-        audit_batch.clear();
     }
 
     /// Stores a UDP response for the fast path when replaying it is exactly right: a query of
