@@ -3,6 +3,11 @@
 //! What is cached is the upstream's reply *before* policy, so a list change applies to cached
 //! answers at once. The store is `quick_cache`'s sharded cache: no global lock on the query path,
 //! and a hard entry limit with a scan-resistant eviction policy.
+//!
+//! Records are kept in wire form (as Unbound and PowerDNS Recursor keep theirs), not as hickory
+//! `Record`s: a typical reply (one A record, the zone's NS in authority, its glue) is about 50
+//! bytes on the wire against some 750 bytes as three `Record`s, and the cache holds one entry
+//! per distinct question. A hit decodes the records, which costs about what cloning them did.
 
 use std::{
     sync::Arc,
@@ -12,6 +17,7 @@ use std::{
 use hickory_proto::{
     op::{Message, ResponseCode},
     rr::{DNSClass, LowerName, RData, Record, RecordType},
+    serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder},
 };
 
 use crate::config::CacheSection;
@@ -33,9 +39,11 @@ pub struct CacheKey {
 pub struct CachedAnswer {
     pub response_code: ResponseCode,
     pub authentic_data: bool,
-    pub answers: Vec<Record>,
-    pub authorities: Vec<Record>,
-    pub additionals: Vec<Record>,
+    /// The answer, authority and additional records in wire form, one after the other, names
+    /// compressed against earlier ones in the same bytes (RFC 1035 §4.1.4).
+    records: Box<[u8]>,
+    /// Records in each section: answer, authority, additional.
+    counts: [u16; 3],
     /// The answer section in brief, for decision records: made once, not per hit.
     pub summary: Arc<str>,
     stored_at: Instant,
@@ -56,19 +64,64 @@ impl CachedAnswer {
         self.ttl_secs.saturating_sub(age_secs)
     }
 
-    /// The records of one section with TTLs counted down by `age_secs` and capped at the entry's
-    /// TTL (so a `max_ttl` clamp also shows in what clients see).
-    pub fn aged(&self, records: &[Record], age_secs: u32) -> Vec<Record> {
-        records
-            .iter()
-            .map(|record| {
-                let mut record = record.clone();
-                let ttl = record.ttl.min(self.ttl_secs).saturating_sub(age_secs);
-                record.ttl = ttl;
-                record
-            })
-            .collect()
+    /// The answer, authority and additional sections with TTLs counted down by `age_secs` and
+    /// capped at the entry's TTL (so a `max_ttl` clamp also shows in what clients see). `None`
+    /// if the stored bytes do not decode, which `encode_sections` rules out at store time.
+    pub fn sections(&self, age_secs: u32) -> Option<Sections> {
+        let mut decoder = BinDecoder::new(&self.records);
+        let mut section = |count: u16| -> Option<Vec<Record>> {
+            (0..count)
+                .map(|_| {
+                    let mut record = Record::read(&mut decoder).ok()?;
+                    record.ttl = record.ttl.min(self.ttl_secs).saturating_sub(age_secs);
+                    Some(record)
+                })
+                .collect()
+        };
+        let [answers, authorities, additionals] = self.counts;
+        let sections = Sections {
+            answers: section(answers)?,
+            authorities: section(authorities)?,
+            additionals: section(additionals)?,
+        };
+        decoder.is_empty().then_some(sections)
     }
+}
+
+/// The three record sections of a cached reply, decoded.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sections {
+    pub answers: Vec<Record>,
+    pub authorities: Vec<Record>,
+    pub additionals: Vec<Record>,
+}
+
+/// Encodes the three sections of `reply` for storage; `None` if a record does not encode or
+/// the bytes do not decode again (such a reply is simply not cached).
+fn encode_sections(reply: &Message) -> Option<(Box<[u8]>, [u16; 3])> {
+    let mut bytes = Vec::with_capacity(128);
+    let mut counts = [0u16; 3];
+    {
+        let mut encoder = BinEncoder::new(&mut bytes);
+        let sections = [&reply.answers, &reply.authorities, &reply.additionals];
+        for (count, records) in counts.iter_mut().zip(sections) {
+            *count = u16::try_from(records.len()).ok()?;
+            for record in records {
+                record.emit(&mut encoder).ok()?;
+            }
+        }
+    }
+    // Compression pointers are 14-bit offsets: past 16 KiB later names are written in full,
+    // which still decodes; nothing else limits the size of what was received.
+    let mut decoder = BinDecoder::new(&bytes);
+    let total: usize = counts.iter().map(|&count| usize::from(count)).sum();
+    for _ in 0..total {
+        Record::read(&mut decoder).ok()?;
+    }
+    if !decoder.is_empty() {
+        return None;
+    }
+    Some((bytes.into_boxed_slice(), counts))
 }
 
 /// The cache; cheap to share (`Arc` inside).
@@ -117,12 +170,12 @@ impl AnswerCache {
         if ttl_secs == 0 {
             return None;
         }
+        let (records, counts) = encode_sections(reply)?;
         let entry = CachedAnswer {
             response_code: reply.metadata.response_code,
             authentic_data: reply.metadata.authentic_data,
-            answers: reply.answers.clone(),
-            authorities: reply.authorities.clone(),
-            additionals: reply.additionals.clone(),
+            records,
+            counts,
             summary: summary.clone(),
             stored_at: now,
             ttl_secs,
@@ -184,7 +237,7 @@ mod tests {
         op::{MessageType, OpCode},
         rr::{
             Name,
-            rdata::{A, SOA},
+            rdata::{A, CNAME, NS, SOA, TXT},
         },
     };
 
@@ -254,7 +307,7 @@ mod tests {
             .get(&key("a.test."), now + Duration::from_secs(100))
             .unwrap();
         assert_eq!(age, 100);
-        assert_eq!(entry.aged(&entry.answers, age)[0].ttl, 900);
+        assert_eq!(entry.sections(age).unwrap().answers[0].ttl, 900);
         assert!(
             cache
                 .get(&key("a.test."), now + Duration::from_secs(1000))
@@ -318,6 +371,107 @@ mod tests {
             cache.insert(key("t.test."), &truncated, &Arc::from(""), now),
             None
         );
+    }
+
+    #[test]
+    fn every_section_comes_back_as_stored_with_aged_ttls() {
+        let cache = AnswerCache::new(&settings());
+        let now = Instant::now();
+        let name = |text: &str| Name::from_str(text).unwrap();
+        let mut message = Message::new(1, MessageType::Response, OpCode::Query);
+        // Mixed case is kept (it is what the upstream sent); names repeat, so the stored bytes
+        // use compression pointers that must decode within the entry.
+        message.add_answer(Record::from_rdata(
+            Name::from_ascii("WwW.Example.test.").unwrap(),
+            600,
+            RData::CNAME(CNAME(name("edge.cdn.example.test."))),
+        ));
+        message.add_answer(Record::from_rdata(
+            name("edge.cdn.example.test."),
+            300,
+            RData::A(A::new(192, 0, 2, 7)),
+        ));
+        message.add_answer(Record::from_rdata(
+            name("edge.cdn.example.test."),
+            300,
+            RData::TXT(TXT::new(vec!["a \"quoted\" string".into(), String::new()])),
+        ));
+        message.add_authority(Record::from_rdata(
+            name("example.test."),
+            3600,
+            RData::NS(NS(name("ns1.example.test."))),
+        ));
+        message.add_additional(Record::from_rdata(
+            name("ns1.example.test."),
+            3600,
+            RData::A(A::new(192, 0, 2, 53)),
+        ));
+        assert_eq!(
+            cache.insert(key("www.example.test."), &message, &Arc::from(""), now),
+            Some(300)
+        );
+        let (entry, age) = cache
+            .get(&key("www.example.test."), now + Duration::from_secs(40))
+            .unwrap();
+        let sections = entry.sections(age).unwrap();
+        // TTLs: capped at the entry's 300 s, then counted down by 40 s.
+        let expected = |records: &[Record]| -> Vec<Record> {
+            records
+                .iter()
+                .map(|record| {
+                    let mut record = record.clone();
+                    record.ttl = record.ttl.min(300) - 40;
+                    record
+                })
+                .collect()
+        };
+        assert_eq!(sections.answers, expected(&message.answers));
+        assert_eq!(sections.authorities, expected(&message.authorities));
+        assert_eq!(sections.additionals, expected(&message.additionals));
+        assert_eq!(sections.answers[0].name.to_string(), "WwW.Example.test.");
+        // The stored form is the wire form: smaller than the records' wire size without
+        // compression, far smaller than hickory's in-memory records.
+        let uncompressed: usize = [&message.answers, &message.authorities, &message.additionals]
+            .into_iter()
+            .flatten()
+            .map(|record| record.to_bytes().unwrap().len())
+            .sum();
+        assert!(
+            entry.records.len() < uncompressed,
+            "{}",
+            entry.records.len()
+        );
+    }
+
+    #[test]
+    fn undecodable_bytes_are_a_miss_not_a_panic() {
+        let cache = AnswerCache::new(&settings());
+        let now = Instant::now();
+        cache.insert(
+            key("a.test."),
+            &reply(ResponseCode::NoError, Some(300), None),
+            &Arc::from(""),
+            now,
+        );
+        let (entry, _) = cache.get(&key("a.test."), now).unwrap();
+        let damaged = CachedAnswer {
+            response_code: entry.response_code,
+            authentic_data: false,
+            records: entry.records[..entry.records.len() - 1].into(),
+            counts: entry.counts,
+            summary: Arc::from(""),
+            stored_at: now,
+            ttl_secs: 300,
+        };
+        assert!(damaged.sections(0).is_none());
+        let mut trailing = entry.records.to_vec();
+        trailing.push(0);
+        let trailing = CachedAnswer {
+            records: trailing.into(),
+            summary: Arc::from(""),
+            ..damaged
+        };
+        assert!(trailing.sections(0).is_none());
     }
 
     #[test]

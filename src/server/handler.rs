@@ -391,15 +391,19 @@ impl Handler {
             checking_disabled: request.metadata.checking_disabled,
         };
         let now = Instant::now();
-        let mut reply = if let Some((cached, age)) = self.cache.get(&cache_key, now) {
+        let cached = self.cache.get(&cache_key, now).and_then(|(cached, age)| {
+            let sections = cached.sections(age)?;
+            Some((cached, age, sections))
+        });
+        let mut reply = if let Some((cached, age, sections)) = cached {
             self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
             record.source = AnswerSource::Cache;
             Reply {
                 response_code: cached.response_code,
                 authentic_data: cached.authentic_data,
-                answers: cached.aged(&cached.answers, age),
-                authorities: cached.aged(&cached.authorities, age),
-                additionals: cached.aged(&cached.additionals, age),
+                answers: sections.answers,
+                authorities: sections.authorities,
+                additionals: sections.additionals,
                 ede: None,
                 summary: Some(cached.summary.clone()),
                 fresh_for: Some(cached.remaining_secs(age)),
