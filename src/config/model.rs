@@ -101,7 +101,8 @@ impl Default for ForwardSection {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheSection {
-    /// Maximum number of cached answers. Default 100 000; 0 disables the cache.
+    /// Maximum number of cached answers. Default 100 000; 0 disables the cache. The UDP fast
+    /// path's table of stored responses has this many slots, rounded up to a power of two.
     pub max_entries: usize,
     /// Floor for cached TTLs, in seconds. Default 0 (honour the zone's TTLs).
     pub min_ttl_secs: u32,

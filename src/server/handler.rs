@@ -164,13 +164,16 @@ impl Handler {
         if !state.acl.allows(client.ip()) {
             return false;
         }
-        let Some((length, entry)) = wire.answer(
+        let Some((length, found)) = wire.answer(
             query,
             state.generation,
             state.config.server.udp_payload_max,
             started,
             out,
         ) else {
+            return false;
+        };
+        let Some(entry) = found.as_deref() else {
             return false;
         };
         if !send(&out[..length]) {
