@@ -136,7 +136,7 @@ fn cache(c: &mut Criterion) {
 /// question case, payload size and TTLs.
 fn wire_replay(c: &mut Criterion) {
     use dnsward::{
-        policy::decision::DecisionKind,
+        policy::decision::{AnswerText, DecisionKind},
         server::fastpath::{Outcome, PlainQuery, WireCache, request_flags, write_key},
     };
     let cache = WireCache::new(100_000);
@@ -175,7 +175,7 @@ fn wire_replay(c: &mut Criterion) {
                     rule: None,
                     action: None,
                     rcode: hickory_proto::op::ResponseCode::NoError,
-                    answer: Some(Arc::from("A 192.0.2.1")),
+                    answer: AnswerText::from("A 192.0.2.1"),
                     ede: None,
                     synthesized: false,
                 },

@@ -18,7 +18,9 @@ use dnsward::{
         verify::{ChainStart, FailureKind, MissingSignature, Signatures},
     },
     config::BlockAction,
-    policy::decision::{AnswerSource, DecisionKind, DecisionRecord, RuleMatch, Trigger},
+    policy::decision::{
+        AnswerSource, AnswerText, DecisionKind, DecisionRecord, RuleMatch, Trigger,
+    },
 };
 use hickory_proto::{
     op::ResponseCode,
@@ -68,7 +70,11 @@ fn decision(i: u64) -> DecisionRecord {
         } else {
             ResponseCode::NoError
         },
-        answer: (!blocked).then(|| "A 192.0.2.99".into()),
+        answer: if blocked {
+            AnswerText::NONE
+        } else {
+            AnswerText::from("A 192.0.2.99")
+        },
         ede: blocked.then_some(15),
         source: if blocked {
             AnswerSource::Local

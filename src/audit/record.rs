@@ -412,8 +412,10 @@ pub fn write_query_members(out: &mut Vec<u8>, record: &DecisionRecord, client: &
         Some(text) => json::plain_string(out, text),
         None => json::display(out, &RcodeText(record.rcode)),
     }
-    out.extend_from_slice(b",\"answer\":");
-    json::string(out, record.answer.as_deref().unwrap_or_default());
+    out.extend_from_slice(b",\"answer\":\"");
+    // UTF-8: copied whole from a `str`.
+    json::escaped_bytes(out, record.answer.as_bytes());
+    out.push(b'"');
     if let Some(code) = record.ede {
         out.extend_from_slice(b",\"ede\":");
         json::number(out, code);
@@ -594,7 +596,7 @@ mod tests {
 
     #[test]
     fn hand_written_query_members_match_serde() {
-        use crate::policy::decision::{AnswerSource, QName, RuleMatch, Trigger};
+        use crate::policy::decision::{AnswerSource, AnswerText, QName, RuleMatch, Trigger};
         let mut record = DecisionRecord {
             time: SystemTime::now(),
             generation: 3,
@@ -616,7 +618,7 @@ mod tests {
             })),
             action: None,
             rcode: ResponseCode::NoError,
-            answer: Some("CNAME c.example., TXT \"x\\ty\"".into()),
+            answer: AnswerText::from("CNAME c.example., TXT \"x\\ty\""),
             ede: None,
             source: AnswerSource::Upstream("192.0.2.53:53".parse().unwrap()),
             latency_us: 77,
@@ -626,7 +628,7 @@ mod tests {
         record.source = AnswerSource::Cache;
         record.action = Some(crate::config::BlockAction::Sinkhole);
         record.ede = Some(15);
-        record.answer = None;
+        record.answer = AnswerText::NONE;
         record.qtype = RecordType::Unknown(65280);
         record.qclass = DNSClass::Unknown(7);
         record.rcode = ResponseCode::Unknown(3841);

@@ -13,6 +13,86 @@ use hickory_proto::{
 
 use crate::config::BlockAction;
 
+/// The answer section in brief (`A 192.0.2.1, CNAME x.example.`) or the sinkhole address, as a
+/// decision record carries it: inline when it fits (nearly all do), shared otherwise.
+///
+/// Why not always the cached answer's shared `Arc<str>`: a replayed answer's record then took a
+/// reference on it in a worker and dropped it in the audit writer, on the other core, so the
+/// line holding the count and the text moved between the cores on every query for a popular
+/// name (`perf`: the writer's largest single stall was the first read of that text).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AnswerText(AnswerRepr);
+
+#[derive(Clone, Default, PartialEq, Eq)]
+enum AnswerRepr {
+    #[default]
+    None,
+    Inline {
+        len: u8,
+        text: [u8; AnswerText::INLINE],
+    },
+    Shared(Arc<str>),
+}
+
+impl AnswerText {
+    /// Longest text held inline, in bytes (the whole value is then 48 bytes).
+    pub const INLINE: usize = 46;
+
+    /// No answer records (and no sinkhole address).
+    pub const NONE: Self = Self(AnswerRepr::None);
+
+    /// `text` copied inline if it fits, else shared.
+    pub fn new(text: &Arc<str>) -> Self {
+        match Self::inline(text) {
+            Some(inline) => inline,
+            None => Self(AnswerRepr::Shared(Arc::clone(text))),
+        }
+    }
+
+    fn inline(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        let len = u8::try_from(bytes.len())
+            .ok()
+            .filter(|&len| usize::from(len) <= Self::INLINE)?;
+        let mut inline = [0u8; Self::INLINE];
+        inline[..bytes.len()].copy_from_slice(bytes);
+        Some(Self(AnswerRepr::Inline { len, text: inline }))
+    }
+
+    /// The text, or `None` when there is none.
+    pub fn as_deref(&self) -> Option<&str> {
+        match &self.0 {
+            AnswerRepr::None => None,
+            // Copied whole from a `str`, so always UTF-8; `from_utf8` only checks (a few ns).
+            AnswerRepr::Inline { len, text } => {
+                std::str::from_utf8(&text[..usize::from(*len)]).ok()
+            }
+            AnswerRepr::Shared(text) => Some(text),
+        }
+    }
+
+    /// The text's bytes (empty when there is none), without the UTF-8 check of `as_deref`.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            AnswerRepr::None => &[],
+            AnswerRepr::Inline { len, text } => &text[..usize::from(*len)],
+            AnswerRepr::Shared(text) => text.as_bytes(),
+        }
+    }
+}
+
+impl From<&str> for AnswerText {
+    fn from(text: &str) -> Self {
+        Self::inline(text).unwrap_or_else(|| Self(AnswerRepr::Shared(Arc::from(text))))
+    }
+}
+
+impl fmt::Debug for AnswerText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.as_deref().fmt(f)
+    }
+}
+
 /// A question name as the client sent it (case kept), in wire form. Names of up to
 /// `QName::INLINE` bytes (nearly all) are held inline: taking one costs a copy, not an
 /// allocation, on every query, and keeps the record small in the audit queue. It is rendered as
@@ -267,8 +347,7 @@ pub struct DecisionRecord {
     pub action: Option<BlockAction>,
     pub rcode: ResponseCode,
     /// The answer section in brief (`A 192.0.2.1, CNAME x.example.`), or the sinkhole address.
-    /// Shared: a cached answer's summary is made once, when it is stored.
-    pub answer: Option<Arc<str>>,
+    pub answer: AnswerText,
     pub ede: Option<u16>,
     pub source: AnswerSource,
     pub latency_us: u64,
@@ -420,5 +499,36 @@ pub fn action_name(action: BlockAction) -> &'static str {
         BlockAction::Null => "null",
         BlockAction::Sinkhole => "sinkhole",
         BlockAction::Refused => "refused",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_text_is_copied_inline_up_to_its_limit_and_shared_beyond() {
+        let short: Arc<str> = Arc::from("A 192.0.2.1");
+        let text = AnswerText::new(&short);
+        // Copied: the record holds no reference on the cached answer's text.
+        assert_eq!(Arc::strong_count(&short), 1);
+        assert_eq!(text.as_deref(), Some("A 192.0.2.1"));
+        assert_eq!(text.as_bytes(), b"A 192.0.2.1");
+
+        let edge: Arc<str> = "x".repeat(AnswerText::INLINE).into();
+        let text = AnswerText::new(&edge);
+        assert_eq!(Arc::strong_count(&edge), 1);
+        assert_eq!(text.as_deref(), Some(&*edge));
+
+        let long: Arc<str> = "x".repeat(AnswerText::INLINE + 1).into();
+        let text = AnswerText::new(&long);
+        assert_eq!(Arc::strong_count(&long), 2);
+        assert_eq!(text.as_deref(), Some(&*long));
+
+        let unicode = AnswerText::from("TXT \"caf\u{e9}\"");
+        assert_eq!(unicode.as_deref(), Some("TXT \"caf\u{e9}\""));
+        assert_eq!(AnswerText::NONE.as_deref(), None);
+        assert!(AnswerText::NONE.as_bytes().is_empty());
+        assert_eq!(std::mem::size_of::<AnswerText>(), 48);
     }
 }

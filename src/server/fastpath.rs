@@ -25,7 +25,7 @@ use std::{
 
 use arc_swap::ArcSwapOption;
 
-use crate::policy::decision::{AnswerSource, DecisionKind, RuleMatch, wire_labels};
+use crate::policy::decision::{AnswerSource, AnswerText, DecisionKind, RuleMatch, wire_labels};
 
 /// Room for a key: a wire name (at most 255 bytes), type, class and the flags byte.
 pub const KEY_MAX: usize = 255 + 5;
@@ -173,7 +173,7 @@ pub struct Outcome {
     pub rule: Option<Arc<RuleMatch>>,
     pub action: Option<crate::config::BlockAction>,
     pub rcode: hickory_proto::op::ResponseCode,
-    pub answer: Option<Arc<str>>,
+    pub answer: AnswerText,
     pub ede: Option<u16>,
     /// Made by policy (source `local`), not replayed from upstream (source `cache`).
     pub synthesized: bool,
@@ -594,7 +594,7 @@ mod tests {
             rule: None,
             action: None,
             rcode: hickory_proto::op::ResponseCode::NoError,
-            answer: Some("A 192.0.2.1".into()),
+            answer: AnswerText::from("A 192.0.2.1"),
             ede: None,
             synthesized: false,
         }

@@ -36,7 +36,7 @@ use crate::{
     cache::{AnswerCache, CacheKey},
     policy::{
         Client, DecisionKind, DecisionRecord, Policy, RuleRef, Transport, Trigger, Verdict,
-        decision::{AnswerSource, QName, RuleMatch},
+        decision::{AnswerSource, AnswerText, QName, RuleMatch},
         write_lookup_key,
     },
     resolve::{Recursor, UpstreamQuery},
@@ -665,7 +665,7 @@ impl RequestHandler for Handler {
             rule: None,
             action: None,
             rcode: ResponseCode::NoError,
-            answer: None,
+            answer: AnswerText::NONE,
             ede: None,
             source: AnswerSource::Local,
             latency_us: 0,
@@ -678,9 +678,9 @@ impl RequestHandler for Handler {
 
         record.rcode = reply.response_code;
         record.answer = match &reply.summary {
-            Some(summary) => Some(summary.clone()),
-            None if reply.answers.is_empty() => None,
-            None => Some(summarize(&reply.answers)),
+            Some(summary) => AnswerText::new(summary),
+            None if reply.answers.is_empty() => AnswerText::NONE,
+            None => AnswerText::new(&summarize(&reply.answers)),
         };
         record.ede = reply
             .ede
