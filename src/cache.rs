@@ -97,7 +97,8 @@ pub struct Sections {
 }
 
 /// Encodes the three sections of `reply` for storage; `None` if a record does not encode or
-/// the bytes do not decode again (such a reply is simply not cached).
+/// does not decode back to exactly itself (owner case, TTL, data), so a cache hit never differs
+/// from what the upstream sent: such a reply is simply not cached.
 fn encode_sections(reply: &Message) -> Option<(Box<[u8]>, [u16; 3])> {
     let mut bytes = Vec::with_capacity(128);
     let mut counts = [0u16; 3];
@@ -111,12 +112,24 @@ fn encode_sections(reply: &Message) -> Option<(Box<[u8]>, [u16; 3])> {
             }
         }
     }
-    // Compression pointers are 14-bit offsets: past 16 KiB later names are written in full,
-    // which still decodes; nothing else limits the size of what was received.
+    // Compression pointers are 14-bit offsets: past 16 KiB (or 120 names) later names are
+    // written in full, which still decodes. The encoder stops at 65,535 bytes, so a reply near
+    // the TCP limit may not fit uncompressed and is then not cached.
     let mut decoder = BinDecoder::new(&bytes);
-    let total: usize = counts.iter().map(|&count| usize::from(count)).sum();
-    for _ in 0..total {
-        Record::read(&mut decoder).ok()?;
+    let originals = reply
+        .answers
+        .iter()
+        .chain(&reply.authorities)
+        .chain(&reply.additionals);
+    for original in originals {
+        let decoded = Record::read(&mut decoder).ok()?;
+        // `Record`'s `==` ignores TTL and the case of the owner name.
+        let exact = decoded == *original
+            && decoded.ttl == original.ttl
+            && decoded.name.eq_case(&original.name);
+        if !exact {
+            return None;
+        }
     }
     if !decoder.is_empty() {
         return None;

@@ -18,7 +18,7 @@ use std::{
     hash::BuildHasher,
     sync::{
         Arc,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU8, AtomicU32, Ordering},
     },
     time::Instant,
 };
@@ -238,16 +238,20 @@ impl WireAnswer {
 ///
 /// A slot is found by a 64-bit hash of the key, not by the key: the stored response's question
 /// already holds the name, type and class, so a found entry is checked against the key
-/// (`WireAnswer::answers`). Replacement within a set is second-chance (CLOCK): a lookup marks
-/// its slot referenced (a write only the first time), and a store takes an empty slot, the
-/// slot of the same key, or the first slot not referenced since the last sweep.
+/// (`WireAnswer::answers`). Replacement within a set is CLOCK (second chance): an answer marks
+/// its slot referenced (a write only the first time), and a store takes the slot with the same
+/// tag (the same key, or rarely one it then displaces), else an empty one, else the next slot
+/// from the set's hand that was not referenced since the hand last passed it.
 #[derive(Debug)]
 pub struct WireCache {
-    /// Per slot: `0` when empty, else the key's tag (`tag_of`) with bit 0 set while referenced.
-    /// The tag is only a filter: a reader may see a tag and a slot of different stores for a
-    /// moment, and checks the entry itself.
+    /// Per slot: `0` when never used, else the tag (`place`) of the last key stored there, with
+    /// bit 0 set while referenced. The tag is only a filter: a reader may see a tag and a slot
+    /// of different stores for a moment, or a tag over a slot emptied by expiry, and checks the
+    /// entry itself.
     tags: Box<[AtomicU32]>,
     slots: Box<[ArcSwapOption<WireAnswer>]>,
+    /// Per set: where the CLOCK sweep of the next eviction starts.
+    hands: Box<[AtomicU8]>,
     /// Sets minus one (a power of two minus one).
     set_mask: usize,
     hasher: foldhash::quality::RandomState,
@@ -271,6 +275,7 @@ impl WireCache {
         Self {
             tags: (0..slots).map(|_| AtomicU32::new(0)).collect(),
             slots: (0..slots).map(|_| ArcSwapOption::empty()).collect(),
+            hands: (0..sets).map(|_| AtomicU8::new(0)).collect(),
             set_mask: sets - 1,
             hasher: foldhash::quality::RandomState::default(),
         }
@@ -329,11 +334,9 @@ impl WireCache {
         let age = now.saturating_duration_since(entry.stored_at).as_secs();
         if entry.life_secs != u32::MAX && age >= u64::from(entry.life_secs) {
             // Only this expired entry: another worker may have stored a fresh one meanwhile.
-            let previous = self.slots[index].compare_and_swap(&*found, None);
-            let pointer = |slot: &Option<Arc<WireAnswer>>| slot.as_ref().map(Arc::as_ptr);
-            if pointer(&previous) == pointer(&found) {
-                self.tags[index].store(0, Ordering::Relaxed);
-            }
+            // The tag stays: clearing it could hide a fresh entry stored in between, and a
+            // store of the same key finds the slot by it.
+            self.slots[index].compare_and_swap(&*found, None);
             return None;
         }
         // RFC 6891 §7 / RFC 1035 §4.2.1, as the request chain does: the larger answer, with TC,
@@ -373,34 +376,45 @@ impl WireCache {
         })
     }
 
-    /// Puts `entry` into its set: over the slot of the same key, else into an empty slot, else
-    /// over the first slot not referenced since the last sweep (clearing the marks it passes).
+    /// Puts `entry` into its set: over the slot with the same tag, else into an empty slot
+    /// (never used, or emptied by expiry), else by the CLOCK sweep (`evict`).
     fn insert(&self, entry: WireAnswer) {
         let (first, tag) = self.place(entry.hash);
         let set = first..first + WAYS;
-        let mut empty = None;
-        let mut target = None;
-        for index in set.clone() {
-            let seen = self.tags[index].load(Ordering::Relaxed);
-            if seen & !REFERENCED == tag {
-                target = Some(index);
-                break;
-            }
-            if seen == 0 {
-                empty.get_or_insert(index);
-            }
-        }
-        let target = target.or(empty).unwrap_or_else(|| {
-            set.clone()
-                .find(|&index| {
-                    self.tags[index].fetch_and(!REFERENCED, Ordering::Relaxed) & REFERENCED == 0
-                })
-                // Every slot was referenced; all are unmarked now, so the next sweep finds
-                // one: take the first.
-                .unwrap_or(first)
-        });
+        let same = set
+            .clone()
+            .find(|&index| self.tags[index].load(Ordering::Relaxed) & !REFERENCED == tag);
+        let target = same
+            .or_else(|| {
+                set.clone()
+                    .find(|&index| self.tags[index].load(Ordering::Relaxed) == 0)
+            })
+            .or_else(|| {
+                set.clone()
+                    .find(|&index| self.slots[index].load().is_none())
+            })
+            .unwrap_or_else(|| self.evict(first));
         self.slots[target].store(Some(Arc::new(entry)));
         self.tags[target].store(tag, Ordering::Relaxed);
+    }
+
+    /// The CLOCK sweep over the set starting at `first`: from the set's hand, the first slot
+    /// not referenced since the hand last passed it; marks it passes are cleared. Two turns at
+    /// most (after one, every mark is clear). Two stores racing may pick the same slot: one of
+    /// the two answers then waits for its next store.
+    fn evict(&self, first: usize) -> usize {
+        let hand = &self.hands[first / WAYS];
+        let start = usize::from(hand.load(Ordering::Relaxed)) % WAYS;
+        let offset = (0..2 * WAYS)
+            .map(|step| (start + step) % WAYS)
+            .find(|&offset| {
+                self.tags[first + offset].fetch_and(!REFERENCED, Ordering::Relaxed) & REFERENCED
+                    == 0
+            })
+            .unwrap_or(start);
+        // WAYS fits in a byte.
+        hand.store(((offset + 1) % WAYS) as u8, Ordering::Relaxed);
+        first + offset
     }
 
     /// Stores `response` (as sent) under `key` (see [`write_key`]). `fresh_for`: seconds the
@@ -785,8 +799,12 @@ mod tests {
     }
 
     #[test]
-    fn an_expired_entry_leaves_its_slot() {
-        let cache = WireCache::new(64);
+    fn an_expired_entry_leaves_a_slot_the_next_store_takes() {
+        let cache = WireCache::new(WAYS);
+        let live: Vec<Vec<u8>> = (0..WAYS - 1)
+            .map(|i| store_named(&cache, &format!("n{i}.test")))
+            .collect();
+        // The last slot of the set: an answer valid for 10 s.
         let (request, response) = named("gone.test");
         let parsed = PlainQuery::parse(&request).unwrap();
         let mut key = [0u8; KEY_MAX];
@@ -797,13 +815,26 @@ mod tests {
         let later = now + std::time::Duration::from_secs(10);
         assert!(cache.answer(&parsed, 1, 1232, later, &mut out).is_none());
         assert!(!cache.contains(&key, 1));
-        assert!(cache.slots.iter().all(|slot| slot.load().is_none()));
-        assert!(
-            cache
-                .tags
-                .iter()
-                .all(|tag| tag.load(Ordering::Relaxed) == 0)
-        );
+        // The next store takes the emptied slot, not a live entry's.
+        let newcomer = store_named(&cache, "new.test");
+        assert!(cache.contains(&newcomer, 1));
+        assert!(live.iter().all(|key| cache.contains(key, 1)));
+    }
+
+    #[test]
+    fn evictions_move_round_the_set() {
+        let cache = WireCache::new(WAYS);
+        let keys: Vec<Vec<u8>> = (0..WAYS)
+            .map(|i| store_named(&cache, &format!("n{i}.test")))
+            .collect();
+        // Nothing referenced: each store evicts the next slot from the hand, oldest first,
+        // not the same slot again.
+        for i in 0..3 {
+            store_named(&cache, &format!("x{i}.test"));
+        }
+        let kept: Vec<bool> = keys.iter().map(|key| cache.contains(key, 1)).collect();
+        assert_eq!(kept[..3], [false, false, false]);
+        assert!(kept[3..].iter().all(|&kept| kept));
     }
 
     #[test]

@@ -145,8 +145,9 @@ impl Handler {
     /// The fast path: answers `query` from the wire cache when a response to the same question
     /// and flags was stored under the serving generation, records the decision, and returns
     /// true. `send` puts the bytes on the wire and says whether it could (a full socket buffer
-    /// leaves the query to the full chain, which can wait). Anything else returns false
-    /// without side effects, and the full request chain answers.
+    /// leaves the query to the full chain, which can wait). Anything else returns false, and
+    /// the full request chain answers (the table may have marked a slot used or dropped an
+    /// expired entry: bookkeeping, not an answer).
     pub(super) fn answer_fast(
         &self,
         query: &PlainQuery<'_>,
