@@ -14,6 +14,7 @@
 //! - `snapshot`: the copy of every list as loaded and the serving generation's manifest.
 //! - `cache`: the positive and negative answer cache (RFC 2308).
 //! - `logging`: `tracing` set-up from config and `RUST_LOG`.
+//! - `sched`: scheduling classes for background threads (reload builder, audit writer).
 
 pub mod audit;
 pub mod cache;
@@ -24,6 +25,7 @@ pub mod policy;
 pub mod preview;
 pub mod reload;
 pub mod resolve;
+pub mod sched;
 pub mod server;
 pub mod snapshot;
 pub mod state;

@@ -249,18 +249,12 @@ fn in_background<T: Send + 'static>(
     }
 }
 
-/// Puts the calling thread in the SCHED_IDLE class (per thread on Linux): it runs only on
-/// CPU time no query worker wants, and a waking worker preempts it at once. With a nice value
-/// (even 19) the reload still delayed workers by a scheduler slice: p99 at 20k QPS rose 7x
-/// during a reload per second (bench/reload.sh). The cost: on a saturated machine a reload waits
-/// for idle time.
-#[allow(unsafe_code)]
+/// Puts the calling thread in the SCHED_IDLE class: it runs only on CPU time no query worker
+/// wants, and a waking worker preempts it at once. With a nice value (even 19) the reload still
+/// delayed workers by a scheduler slice: p99 at 20k QPS rose 7x during a reload per second
+/// (bench/reload.sh). The cost: on a saturated machine a reload waits for idle time.
 fn lower_thread_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid, initialised sched_param that outlives the call; `0` names the
-    // calling thread. Failure (e.g. a seccomp filter) only leaves the policy unchanged.
-    let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if result != 0 {
+    if !crate::sched::enter(crate::sched::Class::Idle) {
         tracing::debug!("cannot lower the reload thread's priority");
     }
 }
