@@ -38,7 +38,7 @@ mod tests {
             std::thread::spawn(move || {
                 assert!(enter(class));
                 #[allow(unsafe_code)]
-                // SAFETY: no arguments; `0` names the calling thread.
+                // SAFETY: a plain call with `0`, the calling thread, and no pointers.
                 unsafe {
                     libc::sched_getscheduler(0)
                 }
