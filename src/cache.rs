@@ -7,7 +7,8 @@
 //! Records are kept in wire form (as Unbound and PowerDNS Recursor keep theirs), not as hickory
 //! `Record`s: a typical reply (one A record, the zone's NS in authority, its glue) is about 50
 //! bytes on the wire against some 750 bytes as three `Record`s, and the cache holds one entry
-//! per distinct question. A hit decodes the records, which costs about what cloning them did.
+//! per distinct question. A hit decodes the records, which measured a little cheaper than
+//! cloning three `Record`s did (`cargo bench --bench hot_path -- cache_hit`).
 
 use std::{
     sync::Arc,
@@ -441,6 +442,22 @@ mod tests {
         assert_eq!(sections.answers, expected(&message.answers));
         assert_eq!(sections.authorities, expected(&message.authorities));
         assert_eq!(sections.additionals, expected(&message.additionals));
+        // `Record`'s `==` leaves TTLs out: compare them on their own.
+        let ttls = |sections: [&Vec<Record>; 3]| -> Vec<u32> {
+            sections
+                .into_iter()
+                .flatten()
+                .map(|record| record.ttl)
+                .collect()
+        };
+        assert_eq!(
+            ttls([
+                &sections.answers,
+                &sections.authorities,
+                &sections.additionals
+            ]),
+            [260, 260, 260, 260, 260]
+        );
         assert_eq!(sections.answers[0].name.to_string(), "WwW.Example.test.");
         // The stored form is the wire form: smaller than the records' wire size without
         // compression, far smaller than hickory's in-memory records.

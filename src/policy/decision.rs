@@ -189,7 +189,7 @@ pub fn wire_labels(wire: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Bytes a label shows as they are in presentation form (`QName::write_text`); a leading `*`
-/// also does, but takes the byte-by-byte path.
+/// also does, but only at the start of a label, so it is handled apart.
 const PLAIN_LABEL_BYTE: [bool; 256] = {
     let mut table = [false; 256];
     let mut byte = 0;
@@ -219,7 +219,7 @@ impl QName {
             }
             for (index, &byte) in label.iter().enumerate() {
                 match byte {
-                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => out.push(byte),
+                    byte if PLAIN_LABEL_BYTE[usize::from(byte)] => out.push(byte),
                     b'*' if index == 0 => out.push(byte),
                     0x21..=0x7e => out.extend_from_slice(&[b'\\', byte]),
                     _ => out.extend_from_slice(&[
