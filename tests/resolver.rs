@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use hickory_proto::{op::ResponseCode, rr::RecordType};
 
@@ -539,6 +541,42 @@ fn malformed_packets_do_not_kill_the_server() {
         .expect("malformed counter in the stop summary");
     // Most of the 207 junk datagrams do not parse; every one that does not is counted.
     assert!(malformed >= 100, "{line}");
+}
+
+/// SIGTERM while a UDP query waits for its upstream: the query is still answered, and its
+/// audit record written, before the process exits.
+#[test]
+fn a_stop_answers_udp_queries_still_waiting_for_the_upstream() {
+    let upstream = Upstream::start();
+    // Under the test config's 500 ms upstream timeout, so the first attempt is answered.
+    let relay = DelayRelay::start(upstream.addr, Duration::from_millis(300));
+    let config = config_text(
+        &[relay.addr],
+        &format!("{STANDARD_LIST_TABLES}\n[audit]\nenabled = true\n"),
+    );
+    let mut dnsward = Dnsward::start(&config, STANDARD_LISTS);
+    let server = dnsward.addr;
+    let client = std::thread::spawn(move || {
+        try_query(server, Transport::Udp, "www.test.", RecordType::A, IO_GUARD)
+    });
+    relay
+        .received
+        .recv_timeout(IO_GUARD)
+        .expect("the query reached the upstream");
+    assert!(dnsward.terminate(), "SIGTERM is a clean exit");
+    let reply = client
+        .join()
+        .unwrap()
+        .expect("the waiting query is answered before the process exits");
+    assert_eq!(rdata_of(&reply, RecordType::A), ["192.0.2.10"]);
+    let log = std::fs::read_dir(dnsward.dir.path().join("data/audit"))
+        .unwrap()
+        .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap())
+        .collect::<String>();
+    assert!(
+        log.contains(r#""qname":"www.test.","qtype":"A""#),
+        "the answer's audit record is in the log"
+    );
 }
 
 #[test]

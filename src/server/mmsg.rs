@@ -2,8 +2,8 @@
 //! to read and one to answer instead of one per datagram each way (Linux only, as is the rest
 //! of the server).
 //!
-//! The only unsafe code in the server: the two calls and the `sockaddr` conversions, each
-//! over buffers this module owns and sizes.
+//! The server's unsafe code is here (the two calls and the `sockaddr` conversions, each over
+//! buffers this module owns and sizes) and in registering a socket with the reactor (`udp`).
 
 use std::{
     io,

@@ -7,8 +7,12 @@ pub mod handler;
 mod mmsg;
 pub mod sinkhole;
 mod udp;
+mod workers;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{SocketAddr, UdpSocket},
+    sync::Arc,
+};
 
 use arc_swap::ArcSwap;
 use hickory_server::{
@@ -16,8 +20,7 @@ use hickory_server::{
     net::runtime::Time,
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
 };
-use tokio::net::{TcpListener, UdpSocket};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpListener;
 
 pub use handler::{Counters, Handler};
 
@@ -33,6 +36,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start the UDP worker threads: {0}")]
+    UdpWorkers(#[source] std::io::Error),
     #[error("server stopped: {0}")]
     Stopped(String),
     #[error("recursion: {0}")]
@@ -43,9 +48,8 @@ pub enum ServeError {
 pub struct Running {
     /// hickory-server, serving TCP.
     server: Server<SharedHandler>,
-    /// Our UDP receive loops (see `udp`), stopped by `udp_shutdown`.
-    udp_loops: Vec<tokio::task::JoinHandle<()>>,
-    udp_shutdown: CancellationToken,
+    /// Our UDP receive loops (see `udp`), one thread per core (see `workers`).
+    udp_workers: workers::UdpWorkers,
     /// The addresses actually bound (port 0 in the config becomes a real port here), each
     /// serving both UDP and TCP.
     pub local_addrs: Vec<SocketAddr>,
@@ -92,33 +96,30 @@ pub async fn start(
     // decision record like every other query.
     let handler = Arc::new(handler);
     let mut server = Server::new(SharedHandler(handler.clone()));
-    let udp_shutdown = CancellationToken::new();
-    let mut udp_loops = Vec::new();
     let mut local_addrs = Vec::with_capacity(config.server.listen.len());
-    // One UDP socket per worker thread, so receiving is spread across cores.
-    let sockets_per_address = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // One UDP socket per worker thread and listen address, so receiving is spread across cores.
+    let worker_count = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut worker_sockets: Vec<Vec<UdpSocket>> = (0..worker_count).map(|_| Vec::new()).collect();
     for &addr in &config.server.listen {
-        let (udp_sockets, tcp) = bind_pair(addr, sockets_per_address).await?;
+        let (udp_sockets, tcp) = bind_pair(addr, worker_count).await?;
         let bound = tcp.local_addr().map_err(|source| ServeError::Bind {
             addr,
             transport: "tcp",
             source,
         })?;
-        for udp in udp_sockets {
-            udp_loops.push(tokio::spawn(udp::serve(
-                Arc::new(udp),
-                handler.clone(),
-                udp_shutdown.clone(),
-            )));
+        for (sockets, udp) in worker_sockets.iter_mut().zip(udp_sockets) {
+            sockets.push(udp);
         }
         // The response buffer is how many responses may queue per TCP connection (pipelining).
         server.register_listener(tcp, config.server.tcp_idle_timeout, 64);
         local_addrs.push(bound);
     }
+    let udp_workers = workers::UdpWorkers::start(worker_sockets, &handler)
+        .await
+        .map_err(ServeError::UdpWorkers)?;
     Ok(Running {
         server,
-        udp_loops,
-        udp_shutdown,
+        udp_workers,
         local_addrs,
         counters,
     })
@@ -193,7 +194,7 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let _ = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER);
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 impl Running {
@@ -208,10 +209,7 @@ impl Running {
             }
             () = shutdown => {}
         }
-        self.udp_shutdown.cancel();
-        for udp_loop in self.udp_loops {
-            let _ = udp_loop.await;
-        }
+        self.udp_workers.stop().await;
         self.server
             .shutdown_gracefully()
             .await

@@ -154,6 +154,40 @@ impl Drop for Upstream {
     }
 }
 
+/// A real upstream behind a slow link: every UDP query it receives is announced on
+/// `received`, then relayed to `upstream` after `delay`, and the upstream's reply is sent back.
+pub struct DelayRelay {
+    pub addr: SocketAddr,
+    pub received: mpsc::Receiver<()>,
+}
+
+impl DelayRelay {
+    pub fn start(upstream: SocketAddr, delay: Duration) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let (announce, received) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buffer = vec![0u8; 65535];
+            while let Ok((length, client)) = socket.recv_from(&mut buffer) {
+                let query = buffer[..length].to_vec();
+                let reply_socket = socket.try_clone().unwrap();
+                let _ = announce.send(());
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    let relay = UdpSocket::bind("127.0.0.1:0").unwrap();
+                    relay.set_read_timeout(Some(IO_GUARD)).unwrap();
+                    relay.send_to(&query, upstream).unwrap();
+                    let mut reply = vec![0u8; 65535];
+                    if let Ok(length) = relay.recv(&mut reply) {
+                        let _ = reply_socket.send_to(&reply[..length], client);
+                    }
+                });
+            }
+        });
+        Self { addr, received }
+    }
+}
+
 /// An address on loopback where nothing answers: a bound UDP socket that never replies (so
 /// queries time out) and no TCP listener.
 pub fn dead_upstream() -> (SocketAddr, UdpSocket) {
