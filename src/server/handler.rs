@@ -43,6 +43,32 @@ use crate::{
     state::State,
 };
 
+/// When a receive batch came in, read from the clocks once per batch: the fast path's three
+/// clock reads per answer were 1 % of a worker's samples. Every datagram of a batch arrived by
+/// the one `recvmmsg` that returned it, so its arrival time is the batch's, and its latency
+/// includes waiting for the datagrams before it.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchTime {
+    pub at: Instant,
+    pub wall: SystemTime,
+}
+
+impl BatchTime {
+    pub fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+}
+
+/// One datagram on the fast path: who sent it, in which batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    pub client: SocketAddr,
+    pub batch: BatchTime,
+}
+
 /// Counters kept on the query path: plain atomics, no lock.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -151,7 +177,7 @@ impl Handler {
     pub(super) fn answer_fast(
         &self,
         query: &PlainQuery<'_>,
-        client: SocketAddr,
+        arrival: &Arrival,
         out: &mut [u8],
         audit_batch: &mut Vec<DecisionRecord>,
         send: impl FnOnce(&[u8]) -> bool,
@@ -159,7 +185,8 @@ impl Handler {
         let Some(wire) = &self.wire else {
             return false;
         };
-        let started = Instant::now();
+        let client = arrival.client;
+        let started = arrival.batch.at;
         let state = self.state.load();
         // The ACL is per client, so it is never part of what is stored.
         if !state.acl.allows(client.ip()) {
@@ -193,7 +220,7 @@ impl Handler {
             counters.cache_hits.fetch_add(1, Ordering::Relaxed);
         }
         let record = DecisionRecord {
-            time: SystemTime::now(),
+            time: arrival.batch.wall,
             generation: state.generation,
             client,
             transport: Transport::Udp.as_str(),

@@ -35,6 +35,7 @@ use crate::policy::decision::DecisionRecord;
 use super::{
     Handler,
     fastpath::PlainQuery,
+    handler::{Arrival, BatchTime},
     mmsg::{self, RecvBatch, SendBatch},
 };
 
@@ -141,13 +142,17 @@ pub async fn serve(
                 continue;
             }
         };
+        let batch_time = BatchTime::now();
         for index in 0..count {
             let (packet, source) = received.datagram(index);
             let Some(source) = source else { continue };
             answer(
                 &looped,
                 packet,
-                source,
+                Arrival {
+                    client: source,
+                    batch: batch_time,
+                },
                 &mut scratch,
                 &mut answers,
                 &mut audit_batch,
@@ -172,7 +177,7 @@ struct Loop<'a> {
 fn answer(
     looped: &Loop<'_>,
     packet: &[u8],
-    source: SocketAddr,
+    arrival: Arrival,
     scratch: &mut [u8],
     answers: &mut SendBatch,
     audit_batch: &mut Vec<DecisionRecord>,
@@ -182,12 +187,13 @@ fn answer(
         handler,
         in_flight,
     } = *looped;
+    let source = arrival.client;
     // Answering to port 0 or an unspecified address is impossible (and a spoofing sign).
     if source.port() == 0 || source.ip().is_unspecified() {
         return;
     }
     if let Some(query) = PlainQuery::parse(packet)
-        && handler.answer_fast(&query, source, scratch, audit_batch, |bytes| {
+        && handler.answer_fast(&query, &arrival, scratch, audit_batch, |bytes| {
             answers.push(bytes, source)
         })
     {
