@@ -158,6 +158,10 @@ pub enum RecursionError {
     /// A `[[forward.zone]]` upstream failed (the upstream error names the server).
     #[error("forward zone: {0}")]
     Forward(#[source] UpstreamError),
+    /// The lookup's task on the recursor's runtime ended without a result (it panicked, or the
+    /// runtime is shutting down).
+    #[error("{qname}: recursion task ended: {reason}")]
+    Task { qname: Name, reason: String },
 }
 
 impl RecursionError {
@@ -177,7 +181,8 @@ impl RecursionError {
             Self::RootHints { .. }
             | Self::TrustAnchor { .. }
             | Self::ForwardZone { .. }
-            | Self::Setup(_) => 0,
+            | Self::Setup(_)
+            | Self::Task { .. } => 0,
         }
     }
 }
@@ -204,6 +209,9 @@ pub struct Recursor {
     forward_zones: Vec<(Name, Upstreams)>,
     validating: bool,
     timeout: Duration,
+    /// The runtime the recursor was built on, where every lookup runs (see `resolve`); `None`
+    /// when built outside one (`dnsward check`).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl fmt::Debug for Recursor {
@@ -347,6 +355,7 @@ impl Recursor {
             forward_zones,
             validating: settings.dnssec_validation,
             timeout: Duration::from_millis(settings.timeout_ms.max(1)),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         })
     }
 
@@ -552,7 +561,7 @@ impl Recursor {
                 dnssec_ok: true,
                 checking_disabled: false,
             };
-            match self.resolve(&query).await {
+            match self.resolve_here(&query).await {
                 Ok(answer) if answer.ede.is_none() => {}
                 Ok(answer) => {
                     primed = false;
@@ -569,7 +578,45 @@ impl Recursor {
         }
     }
 
+    /// Resolves `query` on the runtime the recursor was built on (the server's shared one).
+    ///
+    /// Why not on the caller's: hickory spawns a connection's background task, and a lookup
+    /// that several queries share creates its timers, on the runtime that first polls them.
+    /// Each UDP worker thread has a runtime of its own that ends at stop; a connection or
+    /// shared lookup begun there would then fail, or panic in tokio's timer, for the queries of
+    /// other threads still waiting on it.
     pub async fn resolve(
+        self: &Arc<Self>,
+        query: &UpstreamQuery<'_>,
+    ) -> Result<RecursiveAnswer, RecursionError> {
+        let runtime = match (&self.runtime, tokio::runtime::Handle::try_current()) {
+            (Some(runtime), Ok(current)) if runtime.id() != current.id() => runtime,
+            _ => return self.resolve_here(query).await,
+        };
+        let recursor = Arc::clone(self);
+        let name = query.name.clone();
+        let (qtype, qclass) = (query.qtype, query.qclass);
+        let (dnssec_ok, checking_disabled) = (query.dnssec_ok, query.checking_disabled);
+        // Aborted if the query is dropped, as an inline lookup would be.
+        let task = tokio_util::task::AbortOnDropHandle::new(runtime.spawn(async move {
+            let query = UpstreamQuery {
+                name: &name,
+                qtype,
+                qclass,
+                dnssec_ok,
+                checking_disabled,
+            };
+            recursor.resolve_here(&query).await
+        }));
+        task.await.unwrap_or_else(|error| {
+            Err(RecursionError::Task {
+                qname: query.name.clone(),
+                reason: error.to_string(),
+            })
+        })
+    }
+
+    async fn resolve_here(
         &self,
         query: &UpstreamQuery<'_>,
     ) -> Result<RecursiveAnswer, RecursionError> {

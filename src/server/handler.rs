@@ -43,10 +43,10 @@ use crate::{
     state::State,
 };
 
-/// When a receive batch came in, read from the clocks once per batch: the fast path's three
-/// clock reads per answer were 1 % of a worker's samples. Every datagram of a batch arrived by
-/// the one `recvmmsg` that returned it, so its arrival time is the batch's, and its latency
-/// includes waiting for the datagrams before it.
+/// When a receive batch came in, read from the clocks once per batch: the fast path read them
+/// three times per answer (1 % of a worker's samples), now once (the latency's end). Every
+/// datagram of a batch arrived by the one `recvmmsg` that returned it, so its arrival time is
+/// the batch's, and its latency includes waiting for the datagrams before it.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchTime {
     pub at: Instant,

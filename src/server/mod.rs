@@ -12,6 +12,7 @@ mod workers;
 use std::{
     net::{SocketAddr, UdpSocket},
     sync::Arc,
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -114,7 +115,15 @@ pub async fn start(
         server.register_listener(tcp, config.server.tcp_idle_timeout, 64);
         local_addrs.push(bound);
     }
-    let udp_workers = workers::UdpWorkers::start(worker_sockets, &handler)
+    let grace = workers::in_flight_grace(
+        config.forward.timeout,
+        config.forward.attempts,
+        config
+            .recursion
+            .enabled
+            .then(|| Duration::from_millis(config.recursion.timeout_ms)),
+    );
+    let udp_workers = workers::UdpWorkers::start(worker_sockets, &handler, grace)
         .await
         .map_err(ServeError::UdpWorkers)?;
     Ok(Running {
@@ -209,10 +218,8 @@ impl Running {
             }
             () = shutdown => {}
         }
-        self.udp_workers.stop().await;
-        self.server
-            .shutdown_gracefully()
-            .await
-            .map_err(|error| ServeError::Stopped(error.to_string()))
+        // Both at once: TCP stops accepting while UDP lets its queries in flight finish.
+        let ((), tcp) = tokio::join!(self.udp_workers.stop(), self.server.shutdown_gracefully());
+        tcp.map_err(|error| ServeError::Stopped(error.to_string()))
     }
 }

@@ -100,9 +100,8 @@ pub async fn serve(
         in_flight: &in_flight,
     };
     loop {
-        // One batch per wake-up, then back to `readable`, whose cooperative budget makes a
-        // busy socket yield to spawned queries now and then. `try_io` re-arms readiness when
-        // the kernel says WouldBlock.
+        // One batch per wake-up, then back to `readable`. `try_io` re-arms readiness when the
+        // kernel says WouldBlock.
         let batch = match &mut drain_left {
             None => {
                 tokio::select! {
@@ -163,6 +162,10 @@ pub async fn serve(
             tracing::debug!(lost, "udp answers could not be sent");
         }
         handler.flush_audit(&mut audit_batch);
+        // Readiness does not count against tokio's cooperative budget, so without this a
+        // socket that never runs dry would keep the thread: the queries waiting on upstreams,
+        // the timers and the other listen addresses' loops on this worker need their turns.
+        tokio::task::coop::consume_budget().await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! UDP worker threads: one per core, each running its own single-threaded Tokio runtime with one
 //! SO_REUSEPORT socket per listen address, so a datagram is received, answered and sent on one
-//! thread, and queries that must wait (upstream, recursion) continue on that thread too.
+//! thread, and forwarded queries that must wait continue on that thread too (recursive lookups
+//! run on the shared runtime: see `Recursor::resolve`).
 //!
 //! Why not the shared multi-thread runtime: its scheduler moves the receive loops between its
 //! workers (loops woken by one reactor poll queue on that thread until another steals them),
@@ -19,21 +20,48 @@ use super::{
     udp::{self, ListenSocket},
 };
 
-/// How long a stopping worker lets queries still in flight (upstream, recursion) finish: the
-/// answers and their audit records are not lost to an ordinary stop.
-const IN_FLIGHT_GRACE: Duration = Duration::from_secs(3);
+/// The longest a stopping worker waits for queries in flight, whatever the configured
+/// timeouts: a stop must not hang on a misconfiguration.
+const MAX_IN_FLIGHT_GRACE: Duration = Duration::from_secs(30);
 
-/// The running worker threads; `stop` ends them.
+/// How long a stopping worker lets queries still in flight (upstream, recursion) finish, so an
+/// ordinary stop loses neither their answers nor their audit records: as long as the slowest
+/// such query may take (every forwarding attempt timing out, each with its TCP retry, or the
+/// recursion deadline), at most `MAX_IN_FLIGHT_GRACE`. Queries still waiting then are dropped
+/// and counted in a warning.
+pub fn in_flight_grace(
+    forward_timeout: Duration,
+    attempts: u32,
+    recursion: Option<Duration>,
+) -> Duration {
+    let forwarding = forward_timeout
+        .saturating_mul(attempts.max(1))
+        .saturating_mul(2);
+    forwarding
+        .max(recursion.unwrap_or_default())
+        .min(MAX_IN_FLIGHT_GRACE)
+}
+
+/// The running worker threads; `stop` ends them, and so does dropping this (without waiting).
 pub struct UdpWorkers {
     finished: Vec<oneshot::Receiver<()>>,
     shutdown: CancellationToken,
+    /// Cancels `shutdown` if this is dropped without `stop` (a failed start, or the server
+    /// ending on an error): the threads must not outlive the server.
+    _stop_on_drop: tokio_util::sync::DropGuard,
 }
 
 impl UdpWorkers {
     /// Starts one thread per entry of `sockets` (that worker's socket for every listen address)
     /// and returns once each has registered its sockets with its runtime.
-    pub async fn start(sockets: Vec<Vec<UdpSocket>>, handler: &Arc<Handler>) -> io::Result<Self> {
+    pub async fn start(
+        sockets: Vec<Vec<UdpSocket>>,
+        handler: &Arc<Handler>,
+        grace: Duration,
+    ) -> io::Result<Self> {
         let shutdown = CancellationToken::new();
+        // Until the end of this function, any early return stops the threads already started.
+        let stop_on_drop = shutdown.clone().drop_guard();
         let mut finished = Vec::with_capacity(sockets.len());
         for sockets in sockets {
             let (ready_tx, ready_rx) = oneshot::channel();
@@ -43,22 +71,22 @@ impl UdpWorkers {
             std::thread::Builder::new()
                 .name("udp-worker".into())
                 .spawn(move || {
-                    run(sockets, handler, thread_shutdown, ready_tx);
+                    run(sockets, handler, thread_shutdown, grace, ready_tx);
                     let _ = finished_tx.send(());
                 })?;
             match ready_rx.await {
                 Ok(Ok(())) => finished.push(finished_rx),
-                Ok(Err(error)) => {
-                    shutdown.cancel();
-                    return Err(error);
-                }
+                Ok(Err(error)) => return Err(error),
                 Err(_) => {
-                    shutdown.cancel();
                     return Err(io::Error::other("a UDP worker thread ended while starting"));
                 }
             }
         }
-        Ok(Self { finished, shutdown })
+        Ok(Self {
+            finished,
+            shutdown,
+            _stop_on_drop: stop_on_drop,
+        })
     }
 
     /// Stops receiving, answers what is queued and in flight (bounded), and waits for every
@@ -77,6 +105,7 @@ fn run(
     sockets: Vec<UdpSocket>,
     handler: Arc<Handler>,
     shutdown: CancellationToken,
+    grace: Duration,
     ready: oneshot::Sender<io::Result<()>>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -119,14 +148,30 @@ fn run(
             let _ = receive_loop.await;
         }
         in_flight.close();
-        if tokio::time::timeout(IN_FLIGHT_GRACE, in_flight.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, in_flight.wait()).await.is_err() {
             tracing::warn!(
                 unanswered = in_flight.len(),
-                "udp queries still waiting for an upstream at stop"
+                "udp queries still waiting for an upstream at stop were dropped"
             );
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grace_covers_the_slowest_query_within_a_cap() {
+        let ms = Duration::from_millis;
+        // The shipped forwarding defaults: three attempts of 1.5 s, each with a TCP retry.
+        assert_eq!(in_flight_grace(ms(1500), 3, None), ms(9000));
+        // Recursion's own deadline when it is longer.
+        assert_eq!(in_flight_grace(ms(1500), 3, Some(ms(12_000))), ms(12_000));
+        assert_eq!(in_flight_grace(ms(500), 0, None), ms(1000));
+        assert_eq!(
+            in_flight_grace(ms(60_000), 3, Some(ms(u64::MAX))),
+            MAX_IN_FLIGHT_GRACE
+        );
+    }
 }
