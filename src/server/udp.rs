@@ -14,7 +14,6 @@ use std::{
     os::fd::AsRawFd,
     sync::{Arc, atomic::Ordering},
     task::{Context, Poll, Waker},
-    time::Duration,
 };
 
 use hickory_proto::{
@@ -45,33 +44,52 @@ const SHUTDOWN_DRAIN_BATCHES: usize = 64;
 /// Largest datagram we read: anything longer is not a DNS query we would answer anyway.
 const MAX_QUERY: usize = 4096;
 
-/// Tries of a slow-path answer whose send found the socket buffer full, `SEND_RETRY_PAUSE`
-/// apart; then the answer is dropped (the client retries, as for any lost datagram).
-const SEND_ATTEMPTS: usize = 4;
-const SEND_RETRY_PAUSE: Duration = Duration::from_millis(1);
-
 /// A listening UDP socket, registered with the reactor for readability only.
 ///
 /// Why not tokio's `UdpSocket`: it registers for writability as well, and then every answer
 /// the kernel frees after sending (`sock_wfree`) runs the epoll callback, which queues a
 /// writable event and can wake a parked worker. `perf` put 3.6 % of a worker's time there.
 /// Nothing here waits for writability: fast answers go out with `sendmmsg` and a full buffer
-/// drops them, as in every UDP server; a slow-path answer retries briefly (`SEND_ATTEMPTS`).
+/// drops them, as in every UDP server; a slow-path answer that finds the buffer full waits for
+/// room through a registration of its own (`ListenSocket::send_waiting`).
 pub struct ListenSocket(AsyncFd<UdpSocket>);
 
 impl ListenSocket {
     /// Registers a bound, non-blocking socket. Must be called inside the runtime.
-    #[allow(unsafe_code)]
     pub fn new(socket: UdpSocket) -> std::io::Result<Self> {
-        // SAFETY: the `AsyncFd` owns `socket`, whose descriptor stays open and the same for
-        // as long as it lives (std's `UdpSocket` owns its fd and never swaps it).
-        let registered = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) };
-        registered.map(Self).map_err(|error| error.into_parts().1)
+        register(socket, Interest::READABLE).map(Self)
+    }
+
+    /// Sends `bytes`, waiting for room in the send buffer if it is full. The wait (rare: the
+    /// kernel frees a loopback or NIC buffer within microseconds) goes through a duplicate of
+    /// the descriptor registered for writability for this send only, so the listening
+    /// registration stays read-only.
+    async fn send_waiting(&self, bytes: &[u8], destination: SocketAddr) -> std::io::Result<()> {
+        match self.socket().send_to(bytes, destination) {
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            sent => return sent.map(drop),
+        }
+        let writable = register(self.socket().try_clone()?, Interest::WRITABLE)?;
+        loop {
+            let mut guard = writable.writable().await?;
+            if let Ok(sent) = guard.try_io(|socket| socket.get_ref().send_to(bytes, destination)) {
+                return sent.map(drop);
+            }
+        }
     }
 
     fn socket(&self) -> &UdpSocket {
         self.0.get_ref()
     }
+}
+
+/// Registers `socket` with the current runtime's reactor for `interest`.
+#[allow(unsafe_code)]
+fn register(socket: UdpSocket, interest: Interest) -> std::io::Result<AsyncFd<UdpSocket>> {
+    // SAFETY: the `AsyncFd` owns `socket`, whose descriptor stays open and the same for as
+    // long as it lives (std's `UdpSocket` owns its fd and never swaps it).
+    let registered = unsafe { AsyncFd::register_with_interest(socket, interest) };
+    registered.map_err(|error| error.into_parts().1)
 }
 
 /// Receives on `socket` until `shutdown`, answering each query. Datagrams are read and fast
@@ -300,19 +318,7 @@ impl ResponseHandler for Responder {
                 ResponseInfo::from(header)
             }
         };
-        let mut attempts_left = SEND_ATTEMPTS;
-        loop {
-            match self.socket.socket().send_to(&bytes, self.destination) {
-                Ok(_) => return Ok(info),
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                    attempts_left -= 1;
-                    if attempts_left == 0 {
-                        return Err(error.into());
-                    }
-                    tokio::time::sleep(SEND_RETRY_PAUSE).await;
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
+        self.socket.send_waiting(&bytes, self.destination).await?;
+        Ok(info)
     }
 }
