@@ -35,6 +35,7 @@ RATE=5000            # p50/p99 run: fixed rate, below both resolvers' saturation
 CLIENTS=20
 THREADS=2
 DNSWARD_BIN=""
+GIVEN_BIN=0
 BUILD=1
 KEEP=0
 
@@ -50,7 +51,7 @@ while [[ $# -gt 0 ]]; do
         --restarts) RESTARTS="$2"; shift 2 ;;
         --rate) RATE="$2"; shift 2 ;;
         --quick) ZONES=30; DURATION=5; REPS=1; RESTARTS=5; shift ;;
-        --dnsward) DNSWARD_BIN="$2"; BUILD=0; shift 2 ;;
+        --dnsward) DNSWARD_BIN="$2"; GIVEN_BIN=1; BUILD=0; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --keep) KEEP=1; shift ;;
         --no-audit) AUDIT_OFF=1; shift ;;
@@ -275,7 +276,13 @@ unbound-checkconf "$RUN_DIR/unbound.conf" >/dev/null || die "unbound.conf invali
 
 declare -A PORT PID VERSION
 PORT[dnsward]=$PORT_DNSWARD; PORT[unbound]=$PORT_UNBOUND
-VERSION[dnsward]="$("$DNSWARD_BIN" --version 2>/dev/null | head -1) ($(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+TREE_REV="$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
+if [[ "$GIVEN_BIN" == 1 ]]; then
+    # A binary given with --dnsward need not be built from the tree the script runs in.
+    VERSION[dnsward]="$("$DNSWARD_BIN" --version 2>/dev/null | head -1) (binary $DNSWARD_BIN; source tree at $TREE_REV)"
+else
+    VERSION[dnsward]="$("$DNSWARD_BIN" --version 2>/dev/null | head -1) ($TREE_REV)"
+fi
 VERSION[unbound]="Unbound $(unbound -V 2>/dev/null | awk '/^Version/{print $2}')"
 SERVERS=(dnsward unbound)
 

@@ -22,6 +22,7 @@ CLIENTS=20
 THREADS=2
 LOG_LEVEL="info"       # shipped default; must let dnsward::reload's "reload applied" through
 DNSWARD_BIN="$REPO_DIR/target/release/dnsward"
+GIVEN_BIN=0
 KEEP=0
 SEED=20261125
 
@@ -35,7 +36,7 @@ while [[ $# -gt 0 ]]; do
         --qps) QPS="$2"; shift 2 ;;
         --interval) INTERVAL="$2"; shift 2 ;;
         --log-level) LOG_LEVEL="$2"; shift 2 ;;
-        --dnsward) DNSWARD_BIN="$2"; shift 2 ;;
+        --dnsward) DNSWARD_BIN="$2"; GIVEN_BIN=1; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --seed) SEED="$2"; shift 2 ;;
         -h|--help) usage 0 ;;
@@ -94,7 +95,13 @@ dir = "$RUN_DIR/audit"
 EOF
 "$DNSWARD_BIN" check --config "$CFG" >"$RUN_DIR/dnsward.check" 2>&1 \
     || { cat "$RUN_DIR/dnsward.check" >&2; die "dnsward check rejected $CFG"; }
-VERSION_DW="$("$DNSWARD_BIN" --version 2>/dev/null | head -1) ($(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO_DIR" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo '+dirty'))"
+TREE_REV="$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO_DIR" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo '+dirty')"
+if [[ "$GIVEN_BIN" == 1 ]]; then
+    # A binary given with --dnsward need not be built from the tree the script runs in.
+    VERSION_DW="$("$DNSWARD_BIN" --version 2>/dev/null | head -1) (binary $DNSWARD_BIN; source tree at $TREE_REV)"
+else
+    VERSION_DW="$("$DNSWARD_BIN" --version 2>/dev/null | head -1) ($TREE_REV)"
+fi
 
 log "starting dnsward on 127.0.0.1:$PORT_DNSWARD with $RULES_TOTAL rules"
 start_server dnsward "$PORT_DNSWARD" env -u RUST_LOG "$DNSWARD_BIN" serve --config "$CFG"

@@ -22,6 +22,7 @@ P99_SECS=""            # default: = DURATION
 AUDIT=0                # 1: run dnsward twice, [audit] enabled = false / true
 UNBOUND_RPZ=0          # 1: also run Unbound with the block list as an RPZ zone
 DNSWARD_BIN=""
+GIVEN_BIN=0
 DNSWARD_LOGS="info warn"  # dnsward log levels measured: info = shipped default (one line per
                           # blocked decision on stderr), warn = without per-query log lines
 BUILD=1
@@ -38,7 +39,7 @@ while [[ $# -gt 0 ]]; do
         --audit) AUDIT=1; shift ;;
         --unbound-rpz) UNBOUND_RPZ=1; shift ;;
         --dnsward-logs) DNSWARD_LOGS="$2"; shift 2 ;;
-        --dnsward) DNSWARD_BIN="$2"; BUILD=0; shift 2 ;;
+        --dnsward) DNSWARD_BIN="$2"; GIVEN_BIN=1; BUILD=0; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --keep) KEEP=1; shift ;;
         --seed) SEED="$2"; shift 2 ;;
@@ -175,7 +176,13 @@ dnsward_config() {  # dnsward_config NAME PORT AUDIT(on|off|none) [LOG_LEVEL]
     echo "$out"
 }
 
-VERSION[dnsward]="$("$DNSWARD_BIN" --version 2>/dev/null | head -1) ($(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+TREE_REV="$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
+if [[ "$GIVEN_BIN" == 1 ]]; then
+    # A binary given with --dnsward need not be built from the tree the script runs in.
+    VERSION[dnsward]="$("$DNSWARD_BIN" --version 2>/dev/null | head -1) (binary $DNSWARD_BIN; source tree at $TREE_REV)"
+else
+    VERSION[dnsward]="$("$DNSWARD_BIN" --version 2>/dev/null | head -1) ($TREE_REV)"
+fi
 dw_port=$PORT_DNSWARD
 for level in $DNSWARD_LOGS; do
     suffix=""; [[ $level == info ]] || suffix="-log-$level"
