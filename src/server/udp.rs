@@ -154,8 +154,10 @@ pub async fn serve(
             Ok(count) => count,
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(error) => {
-                // ICMP errors from earlier sends surface here on some systems; not fatal.
+                // ICMP errors from earlier sends surface here on some systems; not fatal. A
+                // stream of them must not keep the thread either (see the end of the loop).
                 tracing::debug!(%error, "udp receive error");
+                tokio::task::coop::consume_budget().await;
                 continue;
             }
         };
