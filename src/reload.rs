@@ -256,10 +256,12 @@ fn in_background<T: Send + 'static>(
     let spawned = std::thread::Builder::new()
         .name("dnsward-reload".to_owned())
         .spawn(move || {
+            // The id first, while the thread still has a normal share: in SCHED_IDLE on a busy
+            // machine it might not get this far before the limit.
+            let _ = tid_sender.send(sched::ThreadTid::current());
             if !sched::enter(sched::Class::Idle) {
                 tracing::debug!("cannot lower the reload thread's priority");
             }
-            let _ = tid_sender.send(sched::ThreadTid::current());
             let _ = sender.send(work());
         });
     async move {
@@ -268,7 +270,7 @@ fn in_background<T: Send + 'static>(
         match tokio::time::timeout(IDLE_BUILD_LIMIT, receiver.as_mut()).await {
             Ok(result) => return result.ok(),
             Err(_still_building) => {
-                // The thread sent its id before starting the work, so this does not wait.
+                // The thread sends its id before anything else, so it is here by now.
                 if let Ok(tid) = tid.try_recv()
                     && sched::move_thread(tid, sched::Class::Batch)
                 {
