@@ -205,14 +205,15 @@ enum EntryBytes {
 }
 
 impl EntryBytes {
-    fn new(data: &[u8]) -> Self {
+    /// Takes the buffer the bytes were gathered in: kept as it is when too long to copy inline.
+    fn new(data: Vec<u8>) -> Self {
         match u8::try_from(data.len()) {
             Ok(len) if data.len() <= INLINE_BYTES => {
                 let mut bytes = [0; INLINE_BYTES];
-                bytes[..data.len()].copy_from_slice(data);
+                bytes[..data.len()].copy_from_slice(&data);
                 Self::Inline { len, bytes }
             }
-            _ => Self::Heap(data.into()),
+            _ => Self::Heap(data.into_boxed_slice()),
         }
     }
 }
@@ -505,7 +506,7 @@ impl WireCache {
         let entry = WireAnswer {
             hash: self.hash(key),
             flags,
-            data: EntryBytes::new(&data),
+            data: EntryBytes::new(data),
             response_len,
             opt_payload_at,
             life_secs: fresh_for.map_or(u32::MAX, |secs| secs.min(u32::MAX - 1)),
