@@ -24,11 +24,6 @@ fn rcode(dnsward: &Dnsward, name: &str) -> ResponseCode {
         .response_code
 }
 
-fn blocked(dnsward: &Dnsward, name: &str) -> bool {
-    let reply = ask(dnsward.addr, Transport::Udp, name, RecordType::A);
-    reply.metadata.response_code == ResponseCode::NXDomain && ede(&reply).is_some()
-}
-
 fn start(upstream: &Upstream, reload: &str) -> Dnsward {
     let config = config_text(&[upstream.addr], &format!("{reload}\n{BLOCK_TABLES}"));
     Dnsward::start(&config, &[("block.txt", "blocked.test\n")])

@@ -10,12 +10,6 @@ use std::sync::{
 };
 
 use common::*;
-use hickory_proto::{op::ResponseCode, rr::RecordType};
-
-fn blocked(dnsward: &Dnsward, name: &str) -> bool {
-    let reply = ask(dnsward.addr, Transport::Udp, name, RecordType::A);
-    reply.metadata.response_code == ResponseCode::NXDomain && ede(&reply).is_some()
-}
 
 /// A machine kept busy by other work holds a reload up for a few seconds, not indefinitely:
 /// the builder starts in SCHED_IDLE (so it never delays a query worker) and is given a normal

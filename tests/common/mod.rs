@@ -578,6 +578,13 @@ pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// Whether `name` (A, over UDP) is answered as blocked: NXDOMAIN with an Extended DNS Error.
+pub fn blocked(dnsward: &Dnsward, name: &str) -> bool {
+    let reply = ask(dnsward.addr, Transport::Udp, name, RecordType::A);
+    reply.metadata.response_code == hickory_proto::op::ResponseCode::NXDomain
+        && ede(&reply).is_some()
+}
+
 /// Asks `server` one question and returns the parsed reply.
 pub fn query(
     server: SocketAddr,
