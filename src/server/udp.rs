@@ -324,3 +324,132 @@ impl ResponseHandler for Responder {
         Ok(info)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{net::Ipv4Addr, path::Path};
+
+    use arc_swap::ArcSwap;
+
+    use super::*;
+    use crate::{cache::AnswerCache, server::Counters, state};
+
+    /// Datagrams queued before the loop first wakes: several times what it reads before
+    /// tokio's cooperative budget (128 units, one per batch of `mmsg::BATCH`) makes it yield.
+    const FLOOD: usize = 16_384;
+
+    /// A DNS response header: the loop reads it, counts it as malformed and sends nothing, so
+    /// the test measures the receive loop alone.
+    const RESPONSE: [u8; 12] = [0, 1, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    fn handler() -> Arc<Handler> {
+        let text = "[forward]\nupstreams = [\"127.0.0.1:9\"]\n";
+        let config = crate::config::parse(Path::new("test.toml"), text).expect("config");
+        let cache = AnswerCache::new(&config.cache);
+        let (state, _) = state::build(config).expect("state");
+        Arc::new(Handler::new(
+            Arc::new(ArcSwap::from_pointee(state)),
+            cache,
+            Arc::new(Counters::default()),
+            None,
+            None,
+        ))
+    }
+
+    /// A bound, non-blocking socket with room for `FLOOD` small datagrams.
+    fn flood_target() -> UdpSocket {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+            .expect("socket");
+        // Root (as in CI) may exceed net.core.rmem_max; otherwise the plain option is capped.
+        let size = 64 << 20;
+        if force_recv_buffer(&socket, size).is_err() {
+            socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+        }
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .expect("bind");
+        socket.set_nonblocking(true).expect("non-blocking");
+        socket.into()
+    }
+
+    #[allow(unsafe_code)]
+    fn force_recv_buffer(socket: &socket2::Socket, size: usize) -> std::io::Result<()> {
+        let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+        // SAFETY: a valid descriptor, and the option value is a c_int of the given length.
+        let result = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                std::ptr::from_ref(&size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// Whether a datagram is still queued on `socket` (peeked, so not taken).
+    fn still_queued(socket: &UdpSocket) -> bool {
+        let mut byte = [0u8; 1];
+        socket.peek_from(&mut byte).is_ok()
+    }
+
+    /// A socket that never runs dry must not keep its worker thread: queries waiting on
+    /// upstreams, timers and the worker's other sockets share that thread. The flood here is
+    /// queued up front, so whether another task ran before it was drained is exact, not a
+    /// matter of timing.
+    #[test]
+    fn a_socket_that_never_runs_dry_lets_other_tasks_run() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let target = flood_target();
+            let address = target.local_addr().expect("address");
+            let observer = target.try_clone().expect("dup");
+            let socket = Arc::new(ListenSocket::new(target).expect("register"));
+            let handler = handler();
+            let shutdown = CancellationToken::new();
+            let serving = tokio::spawn(serve(
+                socket,
+                handler.clone(),
+                shutdown.clone(),
+                TaskTracker::new(),
+            ));
+            // Let the loop start and wait for readability on an empty socket.
+            tokio::task::yield_now().await;
+            let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("sender");
+            for _ in 0..FLOOD {
+                sender.send_to(&RESPONSE, address).expect("send");
+            }
+            assert!(still_queued(&observer), "the flood is queued");
+            // Runs as soon as the loop yields for the first time after it starts reading.
+            let read_before_yield = tokio::spawn(async move {
+                let counters = handler.counters();
+                while counters.malformed.load(Ordering::Relaxed) == 0 {
+                    tokio::task::yield_now().await;
+                }
+                (
+                    counters.malformed.load(Ordering::Relaxed),
+                    still_queued(&observer),
+                )
+            });
+            let (read, left) = read_before_yield.await.expect("observer");
+            shutdown.cancel();
+            serving.await.expect("serve");
+            assert!(
+                read >= 2 * mmsg::BATCH as u64,
+                "the loop read {read} datagrams before yielding: the flood did not reach it"
+            );
+            assert!(
+                left,
+                "the loop read all {read} queued datagrams before any other task could run"
+            );
+        });
+    }
+}
