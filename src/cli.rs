@@ -379,6 +379,10 @@ fn serve(path: &std::path::Path) -> ExitCode {
 
 fn run_server(state: State) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(state.config.server.threads)
+        // Named for `top -H` and the like (tokio's default is cut to "tokio-runtime-w"). Its
+        // blocking pool, used only at stop, shares the name.
+        .thread_name("runtime-worker")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -462,6 +466,7 @@ fn log_effective_config(config: &Config, state: &State) {
     tracing::info!(
         config = %config.path.display(),
         listen = ?config.server.listen,
+        threads = config.server.threads,
         allow = ?config.server.allow,
         upstreams = ?config.forward.upstreams,
         timeout_ms = config.forward.timeout.as_millis() as u64,

@@ -310,6 +310,9 @@ fn restart_needed(current: &Config, next: &Config) -> Vec<&'static str> {
     if current.server.listen != next.server.listen {
         settings.push("server.listen");
     }
+    if current.server.threads != next.server.threads {
+        settings.push("server.threads");
+    }
     if current.server.tcp_idle_timeout != next.server.tcp_idle_timeout {
         settings.push("server.tcp_idle_timeout_secs");
     }

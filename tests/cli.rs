@@ -102,6 +102,21 @@ fn bad_value_names_its_line() {
 }
 
 #[test]
+fn an_absurd_thread_count_names_its_line() {
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nthreads = 5000\n[forward]\nupstreams = [\"{UPSTREAM}\"]\n"
+    );
+    let (_dir, path) = setup(&config, &[]);
+    let output = run(&["check", "--config", &path]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains(&format!("{path}:3: server.threads: must be at most 1024")),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
 fn bad_list_lines_fail_check_and_serve_naming_every_path_and_line() {
     let config = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n[forward]\nupstreams = [\"{UPSTREAM}\"]\n[[list]]\nname = \"x\"\npath = \"x.txt\"\n"

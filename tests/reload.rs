@@ -165,9 +165,11 @@ fn listen_change_needs_restart_but_the_rest_applies() {
     let upstream = Upstream::start();
     let dnsward = start(&upstream, "");
     let config_path = dnsward.config_path();
+    // Never the number it runs with (one thread per core).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
     let edited = std::fs::read_to_string(&config_path).unwrap().replace(
         "listen = [\"127.0.0.1:0\"]",
-        "listen = [\"127.0.0.1:0\", \"[::1]:0\"]",
+        &format!("listen = [\"127.0.0.1:0\", \"[::1]:0\"]\nthreads = {threads}"),
     );
     std::fs::write(dnsward.dir.path().join("watch.txt"), "www.test\n").unwrap();
     let edited = format!(
@@ -177,6 +179,9 @@ fn listen_change_needs_restart_but_the_rest_applies() {
     dnsward
         .wait_for_log(|line| line.contains("needs a restart") && line.contains("server.listen"))
         .expect("restart-needed setting reported");
+    dnsward
+        .wait_for_log(|line| line.contains("needs a restart") && line.contains("server.threads"))
+        .expect("restart-needed thread count reported");
     // The list added in the same edit is live.
     assert!(eventually(
         || rcode(&dnsward, "www.test.") == ResponseCode::Refused

@@ -608,3 +608,29 @@ fn serves_every_listen_address_on_ipv4_and_ipv6() {
         assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
     }
 }
+
+/// `server.threads` sets the UDP receive loops and the runtime's workers; by default there is
+/// one of each per core.
+#[test]
+fn the_number_of_query_threads_follows_the_config() {
+    let upstream = Upstream::start();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let dnsward = Dnsward::standard(&upstream, "");
+    assert_eq!(dnsward.threads_named("udp-worker"), cores);
+    // Never the default, so the setting is what decides.
+    let threads = cores + 1;
+    let config = config_text_with_server(
+        &[upstream.addr],
+        &format!("threads = {threads}"),
+        STANDARD_LIST_TABLES,
+    );
+    let dnsward = Dnsward::start(&config, STANDARD_LISTS);
+    assert_eq!(dnsward.threads_named("udp-worker"), threads);
+    assert_eq!(dnsward.threads_named("runtime-worker"), threads);
+    for transport in BOTH {
+        for _ in 0..(4 * threads) {
+            let reply = ask(dnsward.addr, transport, "www.test.", RecordType::A);
+            assert_eq!(rdata_of(&reply, RecordType::A), ["192.0.2.10"]);
+        }
+    }
+}

@@ -17,6 +17,10 @@ use super::model::{
 };
 use crate::{audit::AuditSettings, lists::OnInvalid};
 
+/// Upper bound of `server.threads`: far beyond any core count dnsward is run on, low enough to
+/// catch a typo before it opens thousands of sockets.
+const MAX_THREADS: usize = 1024;
+
 /// A configuration problem, always tied to the file and, where there is one, the line and key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -73,6 +77,8 @@ pub struct ServerConfig {
     pub allow: Vec<IpNet>,
     pub udp_payload_max: u16,
     pub tcp_idle_timeout: Duration,
+    /// `server.threads` with 0 resolved to the number of cores.
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +155,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             0..0,
             "server.udp_payload_max".into(),
             "must be at least 512 (RFC 1035)".into(),
+        ));
+    }
+    if file.server.threads > MAX_THREADS {
+        return Err(invalid(
+            0..0,
+            "server.threads".into(),
+            format!("must be at most {MAX_THREADS} (0: one per core)"),
         ));
     }
     if file.forward.timeout_ms == 0 {
@@ -278,6 +291,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             data_dir: data_dir.clone(),
             udp_payload_max: file.server.udp_payload_max,
             tcp_idle_timeout: Duration::from_secs(file.server.tcp_idle_timeout_secs.max(1)),
+            threads: match file.server.threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                threads => threads,
+            },
         },
         forward: ForwardConfig {
             upstreams: file

@@ -99,7 +99,7 @@ pub async fn start(
     let mut server = Server::new(SharedHandler(handler.clone()));
     let mut local_addrs = Vec::with_capacity(config.server.listen.len());
     // One UDP socket per worker thread and listen address, so receiving is spread across cores.
-    let worker_count = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let worker_count = config.server.threads;
     let mut worker_sockets: Vec<Vec<UdpSocket>> = (0..worker_count).map(|_| Vec::new()).collect();
     for &addr in &config.server.listen {
         let (udp_sockets, tcp) = bind_pair(addr, worker_count).await?;

@@ -329,6 +329,15 @@ impl Dnsward {
         Self::start(&config, STANDARD_LISTS)
     }
 
+    /// How many of the server's threads are named `name` (`udp-worker`, `runtime-worker`).
+    pub fn threads_named(&self, name: &str) -> usize {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap();
+        tasks
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim_end() == name)
+            .count()
+    }
+
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
