@@ -340,6 +340,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     logging::init(&config.log);
+    ignore_file_size_signal();
     let snapshot = Snapshot::new(&config.server.data_dir);
     let (state, warnings) = match state::build_generation(config, 1, Some(&snapshot)) {
         Ok(built) => built,
@@ -375,6 +376,15 @@ fn serve(path: &std::path::Path) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A write past the file size limit (`ulimit -f`, systemd's `LimitFSIZE=`) must fail like a
+/// write to a full disk, which the audit writer survives (it counts what it cannot write and
+/// records a gap); at its default, SIGXFSZ would kill the resolver instead.
+#[allow(unsafe_code)]
+fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
 }
 
 fn run_server(state: State) -> anyhow::Result<()> {

@@ -488,3 +488,93 @@ fn reloads_are_audit_records_and_queries_name_their_generation() {
         .expect("the new rule decided");
     assert_eq!(blocked_www["generation"], 2);
 }
+
+/// Sets the file size limit of process `pid` (as `prlimit --fsize` does).
+#[allow(unsafe_code)]
+fn limit_file_size(pid: u32, bytes: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid limit for a process of ours; the old value is not asked for.
+    let result = unsafe {
+        libc::prlimit(
+            libc::pid_t::try_from(pid).unwrap(),
+            libc::RLIMIT_FSIZE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(result, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// A log that cannot be written (here past the file size limit, which fails writes with EFBIG
+/// as a full disk fails them with ENOSPC): the server goes on answering, counts the records it
+/// cannot write, and once it can write again, a gap record says how many were lost.
+#[test]
+fn a_log_that_cannot_be_written_is_counted_and_recorded_as_a_gap() {
+    let upstream = Upstream::start();
+    let mut dnsward = served(&upstream, "[audit]\nfsync_interval_ms = 0\n");
+    // A few hundred records per file (the hard limit stays, so this cannot fail).
+    limit_file_size(dnsward.pid(), 64 * 1024);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let mut buffer = [0u8; 1500];
+    let mut send = |count: usize| {
+        let (_, query_bytes) = build_query("www.blocked.test.", RecordType::A, &Ask::default());
+        let mut answered = 0;
+        for _ in 0..count / 50 {
+            for _ in 0..50 {
+                socket.send_to(&query_bytes, dnsward.addr).unwrap();
+            }
+            // Stops at the first timeout: a dead server must fail the test, not stall it.
+            answered += (0..50)
+                .take_while(|_| socket.recv_from(&mut buffer).is_ok())
+                .count();
+        }
+        answered
+    };
+    // About 350 KB of records: past the limit.
+    let mut sent = 1000;
+    assert_eq!(send(sent), sent, "the server answers while its log fails");
+    let dir = audit_dir(&dnsward);
+    let gap_written = || {
+        let gap = br#""type":"gap","#;
+        segments(&dir).iter().any(|path| {
+            std::fs::read(path)
+                .unwrap()
+                .windows(gap.len())
+                .any(|window| window == gap)
+        })
+    };
+    assert!(
+        eventually(gap_written),
+        "a gap record once the log can be written"
+    );
+    assert_eq!(send(50), 50);
+    sent += 50;
+    assert!(dnsward.terminate(), "a clean stop");
+    let config = dnsward.config_path();
+    let all = json_lines(&audit(&config, &["export", "--format", "jsonl"]));
+    let queries = all.iter().filter(|r| r["type"] == "query").count();
+    let gaps: u64 = all
+        .iter()
+        .filter(|r| r["type"] == "gap")
+        .map(|r| r["dropped"].as_u64().unwrap())
+        .sum();
+    assert!(gaps > 0, "records were lost, and counted");
+    assert_eq!(
+        queries as u64 + gaps,
+        sent as u64,
+        "each query written or counted"
+    );
+    let stop = all
+        .iter()
+        .find(|r| r["type"] == "stop")
+        .expect("stop record");
+    assert_eq!(stop["dropped"].as_u64().unwrap(), gaps);
+    let verify = audit(&config, &["verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+}

@@ -2,9 +2,8 @@
 //! verify, search, summary and export on what it wrote, and each kind of tampering.
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use dnsward::{
@@ -17,73 +16,12 @@ use dnsward::{
         segment::{self, Record},
         verify::{ChainStart, FailureKind, MissingSignature, Signatures},
     },
-    config::BlockAction,
-    policy::decision::{
-        AnswerSource, AnswerText, DecisionKind, DecisionRecord, RuleMatch, Trigger,
-    },
-};
-use hickory_proto::{
-    op::ResponseCode,
-    rr::{DNSClass, RecordType},
+    policy::decision::DecisionRecord,
 };
 use proptest::prelude::*;
 
-const BASE_SECS: u64 = 1_738_324_800; // 2025-01-31T12:00:00Z
-
-/// Query `i`: every third is a blocked `www.binance.com.` (list `crypto`), the rest allowed
-/// names under `example.org.`; clients 192.0.2.1–4; one record per millisecond from BASE.
-fn decision(i: u64) -> DecisionRecord {
-    let blocked = i % 3 == 0;
-    DecisionRecord {
-        time: SystemTime::UNIX_EPOCH + Duration::from_secs(BASE_SECS) + Duration::from_millis(i),
-        generation: 1,
-        client: SocketAddr::from(([192, 0, 2, (i % 4 + 1) as u8], 40000 + (i % 1000) as u16)),
-        transport: if i % 5 == 0 { "tcp" } else { "udp" },
-        qname: if blocked {
-            "www.binance.com.".parse().unwrap()
-        } else {
-            format!("host{}.example.org.", i % 7).parse().unwrap()
-        },
-        qtype: if i % 2 == 0 {
-            RecordType::A
-        } else {
-            RecordType::AAAA
-        },
-        qclass: DNSClass::IN,
-        decision: if blocked {
-            DecisionKind::Blocked
-        } else {
-            DecisionKind::Allowed
-        },
-        rule: blocked.then(|| {
-            std::sync::Arc::new(RuleMatch {
-                list: "crypto".into(),
-                rule: "||binance.com^".into(),
-                file: "lists/crypto.txt".into(),
-                line: 3,
-                trigger: Trigger::Question,
-            })
-        }),
-        action: blocked.then_some(BlockAction::Nxdomain),
-        rcode: if blocked {
-            ResponseCode::NXDomain
-        } else {
-            ResponseCode::NoError
-        },
-        answer: if blocked {
-            AnswerText::NONE
-        } else {
-            AnswerText::from("A 192.0.2.99")
-        },
-        ede: blocked.then_some(15),
-        source: if blocked {
-            AnswerSource::Local
-        } else {
-            AnswerSource::Upstream("198.51.100.1:53".parse().unwrap())
-        },
-        latency_us: 100 + i,
-    }
-}
+mod audit_common;
+use audit_common::{BASE_SECS, all_records, decision, segments};
 
 fn settings(dir: &Path) -> AuditSettings {
     AuditSettings {
@@ -113,14 +51,6 @@ fn write_log(settings: &AuditSettings, first: u64, count: u64) -> audit::writer:
     stats
 }
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    segment::list_segments(dir)
-        .unwrap()
-        .into_iter()
-        .map(|s| s.path)
-        .collect()
-}
-
 /// The segment holding record `seq`, its lines, and the index of that record's line.
 fn find_line(dir: &Path, seq: u64) -> (PathBuf, Vec<Vec<u8>>, usize) {
     for path in segments(dir) {
@@ -143,20 +73,6 @@ fn write_lines(path: &Path, lines: &[Vec<u8>]) {
 
 fn file_name(path: &Path) -> String {
     path.file_name().unwrap().to_string_lossy().into_owned()
-}
-
-fn all_records(dir: &Path) -> Vec<Record> {
-    let mut out = Vec::new();
-    for path in segments(dir) {
-        let data = std::fs::read(&path).unwrap();
-        // Torn lines (crash tests) are not records.
-        let lines = data
-            .split(|&b| b == b'\n')
-            .skip(1)
-            .filter(|l| !l.is_empty());
-        out.extend(lines.filter_map(|line| Record::parse(line).ok()));
-    }
-    out
 }
 
 #[test]

@@ -43,6 +43,8 @@ const MAX_IDLE: Duration = Duration::from_millis(500);
 /// about 1,500 records gather per pause, far below the default queue capacity. At 2 ms, `perf`
 /// put 7 % of the writer's time in the sleep and the task switches around it.
 const BATCH_PAUSE: Duration = Duration::from_millis(10);
+/// How often a writer that cannot write (disk full, I/O error) tries again.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Whether the writer pauses before its next receive: only after writing query records
 /// (`busy`), and only if that wake-up took everything queued. A backlog (a wake-up stopped at
@@ -168,6 +170,31 @@ impl Drops {
             .first_us
             .compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
         self.last_us.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// Notes `count` records lost between `first` and `last` (records of a failed write, whose
+    /// times are known).
+    fn note_span(&self, count: u64, first: Timestamp, last: Timestamp) {
+        if count == 0 {
+            return;
+        }
+        self.pending.fetch_add(count, Ordering::AcqRel);
+        self.total.fetch_add(count, Ordering::Relaxed);
+        let first = first.as_micros().max(1);
+        if self
+            .first_us
+            .compare_exchange(0, first, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            self.first_us.fetch_min(first, Ordering::AcqRel);
+        }
+        self.last_us.fetch_max(last.as_micros(), Ordering::AcqRel);
+    }
+
+    /// Returns a run taken for a gap record that could not be written; `total` already has it.
+    fn restore(&self, (count, first, last): (u64, Timestamp, Timestamp)) {
+        self.note_span(count, first, last);
+        self.total.fetch_sub(count, Ordering::Relaxed);
     }
 
     /// Takes the pending run: (count, first, last). The count is exact; at the boundary between
@@ -568,6 +595,33 @@ struct Store {
     batch_written: bool,
     /// Reused for each record's client text.
     client_text: Vec<u8>,
+    /// The records encoded since the last successful write, in order: if the write fails,
+    /// the ones that did not reach the file are counted from this.
+    unwritten: Vec<Unwritten>,
+    /// Set while the log cannot be written.
+    outage: Option<Outage>,
+}
+
+/// A record encoded into the batch but not yet written.
+#[derive(Debug, Clone, Copy)]
+enum Unwritten {
+    Record {
+        time: Timestamp,
+        query: bool,
+    },
+    /// A gap record: if it is lost, the loss it reports must be reported again.
+    Gap {
+        dropped: u64,
+        first: Timestamp,
+        last: Timestamp,
+    },
+}
+
+/// The log could not be written. Until it can, records are counted as dropped; the store's
+/// `next_seq` and `unwritten` stay as they were at the failure, to count what the file lacks.
+#[derive(Debug)]
+struct Outage {
+    retry_at: Instant,
 }
 
 impl Store {
@@ -600,6 +654,8 @@ impl Store {
             query_records: 0,
             batch_written: false,
             client_text: Vec::with_capacity(64),
+            unwritten: Vec::with_capacity(MAX_BATCH),
+            outage: None,
         };
         let recovered = store.recover()?;
         if let Some(entry) = recovered {
@@ -664,7 +720,7 @@ impl Store {
                 Ok(message) => {
                     let mut records = message.weight();
                     queued.fetch_sub(records, Ordering::AcqRel);
-                    stopping = self.handle(message)?;
+                    stopping = self.take(message, drops);
                     while !stopping {
                         if records >= MAX_BATCH {
                             drained = false;
@@ -674,7 +730,7 @@ impl Store {
                             Ok(message) => {
                                 records += message.weight();
                                 queued.fetch_sub(message.weight(), Ordering::AcqRel);
-                                stopping = self.handle(message)?;
+                                stopping = self.take(message, drops);
                             }
                             Err(_) => break,
                         }
@@ -686,9 +742,17 @@ impl Store {
             }
             let busy = self.batch_written;
             self.batch_written = false;
-            self.write_gap(drops)?;
-            self.flush(self.settings.fsync_interval_ms == 0)?;
-            self.tick()?;
+            self.retry_if_due(drops, false);
+            if self.outage.is_none() {
+                let sync = self.settings.fsync_interval_ms == 0;
+                let written = self
+                    .write_gap(drops)
+                    .and_then(|()| self.flush(sync))
+                    .and_then(|()| self.tick());
+                if let Err(error) = written {
+                    self.fail(&error);
+                }
+            }
             if pause_after(busy, drained, stopping) {
                 // Under load, let records pile up for a moment instead of going back to a
                 // blocking receive: a sender only makes a (futex) wake-up system call when the
@@ -697,13 +761,32 @@ impl Store {
                 std::thread::sleep(BATCH_PAUSE);
             }
         }
-        self.write_gap(drops)?;
-        let stop = Entry::Stop {
-            records: self.query_records,
-            dropped: drops.total.load(Ordering::Relaxed),
-        };
-        self.append_entry(Timestamp::now(), &stop)?;
-        self.close_segment()?;
+        // A second attempt if the first fails: the stop record is what says the stop was clean.
+        for _ in 0..2 {
+            self.retry_if_due(drops, true);
+            if self.outage.is_some() {
+                break;
+            }
+            let stopped = self.write_gap(drops).and_then(|()| {
+                let stop = Entry::Stop {
+                    records: self.query_records,
+                    dropped: drops.total.load(Ordering::Relaxed),
+                };
+                self.append_entry(Timestamp::now(), &stop)?;
+                self.close_segment()
+            });
+            match stopped {
+                Ok(()) => break,
+                Err(error) => self.fail(&error),
+            }
+        }
+        if self.outage.is_some() {
+            tracing::error!(
+                lost = drops.pending.load(Ordering::Relaxed),
+                "audit log could not be written before exit: the records lost since the last \
+                 write are counted here only; the log's chain is intact up to its last record"
+            );
+        }
         Ok(WriterStats {
             records: self.query_records,
             dropped: drops.total.load(Ordering::Relaxed),
@@ -711,25 +794,131 @@ impl Store {
         })
     }
 
-    /// Returns whether the message asks to stop.
-    fn handle(&mut self, message: Message) -> Result<bool, AuditError> {
-        match message {
-            Message::Query(record) => {
-                self.append_query(&record)?;
-                Ok(false)
-            }
-            Message::Queries(records) => {
-                for record in &records {
-                    self.append_query(record)?;
+    /// Handles one message; returns whether it asks to stop. While the log cannot be written,
+    /// records are only counted.
+    fn take(&mut self, message: Message, drops: &Drops) -> bool {
+        if self.outage.is_some() {
+            return match message {
+                Message::Shutdown => true,
+                message => {
+                    drops.note_many(message.weight() as u64);
+                    false
                 }
-                Ok(false)
-            }
-            Message::Service(event) => {
-                self.append_entry(Timestamp::now(), &event.into_entry())?;
-                Ok(false)
-            }
-            Message::Shutdown => Ok(true),
+            };
         }
+        match self.handle(message, drops) {
+            Ok(stop) => stop,
+            Err(error) => {
+                self.fail(&error);
+                false
+            }
+        }
+    }
+
+    /// Returns whether the message asks to stop. On an error, the records of the message that
+    /// were not encoded are counted as dropped; an encoded one (a segment close failed after
+    /// it) is counted by the recovery, from `unwritten`.
+    fn handle(&mut self, message: Message, drops: &Drops) -> Result<bool, AuditError> {
+        let message = match message {
+            Message::Shutdown => return Ok(true),
+            Message::Service(event) => {
+                let seq = self.next_seq;
+                let appended = self.append_entry(Timestamp::now(), &event.into_entry());
+                if appended.is_err() && self.next_seq == seq {
+                    drops.note();
+                }
+                return appended.map(|()| false);
+            }
+            message => message,
+        };
+        let records = match &message {
+            Message::Query(record) => std::slice::from_ref(record),
+            Message::Queries(records) => records.as_slice(),
+            Message::Service(_) | Message::Shutdown => &[],
+        };
+        for (index, record) in records.iter().enumerate() {
+            let seq = self.next_seq;
+            self.append_query(record).inspect_err(|_| {
+                let encoded = usize::from(self.next_seq > seq);
+                drops.note_many((records.len() - index - encoded) as u64);
+            })?;
+        }
+        Ok(false)
+    }
+
+    /// The log cannot be written: drop the batch and the open segment, cut back to the end of
+    /// its last complete write (so it ends on a whole line), and count records until a retry
+    /// succeeds.
+    fn fail(&mut self, error: &AuditError) {
+        if self.outage.is_none() {
+            tracing::error!(
+                %error,
+                "audit log cannot be written; records are counted until it can, then a gap \
+                 record says how many were lost"
+            );
+        }
+        if let Some(segment) = self.segment.take()
+            && let Err(error) = segment.file.set_len(segment.bytes)
+        {
+            // Reopening finds and declares the torn line instead.
+            tracing::debug!(%error, "cannot cut the audit segment back to its last write");
+        }
+        self.buf.clear();
+        self.unsynced = false;
+        self.outage = Some(Outage {
+            retry_at: Instant::now() + RETRY_INTERVAL,
+        });
+    }
+
+    /// During an outage, tries to continue the log when the retry is due (or `now`): reopens
+    /// it as at a start (the chain continues after the last whole record in the file), and
+    /// counts the records that the file lacks; the next gap record reports them with the
+    /// records dropped meanwhile.
+    fn retry_if_due(&mut self, drops: &Drops, now: bool) {
+        let due = self
+            .outage
+            .as_ref()
+            .is_some_and(|outage| now || Instant::now() >= outage.retry_at);
+        if !due {
+            return;
+        }
+        let mut fresh = match Self::open(&self.settings, self.instance.clone()) {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                tracing::debug!(%error, "audit log still cannot be written");
+                self.outage = Some(Outage {
+                    retry_at: Instant::now() + RETRY_INTERVAL,
+                });
+                return;
+            }
+        };
+        let lost = self.next_seq.saturating_sub(fresh.next_seq);
+        let in_batch = usize::try_from(lost)
+            .unwrap_or(usize::MAX)
+            .min(self.unwritten.len());
+        // Records written before the failed batch but gone from the file (a failed fsync can
+        // lose them) are counted too, at the time of the retry.
+        drops.note_many(lost - in_batch as u64);
+        let mut lost_queries = 0;
+        for record in &self.unwritten[self.unwritten.len() - in_batch..] {
+            match *record {
+                Unwritten::Record { time, query } => {
+                    lost_queries += u64::from(query);
+                    drops.note_span(1, time, time);
+                }
+                Unwritten::Gap {
+                    dropped,
+                    first,
+                    last,
+                } => drops.note_span(dropped, first, last),
+            }
+        }
+        tracing::warn!(
+            lost,
+            "audit log can be written again; a gap record names what was lost"
+        );
+        fresh.query_records = self.query_records - lost_queries;
+        *self = fresh;
     }
 
     fn append_query(&mut self, record: &DecisionRecord) -> Result<(), AuditError> {
@@ -737,12 +926,17 @@ impl Store {
         let mut client = std::mem::take(&mut self.client_text);
         client.clear();
         self.anonymizer.write_client(record.client, &mut client);
-        let result = self.append_with(Timestamp::from_system_time(record.time), false, |buf| {
-            // The anonymiser writes ASCII only.
-            let client = std::str::from_utf8(&client).unwrap_or_default();
-            record::write_query_members(buf, record, client);
-            Ok(())
-        });
+        let result = self.append_with(
+            Timestamp::from_system_time(record.time),
+            true,
+            false,
+            |buf| {
+                // The anonymiser writes ASCII only.
+                let client = std::str::from_utf8(&client).unwrap_or_default();
+                record::write_query_members(buf, record, client);
+                Ok(())
+            },
+        );
         self.client_text = client;
         result?;
         self.query_records += 1;
@@ -751,21 +945,40 @@ impl Store {
 
     fn write_gap(&mut self, drops: &Drops) -> Result<(), AuditError> {
         if let Some((dropped, first, last)) = drops.take() {
-            tracing::warn!(dropped, "audit queue was full; a gap record names the loss");
-            self.append_entry(
-                Timestamp::now(),
-                &Entry::Gap {
+            tracing::warn!(
+                dropped,
+                "audit records were lost; a gap record names the loss"
+            );
+            let gap = Entry::Gap {
+                dropped,
+                first,
+                last,
+            };
+            let seq = self.next_seq;
+            let index = self.unwritten.len();
+            let written = self.append_entry(Timestamp::now(), &gap);
+            if self.next_seq == seq {
+                // Not encoded: the loss goes back to be reported by the next gap record.
+                drops.restore((dropped, first, last));
+            } else if let Some(slot) = self.unwritten.get_mut(index) {
+                // Encoded but not yet written: if the write fails, the recovery must report
+                // the loss this record carries, not the record alone.
+                *slot = Unwritten::Gap {
                     dropped,
                     first,
                     last,
-                },
-            )?;
+                };
+            }
+            written?;
         }
         Ok(())
     }
 
     fn next_wake(&self) -> Duration {
         let mut wake = MAX_IDLE;
+        if let Some(outage) = &self.outage {
+            wake = wake.min(outage.retry_at.saturating_duration_since(Instant::now()));
+        }
         if self.signer.is_some() && self.since_checkpoint > 0 {
             let due = self.settings.checkpoint_interval();
             wake = wake.min(due.saturating_sub(self.last_checkpoint.elapsed()));
@@ -808,7 +1021,7 @@ impl Store {
         entry: &E,
         checkpoint: bool,
     ) -> Result<(), AuditError> {
-        self.append_with(time, checkpoint, |buf| {
+        self.append_with(time, false, checkpoint, |buf| {
             let start = buf.len();
             serde_json::to_writer(&mut *buf, entry).map_err(AuditError::Encode)?;
             segment::unwrap_object(buf, start)
@@ -821,6 +1034,7 @@ impl Store {
     fn append_with(
         &mut self,
         time: Timestamp,
+        query: bool,
         checkpoint: bool,
         members: impl FnOnce(&mut Vec<u8>) -> Result<(), AuditError>,
     ) -> Result<(), AuditError> {
@@ -836,6 +1050,7 @@ impl Store {
             members,
         )?;
         self.next_seq += 1;
+        self.unwritten.push(Unwritten::Record { time, query });
         self.since_checkpoint += 1;
         let Some(segment) = self.segment.as_mut() else {
             // `open_segment` above set it.
@@ -942,6 +1157,7 @@ impl Store {
                 .map_err(AuditError::io(&segment.path))?;
             segment.bytes += self.buf.len() as u64;
             self.buf.clear();
+            self.unwritten.clear();
             self.unsynced = true;
         }
         if sync {

@@ -329,9 +329,13 @@ impl Dnsward {
         Self::start(&config, STANDARD_LISTS)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// How many of the server's threads are named `name` (`udp-worker`, `runtime-worker`).
     pub fn threads_named(&self, name: &str) -> usize {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap();
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).unwrap();
         tasks
             .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
             .filter(|comm| comm.trim_end() == name)
