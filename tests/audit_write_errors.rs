@@ -1,17 +1,27 @@
 //! The audit writer when its files cannot be written. A file size limit (`RLIMIT_FSIZE`) makes
 //! writes past it fail with EFBIG, as a full disk makes them fail with ENOSPC; the writer must
 //! go on counting, retry, and record every loss in a gap record, with the chain intact. Its own
-//! test binary, because the limit applies to the whole process.
+//! test binary, because the limit applies to the whole process (and its tests take turns).
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
-use dnsward::audit::{self, AuditLog, AuditSettings, Entry, InstanceId, TimeRange};
+use dnsward::audit::{
+    self, AuditHandle, AuditLog, AuditSettings, Entry, InstanceId, TimeRange, keys,
+    writer::WriterStats,
+};
 
 mod audit_common;
-use audit_common::{all_records, decision, segments};
+use audit_common::{all_records, decision};
 
 /// Bytes a file of this process may grow to: a few hundred records.
 const FILE_LIMIT: u64 = 128 * 1024;
+
+/// The limit is the process's: one test at a time.
+static TURN: Mutex<()> = Mutex::new(());
 
 #[allow(unsafe_code)]
 fn limit_file_size(bytes: u64) {
@@ -26,84 +36,136 @@ fn limit_file_size(bytes: u64) {
     }
 }
 
-#[test]
-fn failed_writes_are_counted_in_a_gap_record_and_the_chain_still_verifies() {
-    let tmp = tempfile::tempdir().unwrap();
-    let settings = AuditSettings {
-        dir: tmp.path().to_owned(),
+fn settings(dir: &Path) -> AuditSettings {
+    AuditSettings {
+        dir: dir.to_owned(),
         // No size rotation: only the failures start new segments.
         segment_max_bytes: 1 << 30,
         fsync_interval_ms: 0,
         ..AuditSettings::default()
-    };
-    limit_file_size(FILE_LIMIT);
-    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
-    // Far more than a file may hold: a write fails, and what it held is lost.
-    let burst = 3_000;
-    for i in 0..burst {
-        // Waits for room in the queue, so every record reaches the writer.
+    }
+}
+
+/// Hands records `from..to` to the writer, waiting for room in the queue: every record
+/// reaches the writer.
+fn send(handle: &AuditHandle, from: u64, to: u64) {
+    for i in from..to {
         assert!(
             handle.record_wait(decision(i)),
             "the writer is still running"
         );
     }
-    let gap_written = || {
-        all_records(tmp.path())
-            .iter()
-            .any(|record| matches!(record.entry, Entry::Gap { .. }))
-    };
+}
+
+fn wait_for_gap_record(dir: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !gap_written() {
+    while !all_records(dir)
+        .iter()
+        .any(|record| matches!(record.entry, Entry::Gap { .. }))
+    {
         assert!(
             Instant::now() < deadline,
             "no gap record after the failed write"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The log goes on after its gap record.
-    let after = 100;
-    for i in burst..burst + after {
-        assert!(handle.record_wait(decision(i)));
-    }
-    let stats = writer.shutdown().unwrap();
+}
 
-    let records = all_records(tmp.path());
+/// What every failure must leave: each of the `sent` records written or counted exactly once
+/// (in gap records, the writer's stats and the handle's count), the chain intact, and queries
+/// logged again after the first gap record. Returns the count lost.
+fn check(dir: &Path, sent: u64, stats: WriterStats, handle: &AuditHandle, pubkey: Option<&Path>) {
     let mut lost = 0;
-    let mut written_after_gap = 0;
     let mut written = 0;
-    for record in &records {
+    let mut written_after_gap = 0;
+    for record in &all_records(dir) {
         match &record.entry {
             Entry::Gap { dropped, .. } => lost += dropped,
-            Entry::Query(_) if lost > 0 => {
+            Entry::Query(_) => {
                 written += 1;
-                written_after_gap += 1;
+                written_after_gap += u64::from(lost > 0);
             }
-            Entry::Query(_) => written += 1,
             _ => {}
         }
     }
-    assert!(lost > 0, "records lost to the failed write are counted");
+    assert!(lost > 0, "records lost to the failed writes are counted");
     assert!(
-        written_after_gap >= after,
+        written_after_gap > 0,
         "queries are logged again after the gap"
     );
-    assert_eq!(
-        written + lost,
-        burst + after,
-        "every record is written or counted"
-    );
+    assert_eq!(written + lost, sent, "every record written or counted");
     assert_eq!(stats.records, written);
-    assert_eq!(stats.dropped, lost);
+    assert_eq!(stats.dropped, lost, "counted once");
     assert_eq!(handle.dropped(), lost);
-    assert!(
-        segments(tmp.path())
-            .iter()
-            .all(|path| std::fs::metadata(path).unwrap().len() <= FILE_LIMIT),
-        "no segment went past the limit"
-    );
-    let report = audit::verify(tmp.path(), None).unwrap();
+    let report = audit::verify(dir, pubkey).unwrap();
     assert!(report.ok(), "{report}");
     assert!(report.truncated_tail.is_none(), "{report}");
-    let summary = audit::summary(tmp.path(), &TimeRange::default()).unwrap();
+    let summary = audit::summary(dir, &TimeRange::default()).unwrap();
     assert_eq!(summary.dropped, lost);
+}
+
+#[test]
+fn failed_writes_are_counted_in_a_gap_record_and_the_chain_still_verifies() {
+    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    limit_file_size(FILE_LIMIT);
+    let (handle, writer) = AuditLog::open(&settings(tmp.path()), InstanceId::random()).unwrap();
+    // Far more than a file may hold: a write fails, and what it held is lost.
+    let burst = 3_000;
+    send(&handle, 0, burst);
+    wait_for_gap_record(tmp.path());
+    send(&handle, burst, burst + 100);
+    let stats = writer.shutdown().unwrap();
+    check(tmp.path(), burst + 100, stats, &handle, None);
+}
+
+/// While nothing can be written at all, every retry's gap record fails too; the loss it
+/// carried is counted again by the next one, once.
+#[test]
+fn a_gap_record_that_cannot_be_written_is_counted_once() {
+    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    limit_file_size(FILE_LIMIT);
+    let (handle, writer) = AuditLog::open(&settings(tmp.path()), InstanceId::random()).unwrap();
+    let burst = 3_000;
+    send(&handle, 0, burst);
+    // Not even a segment header fits: several retries (one a second) fail.
+    limit_file_size(1);
+    std::thread::sleep(Duration::from_millis(3_500));
+    limit_file_size(FILE_LIMIT);
+    wait_for_gap_record(tmp.path());
+    send(&handle, burst, burst + 100);
+    let stats = writer.shutdown().unwrap();
+    check(tmp.path(), burst + 100, stats, &handle, None);
+}
+
+/// Segments that fill up at the limit: the write that closes them (the closing checkpoint)
+/// fails, with signed checkpoints flowing; the writer's own records are not counted as lost.
+#[test]
+fn a_segment_close_that_fails_with_signed_checkpoints() {
+    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let keydir = tmp.path().join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let (secret, public) = keys::keygen(&keydir).unwrap();
+    let dir = tmp.path().join("log");
+    let settings = AuditSettings {
+        segment_max_bytes: FILE_LIMIT,
+        checkpoint_interval_secs: 1,
+        signing_key: Some(secret),
+        ..settings(&dir)
+    };
+    limit_file_size(FILE_LIMIT);
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    let mut sent = 0;
+    for _ in 0..6 {
+        send(&handle, sent, sent + 250);
+        sent += 250;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_for_gap_record(&dir);
+    send(&handle, sent, sent + 100);
+    sent += 100;
+    let stats = writer.shutdown().unwrap();
+    check(&dir, sent, stats, &handle, Some(&public));
 }

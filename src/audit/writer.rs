@@ -602,12 +602,23 @@ struct Store {
     outage: Option<Outage>,
 }
 
+/// Who a record comes from, which decides what its loss counts as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Query,
+    /// A service event the application handed over (start, load, refused reload).
+    Service,
+    /// The writer's own bookkeeping (checkpoint, stop, recovery, gap): not a record anyone
+    /// handed over, so not counted as dropped; the writer writes what it still needs again.
+    Writer,
+}
+
 /// A record encoded into the batch but not yet written.
 #[derive(Debug, Clone, Copy)]
 enum Unwritten {
     Record {
         time: Timestamp,
-        query: bool,
+        origin: Origin,
     },
     /// A gap record: if it is lost, the loss it reports must be reported again.
     Gap {
@@ -662,7 +673,7 @@ impl Store {
             store.append_entry(Timestamp::now(), &entry)?;
             store.flush(true)?;
         }
-        store.apply_retention()?;
+        store.apply_retention();
         Ok(store)
     }
 
@@ -848,7 +859,7 @@ impl Store {
 
     /// The log cannot be written: drop the batch and the open segment, cut back to the end of
     /// its last complete write (so it ends on a whole line), and count records until a retry
-    /// succeeds.
+    /// succeeds. Afterwards `unwritten` holds exactly the records that are not in the file.
     fn fail(&mut self, error: &AuditError) {
         if self.outage.is_none() {
             tracing::error!(
@@ -860,8 +871,17 @@ impl Store {
         if let Some(segment) = self.segment.take()
             && let Err(error) = segment.file.set_len(segment.bytes)
         {
-            // Reopening finds and declares the torn line instead.
+            // Part of the failed write may be in the file as whole lines, before a torn one
+            // (which reopening declares): those records are not lost. If even the file cannot
+            // be read, all of them are counted: a count too high, never one too low.
             tracing::debug!(%error, "cannot cut the audit segment back to its last write");
+            let first_unwritten = self.next_seq - self.unwritten.len() as u64;
+            let in_file = segment::read_tail(&segment.path, (first_unwritten - 1, GENESIS))
+                .map_or(0, |tail| {
+                    (tail.last_seq + 1).saturating_sub(first_unwritten)
+                });
+            let in_file = usize::try_from(in_file).map_or(0, |n| n.min(self.unwritten.len()));
+            self.unwritten.drain(..in_file);
         }
         self.buf.clear();
         self.unsynced = false;
@@ -872,8 +892,8 @@ impl Store {
 
     /// During an outage, tries to continue the log when the retry is due (or `now`): reopens
     /// it as at a start (the chain continues after the last whole record in the file), and
-    /// counts the records that the file lacks; the next gap record reports them with the
-    /// records dropped meanwhile.
+    /// counts the records of the failed write that the file lacks; the next gap record reports
+    /// them with the records dropped meanwhile.
     fn retry_if_due(&mut self, drops: &Drops, now: bool) {
         let due = self
             .outage
@@ -892,29 +912,25 @@ impl Store {
                 return;
             }
         };
-        let lost = self.next_seq.saturating_sub(fresh.next_seq);
-        let in_batch = usize::try_from(lost)
-            .unwrap_or(usize::MAX)
-            .min(self.unwritten.len());
-        // Records written before the failed batch but gone from the file (a failed fsync can
-        // lose them) are counted too, at the time of the retry.
-        drops.note_many(lost - in_batch as u64);
         let mut lost_queries = 0;
-        for record in &self.unwritten[self.unwritten.len() - in_batch..] {
+        for record in &self.unwritten {
             match *record {
-                Unwritten::Record { time, query } => {
-                    lost_queries += u64::from(query);
-                    drops.note_span(1, time, time);
+                Unwritten::Record { time, origin } => {
+                    lost_queries += u64::from(origin == Origin::Query);
+                    if origin != Origin::Writer {
+                        drops.note_span(1, time, time);
+                    }
                 }
+                // Its count was taken from `drops` for it: put back, not counted twice.
                 Unwritten::Gap {
                     dropped,
                     first,
                     last,
-                } => drops.note_span(dropped, first, last),
+                } => drops.restore((dropped, first, last)),
             }
         }
         tracing::warn!(
-            lost,
+            lost = drops.pending.load(Ordering::Relaxed),
             "audit log can be written again; a gap record names what was lost"
         );
         fresh.query_records = self.query_records - lost_queries;
@@ -928,7 +944,7 @@ impl Store {
         self.anonymizer.write_client(record.client, &mut client);
         let result = self.append_with(
             Timestamp::from_system_time(record.time),
-            true,
+            Origin::Query,
             false,
             |buf| {
                 // The anonymiser writes ASCII only.
@@ -938,9 +954,7 @@ impl Store {
             },
         );
         self.client_text = client;
-        result?;
-        self.query_records += 1;
-        Ok(())
+        result
     }
 
     fn write_gap(&mut self, drops: &Drops) -> Result<(), AuditError> {
@@ -975,10 +989,14 @@ impl Store {
     }
 
     fn next_wake(&self) -> Duration {
-        let mut wake = MAX_IDLE;
         if let Some(outage) = &self.outage {
-            wake = wake.min(outage.retry_at.saturating_duration_since(Instant::now()));
+            // Checkpoints and fsyncs wait for the log to be writable again.
+            return outage
+                .retry_at
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
         }
+        let mut wake = MAX_IDLE;
         if self.signer.is_some() && self.since_checkpoint > 0 {
             let due = self.settings.checkpoint_interval();
             wake = wake.min(due.saturating_sub(self.last_checkpoint.elapsed()));
@@ -1012,16 +1030,27 @@ impl Store {
     }
 
     fn append_entry(&mut self, time: Timestamp, entry: &Entry) -> Result<(), AuditError> {
-        self.append(time, entry, matches!(entry, Entry::Checkpoint(_)))
+        let origin = match entry {
+            Entry::Query(_) => Origin::Query,
+            Entry::Start { .. } | Entry::Load { .. } | Entry::ReloadRefused { .. } => {
+                Origin::Service
+            }
+            Entry::Stop { .. }
+            | Entry::Gap { .. }
+            | Entry::Recovered { .. }
+            | Entry::Checkpoint(_) => Origin::Writer,
+        };
+        self.append(time, entry, origin, matches!(entry, Entry::Checkpoint(_)))
     }
 
     fn append<E: serde::Serialize + ?Sized>(
         &mut self,
         time: Timestamp,
         entry: &E,
+        origin: Origin,
         checkpoint: bool,
     ) -> Result<(), AuditError> {
-        self.append_with(time, false, checkpoint, |buf| {
+        self.append_with(time, origin, checkpoint, |buf| {
             let start = buf.len();
             serde_json::to_writer(&mut *buf, entry).map_err(AuditError::Encode)?;
             segment::unwrap_object(buf, start)
@@ -1034,7 +1063,7 @@ impl Store {
     fn append_with(
         &mut self,
         time: Timestamp,
-        query: bool,
+        origin: Origin,
         checkpoint: bool,
         members: impl FnOnce(&mut Vec<u8>) -> Result<(), AuditError>,
     ) -> Result<(), AuditError> {
@@ -1050,7 +1079,10 @@ impl Store {
             members,
         )?;
         self.next_seq += 1;
-        self.unwritten.push(Unwritten::Record { time, query });
+        // Counted when encoded: a failure after this (closing a full segment) leaves it in
+        // `unwritten`, which is where a lost record is subtracted again.
+        self.query_records += u64::from(origin == Origin::Query);
+        self.unwritten.push(Unwritten::Record { time, origin });
         self.since_checkpoint += 1;
         let Some(segment) = self.segment.as_mut() else {
             // `open_segment` above set it.
@@ -1143,7 +1175,8 @@ impl Store {
         if let Some(mut segment) = self.segment.take() {
             segment.drop_synced_pages(true);
         }
-        self.apply_retention()
+        self.apply_retention();
+        Ok(())
     }
 
     /// Writes buffered lines to the segment; fsyncs when `sync` is set.
@@ -1184,7 +1217,14 @@ impl Store {
     /// Removes the oldest closed segments beyond the age and size limits. Only a prefix of the
     /// chain is ever removed (never a hole), and never the segment being written; the first
     /// remaining segment's header then carries the chain start.
-    fn apply_retention(&self) -> Result<(), AuditError> {
+    fn apply_retention(&self) {
+        // Old segments left behind are a disk-space problem, not a reason to stop logging.
+        if let Err(error) = self.remove_expired_segments() {
+            tracing::warn!(%error, "audit retention could not remove old segments");
+        }
+    }
+
+    fn remove_expired_segments(&self) -> Result<(), AuditError> {
         let segments = segment::list_segments(&self.dir)?;
         let current = self.segment.as_ref().map(|s| s.path.as_path());
         let mut sizes = Vec::with_capacity(segments.len());
