@@ -169,3 +169,36 @@ fn a_segment_close_that_fails_with_signed_checkpoints() {
     let stats = writer.shutdown().unwrap();
     check(&dir, sent, stats, &handle, Some(&public));
 }
+
+/// An outage that lasts until the writer stops (the log's directory is gone, so not even a
+/// reopen works): no gap record can say what was lost, so the writer's own counts (the stop's
+/// figures, the handle's count for metrics) must be right.
+#[test]
+fn an_outage_that_outlasts_the_writer_is_in_its_counts() {
+    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let moved = tmp.path().join("moved");
+    limit_file_size(FILE_LIMIT);
+    let (handle, writer) = AuditLog::open(&settings(&dir), InstanceId::random()).unwrap();
+    let burst = 3_000;
+    send(&handle, 0, burst);
+    // The open segment stays writable through its descriptor until the limit; a reopen
+    // finds a plain file where the directory was.
+    std::fs::rename(&dir, &moved).unwrap();
+    std::fs::write(&dir, "not a directory").unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    let stats = writer.shutdown().unwrap();
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&moved, &dir).unwrap();
+    let written = all_records(&dir)
+        .iter()
+        .filter(|record| matches!(record.entry, Entry::Query(_)))
+        .count() as u64;
+    assert!(written < burst, "writes failed");
+    assert_eq!(stats.records, written, "queries in the log");
+    assert_eq!(stats.dropped, burst - written, "the rest, counted");
+    assert_eq!(handle.dropped(), stats.dropped);
+    let report = audit::verify(&dir, None).unwrap();
+    assert!(report.ok(), "{report}");
+}

@@ -711,6 +711,9 @@ impl Store {
             {
                 self.next_seq = header.first_seq;
                 self.head = prev;
+                // A torn line it declared (a restart or retry that failed right after writing
+                // the header) must be declared by the segment that replaces it.
+                self.pending_torn.clone_from(&header.torn_tail);
                 return Ok(recovered);
             }
         }
@@ -761,7 +764,7 @@ impl Store {
                     .and_then(|()| self.flush(sync))
                     .and_then(|()| self.tick());
                 if let Err(error) = written {
-                    self.fail(&error);
+                    self.fail(&error, drops);
                 }
             }
             if pause_after(busy, drained, stopping) {
@@ -788,7 +791,7 @@ impl Store {
             });
             match stopped {
                 Ok(()) => break,
-                Err(error) => self.fail(&error),
+                Err(error) => self.fail(&error, drops),
             }
         }
         if self.outage.is_some() {
@@ -820,7 +823,7 @@ impl Store {
         match self.handle(message, drops) {
             Ok(stop) => stop,
             Err(error) => {
-                self.fail(&error);
+                self.fail(&error, drops);
                 false
             }
         }
@@ -858,9 +861,9 @@ impl Store {
     }
 
     /// The log cannot be written: drop the batch and the open segment, cut back to the end of
-    /// its last complete write (so it ends on a whole line), and count records until a retry
-    /// succeeds. Afterwards `unwritten` holds exactly the records that are not in the file.
-    fn fail(&mut self, error: &AuditError) {
+    /// its last complete write (so it ends on a whole line), count the records of the batch
+    /// that are not in the file as dropped, and count records until a retry succeeds.
+    fn fail(&mut self, error: &AuditError, drops: &Drops) {
         if self.outage.is_none() {
             tracing::error!(
                 %error,
@@ -883,6 +886,26 @@ impl Store {
             let in_file = usize::try_from(in_file).map_or(0, |n| n.min(self.unwritten.len()));
             self.unwritten.drain(..in_file);
         }
+        let lost_seqs = self.unwritten.len() as u64;
+        for record in self.unwritten.drain(..) {
+            match record {
+                Unwritten::Record { time, origin } => {
+                    self.query_records -= u64::from(origin == Origin::Query);
+                    if origin != Origin::Writer {
+                        drops.note_span(1, time, time);
+                    }
+                }
+                // Its count was taken from `drops` for it: put back, not counted twice.
+                Unwritten::Gap {
+                    dropped,
+                    first,
+                    last,
+                } => drops.restore((dropped, first, last)),
+            }
+        }
+        // The seq after the file's last record, for the stats if the outage outlasts the
+        // writer (`head` is stale until a retry replaces the whole store).
+        self.next_seq = self.next_seq.saturating_sub(lost_seqs);
         self.buf.clear();
         self.unsynced = false;
         self.outage = Some(Outage {
@@ -891,9 +914,8 @@ impl Store {
     }
 
     /// During an outage, tries to continue the log when the retry is due (or `now`): reopens
-    /// it as at a start (the chain continues after the last whole record in the file), and
-    /// counts the records of the failed write that the file lacks; the next gap record reports
-    /// them with the records dropped meanwhile.
+    /// it as at a start (the chain continues after the last whole record in the file); the
+    /// next gap record reports what `fail` and the outage counted.
     fn retry_if_due(&mut self, drops: &Drops, now: bool) {
         let due = self
             .outage
@@ -912,28 +934,11 @@ impl Store {
                 return;
             }
         };
-        let mut lost_queries = 0;
-        for record in &self.unwritten {
-            match *record {
-                Unwritten::Record { time, origin } => {
-                    lost_queries += u64::from(origin == Origin::Query);
-                    if origin != Origin::Writer {
-                        drops.note_span(1, time, time);
-                    }
-                }
-                // Its count was taken from `drops` for it: put back, not counted twice.
-                Unwritten::Gap {
-                    dropped,
-                    first,
-                    last,
-                } => drops.restore((dropped, first, last)),
-            }
-        }
         tracing::warn!(
             lost = drops.pending.load(Ordering::Relaxed),
             "audit log can be written again; a gap record names what was lost"
         );
-        fresh.query_records = self.query_records - lost_queries;
+        fresh.query_records = self.query_records;
         *self = fresh;
     }
 
