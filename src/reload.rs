@@ -325,6 +325,10 @@ fn restart_needed(current: &Config, next: &Config) -> Vec<&'static str> {
     if current.reload != next.reload {
         settings.push("reload");
     }
+    // The writer is opened with these at start.
+    if current.audit != next.audit {
+        settings.push("audit");
+    }
     // The recursor (and its cache) is built once at start.
     if current.recursion != next.recursion || current.forward_zones != next.forward_zones {
         settings.push("recursion");

@@ -578,3 +578,47 @@ fn a_log_that_cannot_be_written_is_counted_and_recorded_as_a_gap() {
     let verify = audit(&config, &["verify"]);
     assert!(verify.status.success(), "{}", stdout(&verify));
 }
+
+/// With `when_unwritable = "refuse"`, queries are refused (EDE 14) while the log cannot be
+/// written, and answered again once it can.
+#[test]
+fn refuse_while_the_log_cannot_be_written() {
+    let upstream = Upstream::start();
+    let mut dnsward = served(
+        &upstream,
+        "[audit]\nfsync_interval_ms = 0\nwhen_unwritable = \"refuse\"\n",
+    );
+    let answer = |name: &str| ask(dnsward.addr, Transport::Udp, name, RecordType::A);
+    assert_eq!(
+        answer("www.test.").metadata.response_code,
+        ResponseCode::NoError
+    );
+    limit_file_size(dnsward.pid(), 64 * 1024);
+    let refused = |reply: &hickory_proto::op::Message| {
+        reply.metadata.response_code == ResponseCode::Refused
+            && ede(reply).is_some_and(|(code, _)| code == 14)
+    };
+    // Each query adds a record; a few hundred fill the allowed size.
+    assert!(
+        eventually(|| (0..50).any(|_| refused(&answer("www.blocked.test.")))),
+        "refused once the log cannot be written"
+    );
+    for transport in BOTH {
+        let reply = ask(dnsward.addr, transport, "www.test.", RecordType::A);
+        assert!(refused(&reply), "{transport:?}: {reply:?}");
+    }
+    limit_file_size(dnsward.pid(), libc::RLIM_INFINITY);
+    assert!(
+        eventually(|| answer("www.test.").metadata.response_code == ResponseCode::NoError),
+        "answered again once the log can be written"
+    );
+    assert!(dnsward.terminate());
+    let config = dnsward.config_path();
+    let verify = audit(&config, &["verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    let all = json_lines(&audit(&config, &["export", "--format", "jsonl"]));
+    assert!(
+        all.iter().any(|r| r["type"] == "gap"),
+        "the outage's loss is recorded"
+    );
+}

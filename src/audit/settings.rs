@@ -48,6 +48,21 @@ pub struct AuditSettings {
     /// The key file for `anonymize = "hash"` (at least 16 bytes, used as is). Required with
     /// `hash`: an unkeyed hash of a 32-bit address is reversed by enumeration.
     pub anonymize_key: Option<PathBuf>,
+    /// What queries get while the log cannot be written (disk full, I/O error): `answer`
+    /// (default: resolve as usual; every record that cannot be written is counted, and a gap
+    /// record says how many once writing works again) or `refuse` (REFUSED with EDE 14 "Not
+    /// Ready" until it works again, for deployments where an answer that is not on the record
+    /// must not be given; like auditd's `disk_full_action = suspend`).
+    pub when_unwritable: WhenUnwritable,
+}
+
+/// See [`AuditSettings::when_unwritable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenUnwritable {
+    #[default]
+    Answer,
+    Refuse,
 }
 
 /// How client addresses are reduced before they enter the chain.
@@ -75,6 +90,7 @@ impl Default for AuditSettings {
             queue_capacity: 65536,
             anonymize: Anonymize::None,
             anonymize_key: None,
+            when_unwritable: WhenUnwritable::Answer,
         }
     }
 }
@@ -128,6 +144,10 @@ mod tests {
             toml::from_str("anonymize = \"truncate\"\nqueue_capacity = 4").unwrap();
         assert_eq!(parsed.anonymize, Anonymize::Truncate);
         assert_eq!(parsed.queue_capacity, 4);
+        assert_eq!(parsed.when_unwritable, WhenUnwritable::Answer);
+        let parsed: AuditSettings = toml::from_str("when_unwritable = \"refuse\"").unwrap();
+        assert_eq!(parsed.when_unwritable, WhenUnwritable::Refuse);
+        assert!(toml::from_str::<AuditSettings>("when_unwritable = \"halt\"").is_err());
         assert!(toml::from_str::<AuditSettings>("nope = 1").is_err());
     }
 

@@ -29,7 +29,7 @@ use super::{
     AuditError, json, keys,
     record::{self, Checkpoint, Entry, ListLoad, Timestamp},
     segment::{self, GENESIS, Hash, Header, HeaderKind, TornTail},
-    settings::{Anonymize, AuditSettings},
+    settings::{Anonymize, AuditSettings, WhenUnwritable},
 };
 use crate::policy::decision::DecisionRecord;
 
@@ -273,6 +273,10 @@ impl QueueTx {
 pub struct AuditHandle {
     tx: QueueTx,
     drops: Arc<Drops>,
+    /// False while the writer cannot write the log (set by the writer).
+    writable: Arc<AtomicBool>,
+    /// `when_unwritable = "refuse"`.
+    refuse_when_unwritable: bool,
 }
 
 impl std::fmt::Debug for AuditHandle {
@@ -347,6 +351,12 @@ impl AuditHandle {
         sent
     }
 
+    /// Whether queries are to be refused now: the log cannot be written, and the settings say
+    /// not to answer what cannot be recorded.
+    pub fn refusing(&self) -> bool {
+        self.refuse_when_unwritable && !self.writable.load(Ordering::Relaxed)
+    }
+
     /// Records dropped since start (queue full or writer stopped).
     pub fn dropped(&self) -> u64 {
         self.drops.total.load(Ordering::Relaxed)
@@ -414,7 +424,8 @@ impl AuditLog {
         settings: &AuditSettings,
         instance: InstanceId,
     ) -> Result<(AuditHandle, AuditWriter), AuditError> {
-        let mut store = Store::open(settings, instance)?;
+        let writable = Arc::new(AtomicBool::new(true));
+        let mut store = Store::open(settings, instance, Arc::clone(&writable))?;
         let (tx, rx) = channel();
         let tx = QueueTx {
             tx,
@@ -447,6 +458,8 @@ impl AuditLog {
             AuditHandle {
                 tx: tx.clone(),
                 drops,
+                writable,
+                refuse_when_unwritable: settings.when_unwritable == WhenUnwritable::Refuse,
             },
             AuditWriter {
                 tx,
@@ -600,6 +613,8 @@ struct Store {
     unwritten: Vec<Unwritten>,
     /// Set while the log cannot be written.
     outage: Option<Outage>,
+    /// Shared with the handles: false during an outage.
+    writable: Arc<AtomicBool>,
 }
 
 /// Who a record comes from, which decides what its loss counts as.
@@ -636,7 +651,11 @@ struct Outage {
 }
 
 impl Store {
-    fn open(settings: &AuditSettings, instance: InstanceId) -> Result<Self, AuditError> {
+    fn open(
+        settings: &AuditSettings,
+        instance: InstanceId,
+        writable: Arc<AtomicBool>,
+    ) -> Result<Self, AuditError> {
         let dir = settings.dir.clone();
         std::fs::create_dir_all(&dir).map_err(AuditError::io(&dir))?;
         let signer = match &settings.signing_key {
@@ -667,6 +686,7 @@ impl Store {
             client_text: Vec::with_capacity(64),
             unwritten: Vec::with_capacity(MAX_BATCH),
             outage: None,
+            writable,
         };
         let recovered = store.recover()?;
         if let Some(entry) = recovered {
@@ -763,8 +783,11 @@ impl Store {
                     .write_gap(drops)
                     .and_then(|()| self.flush(sync))
                     .and_then(|()| self.tick());
-                if let Err(error) = written {
-                    self.fail(&error, drops);
+                match written {
+                    // Writable again only once something was written (after an outage: the
+                    // gap record), not when a reopen merely worked.
+                    Ok(()) => self.writable.store(true, Ordering::Relaxed),
+                    Err(error) => self.fail(&error, drops),
                 }
             }
             if pause_after(busy, drained, stopping) {
@@ -911,6 +934,7 @@ impl Store {
         self.outage = Some(Outage {
             retry_at: Instant::now() + RETRY_INTERVAL,
         });
+        self.writable.store(false, Ordering::Relaxed);
     }
 
     /// During an outage, tries to continue the log when the retry is due (or `now`): reopens
@@ -924,7 +948,11 @@ impl Store {
         if !due {
             return;
         }
-        let mut fresh = match Self::open(&self.settings, self.instance.clone()) {
+        let mut fresh = match Self::open(
+            &self.settings,
+            self.instance.clone(),
+            Arc::clone(&self.writable),
+        ) {
             Ok(fresh) => fresh,
             Err(error) => {
                 tracing::debug!(%error, "audit log still cannot be written");

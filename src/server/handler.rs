@@ -185,6 +185,9 @@ impl Handler {
         let Some(wire) = &self.wire else {
             return false;
         };
+        if self.audit.as_ref().is_some_and(AuditHandle::refusing) {
+            return false;
+        }
         let client = arrival.client;
         let started = arrival.batch.at;
         let state = self.state.load();
@@ -367,6 +370,16 @@ impl Handler {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             record.decision = DecisionKind::Refused;
             return Reply::error(ResponseCode::Refused, Some((18, String::new())));
+        }
+        // With `when_unwritable = "refuse"`, nothing is answered that cannot be recorded. EDE
+        // 14 "Not Ready": the server is not fully working.
+        if self.audit.as_ref().is_some_and(AuditHandle::refusing) {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            record.decision = DecisionKind::Refused;
+            return Reply::error(
+                ResponseCode::Refused,
+                Some((14, "audit log cannot be written".to_owned())),
+            );
         }
 
         // 2. Only standard queries with exactly one question are served (RFC 9619).
