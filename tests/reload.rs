@@ -173,15 +173,14 @@ fn listen_change_needs_restart_but_the_rest_applies() {
     );
     std::fs::write(dnsward.dir.path().join("watch.txt"), "www.test\n").unwrap();
     let edited = format!(
-        "{edited}\n[[list]]\nname = \"added\"\npath = \"watch.txt\"\naction = \"refused\"\n"
+        "{edited}\n[audit]\nqueue_capacity = 1234\n\n[[list]]\nname = \"added\"\npath = \"watch.txt\"\naction = \"refused\"\n"
     );
     std::fs::write(&config_path, edited).unwrap();
-    dnsward
-        .wait_for_log(|line| line.contains("needs a restart") && line.contains("server.listen"))
-        .expect("restart-needed setting reported");
-    dnsward
-        .wait_for_log(|line| line.contains("needs a restart") && line.contains("server.threads"))
-        .expect("restart-needed thread count reported");
+    for setting in ["server.listen", "server.threads", "audit"] {
+        dnsward
+            .wait_for_log(|line| line.contains("needs a restart") && line.contains(setting))
+            .unwrap_or_else(|| panic!("restart-needed {setting} reported"));
+    }
     // The list added in the same edit is live.
     assert!(eventually(
         || rcode(&dnsward, "www.test.") == ResponseCode::Refused
