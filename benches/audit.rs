@@ -15,72 +15,27 @@ use dnsward::{
         self, AuditLog, AuditSettings, Filter, InstanceId, TimeRange,
         query::{ClientFilter, DomainFilter},
     },
-    config::BlockAction,
-    policy::decision::{
-        AnswerSource, AnswerText, DecisionKind, DecisionRecord, RuleMatch, Trigger,
-    },
+    policy::decision::DecisionRecord,
 };
-use hickory_proto::{
-    op::ResponseCode,
-    rr::{DNSClass, RecordType},
-};
+use hickory_proto::rr::RecordType;
 
-const BASE_SECS: u64 = 1_738_324_800;
+#[path = "../tests/audit_common/mod.rs"]
+mod audit_common;
+use audit_common::BASE_SECS;
 
 /// Query `i` of `n`, spread over one hour: 1000 clients, 10,000 names, every tenth a blocked
 /// `www.binance.com.`.
 fn decision(i: u64, n: u64) -> DecisionRecord {
-    let blocked = i % 10 == 0;
     let micros = i * 3_600_000_000 / n.max(1);
-    DecisionRecord {
-        time: SystemTime::UNIX_EPOCH
-            + Duration::from_secs(BASE_SECS)
-            + Duration::from_micros(micros),
-        generation: 1,
-        client: SocketAddr::from(([10, 0, (i / 7 % 4) as u8, (i % 250) as u8], 40000)),
-        transport: "udp",
-        qname: if blocked {
-            "www.binance.com.".parse().unwrap()
-        } else {
-            format!("host{}.example{}.org.", i % 100, i % 97)
-                .parse()
-                .unwrap()
-        },
-        qtype: RecordType::A,
-        qclass: DNSClass::IN,
-        decision: if blocked {
-            DecisionKind::Blocked
-        } else {
-            DecisionKind::Allowed
-        },
-        rule: blocked.then(|| {
-            std::sync::Arc::new(RuleMatch {
-                list: "crypto".into(),
-                rule: "||binance.com^".into(),
-                file: "lists/crypto.txt".into(),
-                line: 3,
-                trigger: Trigger::Question,
-            })
-        }),
-        action: blocked.then_some(BlockAction::Nxdomain),
-        rcode: if blocked {
-            ResponseCode::NXDomain
-        } else {
-            ResponseCode::NoError
-        },
-        answer: if blocked {
-            AnswerText::NONE
-        } else {
-            AnswerText::from("A 192.0.2.99")
-        },
-        ede: blocked.then_some(15),
-        source: if blocked {
-            AnswerSource::Local
-        } else {
-            AnswerSource::Upstream(SocketAddr::from(([198, 51, 100, 1], 53)))
-        },
-        latency_us: 250,
-    }
+    audit_common::query_record(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(BASE_SECS) + Duration::from_micros(micros),
+        SocketAddr::from(([10, 0, (i / 7 % 4) as u8, (i % 250) as u8], 40000)),
+        "udp",
+        &format!("host{}.example{}.org.", i % 100, i % 97),
+        RecordType::A,
+        i % 10 == 0,
+        250,
+    )
 }
 
 /// Writes `records` through the real writer; returns the elapsed time.

@@ -391,8 +391,19 @@ fn a_full_queue_is_counted_and_recorded_as_a_gap() {
     let mut buffer = [0u8; 1500];
     while socket.recv_from(&mut buffer).is_ok() {}
     assert!(dnsward.terminate());
-    let config = dnsward.config_path();
-    let all = json_lines(&audit(&config, &["export", "--format", "jsonl"]));
+    let (queries, gaps) = written_and_lost(&dnsward.config_path());
+    assert!(gaps > 0, "the burst must overflow a one-slot queue");
+    let answered = queries + gaps;
+    assert!(
+        answered <= 3000 && answered > 0,
+        "queries {queries} + dropped {gaps}"
+    );
+}
+
+/// After a clean stop: the query records in the log and the records counted in its gap
+/// records, checking that the stop record counts the same drops and that the log verifies.
+fn written_and_lost(config: &Path) -> (u64, u64) {
+    let all = json_lines(&audit(config, &["export", "--format", "jsonl"]));
     let queries = all.iter().filter(|r| r["type"] == "query").count() as u64;
     let gaps: u64 = all
         .iter()
@@ -403,19 +414,14 @@ fn a_full_queue_is_counted_and_recorded_as_a_gap() {
         .iter()
         .find(|r| r["type"] == "stop")
         .expect("stop record");
-    assert!(gaps > 0, "the burst must overflow a one-slot queue");
     assert_eq!(
         stop["dropped"].as_u64().unwrap(),
         gaps,
         "every drop is in a gap record"
     );
-    let answered = queries + gaps;
-    assert!(
-        answered <= 3000 && answered > 0,
-        "queries {queries} + dropped {gaps}"
-    );
-    let verify = audit(&config, &["verify"]);
+    let verify = audit(config, &["verify"]);
     assert!(verify.status.success(), "{}", stdout(&verify));
+    (queries, gaps)
 }
 
 #[test]
@@ -556,27 +562,9 @@ fn a_log_that_cannot_be_written_is_counted_and_recorded_as_a_gap() {
     assert_eq!(send(50), 50);
     sent += 50;
     assert!(dnsward.terminate(), "a clean stop");
-    let config = dnsward.config_path();
-    let all = json_lines(&audit(&config, &["export", "--format", "jsonl"]));
-    let queries = all.iter().filter(|r| r["type"] == "query").count();
-    let gaps: u64 = all
-        .iter()
-        .filter(|r| r["type"] == "gap")
-        .map(|r| r["dropped"].as_u64().unwrap())
-        .sum();
+    let (queries, gaps) = written_and_lost(&dnsward.config_path());
     assert!(gaps > 0, "records were lost, and counted");
-    assert_eq!(
-        queries as u64 + gaps,
-        sent as u64,
-        "each query written or counted"
-    );
-    let stop = all
-        .iter()
-        .find(|r| r["type"] == "stop")
-        .expect("stop record");
-    assert_eq!(stop["dropped"].as_u64().unwrap(), gaps);
-    let verify = audit(&config, &["verify"]);
-    assert!(verify.status.success(), "{}", stdout(&verify));
+    assert_eq!(queries + gaps, sent as u64, "each query written or counted");
 }
 
 /// With `when_unwritable = "refuse"`, queries are refused (EDE 14) while the log cannot be

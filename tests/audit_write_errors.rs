@@ -104,39 +104,37 @@ fn check(dir: &Path, sent: u64, stats: WriterStats, handle: &AuditHandle, pubkey
     assert_eq!(summary.dropped, lost);
 }
 
-#[test]
-fn failed_writes_are_counted_in_a_gap_record_and_the_chain_still_verifies() {
+/// A burst far past what a file may hold, so a write fails and what it held is lost; then
+/// `meanwhile`, then the log must have resumed with a gap record, and take more records.
+fn burst_past_the_limit(meanwhile: impl FnOnce()) {
     let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     limit_file_size(FILE_LIMIT);
     let (handle, writer) = AuditLog::open(&settings(tmp.path()), InstanceId::random()).unwrap();
-    // Far more than a file may hold: a write fails, and what it held is lost.
     let burst = 3_000;
     send(&handle, 0, burst);
+    meanwhile();
     wait_for_gap_record(tmp.path());
     send(&handle, burst, burst + 100);
     let stats = writer.shutdown().unwrap();
     check(tmp.path(), burst + 100, stats, &handle, None);
 }
 
+#[test]
+fn failed_writes_are_counted_in_a_gap_record_and_the_chain_still_verifies() {
+    burst_past_the_limit(|| {});
+}
+
 /// While nothing can be written at all, every retry's gap record fails too; the loss it
 /// carried is counted again by the next one, once.
 #[test]
 fn a_gap_record_that_cannot_be_written_is_counted_once() {
-    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let tmp = tempfile::tempdir().unwrap();
-    limit_file_size(FILE_LIMIT);
-    let (handle, writer) = AuditLog::open(&settings(tmp.path()), InstanceId::random()).unwrap();
-    let burst = 3_000;
-    send(&handle, 0, burst);
-    // Not even a segment header fits: several retries (one a second) fail.
-    limit_file_size(1);
-    std::thread::sleep(Duration::from_millis(3_500));
-    limit_file_size(FILE_LIMIT);
-    wait_for_gap_record(tmp.path());
-    send(&handle, burst, burst + 100);
-    let stats = writer.shutdown().unwrap();
-    check(tmp.path(), burst + 100, stats, &handle, None);
+    burst_past_the_limit(|| {
+        // Not even a segment header fits: several retries (one a second) fail.
+        limit_file_size(1);
+        std::thread::sleep(Duration::from_millis(3_500));
+        limit_file_size(FILE_LIMIT);
+    });
 }
 
 /// Segments that fill up at the limit: the write that closes them (the closing checkpoint)

@@ -26,21 +26,42 @@ pub const BASE_SECS: u64 = 1_738_324_800; // 2025-01-31T12:00:00Z
 /// names under `example.org.`; clients 192.0.2.1–4; one record per millisecond from BASE.
 pub fn decision(i: u64) -> DecisionRecord {
     let blocked = i % 3 == 0;
-    DecisionRecord {
-        time: SystemTime::UNIX_EPOCH + Duration::from_secs(BASE_SECS) + Duration::from_millis(i),
-        generation: 1,
-        client: SocketAddr::from(([192, 0, 2, (i % 4 + 1) as u8], 40000 + (i % 1000) as u16)),
-        transport: if i % 5 == 0 { "tcp" } else { "udp" },
-        qname: if blocked {
-            "www.binance.com.".parse().unwrap()
-        } else {
-            format!("host{}.example.org.", i % 7).parse().unwrap()
-        },
-        qtype: if i % 2 == 0 {
+    query_record(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(BASE_SECS) + Duration::from_millis(i),
+        SocketAddr::from(([192, 0, 2, (i % 4 + 1) as u8], 40000 + (i % 1000) as u16)),
+        if i % 5 == 0 { "tcp" } else { "udp" },
+        &format!("host{}.example.org.", i % 7),
+        if i % 2 == 0 {
             RecordType::A
         } else {
             RecordType::AAAA
         },
+        blocked,
+        100 + i,
+    )
+}
+
+/// A query record. A blocked one is `www.binance.com.`, blocked by rule `||binance.com^` (line
+/// 3 of list `crypto`) with NXDOMAIN and EDE 15; an allowed one is `qname`, answered
+/// `A 192.0.2.99` by upstream 198.51.100.1.
+pub fn query_record(
+    time: SystemTime,
+    client: SocketAddr,
+    transport: &'static str,
+    qname: &str,
+    qtype: RecordType,
+    blocked: bool,
+    latency_us: u64,
+) -> DecisionRecord {
+    DecisionRecord {
+        time,
+        generation: 1,
+        client,
+        transport,
+        qname: if blocked { "www.binance.com." } else { qname }
+            .parse()
+            .unwrap(),
+        qtype,
         qclass: DNSClass::IN,
         decision: if blocked {
             DecisionKind::Blocked
@@ -71,9 +92,9 @@ pub fn decision(i: u64) -> DecisionRecord {
         source: if blocked {
             AnswerSource::Local
         } else {
-            AnswerSource::Upstream("198.51.100.1:53".parse().unwrap())
+            AnswerSource::Upstream(SocketAddr::from(([198, 51, 100, 1], 53)))
         },
-        latency_us: 100 + i,
+        latency_us,
     }
 }
 
