@@ -643,8 +643,8 @@ enum Unwritten {
     },
 }
 
-/// The log could not be written. Until it can, records are counted as dropped; the store's
-/// `next_seq` and `unwritten` stay as they were at the failure, to count what the file lacks.
+/// The log could not be written. `fail` has counted what the failed write lost; until a retry
+/// reopens the log, arriving records are counted as dropped.
 #[derive(Debug)]
 struct Outage {
     retry_at: Instant,
@@ -854,7 +854,7 @@ impl Store {
 
     /// Returns whether the message asks to stop. On an error, the records of the message that
     /// were not encoded are counted as dropped; an encoded one (a segment close failed after
-    /// it) is counted by the recovery, from `unwritten`.
+    /// it) is counted by `fail`, from `unwritten`.
     fn handle(&mut self, message: Message, drops: &Drops) -> Result<bool, AuditError> {
         let message = match message {
             Message::Shutdown => return Ok(true),
@@ -1008,7 +1008,7 @@ impl Store {
                 // Not encoded: the loss goes back to be reported by the next gap record.
                 drops.restore((dropped, first, last));
             } else if let Some(slot) = self.unwritten.get_mut(index) {
-                // Encoded but not yet written: if the write fails, the recovery must report
+                // Encoded but not yet written: if the write fails, `fail` must report
                 // the loss this record carries, not the record alone.
                 *slot = Unwritten::Gap {
                     dropped,
