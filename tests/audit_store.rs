@@ -551,6 +551,99 @@ fn crash_torn_tail_then_restart_is_recovered_not_tampering() {
     )));
 }
 
+/// A restart after a crash writes a new segment whose header declares the torn line; if that
+/// restart dies too, right after the header, the next one removes the header-only segment (it
+/// holds nothing of the chain) and must declare the torn line itself, or the chain has an
+/// undeclared torn line in its middle.
+#[test]
+fn a_removed_header_only_segment_hands_on_its_torn_tail_declaration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = settings(tmp.path());
+    write_log(&settings, 0, 100);
+    let torn = segments(tmp.path()).pop().unwrap();
+    let mut data = std::fs::read(&torn).unwrap();
+    let torn_at = data.len() as u64;
+    data.extend_from_slice(b"{\"seq\":999,\"time\":\"20");
+    std::fs::write(&torn, &data).unwrap();
+    // What the restart that died left: only the header of its new segment.
+    let tail = segment::read_tail(&torn, (0, [0; 32])).unwrap();
+    let mut header = segment::Header::new(
+        segment::HeaderKind::Segment,
+        tail.last_seq + 1,
+        &tail.last_hash,
+        "00000000000000aa",
+    );
+    header.torn_tail = Some(segment::TornTail {
+        segment: file_name(&torn),
+        offset: torn_at,
+    });
+    let mut line = Vec::new();
+    header.encode(&mut line).unwrap();
+    let header_only = tmp.path().join(segment::segment_name(tail.last_seq + 1));
+    std::fs::write(&header_only, &line).unwrap();
+
+    write_log(&settings, 100, 50);
+    let next = segment::list_segments(tmp.path())
+        .unwrap()
+        .into_iter()
+        .find(|s| s.first_seq == tail.last_seq + 1)
+        .expect("the restart's segment starts where the header-only one did");
+    let first_line = std::fs::read(&next.path).unwrap();
+    let first_line = first_line.split(|&b| b == b'\n').next().unwrap();
+    let declared = segment::Header::parse(first_line).unwrap().torn_tail;
+    assert_eq!(
+        declared,
+        Some(segment::TornTail {
+            segment: file_name(&torn),
+            offset: torn_at
+        })
+    );
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert!(report.ok(), "{report}");
+    assert!(report.truncated_tail.is_none(), "{report}");
+    assert_eq!(report.recovered.len(), 1, "{report}");
+    assert_eq!(report.recovered[0].offset, torn_at);
+}
+
+/// Retention that cannot remove a segment (here the oldest name is a directory, which
+/// `unlink` refuses) is a disk-space problem: the writer warns and goes on logging.
+#[test]
+fn a_segment_retention_cannot_remove_does_not_stop_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = AuditSettings {
+        segment_max_bytes: 8 * 1024,
+        ..settings(tmp.path())
+    };
+    write_log(&settings, 0, 500);
+    let oldest = segments(tmp.path()).remove(0);
+    std::fs::remove_file(&oldest).unwrap();
+    std::fs::create_dir(&oldest).unwrap();
+    std::fs::write(oldest.join("keep"), b"x").unwrap();
+
+    let stats = write_log(
+        &AuditSettings {
+            retention_max_total_bytes: 16 * 1024,
+            ..settings.clone()
+        },
+        500,
+        500,
+    );
+    assert_eq!(stats.records, 500);
+    assert!(oldest.is_dir(), "the segment retention could not remove");
+    let queries = segments(tmp.path())
+        .iter()
+        .filter(|path| path.is_file())
+        .flat_map(|path| {
+            let data = std::fs::read(path).unwrap();
+            let lines: Vec<Vec<u8>> = data.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+            lines
+        })
+        .filter_map(|line| Record::parse(&line).ok())
+        .filter(|r| matches!(&r.entry, Entry::Query(q) if q.latency_us >= 100 + 500))
+        .count();
+    assert_eq!(queries, 500, "every record of the second run is in the log");
+}
+
 #[test]
 fn exports_verify_on_their_own() {
     let tmp = tempfile::tempdir().unwrap();

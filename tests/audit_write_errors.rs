@@ -200,3 +200,58 @@ fn an_outage_that_outlasts_the_writer_is_in_its_counts() {
     let report = audit::verify(&dir, None).unwrap();
     assert!(report.ok(), "{report}");
 }
+
+/// Sets or clears the append-only attribute (`chattr +a`): writes go on, `ftruncate` fails.
+fn append_only(path: &Path, on: bool) {
+    let status = std::process::Command::new("chattr")
+        .arg(if on { "+a" } else { "-a" })
+        .arg(path)
+        .status()
+        .expect("chattr (e2fsprogs) runs");
+    assert!(status.success(), "chattr on {}", path.display());
+}
+
+/// Clears the attribute again, even when the test fails: the temporary directory must go.
+struct AppendOnly(std::path::PathBuf);
+
+impl Drop for AppendOnly {
+    fn drop(&mut self) {
+        append_only(&self.0, false);
+    }
+}
+
+/// A failed write whose segment cannot be cut back (append-only file: `ftruncate` fails):
+/// the whole lines the write left in the file are records of the chain, not losses, and the
+/// torn line after them is declared by the next segment.
+#[test]
+fn a_segment_that_cannot_be_cut_back_keeps_its_whole_lines() {
+    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    limit_file_size(FILE_LIMIT);
+    let (handle, writer) = AuditLog::open(&settings(tmp.path()), InstanceId::random()).unwrap();
+    send(&handle, 0, 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let segment = loop {
+        if let Some(path) = audit_common::segments(tmp.path()).pop()
+            && std::fs::metadata(&path).unwrap().len() > 0
+        {
+            break path;
+        }
+        assert!(Instant::now() < deadline, "no segment written");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    append_only(&segment, true);
+    let _clear = AppendOnly(segment.clone());
+    let burst = 3_000;
+    send(&handle, 1, burst);
+    wait_for_gap_record(tmp.path());
+    send(&handle, burst, burst + 100);
+    let stats = writer.shutdown().unwrap();
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert_eq!(
+        report.recovered.len(),
+        1,
+        "the torn line is declared: {report}"
+    );
+    check(tmp.path(), burst + 100, stats, &handle, None);
+}
