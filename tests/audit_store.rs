@@ -525,17 +525,23 @@ fn restart_continues_the_chain() {
     assert_eq!(report.chain_start, ChainStart::Genesis);
 }
 
+/// 100 records, then a crash mid-write: `partial` (a line without its newline) at the end of
+/// the last segment. Returns that segment and the torn line's offset.
+fn log_torn_by_a_crash(settings: &AuditSettings, partial: &[u8]) -> (PathBuf, u64) {
+    write_log(settings, 0, 100);
+    let last = segments(&settings.dir).pop().unwrap();
+    let mut data = std::fs::read(&last).unwrap();
+    let torn_at = data.len() as u64;
+    data.extend_from_slice(partial);
+    std::fs::write(&last, &data).unwrap();
+    (last, torn_at)
+}
+
 #[test]
 fn crash_torn_tail_then_restart_is_recovered_not_tampering() {
     let tmp = tempfile::tempdir().unwrap();
     let settings = settings(tmp.path());
-    write_log(&settings, 0, 100);
-    // A crash mid-write: a partial line at the end of the last segment.
-    let last = segments(tmp.path()).pop().unwrap();
-    let mut data = std::fs::read(&last).unwrap();
-    let torn_at = data.len() as u64;
-    data.extend_from_slice(b"{\"seq\":999,\"prev\":\"00");
-    std::fs::write(&last, &data).unwrap();
+    let (_, torn_at) = log_torn_by_a_crash(&settings, b"{\"seq\":999,\"prev\":\"00");
     let report = audit::verify(tmp.path(), None).unwrap();
     assert!(report.ok() && report.truncated_tail.is_some(), "{report}");
 
@@ -559,12 +565,7 @@ fn crash_torn_tail_then_restart_is_recovered_not_tampering() {
 fn a_removed_header_only_segment_hands_on_its_torn_tail_declaration() {
     let tmp = tempfile::tempdir().unwrap();
     let settings = settings(tmp.path());
-    write_log(&settings, 0, 100);
-    let torn = segments(tmp.path()).pop().unwrap();
-    let mut data = std::fs::read(&torn).unwrap();
-    let torn_at = data.len() as u64;
-    data.extend_from_slice(b"{\"seq\":999,\"time\":\"20");
-    std::fs::write(&torn, &data).unwrap();
+    let (torn, torn_at) = log_torn_by_a_crash(&settings, b"{\"seq\":999,\"time\":\"20");
     // What the restart that died left: only the header of its new segment.
     let tail = segment::read_tail(&torn, (0, [0; 32])).unwrap();
     let mut header = segment::Header::new(
