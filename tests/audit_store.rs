@@ -280,6 +280,28 @@ fn reordered_records_are_named() {
     let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
     assert_eq!(failure.kind, FailureKind::Reordered);
     assert_eq!(failure.spot.seq, Some(91));
+
+    // Farther apart: two records five places apart swapped, then one moved five places on.
+    // The seq jumps ahead as after a deletion, but the missing record is further down.
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 300);
+    let (path, mut lines, i) = find_line(tmp.path(), 140);
+    assert!(i + 5 < lines.len(), "both records in one segment");
+    lines.swap(i, i + 5);
+    write_lines(&path, &lines);
+    let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+    assert_eq!(failure.kind, FailureKind::Reordered);
+    assert_eq!(failure.spot.seq, Some(145));
+
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 300);
+    let (path, mut lines, i) = find_line(tmp.path(), 140);
+    let moved = lines.remove(i);
+    lines.insert(i + 5, moved);
+    write_lines(&path, &lines);
+    let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+    assert_eq!(failure.kind, FailureKind::Reordered);
+    assert_eq!(failure.spot.seq, Some(141));
 }
 
 #[test]
@@ -691,6 +713,78 @@ fn exports_verify_on_their_own() {
             "{format:?}"
         );
     }
+}
+
+/// An export ends with a line naming the end of its chain: a copy cut short, by whole lines
+/// or mid-line, fails as a truncated export instead of verifying as a shorter log; records
+/// cut from before a kept end line are missing; a CSV saved with CRLF line ends still verifies.
+#[test]
+fn a_cut_export_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (settings, public) = signed_log(tmp.path(), 200);
+    for format in [ExportFormat::Jsonl, ExportFormat::Csv] {
+        let path = tmp.path().join(format!("export-{format:?}"));
+        let mut file = std::fs::File::create(&path).unwrap();
+        audit::export(&settings.dir, format, &mut file).unwrap();
+        drop(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let verify_text = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            audit::verify(&path, Some(&public)).unwrap()
+        };
+        let report = verify_text(&text);
+        assert!(report.ok(), "{format:?}: {report}");
+
+        // The first 24 lines only: every one intact, the first checkpoint signed.
+        let head: String = lines[..24].iter().map(|l| format!("{l}\n")).collect();
+        let failure = verify_text(&head).failure.unwrap();
+        assert_eq!(failure.kind, FailureKind::TruncatedExport, "{format:?}");
+        // The last line cut in half.
+        let half = &text[..text.len() - lines.last().unwrap().len() / 2 - 1];
+        let failure = verify_text(half).failure.unwrap();
+        assert_eq!(failure.kind, FailureKind::TruncatedExport, "{format:?}");
+        // Ten records cut before the end line.
+        let n = lines.len();
+        let mut cut: Vec<&str> = lines[..n - 11].to_vec();
+        cut.push(lines[n - 1]);
+        let cut: String = cut.iter().map(|l| format!("{l}\n")).collect();
+        let failure = verify_text(&cut).failure.unwrap();
+        assert_eq!(
+            failure.kind,
+            FailureKind::Deleted { missing: 10 },
+            "{format:?}"
+        );
+        // Anything after the end line.
+        let failure = verify_text(&format!("{text}{}\n", lines[n - 2]))
+            .failure
+            .unwrap();
+        assert_eq!(failure.kind, FailureKind::Inserted, "{format:?}");
+        if format == ExportFormat::Csv {
+            let report = verify_text(&text.replace('\n', "\r\n"));
+            assert!(report.ok(), "CRLF: {report}");
+        }
+    }
+}
+
+/// A directory without segments (a mistyped `--dir`) is an error for every reader, not an
+/// empty log that verifies.
+#[test]
+fn a_missing_log_is_an_error_not_an_empty_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nothing-here");
+    for dir in [missing.as_path(), tmp.path()] {
+        let no_log = |error: audit::AuditError| {
+            assert!(matches!(error, audit::AuditError::NoLog { .. }), "{error}");
+        };
+        no_log(audit::search(dir, &Filter::default()).unwrap_err());
+        no_log(audit::summary(dir, &TimeRange::default()).unwrap_err());
+        no_log(audit::export(dir, ExportFormat::Jsonl, &mut Vec::new()).unwrap_err());
+    }
+    assert!(matches!(
+        audit::verify(tmp.path(), None).unwrap_err(),
+        audit::AuditError::NoLog { .. }
+    ));
 }
 
 #[test]

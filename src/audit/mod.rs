@@ -75,6 +75,20 @@ pub enum AuditError {
     InvalidClient { value: String },
     #[error("invalid decision {value:?}: expected allowed, blocked, logged, refused or error")]
     InvalidDecision { value: String },
+    #[error("{}: no audit log here (no segment files); check --dir or [audit] dir", dir.display())]
+    NoLog { dir: PathBuf },
+    #[error("{flag}: {source}")]
+    Argument {
+        flag: &'static str,
+        #[source]
+        source: Box<Self>,
+    },
+    #[error("--from {from} is later than --to {to}")]
+    EmptyRange { from: Timestamp, to: Timestamp },
+    #[error("invalid qtype {value:?}: expected a record type such as A, AAAA, HTTPS or TYPE65")]
+    InvalidQtype { value: String },
+    #[error("invalid domain {value:?}: {reason}")]
+    InvalidDomain { value: String, reason: String },
     #[error("the audit writer thread could not be started: {0}")]
     Spawn(#[source] std::io::Error),
     #[error("the audit writer thread panicked")]

@@ -23,7 +23,9 @@ use serde::Serialize;
 use super::{
     AuditError,
     record::{Decision, Entry, TIMESTAMP_LEN, Timestamp, TriggerEntry},
-    segment::{self, Header, HeaderKind, LineReader, Record},
+    segment::{
+        self, EXPORT_END_KIND, ExportEnd, GENESIS, Hash, Header, HeaderKind, LineReader, Record,
+    },
 };
 
 /// How many entries `summary` lists in its top-N tables.
@@ -425,7 +427,7 @@ impl fmt::Debug for Search {
 /// Query records of the log under `dir` that match `filter`, oldest first. Memory stays
 /// bounded: each scan worker holds one segment at a time.
 pub fn search(dir: &Path, filter: &Filter) -> Result<Search, AuditError> {
-    let segments = segment::list_segments(dir)?;
+    let segments = segment::existing_segments(dir)?;
     let workers = std::thread::available_parallelism()
         .map_or(1, std::num::NonZero::get)
         .min(segments.len().max(1));
@@ -583,6 +585,9 @@ struct Tally {
     decision_counts: [u64; Decision::ALL.len()],
     /// The current run of records in one hour: `(hour text, count)`.
     hour: (Vec<u8>, u64),
+    /// A question name folded to lower case (names differ in case only, `BINANCE.com` and
+    /// `binance.com`, are one domain; clients that randomise case would split them).
+    folded: Vec<u8>,
 }
 
 fn bump(map: &mut CountMap, key: &[u8], by: u64) {
@@ -627,7 +632,13 @@ impl Tally {
             None => bump(&mut self.decisions, decision, 1),
         }
         if decision == b"blocked" {
-            bump(&mut self.blocked, qname, 1);
+            if qname.iter().any(u8::is_ascii_uppercase) {
+                self.folded.clear();
+                self.folded.extend(qname.iter().map(u8::to_ascii_lowercase));
+                bump(&mut self.blocked, &self.folded, 1);
+            } else {
+                bump(&mut self.blocked, qname, 1);
+            }
         }
         bump(&mut self.clients, client_ip(client), 1);
         if let Some(list) = list {
@@ -810,7 +821,7 @@ fn top(map: CountMap) -> Vec<Count> {
 
 /// Figures over the query records in `range`. Segments are spread over the available cores.
 pub fn summary(dir: &Path, range: &TimeRange) -> Result<Summary, AuditError> {
-    let segments = segment::list_segments(dir)?;
+    let segments = segment::existing_segments(dir)?;
     let workers = std::thread::available_parallelism()
         .map_or(1, std::num::NonZero::get)
         .min(segments.len().max(1));
@@ -935,7 +946,10 @@ pub fn export(
     let mut row = String::new();
     // The hash of the line before, for the CSV `prev` column (version 2 lines do not carry it).
     let mut prev = String::new();
-    for seg in segment::list_segments(dir)? {
+    // Where the exported chain ends so far, for the end line.
+    let mut last_line: Vec<u8> = Vec::new();
+    let mut start: Option<(u64, Hash)> = None;
+    for seg in segment::existing_segments(dir)? {
         let mut reader = LineReader::open(&seg.path)?;
         let mut first = true;
         while let Some(line) = reader.next_line().map_err(AuditError::io(&seg.path))? {
@@ -950,6 +964,10 @@ pub fn export(
                         offset: 0,
                         reason: "not a dnsward-audit segment header of version 1 or 2",
                     })?;
+                    start = Some((
+                        header.first_seq.saturating_sub(1),
+                        header.prev_hash().unwrap_or(GENESIS),
+                    ));
                     match format {
                         ExportFormat::Jsonl => {
                             let mut export = header.clone();
@@ -991,10 +1009,47 @@ pub fn export(
                     out.write_all(b"\n").map_err(AuditError::Output)?;
                 }
             }
+            last_line.clear();
+            last_line.extend_from_slice(line.bytes);
             stats.records += 1;
         }
     }
+    let (last_seq, last_hash) = segment::LinkView::parse(&last_line)
+        .zip(segment::split_hash(&last_line))
+        .map(|(view, (_, hash))| (view.seq, hash))
+        .or(start)
+        .unwrap_or((0, GENESIS));
+    let end = ExportEnd::new(stats.records, last_seq, &last_hash).to_line();
+    match format {
+        ExportFormat::Jsonl => writeln!(out, "{end}"),
+        ExportFormat::Csv => {
+            row.clear();
+            export_end_row(&end, &mut row);
+            writeln!(out, "{row}")
+        }
+    }
+    .map_err(AuditError::Output)?;
     Ok(stats)
+}
+
+/// The CSV row of an export's end line: `type` is `export_end`, `seq` and `hash` are where the
+/// chain ends, and `record` holds the end line itself.
+fn export_end_row(end_line: &str, row: &mut String) {
+    let Some(end) = ExportEnd::parse(end_line.as_bytes()) else {
+        return;
+    };
+    let mut fields = vec![String::new(); CSV_PREV_COLUMN + 2];
+    fields[0] = end.last_seq.to_string();
+    fields[3] = EXPORT_END_KIND.to_owned();
+    fields[CSV_PREV_COLUMN + 1] = end.last_hash;
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            row.push(',');
+        }
+        csv_field(row, field);
+    }
+    row.push(',');
+    csv_field(row, end_line);
 }
 
 /// Appends one CSV field. Control characters are written as `\n`, `\r`, `\t` or `\u{..}` so a
@@ -1137,6 +1192,13 @@ const CSV_PREV_COLUMN: usize = 22;
 pub fn csv_row_to_line(row: &[u8]) -> Option<(Vec<u8>, String)> {
     let mut fields = csv_split(row);
     let line = fields.pop()?;
+    if let Ok(end_line) = std::str::from_utf8(&line)
+        && ExportEnd::parse(&line).is_some()
+    {
+        let mut rendered = String::new();
+        export_end_row(end_line, &mut rendered);
+        return (rendered.as_bytes() == row).then(|| (line, String::new()));
+    }
     let prev = String::from_utf8(fields.get(CSV_PREV_COLUMN)?.clone()).ok()?;
     let mut rendered = String::new();
     (csv_row(&line, Some(&prev), &mut rendered) && rendered.as_bytes() == row)
@@ -1271,10 +1333,11 @@ mod tests {
             b"blocked",
             Some(b"l"),
         );
+        // The same name in other letter case: one domain.
         a.add(
             t(13).as_bytes(),
             b"10.0.0.2:1",
-            b"y.",
+            b"Y.",
             b"blocked",
             Some(b"l"),
         );

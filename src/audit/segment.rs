@@ -106,6 +106,53 @@ impl Header {
     }
 }
 
+/// The last line of an export: where the exported chain ends. Without it, an export cut short
+/// (an incomplete copy, `head`) would verify as a shorter log; `verify` requires it in every
+/// export and checks it against the chain it has just followed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportEnd {
+    pub format: String,
+    /// Always `export_end`.
+    pub kind: String,
+    /// Record lines in the export.
+    pub records: u64,
+    /// `seq` of the last exported record (`first_seq - 1` of the header when none).
+    pub last_seq: u64,
+    /// Its hash (the header's `prev_segment_last_hash` when none), 64 lower-case hex digits.
+    pub last_hash: String,
+}
+
+/// The `kind` of the export's end line.
+pub const EXPORT_END_KIND: &str = "export_end";
+
+impl ExportEnd {
+    pub fn new(records: u64, last_seq: u64, last_hash: &Hash) -> Self {
+        Self {
+            format: FORMAT_NAME.to_owned(),
+            kind: EXPORT_END_KIND.to_owned(),
+            records,
+            last_seq,
+            last_hash: hex::encode(last_hash),
+        }
+    }
+
+    /// The line, without its newline.
+    pub fn to_line(&self) -> String {
+        // A struct of strings and numbers always serialises.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses an end line; `None` for anything else (record lines start with `{"seq":`).
+    pub fn parse(line: &[u8]) -> Option<Self> {
+        if !line.starts_with(b"{\"format\"") {
+            return None;
+        }
+        let end: Self = serde_json::from_slice(line).ok()?;
+        (end.format == FORMAT_NAME && end.kind == EXPORT_END_KIND).then_some(end)
+    }
+}
+
 /// Appends one record line (with its newline) to `buf` and returns its chain hash. `entry` is
 /// any `Entry`; query records, written once per query, take the hand-written
 /// [`encode_line`] path instead (`record::write_query_members`), which yields the same bytes.
@@ -302,6 +349,18 @@ pub fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>, AuditError> {
         }
     }
     segments.sort_by_key(|s| s.first_seq);
+    Ok(segments)
+}
+
+/// The segments of a log a reader was pointed at: an error if there are none, so a mistyped
+/// directory is not reported as an empty log.
+pub fn existing_segments(dir: &Path) -> Result<Vec<SegmentFile>, AuditError> {
+    let segments = list_segments(dir)?;
+    if segments.is_empty() {
+        return Err(AuditError::NoLog {
+            dir: dir.to_owned(),
+        });
+    }
     Ok(segments)
 }
 

@@ -15,7 +15,7 @@ use ed25519_dalek::VerifyingKey;
 use super::{
     AuditError, keys, query,
     record::{Entry, Timestamp},
-    segment::{self, GENESIS, Hash, Header, LineReader, LinkView, Record},
+    segment::{self, ExportEnd, GENESIS, Hash, Header, HeaderKind, LineReader, LinkView, Record},
 };
 
 /// How long the newest records may go without a signed checkpoint before `verify` (with a
@@ -77,6 +77,8 @@ pub enum FailureKind {
     MissingSignature { reason: MissingSignature },
     /// Not a dnsward audit file of a version this program reads.
     Unreadable,
+    /// An export without its end line: an incomplete copy, or one cut short.
+    TruncatedExport,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +117,13 @@ impl fmt::Display for FailureKind {
                     "missing signature: records after the last signed checkpoint exceed the tolerance",
                 ),
             },
-            Self::Unreadable => f.write_str("unreadable: not a dnsward-audit v1 file"),
+            Self::Unreadable => f.write_str(
+                "unreadable: not a dnsward-audit segment or export of format version 1 or 2",
+            ),
+            Self::TruncatedExport => f.write_str(
+                "truncated export: no end line (an incomplete copy, or cut short; exports \
+                 written before 2026-12-01 have none: export again)",
+            ),
         }
     }
 }
@@ -250,7 +258,7 @@ pub fn verify_with(
     let key = pubkey.map(keys::load_verifying_key).transpose()?;
     let mut checker = Checker::new(path, key, options.clone());
     let outcome = if path.is_dir() {
-        let segments = segment::list_segments(path)?;
+        let segments = segment::existing_segments(path)?;
         let count = segments.len();
         let mut outcome = Ok(());
         for (i, seg) in segments.iter().enumerate() {
@@ -374,7 +382,9 @@ impl Checker {
                 .map_err(|_| Self::fail(FailureKind::Unreadable, path, None, 0))?;
             Ok(line.map(|l| {
                 let (bytes, stated_prev) = if csv && l.complete {
-                    query::csv_row_to_line(l.bytes)
+                    // Spreadsheet tools save CSV with CRLF line ends (RFC 4180's own).
+                    let row = l.bytes.strip_suffix(b"\r").unwrap_or(l.bytes);
+                    query::csv_row_to_line(row)
                         .map_or_else(Default::default, |(line, prev)| (line, Some(prev)))
                 } else {
                     (l.bytes.to_vec(), None)
@@ -392,7 +402,9 @@ impl Checker {
             // An empty file holds nothing of the chain.
             return self.end_file(path, false, None, last);
         };
+        let export;
         let mut current = if csv {
+            export = true;
             // The column-name row; the chain start is the first record's `prev`.
             next_owned(&mut reader)?
         } else {
@@ -404,15 +416,24 @@ impl Checker {
             let prev = header
                 .prev_hash()
                 .ok_or_else(|| Self::fail(FailureKind::Unreadable, path, None, 0))?;
+            export = header.kind == HeaderKind::Export;
             self.header(path, &header, prev)?;
             next_owned(&mut reader)?
         };
         let mut closed = false;
+        let mut end_offset = first.offset + first.bytes.len() as u64;
         while let Some(line) = current.take() {
+            end_offset = line.offset;
             if !line.complete {
+                if export {
+                    return Err(self.truncated_export(path, line.offset));
+                }
                 return self.end_file(path, closed, Some(line.offset), last);
             }
             let next = next_owned(&mut reader)?;
+            if export && let Some(end) = ExportEnd::parse(&line.bytes) {
+                return self.export_end(path, &line, &end, next.as_ref());
+            }
             if self.expected.is_none() {
                 // CSV: take the chain start from the first record's `prev` column.
                 let start = LinkView::parse(&line.bytes)
@@ -421,10 +442,95 @@ impl Checker {
                 self.start_chain(start.0, start.1);
             }
             let lookahead = next.as_ref().filter(|n| n.complete);
-            closed = self.line(path, &line, lookahead)?;
+            closed = match self.line(path, &line, lookahead) {
+                Ok(closed) => closed,
+                Err(failure) => {
+                    return Err(self.moved_not_deleted(failure, next, &mut || {
+                        next_owned(&mut reader).ok().flatten()
+                    }));
+                }
+            };
             current = next;
         }
+        if export {
+            return Err(self.truncated_export(path, end_offset));
+        }
         self.end_file(path, closed, None, last)
+    }
+
+    /// A seq that jumps ahead looks like a deletion until the missing record turns up later in
+    /// the same file: then it was moved (reordered), not deleted. Only runs on a failure.
+    fn moved_not_deleted(
+        &self,
+        failure: Failure,
+        next: Option<OwnedLine>,
+        more: &mut dyn FnMut() -> Option<OwnedLine>,
+    ) -> Failure {
+        let (FailureKind::Deleted { .. }, Some(missing)) = (&failure.kind, failure.spot.seq) else {
+            return failure;
+        };
+        let mut candidate = next;
+        while let Some(line) = candidate {
+            if LinkView::parse(&line.bytes).is_some_and(|view| view.seq == missing) {
+                let found = self.found_seq(&failure);
+                return Failure {
+                    kind: FailureKind::Reordered,
+                    spot: Spot {
+                        seq: found,
+                        ..failure.spot
+                    },
+                };
+            }
+            candidate = more();
+        }
+        failure
+    }
+
+    /// The seq of the line a deletion was reported at (the first missing seq plus the gap).
+    fn found_seq(&self, failure: &Failure) -> Option<u64> {
+        match (&failure.kind, failure.spot.seq) {
+            (FailureKind::Deleted { missing }, Some(seq)) => Some(seq + missing),
+            (_, seq) => seq,
+        }
+    }
+
+    fn truncated_export(&self, path: &Path, offset: u64) -> Failure {
+        Self::fail(
+            FailureKind::TruncatedExport,
+            path,
+            Some(self.expected.unwrap_or(1)),
+            offset,
+        )
+    }
+
+    /// An export's end line: the last line, and it names the end of the chain just followed.
+    fn export_end(
+        &mut self,
+        path: &Path,
+        line: &OwnedLine,
+        end: &ExportEnd,
+        after: Option<&OwnedLine>,
+    ) -> Result<(), Failure> {
+        if let Some(after) = after {
+            return Err(Self::fail(FailureKind::Inserted, path, None, after.offset));
+        }
+        let (last_seq, head) = match self.expected {
+            Some(expected) => (expected - 1, self.head),
+            // No record: the header's start (CSV exports without rows have no start).
+            None => (end.last_seq, stated_or(end, self.head)),
+        };
+        let stated = segment::decode_hash(end.last_hash.as_bytes());
+        if end.last_seq == last_seq && stated == Some(head) && end.records == self.report.records {
+            return self.end_file(path, true, None, true);
+        }
+        let kind = if end.last_seq > last_seq {
+            FailureKind::Deleted {
+                missing: end.last_seq - last_seq,
+            }
+        } else {
+            FailureKind::Modified
+        };
+        Err(Self::fail(kind, path, Some(last_seq + 1), line.offset))
     }
 
     fn start_chain(&mut self, first_seq: u64, prev: Hash) {
@@ -657,4 +763,9 @@ impl Checker {
         self.report.failure = failure;
         self.report
     }
+}
+
+/// The hash an end line states, or `fallback` if it states none that decodes.
+fn stated_or(end: &ExportEnd, fallback: Hash) -> Hash {
+    segment::decode_hash(end.last_hash.as_bytes()).unwrap_or(fallback)
 }
