@@ -108,7 +108,7 @@ fn search_and_summary(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Elements(n));
     let domain_client = Filter {
-        domain: Some(DomainFilter::parse("binance.com")),
+        domain: Some(DomainFilter::parse("binance.com").unwrap()),
         client: Some(ClientFilter::parse("10.0.0.0/24").expect("cidr")),
         ..Filter::default()
     };
@@ -116,7 +116,7 @@ fn search_and_summary(c: &mut Criterion) {
         b.iter(|| audit::search(&dir, &domain_client).expect("search").count());
     });
     let rare = Filter {
-        domain: Some(DomainFilter::parse("=host1.example1.org")),
+        domain: Some(DomainFilter::parse("=host1.example1.org").unwrap()),
         ..Filter::default()
     };
     group.bench_function("search_rare_name", |b| {

@@ -201,6 +201,44 @@ fn search_filters_and_output_formats() {
         0
     );
     assert_eq!(count(&["--limit", "3"]), 3);
+    for spelling in ["aaaa", "28", "type28", "TYPE28"] {
+        assert_eq!(count(&["--qtype", spelling]), 2, "--qtype {spelling}");
+    }
+    assert_eq!(count(&["--domain", "."]), 11, "the root: every name");
+
+    // Arguments that could never match are refused, naming the argument, instead of
+    // printing an empty result.
+    let missing = config.with_file_name("no-such-dir");
+    let missing = missing.to_str().unwrap();
+    for (args, says) in [
+        (&["--qtype", "AAAAA"][..], "--qtype"),
+        (&["--domain", "*.blocked.test"], "--domain"),
+        (&["--domain", "bad domain!"], "--domain"),
+        (&["--client", "nope"], "--client"),
+        (&["--decision", "nope"], "--decision"),
+        (&["--from", "yesterday"], "--from"),
+        (&["--to", "2026-02-31T00:00:00.000000Z"], "--to"),
+        (&["--since", "-1h"], "--since"),
+        (&["--limit", "-1"], "--limit"),
+        (
+            &[
+                "--from",
+                "2026-12-02T00:00:00Z",
+                "--to",
+                "2026-12-01T00:00:00Z",
+            ],
+            "is later than --to",
+        ),
+        (&["--dir", missing], "no audit log here"),
+    ] {
+        let mut all = vec!["search"];
+        all.extend_from_slice(args);
+        let output = audit(&config, &all);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}: {}", stdout(&output));
+    }
 
     let csv = stdout(&audit(
         &config,

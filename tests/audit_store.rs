@@ -162,7 +162,36 @@ fn signatures_verify_against_the_right_key_only() {
     let other = tmp.path().join("other");
     let (_, other_public) = keys::keygen(&other).unwrap();
     let report = audit::verify(&settings.dir, Some(&other_public)).unwrap();
-    assert_eq!(report.failure.unwrap().kind, FailureKind::BadSignature);
+    assert_eq!(
+        report.failure.as_ref().unwrap().kind,
+        FailureKind::OtherKey {
+            private_key_given: false
+        }
+    );
+    assert!(
+        report
+            .to_string()
+            .contains("none verified before the failure"),
+        "{report}"
+    );
+    // The private key file given where the public one belongs: named as such, whether its 32
+    // bytes happen to decode as a public key (then it is another key) or not.
+    let secret = settings.signing_key.clone().unwrap();
+    match audit::verify(&settings.dir, Some(&secret)) {
+        Ok(report) => {
+            assert_eq!(
+                report.failure.as_ref().unwrap().kind,
+                FailureKind::OtherKey {
+                    private_key_given: true
+                }
+            );
+            assert!(
+                report.to_string().contains("give the .pub file"),
+                "{report}"
+            );
+        }
+        Err(error) => assert!(error.to_string().contains("give the .pub file"), "{error}"),
+    }
 
     // An unsigned log checked with a key.
     let unsigned = tmp.path().join("unsigned");
@@ -805,7 +834,7 @@ fn search_filters_and_formats() {
     };
     assert_eq!(count(blocked.clone()), 200);
     let domain = |d: &str| Filter {
-        domain: Some(DomainFilter::parse(d)),
+        domain: Some(DomainFilter::parse(d).unwrap()),
         ..Filter::default()
     };
     assert_eq!(count(domain("binance.com")), 200);

@@ -45,7 +45,7 @@ pub enum AuditCommand {
         #[arg(long)]
         list: Option<String>,
         /// Stop after this many records.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         limit: Option<usize>,
         /// Print the stored JSON lines (chain members included).
         #[arg(long, conflicts_with = "csv")]
@@ -117,7 +117,7 @@ pub struct DirArg {
 #[derive(Debug, Clone, Args)]
 pub struct RangeArgs {
     /// Only the last period: `90s`, `15m`, `2h`, `7d`.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub since: Option<String>,
     /// From this time (RFC 3339, inclusive).
     #[arg(long)]
@@ -161,14 +161,33 @@ pub fn run(
             json,
             csv,
         } => {
+            let flag = |flag| {
+                move |error| AuditError::Argument {
+                    flag,
+                    source: Box::new(error),
+                }
+            };
             let filter = Filter {
                 range: range.parse()?,
-                client: client.as_deref().map(ClientFilter::parse).transpose()?,
-                domain: domain.as_deref().map(DomainFilter::parse),
-                qtype,
+                client: client
+                    .as_deref()
+                    .map(ClientFilter::parse)
+                    .transpose()
+                    .map_err(flag("--client"))?,
+                domain: domain
+                    .as_deref()
+                    .map(DomainFilter::parse)
+                    .transpose()
+                    .map_err(flag("--domain"))?,
+                qtype: qtype
+                    .as_deref()
+                    .map(query::parse_qtype)
+                    .transpose()
+                    .map_err(flag("--qtype"))?,
                 decision: decision
                     .map(|d| Decision::parse(&d).ok_or(AuditError::InvalidDecision { value: d }))
-                    .transpose()?,
+                    .transpose()
+                    .map_err(flag("--decision"))?,
                 list,
                 limit,
             };

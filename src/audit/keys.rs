@@ -119,7 +119,8 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, AuditError> {
 pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, AuditError> {
     VerifyingKey::from_bytes(&read_hex32(path)?).map_err(|_| AuditError::Key {
         path: path.to_owned(),
-        reason: "not a valid Ed25519 public key",
+        reason: "not a valid Ed25519 public key (the private .key file? give the .pub file \
+                 that keygen wrote)",
     })
 }
 

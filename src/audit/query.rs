@@ -17,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use hickory_proto::rr::RecordType;
 use ipnet::IpNet;
 use serde::Serialize;
 
@@ -27,6 +28,7 @@ use super::{
         self, EXPORT_END_KIND, ExportEnd, GENESIS, Hash, Header, HeaderKind, LineReader, Record,
     },
 };
+use crate::policy::decision::TypeText;
 
 /// How many entries `summary` lists in its top-N tables.
 pub const TOP_N: usize = 10;
@@ -63,13 +65,29 @@ impl TimeRange {
                         source,
                     })
             })
-            .transpose()?;
-        let from = from.map(Timestamp::parse_rfc3339).transpose()?;
-        let to = to.map(Timestamp::parse_rfc3339).transpose()?;
-        Ok(Self {
-            from: since.max(from),
-            to,
-        })
+            .transpose();
+        let flag = |flag| {
+            move |error| AuditError::Argument {
+                flag,
+                source: Box::new(error),
+            }
+        };
+        let since = since.map_err(flag("--since"))?;
+        let from = from
+            .map(Timestamp::parse_rfc3339)
+            .transpose()
+            .map_err(flag("--from"))?;
+        let to = to
+            .map(Timestamp::parse_rfc3339)
+            .transpose()
+            .map_err(flag("--to"))?;
+        let from = since.max(from);
+        if let (Some(from), Some(to)) = (from, to)
+            && from >= to
+        {
+            return Err(AuditError::EmptyRange { from, to });
+        }
+        Ok(Self { from, to })
     }
 
     pub fn contains(&self, time: Timestamp) -> bool {
@@ -162,20 +180,38 @@ pub struct DomainFilter {
 }
 
 impl DomainFilter {
-    pub fn parse(text: &str) -> Self {
+    /// Parses `--domain`. `.` alone is the root: every name (or, with `=`, only the root).
+    pub fn parse(text: &str) -> Result<Self, AuditError> {
+        let invalid = |reason: &str| AuditError::InvalidDomain {
+            value: text.to_owned(),
+            reason: reason.to_owned(),
+        };
         let (exact, name) = match text.strip_prefix('=') {
             Some(rest) => (true, rest),
             None => (false, text),
         };
-        let name = name.trim_end_matches('.');
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid("a domain has no spaces or control characters"));
+        }
+        if name.split('.').any(|label| label.starts_with('*')) {
+            return Err(invalid(
+                "no wildcards: a domain already matches everything under it (prefix `=` for the \
+                 name only)",
+            ));
+        }
+        if !name.is_empty() && name.split('.').any(str::is_empty) {
+            return Err(invalid("empty label"));
+        }
         // Names are stored as asked on the wire (`xn--` for internationalised labels), so a
         // name typed in Unicode is converted the way a resolver's client would have.
         let name = if name.is_ascii() {
             name.to_ascii_lowercase()
         } else {
-            idna::domain_to_ascii(name).unwrap_or_else(|_| name.to_lowercase())
+            idna::domain_to_ascii(name)
+                .map_err(|_| invalid("not a valid internationalised domain name"))?
         };
-        Self { name, exact }
+        Ok(Self { name, exact })
     }
 
     fn matches(&self, qname: &[u8]) -> bool {
@@ -184,11 +220,31 @@ impl DomainFilter {
         if qname.eq_ignore_ascii_case(name) {
             return true;
         }
+        if name.is_empty() {
+            return !self.exact;
+        }
         !self.exact
             && qname.len() > name.len()
             && qname[qname.len() - name.len()..].eq_ignore_ascii_case(name)
             && qname[qname.len() - name.len() - 1] == b'.'
     }
+}
+
+/// `--qtype` as stored: the mnemonic (`AAAA`) or `TYPE<n>` (RFC 3597) for types without one.
+/// Accepts a mnemonic in any case, `TYPE<n>` or a bare number, so `28`, `type28` and `aaaa` all
+/// select the records stored as `AAAA`.
+pub fn parse_qtype(text: &str) -> Result<String, AuditError> {
+    let invalid = || AuditError::InvalidQtype {
+        value: text.to_owned(),
+    };
+    let upper = text.trim().to_ascii_uppercase();
+    let number = upper.strip_prefix("TYPE").unwrap_or(&upper);
+    let qtype = if !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) {
+        RecordType::from(number.parse::<u16>().map_err(|_| invalid())?)
+    } else {
+        upper.parse::<RecordType>().map_err(|_| invalid())?
+    };
+    Ok(TypeText(qtype).to_string())
 }
 
 /// A search: every set criterion must match. Search returns query records only.
@@ -1387,14 +1443,14 @@ mod tests {
 
     #[test]
     fn domain_filter_exact_and_suffix() {
-        let unicode = DomainFilter::parse("bücher.example");
+        let unicode = DomainFilter::parse("bücher.example").unwrap();
         assert!(unicode.matches(b"www.xn--bcher-kva.example."));
-        let suffix = DomainFilter::parse("Binance.com.");
+        let suffix = DomainFilter::parse("Binance.com.").unwrap();
         assert!(suffix.matches(b"binance.com."));
         assert!(suffix.matches(b"www.BINANCE.com."));
         assert!(!suffix.matches(b"notbinance.com."));
         assert!(!suffix.matches(b"binance.com.evil."));
-        let exact = DomainFilter::parse("=binance.com");
+        let exact = DomainFilter::parse("=binance.com").unwrap();
         assert!(exact.matches(b"binance.com"));
         assert!(!exact.matches(b"www.binance.com."));
     }

@@ -82,7 +82,12 @@ impl Timestamp {
         let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
         let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
         let micros = num(20..26)?;
-        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        if !(1..=12).contains(&month)
+            || !(1..=days_in_month(year, month)).contains(&day)
+            || hour > 23
+            || minute > 59
+            || second > 59
+        {
             return None;
         }
         let days = days_from_civil(year, month, day);
@@ -177,6 +182,15 @@ impl<'de> Deserialize<'de> for Timestamp {
 }
 
 // Howard Hinnant's `days_from_civil` / `civil_from_days` (proleptic Gregorian calendar).
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
@@ -549,6 +563,20 @@ mod tests {
             "1970-01-01T00:00:00.000000Z"
         );
         assert!(Timestamp::parse_rfc3339("yesterday").is_err());
+        // Days past the month's end and seconds past 59 are not times, in the stored form as
+        // in any other (the stored form is parsed by its own fast path).
+        for bad in [
+            "2026-02-31T00:00:00.000000Z",
+            "2026-02-29T00:00:00.000000Z",
+            "2026-04-31T00:00:00.000000Z",
+            "2026-12-01T11:26:99.000000Z",
+            "2026-12-01T11:26:60.000000Z",
+        ] {
+            assert!(Timestamp::parse_rfc3339(bad).is_err(), "{bad}");
+        }
+        assert!(Timestamp::parse_stored(b"2024-02-29T00:00:00.000000Z").is_some());
+        assert!(Timestamp::parse_stored(b"2000-02-29T00:00:00.000000Z").is_some());
+        assert!(Timestamp::parse_stored(b"1900-02-29T00:00:00.000000Z").is_none());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use super::{
     AuditError, keys, query,
@@ -71,8 +71,11 @@ pub enum FailureKind {
     /// A whole segment is missing: the chain jumps from `expected_seq` to `found_seq` at a
     /// segment boundary after a properly closed segment.
     MissingSegment { expected_seq: u64, found_seq: u64 },
-    /// A checkpoint signature does not verify (or was made by another key).
+    /// A checkpoint signature does not verify.
     BadSignature,
+    /// A checkpoint is signed by another key than the `--pubkey` given; `private_key_given`:
+    /// the file given is the secret key of the one that signed.
+    OtherKey { private_key_given: bool },
     /// A public key was given but the log, a checkpoint, or its newest records are unsigned.
     MissingSignature { reason: MissingSignature },
     /// Not a dnsward audit file of a version this program reads.
@@ -106,6 +109,16 @@ impl fmt::Display for FailureKind {
                 "missing segment (expected seq {expected_seq}, next segment starts at {found_seq})"
             ),
             Self::BadSignature => f.write_str("bad checkpoint signature"),
+            Self::OtherKey { private_key_given } => {
+                f.write_str("bad checkpoint signature: signed by another key than the --pubkey given")?;
+                if *private_key_given {
+                    f.write_str(
+                        " (that file is the private signing key of the key that signed: give the \
+                         .pub file that keygen wrote, and keep the .key secret)",
+                    )?;
+                }
+                Ok(())
+            }
             Self::MissingSignature { reason } => match reason {
                 MissingSignature::LogUnsigned => {
                     f.write_str("missing signature: the log is unsigned")
@@ -212,7 +225,16 @@ impl fmt::Display for VerifyReport {
         if let Some((from, to)) = self.time_range {
             writeln!(f, "time range: {from} .. {to}")?;
         }
+        let signature_failed = self.failure.as_ref().is_some_and(|failure| {
+            matches!(
+                failure.kind,
+                FailureKind::BadSignature | FailureKind::OtherKey { .. }
+            )
+        });
         match self.signatures {
+            Signatures::Unsigned if signature_failed => {
+                writeln!(f, "signatures: none verified before the failure")?;
+            }
             Signatures::Unsigned => writeln!(f, "signatures: unsigned")?,
             Signatures::NotChecked { checkpoints } => writeln!(
                 f,
@@ -682,8 +704,12 @@ impl Checker {
                     .and_then(|k| segment::decode_hash(k.as_bytes()))
                     .and_then(|k| VerifyingKey::from_bytes(&k).ok());
                 let key = match key {
-                    Some(given) if embedded.is_some_and(|e| e != *given) => {
-                        return Err(fail(FailureKind::BadSignature));
+                    Some(given) if let Some(embedded) = embedded.filter(|e| e != given) => {
+                        // The two key files both hold 32 bytes of hex: say so when the file
+                        // given as public is the signing key's secret.
+                        let private_key_given =
+                            SigningKey::from_bytes(given.as_bytes()).verifying_key() == embedded;
+                        return Err(fail(FailureKind::OtherKey { private_key_given }));
                     }
                     Some(given) => *given,
                     None => embedded.ok_or_else(|| fail(FailureKind::BadSignature))?,
