@@ -227,7 +227,7 @@ fn search_filters_and_output_formats() {
                 "--to",
                 "2026-12-01T00:00:00Z",
             ],
-            "is later than --to",
+            "is not before --to",
         ),
         (&["--dir", missing], "no audit log here"),
     ] {
@@ -239,6 +239,25 @@ fn search_filters_and_output_formats() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert!(output.stdout.is_empty(), "{args:?}: {}", stdout(&output));
     }
+
+    // An export of a period without records fails and leaves no file to be taken for one.
+    let empty = config.with_file_name("empty-range.jsonl");
+    let output = audit(
+        &config,
+        &[
+            "export",
+            "--from",
+            "2000-01-01T00:00:00Z",
+            "--to",
+            "2001-01-01T00:00:00Z",
+            "--output",
+            empty.to_str().unwrap(),
+        ],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no records in the time range"), "{stderr}");
+    assert!(!empty.exists());
 
     let csv = stdout(&audit(
         &config,

@@ -744,6 +744,66 @@ fn exports_verify_on_their_own() {
     }
 }
 
+/// An export of a time range: every record from the first to the last one inside it, as one
+/// unbroken piece of the chain that verifies on its own from its stated start.
+#[test]
+fn an_export_of_a_time_range_verifies_on_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = settings(tmp.path());
+    write_log(&settings, 0, 600);
+    assert!(segments(tmp.path()).len() > 3, "the range spans segments");
+    let at = |millis: u64| Timestamp::from_micros(((BASE_SECS * 1000 + millis) * 1000) as i64);
+    // Queries 100..=399 (one a millisecond from BASE).
+    let range = TimeRange {
+        from: Some(at(100)),
+        to: Some(at(400)),
+    };
+    for format in [ExportFormat::Jsonl, ExportFormat::Csv] {
+        let path = tmp.path().join(format!("range-{format:?}"));
+        let mut file = std::fs::File::create(&path).unwrap();
+        let stats = audit::query::export_range(&settings.dir, format, &range, &mut file).unwrap();
+        drop(file);
+        let report = audit::verify(&path, None).unwrap();
+        assert!(report.ok(), "{format:?}: {report}");
+        assert_eq!(report.records, stats.records);
+        let first = report.first_seq.unwrap();
+        assert_eq!(report.chain_start, ChainStart::After { seq: first - 1 });
+        // The queries in the export are exactly those of the range (latency = 100 + i).
+        let text = std::fs::read_to_string(&path).unwrap();
+        let latencies: Vec<u64> = text
+            .lines()
+            .filter_map(|line| {
+                let line = match format {
+                    ExportFormat::Jsonl => line.to_owned(),
+                    ExportFormat::Csv => audit::query::csv_row_to_line(line.as_bytes())
+                        .map(|(line, _)| String::from_utf8(line).unwrap())?,
+                };
+                match Record::parse(line.as_bytes()).ok()?.entry {
+                    Entry::Query(q) => Some(q.latency_us),
+                    _ => None,
+                }
+            })
+            .collect();
+        assert_eq!(latencies, (200..500).collect::<Vec<u64>>(), "{format:?}");
+    }
+    // The hour before the first query (the service records are timed now, long after).
+    let nothing = TimeRange {
+        from: Some(Timestamp::from_micros(
+            (BASE_SECS as i64 - 3600) * 1_000_000,
+        )),
+        to: Some(at(0)),
+    };
+    assert!(matches!(
+        audit::query::export_range(
+            &settings.dir,
+            ExportFormat::Jsonl,
+            &nothing,
+            &mut Vec::new()
+        ),
+        Err(audit::AuditError::NothingInRange { .. })
+    ));
+}
+
 /// An export ends with a line naming the end of its chain: a copy cut short, by whole lines
 /// or mid-line, fails as a truncated export instead of verifying as a shorter log; records
 /// cut from before a kept end line are missing; a CSV saved with CRLF line ends still verifies.

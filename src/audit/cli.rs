@@ -70,10 +70,15 @@ pub enum AuditCommand {
     /// Write every record with its chain members; the output verifies on its own.
     #[command(after_help = "Examples:\n  \
         dnsward audit export --format jsonl --output audit-2025-01.jsonl\n  \
+        dnsward audit export --from 2025-01-01T00:00:00Z --to 2025-02-01T00:00:00Z --format csv -o jan.csv\n  \
         dnsward audit verify --pubkey audit.pub audit-2025-01.jsonl")]
     Export {
         #[command(flatten)]
         dir: DirArg,
+        /// Only this period (every record from the first to the last one inside it, so the
+        /// export is one unbroken piece of the chain).
+        #[command(flatten)]
+        range: RangeArgs,
         /// jsonl (stored lines) or csv (flattened columns plus the stored line).
         #[arg(long, value_enum, default_value = "jsonl")]
         format: ExportFormat,
@@ -211,16 +216,30 @@ pub fn run(
         }
         AuditCommand::Export {
             dir,
+            range,
             format,
             output,
         } => {
             let dir = pick(&dir, audit_dir);
+            let range = range.parse()?;
             match output {
                 Some(path) => {
                     let file = std::fs::File::create(&path).map_err(AuditError::io(&path))?;
                     let mut writer = std::io::BufWriter::new(file);
-                    let stats = query::export(dir, format, &mut writer)?;
-                    writer.flush().map_err(AuditError::io(&path))?;
+                    let written =
+                        query::export_range(dir, format, &range, &mut writer).and_then(|stats| {
+                            writer.flush().map_err(AuditError::io(&path))?;
+                            Ok(stats)
+                        });
+                    let stats = match written {
+                        Ok(stats) => stats,
+                        Err(error) => {
+                            // No half export left behind to be mistaken for a whole one.
+                            drop(writer);
+                            let _ = std::fs::remove_file(&path);
+                            return Err(error);
+                        }
+                    };
                     writeln!(
                         out,
                         "exported {} records from {} segments to {}",
@@ -232,7 +251,7 @@ pub fn run(
                 }
                 None => {
                     let mut writer = std::io::BufWriter::new(&mut *out);
-                    query::export(dir, format, &mut writer)?;
+                    query::export_range(dir, format, &range, &mut writer)?;
                     writer.flush().map_err(AuditError::Output)?;
                 }
             }

@@ -83,7 +83,9 @@ pub enum AuditError {
         #[source]
         source: Box<Self>,
     },
-    #[error("--from {from} is later than --to {to}")]
+    #[error("no records in the time range{}{}", range.from.map(|t| format!(" from {t}")).unwrap_or_default(), range.to.map(|t| format!(" until {t}")).unwrap_or_default())]
+    NothingInRange { range: query::TimeRange },
+    #[error("--from {from} is not before --to {to}")]
     EmptyRange { from: Timestamp, to: Timestamp },
     #[error("invalid qtype {value:?}: expected a record type such as A, AAAA, HTTPS or TYPE65")]
     InvalidQtype { value: String },

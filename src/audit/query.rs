@@ -24,9 +24,7 @@ use serde::Serialize;
 use super::{
     AuditError,
     record::{Decision, Entry, TIMESTAMP_LEN, Timestamp, TriggerEntry},
-    segment::{
-        self, EXPORT_END_KIND, ExportEnd, GENESIS, Hash, Header, HeaderKind, LineReader, Record,
-    },
+    segment::{self, EXPORT_END_KIND, ExportEnd, GENESIS, Header, HeaderKind, LineReader, Record},
 };
 use crate::policy::decision::TypeText;
 
@@ -997,51 +995,86 @@ pub fn export(
     format: ExportFormat,
     out: &mut dyn Write,
 ) -> Result<ExportStats, AuditError> {
+    export_range(dir, format, &TimeRange::default(), out)
+}
+
+/// As [`export`], for the records of a time range: every record from the first to the last
+/// one timed inside it, by `seq`, so the export is one unbroken piece of the chain (records are
+/// written in nearly, not strictly, time order, so a few at the edges may lie just outside).
+pub fn export_range(
+    dir: &Path,
+    format: ExportFormat,
+    range: &TimeRange,
+    out: &mut dyn Write,
+) -> Result<ExportStats, AuditError> {
+    let segments = segment::existing_segments(dir)?;
+    let bounded = range.from.is_some() || range.to.is_some();
+    let (low, high) = if bounded {
+        seq_bounds(&segments, range)?.ok_or(AuditError::NothingInRange { range: *range })?
+    } else {
+        (0, u64::MAX)
+    };
     let mut stats = ExportStats::default();
     let mut started = false;
     let mut row = String::new();
-    // The hash of the line before, for the CSV `prev` column (version 2 lines do not carry it).
-    let mut prev = String::new();
-    // Where the exported chain ends so far, for the end line.
+    // The hash of the line before (hex), for the first exported line's link and the CSV `prev`
+    // column. It runs on across segment boundaries (never reset from a header after the first):
+    // an export must show a break in the chain, not paper over it.
+    let mut prev: Option<String> = None;
+    let mut first_header: Option<Header> = None;
     let mut last_line: Vec<u8> = Vec::new();
-    let mut start: Option<(u64, Hash)> = None;
-    for seg in segment::existing_segments(dir)? {
+    'segments: for seg in &segments {
+        if !started && bounded && !wanted(&seg.path, range)? {
+            continue;
+        }
         let mut reader = LineReader::open(&seg.path)?;
         let mut first = true;
+        let mut counted = false;
         while let Some(line) = reader.next_line().map_err(AuditError::io(&seg.path))? {
             if !line.complete {
                 break;
             }
             if std::mem::take(&mut first) {
+                let header = Header::parse(line.bytes).ok_or_else(|| AuditError::Corrupt {
+                    path: seg.path.clone(),
+                    offset: 0,
+                    reason: "not a dnsward-audit segment header of version 1 or 2",
+                })?;
                 if !started {
-                    started = true;
-                    let header = Header::parse(line.bytes).ok_or_else(|| AuditError::Corrupt {
-                        path: seg.path.clone(),
-                        offset: 0,
-                        reason: "not a dnsward-audit segment header of version 1 or 2",
-                    })?;
-                    start = Some((
-                        header.first_seq.saturating_sub(1),
-                        header.prev_hash().unwrap_or(GENESIS),
-                    ));
-                    match format {
-                        ExportFormat::Jsonl => {
-                            let mut export = header.clone();
-                            export.kind = HeaderKind::Export;
-                            export.created = Timestamp::now();
-                            export.torn_tail = None;
-                            let mut buf = Vec::new();
-                            export.encode(&mut buf)?;
-                            out.write_all(&buf).map_err(AuditError::Output)?;
-                        }
-                        ExportFormat::Csv => {
-                            writeln!(out, "{CSV_COLUMNS}").map_err(AuditError::Output)?;
-                            prev.clone_from(&header.prev_segment_last_hash);
-                        }
-                    }
+                    prev = Some(header.prev_segment_last_hash.clone());
                 }
-                stats.segments += 1;
+                first_header.get_or_insert(header);
                 continue;
+            }
+            let hash = || {
+                segment::split_hash(line.bytes)
+                    .map(|(_, hash)| hex::encode(hash))
+                    .unwrap_or_default()
+            };
+            if bounded {
+                // A line that does not decode is inside the exported piece if it sits there.
+                let seq = segment::LinkView::parse(line.bytes).map(|view| view.seq);
+                if seq.is_some_and(|seq| seq > high) {
+                    break 'segments;
+                }
+                if !started && seq.is_none_or(|seq| seq < low) {
+                    prev = Some(hash());
+                    continue;
+                }
+            }
+            let link = prev.take().unwrap_or_default();
+            if !started {
+                started = true;
+                let mut header = first_header
+                    .clone()
+                    .unwrap_or_else(|| Header::new(HeaderKind::Export, 1, &GENESIS, ""));
+                header.first_seq =
+                    segment::LinkView::parse(line.bytes).map_or(header.first_seq, |view| view.seq);
+                header.prev_segment_last_hash.clone_from(&link);
+                export_start(&header, format, out)?;
+            }
+            if !std::mem::replace(&mut counted, true) {
+                stats.segments += 1;
             }
             match format {
                 ExportFormat::Jsonl => {
@@ -1052,23 +1085,31 @@ pub fn export(
                     row.clear();
                     // A line that does not decode is exported as a row with only `record`,
                     // so the damage stays visible to `verify`.
-                    if !csv_row(line.bytes, Some(&prev), &mut row) {
+                    if !csv_row(line.bytes, Some(&link), &mut row) {
                         row.push_str(",,,,,,,,,,,,,,,,,,,,,,");
-                        csv_field(&mut row, &prev);
+                        csv_field(&mut row, &link);
                         row.push_str(",,");
                         csv_field(&mut row, &String::from_utf8_lossy(line.bytes));
                     }
-                    prev = segment::split_hash(line.bytes)
-                        .map(|(_, hash)| hex::encode(hash))
-                        .unwrap_or_default();
                     out.write_all(row.as_bytes()).map_err(AuditError::Output)?;
                     out.write_all(b"\n").map_err(AuditError::Output)?;
                 }
             }
+            prev = Some(hash());
             last_line.clear();
             last_line.extend_from_slice(line.bytes);
             stats.records += 1;
         }
+    }
+    // Segments without a single record: the export is their start and nothing else.
+    let start = first_header.as_ref().map(|header| {
+        (
+            header.first_seq.saturating_sub(1),
+            header.prev_hash().unwrap_or(GENESIS),
+        )
+    });
+    if !started && let Some(header) = &first_header {
+        export_start(header, format, out)?;
     }
     let (last_seq, last_hash) = segment::LinkView::parse(&last_line)
         .zip(segment::split_hash(&last_line))
@@ -1086,6 +1127,54 @@ pub fn export(
     }
     .map_err(AuditError::Output)?;
     Ok(stats)
+}
+
+/// The first line of an export: a header of kind `export` stating where the chain starts, or
+/// the CSV column names (there the first row's `prev` states it).
+fn export_start(
+    header: &Header,
+    format: ExportFormat,
+    out: &mut dyn Write,
+) -> Result<(), AuditError> {
+    match format {
+        ExportFormat::Jsonl => {
+            let mut export = header.clone();
+            export.kind = HeaderKind::Export;
+            export.created = Timestamp::now();
+            export.torn_tail = None;
+            let mut buf = Vec::new();
+            export.encode(&mut buf)?;
+            out.write_all(&buf).map_err(AuditError::Output)
+        }
+        ExportFormat::Csv => writeln!(out, "{CSV_COLUMNS}").map_err(AuditError::Output),
+    }
+}
+
+/// The first and last `seq` of records timed inside `range`, or `None` if there are none.
+fn seq_bounds(
+    segments: &[segment::SegmentFile],
+    range: &TimeRange,
+) -> Result<Option<(u64, u64)>, AuditError> {
+    let mut bounds: Option<(u64, u64)> = None;
+    for seg in segments {
+        if !wanted(&seg.path, range)? {
+            continue;
+        }
+        let mut reader = LineReader::open(&seg.path)?;
+        while let Some(line) = reader.next_line().map_err(AuditError::io(&seg.path))? {
+            if !line.complete {
+                break;
+            }
+            if let Some(view) = segment::LinkView::parse(line.bytes)
+                && range.contains(view.time)
+            {
+                bounds = Some(bounds.map_or((view.seq, view.seq), |(low, high)| {
+                    (low.min(view.seq), high.max(view.seq))
+                }));
+            }
+        }
+    }
+    Ok(bounds)
 }
 
 /// The CSV row of an export's end line: `type` is `export_end`, `seq` and `hash` are where the
