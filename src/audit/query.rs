@@ -137,10 +137,10 @@ pub enum ClientFilter {
 impl ClientFilter {
     pub fn parse(text: &str) -> Result<Self, AuditError> {
         if let Ok(net) = text.parse::<IpNet>() {
-            return Ok(Self::Net(net));
+            return Ok(Self::Net(Self::mapped_to_v4(net)));
         }
         if let Ok(ip) = text.parse::<IpAddr>() {
-            return Ok(Self::Net(IpNet::from(ip)));
+            return Ok(Self::Net(IpNet::from(ip.to_canonical())));
         }
         if text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(Self::Hashed(text.to_ascii_lowercase()));
@@ -148,6 +148,19 @@ impl ClientFilter {
         Err(AuditError::InvalidClient {
             value: text.to_owned(),
         })
+    }
+
+    /// The log stores IPv4-mapped IPv6 clients as IPv4 (the anonymiser and `client_text` both
+    /// do), so a filter written as `::ffff:192.0.2.0/120` selects them as `192.0.2.0/24`.
+    fn mapped_to_v4(net: IpNet) -> IpNet {
+        match net {
+            IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+                Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                    .map_or(net, IpNet::V4),
+                None => net,
+            },
+            _ => net,
+        }
     }
 
     fn matches(&self, stored: &[u8]) -> bool {
@@ -158,7 +171,8 @@ impl ClientFilter {
             Self::Hashed(hash) => stored == hash,
             Self::Net(net) => {
                 if let Ok(addr) = stored.parse::<SocketAddr>() {
-                    net.contains(&addr.ip())
+                    // A client that reached a dual-stack socket over IPv4 may be stored mapped.
+                    net.contains(&addr.ip().to_canonical())
                 } else if let Ok(stored_net) = stored.parse::<IpNet>() {
                     net.contains(&stored_net) || stored_net.contains(net)
                 } else {
@@ -1557,6 +1571,14 @@ mod tests {
         assert!(one.matches(b"[2001:db8::1]:53"));
         assert!(!one.matches(b"[2001:db8::2]:53"));
         assert!(ClientFilter::parse("not-an-ip").is_err());
+        // IPv4 clients written either way select each other.
+        let mapped = ClientFilter::parse("::ffff:192.0.2.7").unwrap();
+        assert!(mapped.matches(b"192.0.2.7:53"));
+        let mapped_net = ClientFilter::parse("::ffff:192.0.2.0/120").unwrap();
+        assert!(mapped_net.matches(b"192.0.2.7:53"));
+        assert!(mapped_net.matches(b"192.0.2.0/24"));
+        let v4 = ClientFilter::parse("192.0.2.7").unwrap();
+        assert!(v4.matches(b"[::ffff:192.0.2.7]:53"));
     }
 
     #[test]
