@@ -299,36 +299,36 @@ fn inserted_record_is_named() {
     assert_eq!(failure.spot.seq, Some(61));
 }
 
-#[test]
-fn reordered_records_are_named() {
+/// Writes 300 records, edits the lines of the segment holding `seq` (given the index of that
+/// record's line), and returns what verify finds first.
+fn tamper(seq: u64, edit: impl FnOnce(&mut Vec<Vec<u8>>, usize)) -> audit::verify::Failure {
     let tmp = tempfile::tempdir().unwrap();
     write_log(&settings(tmp.path()), 0, 300);
-    let (path, mut lines, i) = find_line(tmp.path(), 90);
-    lines.swap(i, i + 1);
+    let (path, mut lines, i) = find_line(tmp.path(), seq);
+    edit(&mut lines, i);
     write_lines(&path, &lines);
-    let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+    audit::verify(tmp.path(), None).unwrap().failure.unwrap()
+}
+
+#[test]
+fn reordered_records_are_named() {
+    let failure = tamper(90, |lines, i| lines.swap(i, i + 1));
     assert_eq!(failure.kind, FailureKind::Reordered);
     assert_eq!(failure.spot.seq, Some(91));
 
     // Farther apart: two records five places apart swapped, then one moved five places on.
     // The seq jumps ahead as after a deletion, but the missing record is further down.
-    let tmp = tempfile::tempdir().unwrap();
-    write_log(&settings(tmp.path()), 0, 300);
-    let (path, mut lines, i) = find_line(tmp.path(), 140);
-    assert!(i + 5 < lines.len(), "both records in one segment");
-    lines.swap(i, i + 5);
-    write_lines(&path, &lines);
-    let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+    let failure = tamper(140, |lines, i| {
+        assert!(i + 5 < lines.len(), "both records in one segment");
+        lines.swap(i, i + 5);
+    });
     assert_eq!(failure.kind, FailureKind::Reordered);
     assert_eq!(failure.spot.seq, Some(145));
 
-    let tmp = tempfile::tempdir().unwrap();
-    write_log(&settings(tmp.path()), 0, 300);
-    let (path, mut lines, i) = find_line(tmp.path(), 140);
-    let moved = lines.remove(i);
-    lines.insert(i + 5, moved);
-    write_lines(&path, &lines);
-    let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+    let failure = tamper(140, |lines, i| {
+        let moved = lines.remove(i);
+        lines.insert(i + 5, moved);
+    });
     assert_eq!(failure.kind, FailureKind::Reordered);
     assert_eq!(failure.spot.seq, Some(141));
 }
@@ -696,15 +696,23 @@ fn a_segment_retention_cannot_remove_does_not_stop_the_log() {
     assert_eq!(queries, 500, "every record of the second run is in the log");
 }
 
+fn export_file(
+    dir: &Path,
+    format: ExportFormat,
+    range: &TimeRange,
+    path: &Path,
+) -> audit::query::ExportStats {
+    let mut file = std::fs::File::create(path).unwrap();
+    audit::query::export_range(dir, format, range, &mut file).unwrap()
+}
+
 #[test]
 fn exports_verify_on_their_own() {
     let tmp = tempfile::tempdir().unwrap();
     let (settings, public) = signed_log(tmp.path(), 400);
     for format in [ExportFormat::Jsonl, ExportFormat::Csv] {
         let path = tmp.path().join(format!("export-{format:?}"));
-        let mut file = std::fs::File::create(&path).unwrap();
-        let stats = audit::export(&settings.dir, format, &mut file).unwrap();
-        drop(file);
+        let stats = export_file(&settings.dir, format, &TimeRange::default(), &path);
         assert!(stats.records > 400);
         let report = audit::verify(&path, Some(&public)).unwrap();
         assert!(report.ok(), "{format:?}: {report}");
@@ -760,9 +768,7 @@ fn an_export_of_a_time_range_verifies_on_its_own() {
     };
     for format in [ExportFormat::Jsonl, ExportFormat::Csv] {
         let path = tmp.path().join(format!("range-{format:?}"));
-        let mut file = std::fs::File::create(&path).unwrap();
-        let stats = audit::query::export_range(&settings.dir, format, &range, &mut file).unwrap();
-        drop(file);
+        let stats = export_file(&settings.dir, format, &range, &path);
         let report = audit::verify(&path, None).unwrap();
         assert!(report.ok(), "{format:?}: {report}");
         assert_eq!(report.records, stats.records);
@@ -813,9 +819,7 @@ fn a_cut_export_is_named() {
     let (settings, public) = signed_log(tmp.path(), 200);
     for format in [ExportFormat::Jsonl, ExportFormat::Csv] {
         let path = tmp.path().join(format!("export-{format:?}"));
-        let mut file = std::fs::File::create(&path).unwrap();
-        audit::export(&settings.dir, format, &mut file).unwrap();
-        drop(file);
+        export_file(&settings.dir, format, &TimeRange::default(), &path);
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         let verify_text = |text: &str| {

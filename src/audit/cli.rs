@@ -142,6 +142,18 @@ impl RangeArgs {
     }
 }
 
+/// Parses an optional argument; an error names the argument.
+fn optional<T>(
+    flag: &'static str,
+    text: Option<String>,
+    parse: impl FnOnce(&str) -> Result<T, AuditError>,
+) -> Result<Option<T>, AuditError> {
+    text.as_deref()
+        .map(parse)
+        .transpose()
+        .map_err(AuditError::for_flag(flag))
+}
+
 fn pick<'a>(dir: &'a DirArg, configured: &'a Path) -> &'a Path {
     dir.dir.as_deref().unwrap_or(configured)
 }
@@ -166,33 +178,16 @@ pub fn run(
             json,
             csv,
         } => {
-            let flag = |flag| {
-                move |error| AuditError::Argument {
-                    flag,
-                    source: Box::new(error),
-                }
-            };
             let filter = Filter {
                 range: range.parse()?,
-                client: client
-                    .as_deref()
-                    .map(ClientFilter::parse)
-                    .transpose()
-                    .map_err(flag("--client"))?,
-                domain: domain
-                    .as_deref()
-                    .map(DomainFilter::parse)
-                    .transpose()
-                    .map_err(flag("--domain"))?,
-                qtype: qtype
-                    .as_deref()
-                    .map(query::parse_qtype)
-                    .transpose()
-                    .map_err(flag("--qtype"))?,
-                decision: decision
-                    .map(|d| Decision::parse(&d).ok_or(AuditError::InvalidDecision { value: d }))
-                    .transpose()
-                    .map_err(flag("--decision"))?,
+                client: optional("--client", client, ClientFilter::parse)?,
+                domain: optional("--domain", domain, DomainFilter::parse)?,
+                qtype: optional("--qtype", qtype, query::parse_qtype)?,
+                decision: optional("--decision", decision, |d| {
+                    Decision::parse(d).ok_or_else(|| AuditError::InvalidDecision {
+                        value: d.to_owned(),
+                    })
+                })?,
                 list,
                 limit,
             };

@@ -100,6 +100,14 @@ pub enum AuditError {
 }
 
 impl AuditError {
+    /// Names the command-line argument an error is about.
+    pub fn for_flag(flag: &'static str) -> impl FnOnce(Self) -> Self {
+        move |error| Self::Argument {
+            flag,
+            source: Box::new(error),
+        }
+    }
+
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();

@@ -64,21 +64,15 @@ impl TimeRange {
                     })
             })
             .transpose();
-        let flag = |flag| {
-            move |error| AuditError::Argument {
-                flag,
-                source: Box::new(error),
-            }
-        };
-        let since = since.map_err(flag("--since"))?;
+        let since = since.map_err(AuditError::for_flag("--since"))?;
         let from = from
             .map(Timestamp::parse_rfc3339)
             .transpose()
-            .map_err(flag("--from"))?;
+            .map_err(AuditError::for_flag("--from"))?;
         let to = to
             .map(Timestamp::parse_rfc3339)
             .transpose()
-            .map_err(flag("--to"))?;
+            .map_err(AuditError::for_flag("--to"))?;
         let from = since.max(from);
         if let (Some(from), Some(to)) = (from, to)
             && from >= to
@@ -155,8 +149,7 @@ impl ClientFilter {
     fn mapped_to_v4(net: IpNet) -> IpNet {
         match net {
             IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
-                Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
-                    .map_or(net, IpNet::V4),
+                Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
                 None => net,
             },
             _ => net,
@@ -1201,6 +1194,11 @@ fn export_end_row(end_line: &str, row: &mut String) {
     fields[0] = end.last_seq.to_string();
     fields[3] = EXPORT_END_KIND.to_owned();
     fields[CSV_PREV_COLUMN + 1] = end.last_hash;
+    push_csv_row(row, &fields, end_line);
+}
+
+/// Appends the columns and then the `record` column.
+fn push_csv_row(row: &mut String, fields: &[String], record: &str) {
     for (i, field) in fields.iter().enumerate() {
         if i > 0 {
             row.push(',');
@@ -1208,7 +1206,7 @@ fn export_end_row(end_line: &str, row: &mut String) {
         csv_field(row, field);
     }
     row.push(',');
-    csv_field(row, end_line);
+    csv_field(row, record);
 }
 
 /// Appends one CSV field. Control characters are written as `\n`, `\r`, `\t` or `\u{..}` so a
@@ -1299,14 +1297,7 @@ pub fn csv_row(line: &[u8], prev: Option<&str>, row: &mut String) -> bool {
             .unwrap_or_default(),
     );
     fields.push(record.hash.clone());
-    for (i, field) in fields.iter().enumerate() {
-        if i > 0 {
-            row.push(',');
-        }
-        csv_field(row, field);
-    }
-    row.push(',');
-    csv_field(row, line_text);
+    push_csv_row(row, &fields, line_text);
     true
 }
 
