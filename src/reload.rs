@@ -289,6 +289,7 @@ fn in_background<T: Send + 'static>(
 pub fn load_event(state: &State) -> ServiceEvent {
     ServiceEvent::Load {
         generation: state.generation,
+        config: Some((state.config.path.clone(), hex::encode(state.config.sha256))),
         lists: state
             .policy
             .lists()

@@ -11,6 +11,7 @@ use std::{
 use common::*;
 use hickory_proto::{op::ResponseCode, rr::RecordType};
 use serde_json::Value;
+use sha2::Digest as _;
 
 fn audit(dnsward_config: &Path, args: &[&str]) -> Output {
     dnsward_command()
@@ -535,6 +536,35 @@ fn reloads_are_audit_records_and_queries_name_their_generation() {
     let loads: Vec<&Value> = all.iter().filter(|r| r["type"] == "load").collect();
     assert_eq!(loads.len(), 2, "start and one accepted reload");
     assert_eq!(loads[1]["generation"], 2);
+    // Each load names the configuration file and every list by absolute path and hash, so an
+    // auditor can show which content was in force.
+    let config = std::path::absolute(dnsward.config_path()).unwrap();
+    let sha256 = |path: &Path| hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()));
+    for load in &loads {
+        assert_eq!(
+            load["config"]["path"],
+            config.display().to_string(),
+            "{load}"
+        );
+        assert_eq!(load["config"]["sha256"], sha256(&config), "{load}");
+    }
+    let block_list = loads[1]["lists"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["path"].as_str().unwrap().ends_with("block.txt"))
+        .expect("the block list");
+    assert!(
+        Path::new(block_list["path"].as_str().unwrap()).is_absolute(),
+        "{block_list}"
+    );
+    // The content of generation 2, not the broken edit refused after it.
+    assert_eq!(
+        block_list["sha256"],
+        hex::encode(sha2::Sha256::digest(b"blocked.test\nwww.test\n"))
+    );
+    let start = all.iter().find(|r| r["type"] == "start").unwrap();
+    assert_eq!(start["config"], config.display().to_string());
     let refused = all
         .iter()
         .find(|r| r["type"] == "reload_refused")

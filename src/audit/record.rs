@@ -452,6 +452,15 @@ pub fn client_text(addr: SocketAddr) -> String {
     addr.to_string()
 }
 
+/// The configuration file as loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigLoad {
+    /// Absolute path.
+    pub path: String,
+    /// Hex SHA-256 of the file's bytes.
+    pub sha256: String,
+}
+
 /// One list file as loaded: enough to prove later which content was in force.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListLoad {
@@ -483,6 +492,10 @@ pub enum Entry {
     /// A configuration/list generation was loaded and put in service.
     Load {
         generation: u64,
+        /// The configuration file of this generation (absent in logs written before
+        /// 2026-12-01).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        config: Option<ConfigLoad>,
         lists: Vec<ListLoad>,
     },
     /// A reload was refused; the previous generation stays in service.

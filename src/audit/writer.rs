@@ -11,7 +11,7 @@ use std::{
     fs::{File, OpenOptions},
     io::Write,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering},
@@ -27,7 +27,7 @@ use sha2::Sha256;
 
 use super::{
     AuditError, json, keys,
-    record::{self, Checkpoint, Entry, ListLoad, Timestamp},
+    record::{self, Checkpoint, ConfigLoad, Entry, ListLoad, Timestamp},
     segment::{self, GENESIS, Hash, Header, HeaderKind, TornTail},
     settings::{Anonymize, AuditSettings, WhenUnwritable},
 };
@@ -93,6 +93,8 @@ pub enum ServiceEvent {
     /// A configuration/list generation went into service (at start and on each accepted reload).
     Load {
         generation: u64,
+        /// The configuration file and the hex SHA-256 of the text it was parsed from.
+        config: Option<(PathBuf, String)>,
         lists: Vec<ListFile>,
     },
     /// A reload was refused; the previous generation stays in service.
@@ -104,15 +106,23 @@ impl ServiceEvent {
         match self {
             Self::Start { version, config } => Entry::Start {
                 version,
-                config: config.display().to_string(),
+                config: absolute(&config),
             },
-            Self::Load { generation, lists } => Entry::Load {
+            Self::Load {
                 generation,
+                config,
+                lists,
+            } => Entry::Load {
+                generation,
+                config: config.map(|(path, sha256)| ConfigLoad {
+                    path: absolute(&path),
+                    sha256,
+                }),
                 lists: lists
                     .into_iter()
                     .map(|l| ListLoad {
                         name: l.name,
-                        path: l.path.display().to_string(),
+                        path: absolute(&l.path),
                         sha256: l.sha256,
                         rules: l.rules,
                     })
@@ -121,6 +131,15 @@ impl ServiceEvent {
             Self::ReloadRefused { errors } => Entry::ReloadRefused { errors },
         }
     }
+}
+
+/// A path as an auditor can find it later: absolute (against the server's working directory,
+/// which is where a relative path was resolved), without touching the file system.
+fn absolute(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_owned())
+        .display()
+        .to_string()
 }
 
 // Not boxed: a box would add an allocation per query on the query path, while the channel

@@ -10,6 +10,7 @@ use std::{
 };
 
 use ipnet::IpNet;
+use sha2::Digest as _;
 
 use super::model::{
     BlockAction, BlockingSection, CacheSection, ConfigFile, ListKind, ListMode, LogSection,
@@ -53,6 +54,9 @@ pub enum ConfigError {
 pub struct Config {
     /// The file this came from, as given on the command line.
     pub path: PathBuf,
+    /// SHA-256 of the exact text parsed: the audit log's load record names the configuration
+    /// (actions, modes, ACL) that was in force, as it names each list.
+    pub sha256: [u8; 32],
     pub server: ServerConfig,
     pub forward: ForwardConfig,
     /// `[recursion]` with `root_hints`/`trust_anchor` resolved against the config directory.
@@ -280,6 +284,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let data_dir = base_dir.join(&file.server.data_dir);
     Ok(Config {
         path: path.to_owned(),
+        sha256: sha2::Sha256::digest(text.as_bytes()).into(),
         server: ServerConfig {
             listen: file
                 .server
