@@ -140,6 +140,15 @@ fn every_query_has_exactly_one_record_with_its_rule() {
             cloaked[0]["rule"]["trigger"]["matched"],
             "trade.binance.com."
         );
+        // The chain came from the upstream (then its cache), not from dnsward: the record says
+        // where, as it does for an allowed answer; a block on the question itself is local.
+        let chain_source = if transport == "udp" {
+            upstream.addr.to_string()
+        } else {
+            "cache".to_owned()
+        };
+        assert_eq!(cloaked[0]["source"], chain_source.as_str());
+        assert_eq!(blocked[0]["source"], "local");
 
         let allow_hit = find("pay.blocked.test.", transport);
         assert_eq!(allow_hit[0]["decision"], "allowed");

@@ -276,7 +276,8 @@ impl Handler {
                 Some(secs),
             ) => Some(secs),
             // Blocked on the question itself: the same for the whole generation. Blocked on a
-            // CNAME in an upstream answer: that answer may change, and its life is not kept.
+            // CNAME in an upstream answer (source: that upstream or the cache, no fresh_for):
+            // that answer may change, and its life is not kept, so it is not stored.
             (DecisionKind::Blocked, AnswerSource::Local, None)
                 if record
                     .rule
@@ -562,10 +563,14 @@ impl Handler {
             qclass,
             state.config.blocking.ttl_secs,
         );
+        // Blocked on the question: nothing was asked. Blocked on a name in the CNAME chain: the
+        // record keeps where that chain came from (an upstream, recursion or the cache).
+        if trigger == Trigger::Question {
+            record.source = AnswerSource::Local;
+        }
         record.decision = DecisionKind::Blocked;
         record.action = Some(list.action);
         record.rule = Some(Arc::new(rule_match(&state.policy, rule, trigger)));
-        record.source = AnswerSource::Local;
         Reply {
             response_code: synthesized.response_code,
             authentic_data: false,
