@@ -36,7 +36,7 @@ use crate::{
     cache::{AnswerCache, CacheKey},
     policy::{
         Client, DecisionKind, DecisionRecord, Policy, RuleRef, Transport, Trigger, Verdict,
-        decision::{AnswerSource, AnswerText, QName, RuleMatch},
+        decision::{AnswerSource, AnswerText, QName, RuleMatch, TypeText},
         write_lookup_key,
     },
     resolve::{Recursor, UpstreamQuery},
@@ -656,19 +656,71 @@ fn rule_match(policy: &Policy, rule: RuleRef, trigger: Trigger) -> RuleMatch {
     }
 }
 
-/// A short, human-readable summary of the answer section for the decision record.
+/// A short, human-readable summary of the answer section for the decision record: each
+/// record as `TYPE rdata` in zone-file presentation form.
 fn summarize(answers: &[Record]) -> Arc<str> {
     let mut summary = String::new();
     for record in answers.iter().take(8) {
         if !summary.is_empty() {
             summary.push_str(", ");
         }
-        let _ = write!(summary, "{} {}", record.record_type(), record.data);
+        let _ = write!(summary, "{} ", TypeText(record.record_type()));
+        write_rdata(&mut summary, &record.data);
     }
     if answers.len() > 8 {
         let _ = write!(summary, ", ... ({} records)", answers.len());
     }
     summary.into()
+}
+
+/// Record data in presentation form. hickory's `Display` is used where it gives that; TXT
+/// (whose strings it runs together), SVCB/HTTPS (trailing commas after lists) and unknown types
+/// (base64 instead of RFC 3597's `\# length hex`) are written here.
+fn write_rdata(out: &mut String, data: &RData) {
+    match data {
+        RData::TXT(txt) => {
+            for (index, text) in txt.txt_data.iter().enumerate() {
+                if index > 0 {
+                    out.push(' ');
+                }
+                out.push('"');
+                for &byte in text.iter() {
+                    match byte {
+                        b'"' | b'\\' => {
+                            out.push('\\');
+                            out.push(char::from(byte));
+                        }
+                        0x20..=0x7e => out.push(char::from(byte)),
+                        _ => {
+                            let _ = write!(out, "\\{byte:03}");
+                        }
+                    }
+                }
+                out.push('"');
+            }
+        }
+        RData::SVCB(svcb) | RData::HTTPS(hickory_proto::rr::rdata::HTTPS(svcb)) => {
+            let _ = write!(out, "{} {}", svcb.svc_priority, svcb.target_name);
+            for (key, value) in &svcb.svc_params {
+                let _ = write!(out, " {key}");
+                let text = value.to_string();
+                let text = text.trim_end_matches(',');
+                if !text.is_empty() {
+                    let _ = write!(out, "={text}");
+                }
+            }
+        }
+        RData::Unknown { rdata, .. } | RData::NULL(rdata) => {
+            let _ = write!(out, "\\# {}", rdata.anything.len());
+            if !rdata.anything.is_empty() {
+                out.push(' ');
+                out.push_str(&hex::encode(&rdata.anything));
+            }
+        }
+        other => {
+            let _ = write!(out, "{other}");
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -821,4 +873,56 @@ fn response_header(
         edns
     });
     (metadata, response_edns)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use hickory_proto::rr::{
+        Name, RData, Record, RecordType,
+        rdata::{
+            A, HTTPS, NULL, SVCB, TXT,
+            svcb::{Alpn, IpHint, SvcParamKey, SvcParamValue},
+        },
+    };
+
+    use super::summarize;
+
+    fn record(data: RData) -> Record {
+        Record::from_rdata(Name::from_ascii("x.test.").unwrap(), 60, data)
+    }
+
+    #[test]
+    fn answers_are_summarised_in_presentation_form() {
+        let https = SVCB::new(
+            1,
+            Name::root(),
+            vec![
+                (
+                    SvcParamKey::Alpn,
+                    SvcParamValue::Alpn(Alpn(vec!["h2".into(), "h3".into()])),
+                ),
+                (SvcParamKey::NoDefaultAlpn, SvcParamValue::NoDefaultAlpn),
+                (
+                    SvcParamKey::Ipv4Hint,
+                    SvcParamValue::Ipv4Hint(IpHint(vec![A(Ipv4Addr::new(192, 0, 2, 1))])),
+                ),
+            ],
+        );
+        let answers = [
+            record(RData::A(A(Ipv4Addr::new(192, 0, 2, 9)))),
+            record(RData::TXT(TXT::new(vec!["a".into(), "b \"c\"".into()]))),
+            record(RData::HTTPS(HTTPS(https))),
+            record(RData::Unknown {
+                code: RecordType::Unknown(65534),
+                rdata: NULL::with(vec![1, 2, 3]),
+            }),
+        ];
+        assert_eq!(
+            &*summarize(&answers),
+            "A 192.0.2.9, TXT \"a\" \"b \\\"c\\\"\", \
+             HTTPS 1 . alpn=h2,h3 no-default-alpn ipv4hint=192.0.2.1, TYPE65534 \\# 3 010203"
+        );
+    }
 }
