@@ -706,3 +706,29 @@ fn refuse_while_the_log_cannot_be_written() {
         "the outage's loss is recorded"
     );
 }
+
+/// A datagram that does not parse as a query is still answered (FORMERR), so it is recorded
+/// like any answer: one record per answer sent, `. ZERO`, decision `error`.
+#[test]
+fn an_unparsable_query_answered_formerr_is_recorded() {
+    let upstream = Upstream::start();
+    let mut dnsward = served(&upstream, "");
+    let (_, good) = build_query("www.test.", RecordType::A, &Ask::default());
+    let reply = hickory_proto::op::Message::from_vec(&exchange_raw(
+        dnsward.addr,
+        Transport::Udp,
+        "127.0.0.1".parse().unwrap(),
+        &good[..good.len() - 3],
+    ))
+    .unwrap();
+    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+    assert!(dnsward.terminate());
+    let records = json_lines(&audit(&dnsward.config_path(), &["search", "--json"]));
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let record = &records[0];
+    assert_eq!(record["rcode"], "FORMERR");
+    assert_eq!(record["decision"], "error");
+    assert_eq!(record["qname"], ".");
+    assert_eq!(record["qtype"], "ZERO");
+    assert_eq!(record["transport"], "udp");
+}

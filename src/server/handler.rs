@@ -246,6 +246,33 @@ impl Handler {
         true
     }
 
+    /// A datagram that does not parse as a query but was answered FORMERR: recorded like any
+    /// answer (`. ZERO IN`, decision `error`), so the log has a record for every answer sent.
+    pub(super) fn record_formerr(&self, arrival: &Arrival, audit_batch: &mut Vec<DecisionRecord>) {
+        let state = self.state.load();
+        let record = DecisionRecord {
+            time: arrival.batch.wall,
+            generation: state.generation,
+            client: arrival.client,
+            transport: Transport::Udp.as_str(),
+            qname: QName::ROOT,
+            qtype: RecordType::ZERO,
+            qclass: DNSClass::IN,
+            decision: DecisionKind::Error,
+            rule: None,
+            action: None,
+            rcode: ResponseCode::FormErr,
+            answer: AnswerText::NONE,
+            ede: None,
+            source: AnswerSource::Local,
+            latency_us: u64::try_from(arrival.batch.at.elapsed().as_micros()).unwrap_or(u64::MAX),
+        };
+        record.emit();
+        if self.audit.is_some() {
+            audit_batch.push(record);
+        }
+    }
+
     /// Hands the decision records gathered by `answer_fast` over one receive batch to the audit
     /// writer (see `AuditHandle::record_batch`).
     pub(super) fn flush_audit(&self, audit_batch: &mut Vec<DecisionRecord>) {

@@ -227,7 +227,9 @@ fn answer(
         Err(error) => {
             handler.counters().malformed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%error, %source, "malformed query");
-            answer_formerr(socket.socket(), packet, source);
+            if answer_formerr(socket.socket(), packet, source) {
+                handler.record_formerr(&arrival, audit_batch);
+            }
             return;
         }
     };
@@ -255,10 +257,11 @@ fn answer(
 }
 
 /// FORMERR for a packet with a readable header (RFC 1035 §4.1.1); shorter packets are dropped.
-fn answer_formerr(socket: &UdpSocket, packet: &[u8], destination: SocketAddr) {
+/// Returns whether an answer was sent.
+fn answer_formerr(socket: &UdpSocket, packet: &[u8], destination: SocketAddr) -> bool {
     if packet.len() < 12 || packet[2] & 0x80 != 0 {
         // No header, or a response: never answer those.
-        return;
+        return false;
     }
     let id = u16::from_be_bytes([packet[0], packet[1]]);
     let op_code = OpCode::from_u8((packet[2] >> 3) & 0x0f);
@@ -269,9 +272,8 @@ fn answer_formerr(socket: &UdpSocket, packet: &[u8], destination: SocketAddr) {
         counts: HeaderCounts::default(),
     };
     let mut bytes = Vec::with_capacity(12);
-    if header.emit(&mut BinEncoder::new(&mut bytes)).is_ok() {
-        let _ = socket.send_to(&bytes, destination);
-    }
+    header.emit(&mut BinEncoder::new(&mut bytes)).is_ok()
+        && socket.send_to(&bytes, destination).is_ok()
 }
 
 /// Sends one answer straight from the task that computed it.
