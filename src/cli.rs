@@ -215,11 +215,14 @@ fn check(path: &std::path::Path) -> ExitCode {
 /// `audit ...`: exit 0 on success, 1 when verify finds damage or a command fails.
 fn audit(path: &std::path::Path, command: AuditCommand) -> ExitCode {
     // Keygen needs no config; the others read `[audit] dir` from it unless given `--dir`.
-    let dir = match config::load(path) {
-        Ok(config) => config.audit.dir,
+    let settings = match config::load(path) {
+        Ok(config) => config.audit,
         Err(error) => {
             if command_has_dir(&command) {
-                PathBuf::from(".")
+                dnsward::audit::AuditSettings {
+                    dir: PathBuf::from("."),
+                    ..dnsward::audit::AuditSettings::default()
+                }
             } else {
                 eprintln!("{error}");
                 return ExitCode::from(2);
@@ -227,7 +230,7 @@ fn audit(path: &std::path::Path, command: AuditCommand) -> ExitCode {
         }
     };
     let mut stdout = std::io::stdout().lock();
-    match dnsward::audit::cli::run(command, &dir, &mut stdout) {
+    match dnsward::audit::cli::run(command, &settings, &mut stdout) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(error) => {

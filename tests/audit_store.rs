@@ -965,7 +965,7 @@ fn search_filters_and_formats() {
                 json,
                 csv,
             },
-            tmp.path(),
+            &settings(tmp.path()),
             &mut out,
         )
         .unwrap();
@@ -1070,6 +1070,42 @@ fn summary_figures() {
         )),
     };
     assert_eq!(audit::summary(tmp.path(), &half).unwrap().queries, 300);
+}
+
+/// With hashed clients, `--client ADDRESS` is searched as that address's hash (with the
+/// configured key); a network cannot be, and says why.
+#[test]
+fn hashed_clients_are_found_by_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("client.key");
+    std::fs::write(&key, b"0123456789abcdef0123456789abcdef").unwrap();
+    let log = tmp.path().join("log");
+    let settings = AuditSettings {
+        anonymize: audit::Anonymize::Hash,
+        anonymize_key: Some(key),
+        ..settings(&log)
+    };
+    write_log(&settings, 0, 40);
+    let text: String = segments(&log)
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(
+        !text.contains("\"client\":\"192.0.2."),
+        "no address is stored"
+    );
+    let count = |client: &str| {
+        let filter = Filter {
+            client: Some(ClientFilter::parse_for(client, &settings).unwrap()),
+            ..Filter::default()
+        };
+        audit::search(&log, &filter).unwrap().count()
+    };
+    // Clients 192.0.2.1-4 in turn.
+    assert_eq!(count("192.0.2.1"), 10);
+    assert_eq!(count("192.0.2.9"), 0);
+    let error = ClientFilter::parse_for("192.0.2.0/24", &settings).unwrap_err();
+    assert!(error.to_string().contains("hashed"), "{error}");
 }
 
 #[test]

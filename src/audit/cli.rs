@@ -10,7 +10,7 @@ use std::{
 use clap::{Args, Subcommand};
 
 use super::{
-    AuditError, keys,
+    AuditError, AuditSettings, keys,
     query::{self, ClientFilter, DomainFilter, ExportFormat, Filter, OutputFormat, TimeRange},
     record::Decision,
     verify,
@@ -162,9 +162,10 @@ fn pick<'a>(dir: &'a DirArg, configured: &'a Path) -> &'a Path {
 /// negative (verify found damage): the binary exits 1.
 pub fn run(
     command: AuditCommand,
-    audit_dir: &Path,
+    settings: &AuditSettings,
     out: &mut dyn Write,
 ) -> Result<bool, AuditError> {
+    let audit_dir = settings.dir.as_path();
     match command {
         AuditCommand::Search {
             dir,
@@ -180,7 +181,9 @@ pub fn run(
         } => {
             let filter = Filter {
                 range: range.parse()?,
-                client: optional("--client", client, ClientFilter::parse)?,
+                client: optional("--client", client, |text| {
+                    ClientFilter::parse_for(text, settings)
+                })?,
                 domain: optional("--domain", domain, DomainFilter::parse)?,
                 qtype: optional("--qtype", qtype, query::parse_qtype)?,
                 decision: optional("--decision", decision, |d| {

@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use super::{
-    AuditError,
+    AuditError, AuditSettings,
     record::{Decision, Entry, TIMESTAMP_LEN, Timestamp, TriggerEntry},
     segment::{self, EXPORT_END_KIND, ExportEnd, GENESIS, Header, HeaderKind, LineReader, Record},
 };
@@ -126,6 +126,9 @@ pub enum ClientFilter {
     Net(IpNet),
     /// A hashed client (`anonymize = "hash"`), compared as text.
     Hashed(String),
+    /// An address in a log whose clients are hashed: stored either way (the setting may have
+    /// changed during the log's life).
+    AddressOrHash(IpNet, String),
 }
 
 impl ClientFilter {
@@ -142,6 +145,29 @@ impl ClientFilter {
         Err(AuditError::InvalidClient {
             value: text.to_owned(),
         })
+    }
+
+    /// Parses `--client` for a log written with `settings`: with hashed clients, an address
+    /// is searched as its hash too (a network cannot be: hashes keep no order).
+    pub fn parse_for(text: &str, settings: &AuditSettings) -> Result<Self, AuditError> {
+        let filter = Self::parse(text)?;
+        if settings.anonymize != crate::audit::Anonymize::Hash {
+            return Ok(filter);
+        }
+        match filter {
+            Self::Net(net) if net.prefix_len() == net.max_prefix_len() => {
+                match super::writer::hashed_client(settings, net.addr())? {
+                    Some(hash) => Ok(Self::AddressOrHash(net, hash)),
+                    None => Ok(Self::Net(net)),
+                }
+            }
+            Self::Net(_) => Err(AuditError::InvalidClient {
+                value: format!(
+                    "{text} (clients in this log are hashed: give one address, or a stored hash)"
+                ),
+            }),
+            other => Ok(other),
+        }
     }
 
     /// The log stores IPv4-mapped IPv6 clients as IPv4 (the anonymiser and `client_text` both
@@ -162,6 +188,9 @@ impl ClientFilter {
         };
         match self {
             Self::Hashed(hash) => stored == hash,
+            Self::AddressOrHash(net, hash) => {
+                stored == hash || Self::Net(*net).matches(stored.as_bytes())
+            }
             Self::Net(net) => {
                 if let Ok(addr) = stored.parse::<SocketAddr>() {
                     // A client that reached a dual-stack socket over IPv4 may be stored mapped.

@@ -488,6 +488,20 @@ impl AuditLog {
     }
 }
 
+/// What a log written with `settings` stores for a client at `ip` when its clients are
+/// hashed (`anonymize = "hash"`), so that `audit search --client ADDRESS` finds them; `None`
+/// when they are not hashed.
+pub fn hashed_client(settings: &AuditSettings, ip: IpAddr) -> Result<Option<String>, AuditError> {
+    match Anonymizer::from_settings(settings)? {
+        anonymizer @ Anonymizer::Hash(_) => {
+            let mut out = Vec::new();
+            anonymizer.write_client(SocketAddr::new(ip, 0), &mut out);
+            Ok(Some(String::from_utf8_lossy(&out).into_owned()))
+        }
+        Anonymizer::None | Anonymizer::Truncate => Ok(None),
+    }
+}
+
 /// How client addresses are reduced before they enter the chain.
 enum Anonymizer {
     None,
