@@ -732,3 +732,37 @@ fn an_unparsable_query_answered_formerr_is_recorded() {
     assert_eq!(record["qtype"], "ZERO");
     assert_eq!(record["transport"], "udp");
 }
+
+/// An allow rule lets the question through, but a log-only name reached through its CNAME
+/// chain is still recorded as such: monitoring sees every touch of a watched name.
+#[test]
+fn a_watched_name_behind_an_allowed_question_is_recorded() {
+    let upstream = Upstream::start();
+    let config = config_text_with_server(
+        &[upstream.addr],
+        "allow = [\"127.0.0.1/32\"]",
+        STANDARD_LIST_TABLES,
+    );
+    let lists: Vec<(&str, &str)> = STANDARD_LISTS
+        .iter()
+        .map(|&(file, text)| match file {
+            "allow.txt" => (file, "pay.blocked.test\nwatched-alias.test\n"),
+            _ => (file, text),
+        })
+        .collect();
+    let mut dnsward = Dnsward::start(&config, &lists);
+    let reply = ask(
+        dnsward.addr,
+        Transport::Udp,
+        "watched-alias.test.",
+        RecordType::A,
+    );
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    assert!(dnsward.terminate());
+    let records = json_lines(&audit(&dnsward.config_path(), &["search", "--json"]));
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["decision"], "logged");
+    assert_eq!(records[0]["rule"]["list"], "watch");
+    assert_eq!(records[0]["rule"]["trigger"]["kind"], "cname");
+    assert_eq!(records[0]["rule"]["trigger"]["matched"], "www.watch.test.");
+}

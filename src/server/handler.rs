@@ -557,7 +557,10 @@ impl Handler {
             Some((Verdict::Blocked(rule), trigger)) => {
                 return self.block(state, rule, trigger, qname, qtype, qclass, record);
             }
-            Some((Verdict::Logged(rule), trigger)) if record.rule.is_none() => {
+            // Monitoring sees every touch of a watched name: a log-only name in the chain is
+            // recorded even when an allow rule let the question through (as a blocked name in
+            // the chain blocks it); a log-only match on the question itself stays first.
+            Some((Verdict::Logged(rule), trigger)) if record.decision == DecisionKind::Allowed => {
                 record.rule = Some(Arc::new(rule_match(&state.policy, rule, trigger)));
                 record.decision = DecisionKind::Logged;
             }
