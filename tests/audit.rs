@@ -766,3 +766,95 @@ fn a_watched_name_behind_an_allowed_question_is_recorded() {
     assert_eq!(records[0]["rule"]["trigger"]["kind"], "cname");
     assert_eq!(records[0]["rule"]["trigger"]["matched"], "www.watch.test.");
 }
+
+/// A UDP answer too large for the client's buffer goes out truncated (TC, only the records
+/// that fit); its record summarises what was sent, not the whole answer section.
+#[test]
+fn a_truncated_udp_answer_is_recorded_as_sent() {
+    let upstream = Upstream::start();
+    let mut dnsward = served(&upstream, "");
+    let small = Ask {
+        payload: 512,
+        ..Ask::default()
+    };
+    let udp = query(
+        dnsward.addr,
+        Transport::Udp,
+        "big.test.",
+        RecordType::TXT,
+        &small,
+    );
+    assert!(udp.metadata.truncation);
+    let sent = udp.answers.len();
+    assert!(sent < 40, "{sent}");
+    let tcp = query(
+        dnsward.addr,
+        Transport::Tcp,
+        "big.test.",
+        RecordType::TXT,
+        &small,
+    );
+    assert!(!tcp.metadata.truncation);
+    assert_eq!(tcp.answers.len(), 40);
+    assert!(dnsward.terminate());
+    let records = json_lines(&audit(&dnsward.config_path(), &["search", "--json"]));
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let answer = |transport: &str| {
+        let record = records
+            .iter()
+            .find(|record| record["transport"] == transport)
+            .unwrap();
+        record["answer"].as_str().unwrap().to_owned()
+    };
+    let udp_answer = answer("udp");
+    assert!(
+        udp_answer.ends_with(&format!("(truncated, TC: {sent} of 40 records sent)")),
+        "{udp_answer}"
+    );
+    assert_eq!(
+        udp_answer.matches("TXT \"record").count(),
+        sent.min(8),
+        "{udp_answer}"
+    );
+    let tcp_answer = answer("tcp");
+    assert!(tcp_answer.ends_with(", ... (40 records)"), "{tcp_answer}");
+    assert!(!tcp_answer.contains("truncated"), "{tcp_answer}");
+}
+
+/// A resolution that fails is recorded with the upstream that failed as its source, and a
+/// watched name stays `logged` (with rcode SERVFAIL): monitoring sees the attempt even when no
+/// answer could be had; an unlisted name is an `error`.
+#[test]
+fn a_failed_resolution_names_the_upstream_and_keeps_a_watched_name_logged() {
+    let (dead, _socket) = dead_upstream();
+    let config =
+        config_text_with_server(&[dead], "allow = [\"127.0.0.1/32\"]", STANDARD_LIST_TABLES);
+    let mut dnsward = Dnsward::start(&config, STANDARD_LISTS);
+    for name in ["www.watch.test.", "www.test."] {
+        let reply = ask(dnsward.addr, Transport::Udp, name, RecordType::A);
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    }
+    assert!(dnsward.terminate());
+    let records = json_lines(&audit(&dnsward.config_path(), &["search", "--json"]));
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let record = |qname: &str| {
+        records
+            .iter()
+            .find(|record| record["qname"] == qname)
+            .unwrap()
+    };
+    let watched = record("www.watch.test.");
+    assert_eq!(watched["decision"], "logged", "{watched:#}");
+    assert_eq!(watched["rule"]["list"], "watch");
+    assert_eq!(watched["rcode"], "SERVFAIL");
+    assert_eq!(watched["ede"], 22);
+    assert_eq!(watched["source"], dead.to_string());
+    let unlisted = record("www.test.");
+    assert_eq!(unlisted["decision"], "error", "{unlisted:#}");
+    assert_eq!(unlisted["source"], dead.to_string());
+    let logged = json_lines(&audit(
+        &dnsward.config_path(),
+        &["search", "--json", "--decision", "logged"],
+    ));
+    assert_eq!(logged.len(), 1, "{logged:#?}");
+}

@@ -70,7 +70,9 @@ fn reload_block_list(dnsward: &Dnsward, block_list: &str) {
     dnsward.signal("HUP");
     assert!(
         dnsward
-            .wait_for_log(|line| line.contains("generation=2"))
+            // "reload applied" comes after the swap; the "list loaded" lines of generation 2
+            // come before it.
+            .wait_for_log(|line| line.contains("reload applied") && line.contains("generation=2"))
             .is_some(),
         "reloaded"
     );

@@ -376,6 +376,14 @@ pub struct DecisionRecord {
 }
 
 impl DecisionRecord {
+    /// The question could not be answered (SERVFAIL). A log-only match stays `logged`: the
+    /// monitoring role must see every attempt on a watched name, answered or not.
+    pub fn fail(&mut self) {
+        if self.decision != DecisionKind::Logged {
+            self.decision = DecisionKind::Error;
+        }
+    }
+
     /// Writes the record as one structured `debug` event on target `dnsward::decision`. The
     /// audit log is the record of decisions; this event is for operators watching a console
     /// (`RUST_LOG=info,dnsward::decision=debug`). Writing a line per blocked query at `info`

@@ -185,6 +185,14 @@ impl RecursionError {
             | Self::Task { .. } => 0,
         }
     }
+
+    /// The forward-zone server that failed, when it was one (else the recursion failed).
+    pub fn server(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Self::Forward(error) => error.server(),
+            _ => None,
+        }
+    }
 }
 
 /// A resolved answer, ready for the handler (policy, then the wire).

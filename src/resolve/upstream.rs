@@ -53,6 +53,16 @@ impl UpstreamError {
             Self::Io { .. } | Self::Malformed { .. } => 23,
         }
     }
+
+    /// The server that failed, if one was asked.
+    pub fn server(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Timeout { server, .. }
+            | Self::Io { server, .. }
+            | Self::Malformed { server, .. } => Some(*server),
+            Self::NoUpstream => None,
+        }
+    }
 }
 
 /// What the question to forward is, and the client's DNSSEC flags we pass on.

@@ -501,18 +501,28 @@ impl Handler {
                             .map_or(AnswerSource::Recursion, AnswerSource::Upstream);
                         (answer.message, source, answer.ede)
                     })
-                    .map_err(|error| (error.ede_code(), error.to_string())),
+                    .map_err(|error| {
+                        let source = error
+                            .server()
+                            .map_or(AnswerSource::Recursion, AnswerSource::Upstream);
+                        (source, error.ede_code(), error.to_string())
+                    }),
                 None => state
                     .upstreams
                     .resolve(&upstream_query)
                     .await
                     .map(|(message, upstream)| (message, AnswerSource::Upstream(upstream), None))
-                    .map_err(|error| (error.ede_code(), error.to_string())),
+                    .map_err(|error| {
+                        let source = error
+                            .server()
+                            .map_or(AnswerSource::Local, AnswerSource::Upstream);
+                        (source, error.ede_code(), error.to_string())
+                    }),
             };
             match resolved {
-                Ok((message, _, Some(ede))) => {
-                    record.source = AnswerSource::Local;
-                    record.decision = DecisionKind::Error;
+                Ok((message, source, Some(ede))) => {
+                    record.source = source;
+                    record.fail();
                     return Reply::error(message.metadata.response_code, Some(ede));
                 }
                 Ok((message, source, None)) => {
@@ -538,13 +548,14 @@ impl Handler {
                     }
                     reply
                 }
-                Err((ede_code, error)) => {
+                Err((source, ede_code, error)) => {
                     // SERVFAIL at once rather than leave the client to time out.
                     self.counters
                         .upstream_errors
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%error, %qname, "upstream resolution failed");
-                    record.decision = DecisionKind::Error;
+                    record.source = source;
+                    record.fail();
                     return Reply::error(ResponseCode::ServFail, Some((ede_code, error)));
                 }
             }
@@ -686,6 +697,35 @@ fn rule_match(policy: &Policy, rule: RuleRef, trigger: Trigger) -> RuleMatch {
     }
 }
 
+/// Makes the record say what left, not what was meant to: a UDP answer too large for the
+/// client's buffer went out truncated (TC set, only the records that fit), and a reply that
+/// could not be encoded went out as a bare SERVFAIL.
+fn record_what_was_sent(record: &mut DecisionRecord, reply: &Reply, info: &ResponseInfo) {
+    if info.response_code != record.rcode {
+        record.rcode = info.response_code;
+        record.answer = AnswerText::NONE;
+        return;
+    }
+    let sent = usize::from(info.counts().answers);
+    if sent < reply.answers.len() {
+        record.answer = AnswerText::new(&summarize_truncated(&reply.answers, sent));
+    }
+}
+
+/// The summary of an answer section of which only the first `sent` records went out.
+fn summarize_truncated(answers: &[Record], sent: usize) -> Arc<str> {
+    let mut summary = String::from(&*summarize(&answers[..sent]));
+    if !summary.is_empty() {
+        summary.push(' ');
+    }
+    let _ = write!(
+        summary,
+        "(truncated, TC: {sent} of {} records sent)",
+        answers.len()
+    );
+    summary.into()
+}
+
 /// A short, human-readable summary of the answer section for the decision record: each
 /// record as `TYPE rdata` in zone-file presentation form.
 fn summarize(answers: &[Record]) -> Arc<str> {
@@ -820,13 +860,16 @@ impl RequestHandler for Handler {
         if transport == Transport::Udp {
             self.store_for_fast_path(&state, request, &reply, &record);
         }
-        let info = send(
+        let (info, sent) = send(
             request,
             &mut response_handle,
             &reply,
             state.config.server.udp_payload_max,
         )
         .await;
+        if sent {
+            record_what_was_sent(&mut record, &reply, &info);
+        }
         record.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         record.emit();
         // The audit queue never blocks: a full queue is counted and becomes a gap record.
@@ -839,12 +882,13 @@ impl RequestHandler for Handler {
 
 /// Puts a reply on the wire. The response's OPT advertises the smaller of the client's buffer
 /// and `udp_payload_max`, which is also what hickory's encoder truncates to (setting TC) on UDP.
+/// Returns the header that went out and whether anything did (false: the socket refused it).
 async fn send<R: ResponseHandler>(
     request: &Request,
     response_handle: &mut R,
     reply: &Reply,
     udp_payload_max: u16,
-) -> ResponseInfo {
+) -> (ResponseInfo, bool) {
     let (metadata, response_edns) = response_header(request, reply, udp_payload_max);
     let builder = MessageResponseBuilder::new(&request.queries, response_edns.as_ref());
     let response = builder.build(
@@ -855,7 +899,7 @@ async fn send<R: ResponseHandler>(
         reply.additionals.iter(),
     );
     match response_handle.send_response(response).await {
-        Ok(info) => info,
+        Ok(info) => (info, true),
         Err(error) => {
             tracing::warn!(%error, client = %request.src(), "failed to send response");
             let mut metadata = Metadata::new(
@@ -864,10 +908,11 @@ async fn send<R: ResponseHandler>(
                 request.metadata.op_code,
             );
             metadata.response_code = ResponseCode::ServFail;
-            ResponseInfo::from(Header {
+            let info = ResponseInfo::from(Header {
                 metadata,
                 counts: HeaderCounts::default(),
-            })
+            });
+            (info, false)
         }
     }
 }
