@@ -714,23 +714,26 @@ fn an_unparsable_query_answered_formerr_is_recorded() {
     let upstream = Upstream::start();
     let mut dnsward = served(&upstream, "");
     let (_, good) = build_query("www.test.", RecordType::A, &Ask::default());
-    let reply = hickory_proto::op::Message::from_vec(&exchange_raw(
-        dnsward.addr,
-        Transport::Udp,
-        "127.0.0.1".parse().unwrap(),
-        &good[..good.len() - 3],
-    ))
-    .unwrap();
-    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+    for transport in BOTH {
+        let reply = hickory_proto::op::Message::from_vec(&exchange_raw(
+            dnsward.addr,
+            transport,
+            "127.0.0.1".parse().unwrap(),
+            &good[..good.len() - 3],
+        ))
+        .unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+    }
     assert!(dnsward.terminate());
     let records = json_lines(&audit(&dnsward.config_path(), &["search", "--json"]));
-    assert_eq!(records.len(), 1, "{records:#?}");
-    let record = &records[0];
-    assert_eq!(record["rcode"], "FORMERR");
-    assert_eq!(record["decision"], "error");
-    assert_eq!(record["qname"], ".");
-    assert_eq!(record["qtype"], "ZERO");
-    assert_eq!(record["transport"], "udp");
+    assert_eq!(records.len(), 2, "{records:#?}");
+    for (record, transport) in records.iter().zip(["udp", "tcp"]) {
+        assert_eq!(record["rcode"], "FORMERR");
+        assert_eq!(record["decision"], "error");
+        assert_eq!(record["qname"], ".");
+        assert_eq!(record["qtype"], "ZERO");
+        assert_eq!(record["transport"], transport);
+    }
 }
 
 /// An allow rule lets the question through, but a log-only name reached through its CNAME

@@ -543,10 +543,9 @@ fn malformed_packets_do_not_kill_the_server() {
     assert!(malformed >= 100, "{line}");
 }
 
-/// SIGTERM while a UDP query waits for its upstream: the query is still answered, and its
-/// audit record written, before the process exits.
-#[test]
-fn a_stop_answers_udp_queries_still_waiting_for_the_upstream() {
+/// SIGTERM while a query waits for its upstream: the query is still answered, and its audit
+/// record written, before the process exits.
+fn a_stop_answers_queries_still_waiting_for_the_upstream(transport: Transport) {
     let upstream = Upstream::start();
     // Under the test config's 500 ms upstream timeout, so the first attempt is answered.
     let relay = DelayRelay::start(upstream.addr, Duration::from_millis(300));
@@ -557,7 +556,7 @@ fn a_stop_answers_udp_queries_still_waiting_for_the_upstream() {
     let mut dnsward = Dnsward::start(&config, STANDARD_LISTS);
     let server = dnsward.addr;
     let client = std::thread::spawn(move || {
-        try_query(server, Transport::Udp, "www.test.", RecordType::A, IO_GUARD)
+        try_query(server, transport, "www.test.", RecordType::A, IO_GUARD)
     });
     relay
         .received
@@ -576,6 +575,79 @@ fn a_stop_answers_udp_queries_still_waiting_for_the_upstream() {
     assert!(
         log.contains(r#""qname":"www.test.","qtype":"A""#),
         "the answer's audit record is in the log"
+    );
+}
+
+#[test]
+fn a_stop_answers_udp_queries_still_waiting_for_the_upstream() {
+    a_stop_answers_queries_still_waiting_for_the_upstream(Transport::Udp);
+}
+
+#[test]
+fn a_stop_answers_tcp_queries_still_waiting_for_the_upstream() {
+    a_stop_answers_queries_still_waiting_for_the_upstream(Transport::Tcp);
+}
+
+/// RFC 7766 §6.2.1.1: queries pipelined on one TCP connection are answered concurrently, each
+/// as soon as it is ready: a blocked name (answered at once) overtakes a name still waiting for
+/// its slow upstream.
+#[test]
+fn pipelined_tcp_queries_are_answered_as_they_are_ready() {
+    let upstream = Upstream::start();
+    let relay = DelayRelay::start(upstream.addr, Duration::from_millis(300));
+    let config = config_text(&[relay.addr], STANDARD_LIST_TABLES);
+    let dnsward = Dnsward::start(&config, STANDARD_LISTS);
+    let mut socket = std::net::TcpStream::connect(dnsward.addr).unwrap();
+    socket.set_read_timeout(Some(IO_GUARD)).unwrap();
+    let (slow_id, slow) = build_query("www.test.", RecordType::A, &Ask::default());
+    let (fast_id, fast) = build_query("www.blocked.test.", RecordType::A, &Ask::default());
+    let mut framed = Vec::new();
+    for message in [&slow, &fast] {
+        framed.extend_from_slice(&(message.len() as u16).to_be_bytes());
+        framed.extend_from_slice(message);
+    }
+    std::io::Write::write_all(&mut socket, &framed).unwrap();
+    let mut read_reply = || {
+        let mut length = [0u8; 2];
+        std::io::Read::read_exact(&mut socket, &mut length).unwrap();
+        let mut reply = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        std::io::Read::read_exact(&mut socket, &mut reply).unwrap();
+        hickory_proto::op::Message::from_vec(&reply).unwrap()
+    };
+    let first = read_reply();
+    let second = read_reply();
+    assert_eq!(
+        (first.metadata.id, second.metadata.id),
+        (fast_id, slow_id),
+        "the blocked name is answered first"
+    );
+    assert_eq!(first.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(rdata_of(&second, RecordType::A), ["192.0.2.10"]);
+}
+
+/// A TCP connection that sends nothing for `tcp_idle_timeout_secs` is closed by the server,
+/// after answering what it asked.
+#[test]
+fn idle_tcp_connections_are_closed() {
+    let upstream = Upstream::start();
+    let config = config_text_with_server(
+        &[upstream.addr],
+        "tcp_idle_timeout_secs = 1",
+        STANDARD_LIST_TABLES,
+    );
+    let dnsward = Dnsward::start(&config, STANDARD_LISTS);
+    let socket = std::net::TcpStream::connect(dnsward.addr).unwrap();
+    let (_, query) = build_query("www.test.", RecordType::A, &Ask::default());
+    let reply = tcp_exchange(socket.try_clone().unwrap(), &query);
+    let reply = hickory_proto::op::Message::from_vec(&reply).unwrap();
+    assert_eq!(rdata_of(&reply, RecordType::A), ["192.0.2.10"]);
+    let mut socket = socket;
+    socket.set_read_timeout(Some(IO_GUARD)).unwrap();
+    let mut byte = [0u8; 1];
+    let read = std::io::Read::read(&mut socket, &mut byte);
+    assert!(
+        matches!(read, Ok(0)),
+        "the server closes the idle connection: {read:?}"
     );
 }
 

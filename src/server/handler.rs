@@ -248,13 +248,18 @@ impl Handler {
 
     /// A datagram that does not parse as a query but was answered FORMERR: recorded like any
     /// answer (`. ZERO IN`, decision `error`), so the log has a record for every answer sent.
-    pub(super) fn record_formerr(&self, arrival: &Arrival, audit_batch: &mut Vec<DecisionRecord>) {
+    pub(super) fn record_formerr(
+        &self,
+        arrival: &Arrival,
+        transport: Transport,
+        audit_batch: &mut Vec<DecisionRecord>,
+    ) {
         let state = self.state.load();
         let record = DecisionRecord {
             time: arrival.batch.wall,
             generation: state.generation,
             client: arrival.client,
-            transport: Transport::Udp.as_str(),
+            transport: transport.as_str(),
             qname: QName::ROOT,
             qtype: RecordType::ZERO,
             qclass: DNSClass::IN,

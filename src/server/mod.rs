@@ -1,11 +1,13 @@
-//! Serving DNS: binds every `listen` address on UDP and TCP and runs hickory-server with our
-//! [`handler::Handler`] until shutdown.
+//! Serving DNS: binds every `listen` address on UDP and TCP and runs our [`handler::Handler`]
+//! behind the UDP worker threads (`udp`, `workers`) and the TCP listeners (`tcp`) until
+//! shutdown.
 
 pub mod acl;
 pub mod fastpath;
 pub mod handler;
 mod mmsg;
 pub mod sinkhole;
+mod tcp;
 mod udp;
 mod workers;
 
@@ -16,10 +18,9 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use hickory_server::{
-    Server,
-    net::runtime::Time,
-    server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
+use hickory_proto::{
+    op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode},
+    serialize::binary::{BinEncodable, BinEncoder},
 };
 use tokio::net::TcpListener;
 
@@ -39,16 +40,14 @@ pub enum ServeError {
     },
     #[error("cannot start the UDP worker threads: {0}")]
     UdpWorkers(#[source] std::io::Error),
-    #[error("server stopped: {0}")]
-    Stopped(String),
     #[error("recursion: {0}")]
     Recursion(#[from] crate::resolve::RecursionError),
 }
 
 /// A bound, running server.
 pub struct Running {
-    /// hickory-server, serving TCP.
-    server: Server<SharedHandler>,
+    /// Our TCP listeners (see `tcp`).
+    tcp: tcp::TcpServer,
     /// Our UDP receive loops (see `udp`), one thread per core (see `workers`).
     udp_workers: workers::UdpWorkers,
     /// The addresses actually bound (port 0 in the config becomes a real port here), each
@@ -96,7 +95,7 @@ pub async fn start(
     // ACL is enforced in the handler, not by hickory's `with_access`, so that refusals get a
     // decision record like every other query.
     let handler = Arc::new(handler);
-    let mut server = Server::new(SharedHandler(handler.clone()));
+    let mut tcp_listeners = Vec::with_capacity(config.server.listen.len());
     let mut local_addrs = Vec::with_capacity(config.server.listen.len());
     // One UDP socket per worker thread and listen address, so receiving is spread across cores.
     let worker_count = config.server.threads;
@@ -111,8 +110,7 @@ pub async fn start(
         for (sockets, udp) in worker_sockets.iter_mut().zip(udp_sockets) {
             sockets.push(udp);
         }
-        // The response buffer is how many responses may queue per TCP connection (pipelining).
-        server.register_listener(tcp, config.server.tcp_idle_timeout, 64);
+        tcp_listeners.push(tcp);
         local_addrs.push(bound);
     }
     let grace = workers::in_flight_grace(
@@ -126,28 +124,18 @@ pub async fn start(
     let udp_workers = workers::UdpWorkers::start(worker_sockets, &handler, grace)
         .await
         .map_err(ServeError::UdpWorkers)?;
+    let tcp = tcp::TcpServer::start(
+        tcp_listeners,
+        &handler,
+        config.server.tcp_idle_timeout,
+        grace,
+    );
     Ok(Running {
-        server,
+        tcp,
         udp_workers,
         local_addrs,
         counters,
     })
-}
-
-/// The handler shared by hickory-server's TCP listener and our UDP loops.
-pub struct SharedHandler(Arc<Handler>);
-
-#[async_trait::async_trait]
-impl RequestHandler for SharedHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        response_handle: R,
-    ) -> ResponseInfo {
-        self.0
-            .handle_request::<R, T>(request, response_handle)
-            .await
-    }
 }
 
 /// Receive buffer asked for on each UDP socket. The kernel default (about 208 KiB) drops
@@ -209,17 +197,32 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 impl Running {
     /// Serves until `shutdown` completes, then stops accepting and lets in-flight queries end.
     pub async fn run_until(
-        mut self,
+        self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        tokio::select! {
-            result = self.server.block_until_done() => {
-                return result.map_err(|error| ServeError::Stopped(error.to_string()));
-            }
-            () = shutdown => {}
-        }
+        shutdown.await;
         // Both at once: TCP stops accepting while UDP lets its queries in flight finish.
-        let ((), tcp) = tokio::join!(self.udp_workers.stop(), self.server.shutdown_gracefully());
-        tcp.map_err(|error| ServeError::Stopped(error.to_string()))
+        tokio::join!(self.udp_workers.stop(), self.tcp.stop());
+        Ok(())
     }
+}
+
+/// FORMERR for a message with a readable header (RFC 1035 §4.1.1), as the whole answer: the
+/// message could not be parsed, so nothing of it is echoed. `None` for anything shorter than
+/// a header, and for a response, which is never answered.
+fn formerr_for(message: &[u8]) -> Option<Vec<u8>> {
+    if message.len() < 12 || message[2] & 0x80 != 0 {
+        return None;
+    }
+    let id = u16::from_be_bytes([message[0], message[1]]);
+    let op_code = OpCode::from_u8((message[2] >> 3) & 0x0f);
+    let mut metadata = Metadata::new(id, MessageType::Response, op_code);
+    metadata.response_code = ResponseCode::FormErr;
+    let header = Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    };
+    let mut bytes = Vec::with_capacity(12);
+    header.emit(&mut BinEncoder::new(&mut bytes)).ok()?;
+    Some(bytes)
 }

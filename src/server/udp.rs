@@ -5,8 +5,7 @@
 //! channel to the socket task; the bench kit measured half the server's time in the kernel
 //! switching between them. Here a query is polled once in the receive loop; only if it has to
 //! wait (upstream, recursion) is it spawned. Before any of that, a query answered before under
-//! the same state is answered from stored bytes (`fastpath`). TCP stays on hickory-server's
-//! listener.
+//! the same state is answered from stored bytes (`fastpath`). TCP has its own module (`tcp`).
 
 use std::{
     future::Future,
@@ -17,7 +16,7 @@ use std::{
 };
 
 use hickory_proto::{
-    op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode},
+    op::{Header, HeaderCounts, MessageType, Metadata, ResponseCode},
     rr::Record,
     serialize::binary::{BinEncodable, BinEncoder},
 };
@@ -29,7 +28,7 @@ use hickory_server::{
 use tokio::io::{Interest, unix::AsyncFd};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::policy::decision::DecisionRecord;
+use crate::policy::{Transport, decision::DecisionRecord};
 
 use super::{
     Handler,
@@ -228,7 +227,7 @@ fn answer(
             handler.counters().malformed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%error, %source, "malformed query");
             if answer_formerr(socket.socket(), packet, source) {
-                handler.record_formerr(&arrival, audit_batch);
+                handler.record_formerr(&arrival, Transport::Udp, audit_batch);
             }
             return;
         }
@@ -256,24 +255,9 @@ fn answer(
     }
 }
 
-/// FORMERR for a packet with a readable header (RFC 1035 §4.1.1); shorter packets are dropped.
-/// Returns whether an answer was sent.
+/// FORMERR for a packet with a readable header, sent back; returns whether it was.
 fn answer_formerr(socket: &UdpSocket, packet: &[u8], destination: SocketAddr) -> bool {
-    if packet.len() < 12 || packet[2] & 0x80 != 0 {
-        // No header, or a response: never answer those.
-        return false;
-    }
-    let id = u16::from_be_bytes([packet[0], packet[1]]);
-    let op_code = OpCode::from_u8((packet[2] >> 3) & 0x0f);
-    let mut metadata = Metadata::new(id, MessageType::Response, op_code);
-    metadata.response_code = ResponseCode::FormErr;
-    let header = Header {
-        metadata,
-        counts: HeaderCounts::default(),
-    };
-    let mut bytes = Vec::with_capacity(12);
-    header.emit(&mut BinEncoder::new(&mut bytes)).is_ok()
-        && socket.send_to(&bytes, destination).is_ok()
+    super::formerr_for(packet).is_some_and(|bytes| socket.send_to(&bytes, destination).is_ok())
 }
 
 /// Sends one answer straight from the task that computed it.
