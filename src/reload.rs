@@ -317,6 +317,9 @@ fn restart_needed(current: &Config, next: &Config) -> Vec<&'static str> {
     if current.server.tcp_idle_timeout != next.server.tcp_idle_timeout {
         settings.push("server.tcp_idle_timeout_secs");
     }
+    if current.server.tcp_max_connections != next.server.tcp_max_connections {
+        settings.push("server.tcp_max_connections");
+    }
     if current.cache != next.cache {
         settings.push("cache");
     }

@@ -91,6 +91,10 @@ fn bad_values_name_their_line() {
     let cases = [
         ("allow = [\"10.0.0.0/8\", \"not-a-net\"]", ""),
         ("threads = 5000", " server.threads: must be at most 1024"),
+        (
+            "tcp_max_connections = 0",
+            " server.tcp_max_connections: must be at least 1",
+        ),
     ];
     for (line, reason) in cases {
         let config = format!(

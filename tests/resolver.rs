@@ -706,3 +706,81 @@ fn the_number_of_query_threads_follows_the_config() {
         }
     }
 }
+
+/// `tcp_max_connections`: past the limit, a connection waits (in the listen backlog) until one
+/// of those served closes, then is served.
+#[test]
+fn tcp_connections_beyond_the_limit_wait_for_a_free_slot() {
+    let upstream = Upstream::start();
+    let config = config_text_with_server(
+        &[upstream.addr],
+        "tcp_max_connections = 1",
+        STANDARD_LIST_TABLES,
+    );
+    let dnsward = Dnsward::start(&config, STANDARD_LISTS);
+    let (_, query) = build_query("www.test.", RecordType::A, &Ask::default());
+    let first = std::net::TcpStream::connect(dnsward.addr).unwrap();
+    tcp_exchange(first.try_clone().unwrap(), &query);
+    let second = std::net::TcpStream::connect(dnsward.addr).unwrap();
+    let waiting = try_tcp_exchange(
+        second.try_clone().unwrap(),
+        &query,
+        Duration::from_millis(500),
+    );
+    assert!(waiting.is_err(), "the second connection is not served yet");
+    drop(first);
+    // The reply to the query already sent arrives once the first connection has closed.
+    let mut second = second;
+    second.set_read_timeout(Some(IO_GUARD)).unwrap();
+    let mut length = [0u8; 2];
+    std::io::Read::read_exact(&mut second, &mut length).expect("served after the first closed");
+}
+
+/// A connection the server closes while the client is still sending (here: a zero length,
+/// which ends the stream, then more bytes) still delivers every answer it owes, even to a
+/// client slow to read them: the server reads and discards what arrives until the client
+/// closes, instead of closing with unread input, which resets the connection and destroys
+/// the answers still queued (RFC 7766 §6.2.3).
+#[test]
+fn a_closing_tcp_connection_delivers_its_answers() {
+    const QUERIES: usize = 20;
+    let upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "");
+    // A small receive window: most of the answers wait in the server's send queue.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket
+        .connect_timeout(&dnsward.addr.into(), IO_GUARD)
+        .unwrap();
+    let mut socket: std::net::TcpStream = socket.into();
+    socket.set_read_timeout(Some(IO_GUARD)).unwrap();
+    let mut bytes = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..QUERIES {
+        let (id, query) = build_query("big.test.", RecordType::TXT, &Ask::default());
+        bytes.extend_from_slice(&(query.len() as u16).to_be_bytes());
+        bytes.extend_from_slice(&query);
+        ids.push(id);
+    }
+    bytes.extend_from_slice(&[0, 0]);
+    // More than the server's read buffer, sent after the end of the stream.
+    bytes.extend_from_slice(&vec![0x55; 64 * 1024]);
+    std::io::Write::write_all(&mut socket, &bytes).unwrap();
+    // Slow to read: the server has answered everything and closes meanwhile.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut answered = Vec::new();
+    for _ in 0..QUERIES {
+        let mut length = [0u8; 2];
+        if let Err(error) = std::io::Read::read_exact(&mut socket, &mut length) {
+            panic!("{} of {QUERIES} answers, then {error}", answered.len());
+        }
+        let mut reply = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        std::io::Read::read_exact(&mut socket, &mut reply).unwrap();
+        let reply = hickory_proto::op::Message::from_vec(&reply).unwrap();
+        assert_eq!(reply.answers.len(), 40);
+        answered.push(reply.metadata.id);
+    }
+    answered.sort_unstable();
+    ids.sort_unstable();
+    assert_eq!(answered, ids);
+}

@@ -81,6 +81,7 @@ pub struct ServerConfig {
     pub allow: Vec<IpNet>,
     pub udp_payload_max: u16,
     pub tcp_idle_timeout: Duration,
+    pub tcp_max_connections: usize,
     /// `server.threads` with 0 resolved to the number of cores.
     pub threads: usize,
 }
@@ -159,6 +160,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             0..0,
             "server.udp_payload_max".into(),
             "must be at least 512 (RFC 1035)".into(),
+        ));
+    }
+    if file.server.tcp_max_connections == 0 {
+        return Err(invalid(
+            0..0,
+            "server.tcp_max_connections".into(),
+            "must be at least 1".into(),
         ));
     }
     if file.server.threads > MAX_THREADS {
@@ -296,6 +304,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             data_dir: data_dir.clone(),
             udp_payload_max: file.server.udp_payload_max,
             tcp_idle_timeout: Duration::from_secs(file.server.tcp_idle_timeout_secs.max(1)),
+            tcp_max_connections: file.server.tcp_max_connections,
             threads: match file.server.threads {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 threads => threads,

@@ -50,6 +50,10 @@ pub struct ServerSection {
     /// Idle timeout of a TCP client connection, in seconds. Default 10 (RFC 7766 suggests tens of
     /// seconds; shorter keeps idle sockets from piling up).
     pub tcp_idle_timeout_secs: u64,
+    /// TCP client connections served at once, over all listen addresses. Default 256 (BIND's
+    /// `tcp-clients` is 150, PowerDNS Recursor's `max-tcp-clients` 128); further connections
+    /// wait in the listen backlog until one closes.
+    pub tcp_max_connections: usize,
     /// Threads that answer queries: one UDP receive loop each (an SO_REUSEPORT socket per
     /// listen address), and as many runtime workers for TCP, reloads and recursion. Default 0:
     /// one per core. Fewer leaves cores to other work on a shared machine.
@@ -67,6 +71,7 @@ impl Default for ServerSection {
             udp_payload_max: 1232,
             data_dir: "data".to_owned(),
             tcp_idle_timeout_secs: 10,
+            tcp_max_connections: 256,
             threads: 0,
         }
     }

@@ -906,7 +906,13 @@ async fn send<R: ResponseHandler>(
     match response_handle.send_response(response).await {
         Ok(info) => (info, true),
         Err(error) => {
-            tracing::warn!(%error, client = %request.src(), "failed to send response");
+            // On TCP this is a client that went away or stopped reading, which any client can
+            // do at will: not worth a warning.
+            if request.protocol() == Protocol::Tcp {
+                tracing::debug!(%error, client = %request.src(), "failed to send response");
+            } else {
+                tracing::warn!(%error, client = %request.src(), "failed to send response");
+            }
             let mut metadata = Metadata::new(
                 request.metadata.id,
                 MessageType::Response,

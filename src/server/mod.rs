@@ -128,6 +128,7 @@ pub async fn start(
         tcp_listeners,
         &handler,
         config.server.tcp_idle_timeout,
+        config.server.tcp_max_connections,
         grace,
     );
     Ok(Running {

@@ -25,12 +25,12 @@ use hickory_server::{
     zone_handler::MessageResponse,
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncReadExt, AsyncWriteExt, BufReader},
     net::{
         TcpListener, TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
-    sync::{Semaphore, mpsc},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     time::timeout,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -41,13 +41,22 @@ use super::{
 };
 use crate::policy::Transport;
 
-/// Queries of one connection answered at once. The next message is read when one of them has
-/// answered, so a client that pipelines more waits in its own socket buffer, not our memory.
+/// Queries of one connection in hand at once, from the read of the message to the write of
+/// its answer. The next message is read when one of them has been written, so a client that
+/// pipelines more (or does not read its answers) waits in its own socket buffer, not our memory.
 const PIPELINE_DEPTH: usize = 64;
 
+/// How long a closing connection reads (and discards) what the client still sends, so that
+/// closing with unread input does not reset the connection and destroy answers not yet
+/// delivered (RFC 7766 §6.2.3 wants the server to close gracefully).
+const LINGER: Duration = Duration::from_secs(1);
+
 /// How long the connections get, after the queries in flight at a stop have answered, to put
-/// those answers on the wire.
-const FLUSH_AT_STOP: Duration = Duration::from_secs(1);
+/// those answers on the wire and close.
+const FLUSH_AT_STOP: Duration = Duration::from_secs(2);
+
+/// Most answers gathered into one write when several are ready.
+const WRITE_BATCH_BYTES: usize = 16 * 1024;
 
 /// The accept loops and their connections; `stop` ends them.
 pub struct TcpServer {
@@ -60,11 +69,13 @@ pub struct TcpServer {
 }
 
 impl TcpServer {
-    /// Starts an accept loop for each listener on the current runtime.
+    /// Starts an accept loop for each listener on the current runtime; at most
+    /// `max_connections` connections are served at once, over all of them.
     pub fn start(
         listeners: Vec<TcpListener>,
         handler: &Arc<Handler>,
         idle_timeout: Duration,
+        max_connections: usize,
         grace: Duration,
     ) -> Self {
         let server = Self {
@@ -73,22 +84,27 @@ impl TcpServer {
             queries: TaskTracker::new(),
             grace,
         };
+        let slots = Arc::new(Semaphore::new(max_connections));
         for listener in listeners {
             let connection = Connection {
                 handler: handler.clone(),
                 idle_timeout,
+                grace,
                 shutdown: server.shutdown.clone(),
                 queries: server.queries.clone(),
             };
-            server
-                .connections
-                .spawn(accept(listener, connection, server.connections.clone()));
+            server.connections.spawn(accept(
+                listener,
+                connection,
+                slots.clone(),
+                server.connections.clone(),
+            ));
         }
         server
     }
 
     /// Stops accepting and reading, waits up to the grace for the queries in flight to answer
-    /// (and so to write their audit records), then closes the connections.
+    /// (and so to write their audit records), then lets the connections deliver and close.
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.queries.close();
@@ -108,19 +124,38 @@ impl TcpServer {
 struct Connection {
     handler: Arc<Handler>,
     idle_timeout: Duration,
+    /// The longest a query may take (see `workers::in_flight_grace`).
+    grace: Duration,
     shutdown: CancellationToken,
     queries: TaskTracker,
 }
 
-async fn accept(listener: TcpListener, connection: Connection, connections: TaskTracker) {
+async fn accept(
+    listener: TcpListener,
+    connection: Connection,
+    slots: Arc<Semaphore>,
+    connections: TaskTracker,
+) {
     loop {
+        // A free slot first: past the limit, connections wait in the kernel's backlog.
+        let slot = tokio::select! {
+            () = connection.shutdown.cancelled() => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
         let accepted = tokio::select! {
             () = connection.shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((stream, client)) => {
-                connections.spawn(connection.clone().serve(stream, client));
+                let connection = connection.clone();
+                connections.spawn(async move {
+                    connection.serve(stream, client).await;
+                    drop(slot);
+                });
             }
             Err(error) => {
                 // Out of file descriptors (or a peer that reset before we accepted): the
@@ -135,25 +170,47 @@ async fn accept(listener: TcpListener, connection: Connection, connections: Task
     }
 }
 
+/// An answer on its way to the writer, with the pipeline slot its query holds until it is
+/// written.
+type Outgoing = (Vec<u8>, Arc<OwnedSemaphorePermit>);
+
 impl Connection {
     /// Reads messages until the client closes, stays idle too long, sends something that is
-    /// not a DNS message stream, or the server stops; answers go out through one writer.
+    /// not a DNS message stream, stops reading its answers, or the server stops; answers go
+    /// out through one writer. Then closes gracefully.
     async fn serve(self, stream: TcpStream, client: SocketAddr) {
-        // Answers are single writes of a whole message; Nagle would only delay them.
+        // Answers are whole messages; Nagle would only delay them.
         let _ = stream.set_nodelay(true);
-        let (mut reader, writer) = stream.into_split();
-        let (answers, outbox) = mpsc::channel(PIPELINE_DEPTH);
+        let (reader, writer) = stream.into_split();
+        // Room for every slot: sending an answer never waits.
+        let (answers, outbox) = mpsc::channel::<Outgoing>(PIPELINE_DEPTH);
         let writing = write_answers(writer, outbox, self.idle_timeout);
         let reading = async move {
+            let mut reader = BufReader::new(reader);
             let depth = Arc::new(Semaphore::new(PIPELINE_DEPTH));
             loop {
-                let Ok(permit) = depth.clone().acquire_owned().await else {
-                    break;
+                let slot = tokio::select! {
+                    () = self.shutdown.cancelled() => break,
+                    slot = depth.clone().acquire_owned() => match slot {
+                        Ok(slot) => Arc::new(slot),
+                        Err(_) => break,
+                    },
+                };
+                // Idle means nothing asked and nothing pending: while queries are in hand,
+                // the client waits for us, for as long as a query may take.
+                let idle = depth.available_permits() == PIPELINE_DEPTH - 1;
+                let limit = if idle {
+                    self.idle_timeout
+                } else {
+                    self.idle_timeout + self.grace
                 };
                 let message = tokio::select! {
                     biased;
                     () = self.shutdown.cancelled() => break,
-                    read = timeout(self.idle_timeout, read_message(&mut reader)) => match read {
+                    // The writer gave up on this client (it stopped reading): answering more
+                    // of its queries would be work for nothing.
+                    () = answers.closed() => break,
+                    read = timeout(limit, read_message(&mut reader)) => match read {
                         Ok(Ok(Some(message))) => message,
                         // Closed, idle too long, or a read error: stop reading. Queries
                         // already read are still answered.
@@ -165,68 +222,102 @@ impl Connection {
                     batch: BatchTime::now(),
                 };
                 let handler = self.handler.clone();
-                let answers = answers.clone();
+                let responder = Responder {
+                    answers: answers.clone(),
+                    slot,
+                };
                 self.queries.spawn(async move {
-                    answer(&handler, message, arrival, answers).await;
-                    drop(permit);
+                    answer(&handler, message, arrival, responder).await;
                 });
             }
             // Dropping the last sender here and in the query tasks ends the writer once every
             // query read from this connection has answered.
+            drop(answers);
+            reader.into_inner()
         };
-        tokio::join!(reading, writing);
+        let (reader, writer) = tokio::join!(reading, writing);
+        // The write side is shut (FIN sent). Read what the client still sends until it closes
+        // too: closing with unread input would send RST and destroy answers in flight.
+        if let Ok(stream) = reader.reunite(writer) {
+            let _ = timeout(LINGER, discard_until_closed(stream)).await;
+        }
     }
 }
 
 /// One message: `None` when the client closed the connection between messages (or sent a
 /// zero length, which no DNS message has).
-async fn read_message(reader: &mut OwnedReadHalf) -> io::Result<Option<Vec<u8>>> {
+async fn read_message(reader: &mut BufReader<OwnedReadHalf>) -> io::Result<Option<Vec<u8>>> {
     let mut length = [0u8; 2];
     match reader.read_exact(&mut length).await {
         Ok(_) => {}
         Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(error) => return Err(error),
     }
-    let length = usize::from(u16::from_be_bytes(length));
+    let length = u16::from_be_bytes(length);
     if length == 0 {
         return Ok(None);
     }
-    let mut message = vec![0u8; length];
-    reader.read_exact(&mut message).await?;
+    // Grown as bytes arrive: a length prefix alone does not reserve 64 KiB.
+    let mut message = Vec::with_capacity(usize::from(length).min(512));
+    (&mut *reader)
+        .take(u64::from(length))
+        .read_to_end(&mut message)
+        .await?;
+    if message.len() != usize::from(length) {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(Some(message))
 }
 
-/// Writes answers in the order they are ready. A client that stops reading for longer than
-/// the idle timeout loses the rest; then the connection closes.
+/// Writes answers in the order they are ready, several to a write when they queue up, and
+/// returns the write half shut down. A client that stops reading for longer than the idle
+/// timeout loses the rest.
 async fn write_answers(
     mut writer: OwnedWriteHalf,
-    mut outbox: mpsc::Receiver<Vec<u8>>,
+    mut outbox: mpsc::Receiver<Outgoing>,
     idle_timeout: Duration,
-) {
-    while let Some(framed) = outbox.recv().await {
-        match timeout(idle_timeout, writer.write_all(&framed)).await {
-            Ok(Ok(())) => {}
+) -> OwnedWriteHalf {
+    let mut batch = Vec::with_capacity(WRITE_BATCH_BYTES);
+    // Slots are freed once their answers are written.
+    let mut slots = Vec::with_capacity(PIPELINE_DEPTH);
+    while let Some((framed, slot)) = outbox.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&framed);
+        slots.push(slot);
+        while batch.len() < WRITE_BATCH_BYTES {
+            let Ok((framed, slot)) = outbox.try_recv() else {
+                break;
+            };
+            batch.extend_from_slice(&framed);
+            slots.push(slot);
+        }
+        match timeout(idle_timeout, writer.write_all(&batch)).await {
+            Ok(Ok(())) => slots.clear(),
             Ok(Err(error)) => {
                 tracing::debug!(%error, "TCP client gone before its answer");
-                return;
+                break;
             }
             Err(_) => {
                 tracing::debug!("TCP client not reading its answers; closing");
-                return;
+                break;
             }
         }
     }
+    // Closing the outbox tells the reader to stop, and the query tasks that their answers
+    // have nowhere to go.
+    outbox.close();
     let _ = writer.shutdown().await;
+    writer
+}
+
+async fn discard_until_closed(mut stream: TcpStream) {
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink).await, Ok(read) if read > 0) {}
 }
 
 /// One message read from a connection: the request chain, or FORMERR (recorded) for a message
 /// that does not parse.
-async fn answer(
-    handler: &Handler,
-    message: Vec<u8>,
-    arrival: Arrival,
-    answers: mpsc::Sender<Vec<u8>>,
-) {
+async fn answer(handler: &Handler, message: Vec<u8>, arrival: Arrival, responder: Responder) {
     let formerr = super::formerr_for(&message);
     let request = match Request::from_bytes(message, arrival.client, Protocol::Tcp) {
         Ok(request) => request,
@@ -234,7 +325,7 @@ async fn answer(
             handler.counters().malformed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%error, client = %arrival.client, "malformed query");
             if let Some(formerr) = formerr
-                && answers.send(frame(&formerr)).await.is_ok()
+                && responder.send(&formerr).await.is_ok()
             {
                 let mut record = Vec::with_capacity(1);
                 handler.record_formerr(&arrival, Transport::Tcp, &mut record);
@@ -249,23 +340,30 @@ async fn answer(
         return;
     }
     handler
-        .handle_request::<_, TokioTime>(&request, Responder { answers })
+        .handle_request::<_, TokioTime>(&request, responder)
         .await;
 }
 
-/// A message with its two-byte length in front (RFC 1035 §4.2.2).
-fn frame(message: &[u8]) -> Vec<u8> {
-    let length = u16::try_from(message.len()).unwrap_or(u16::MAX);
-    let mut framed = Vec::with_capacity(message.len() + 2);
-    framed.extend_from_slice(&length.to_be_bytes());
-    framed.extend_from_slice(&message[..usize::from(length)]);
-    framed
-}
-
-/// Hands an answer to its connection's writer.
+/// Hands an answer to its connection's writer, with the query's pipeline slot.
 #[derive(Clone)]
 struct Responder {
-    answers: mpsc::Sender<Vec<u8>>,
+    answers: mpsc::Sender<Outgoing>,
+    slot: Arc<OwnedSemaphorePermit>,
+}
+
+impl Responder {
+    /// Queues `message` with its two-byte length in front (RFC 1035 §4.2.2). An `Err` means
+    /// the connection's writer has gone: the answer is not sent.
+    async fn send(&self, message: &[u8]) -> Result<(), NetError> {
+        let length = u16::try_from(message.len()).unwrap_or(u16::MAX);
+        let mut framed = Vec::with_capacity(message.len() + 2);
+        framed.extend_from_slice(&length.to_be_bytes());
+        framed.extend_from_slice(&message[..usize::from(length)]);
+        self.answers
+            .send((framed, self.slot.clone()))
+            .await
+            .map_err(|_| NetError::from("TCP connection closed before the answer"))
+    }
 }
 
 #[async_trait::async_trait]
@@ -300,10 +398,7 @@ impl ResponseHandler for Responder {
                 ResponseInfo::from(header)
             }
         };
-        self.answers
-            .send(frame(&bytes))
-            .await
-            .map_err(|_| NetError::from("TCP connection closed before the answer"))?;
+        self.send(&bytes).await?;
         Ok(info)
     }
 }
