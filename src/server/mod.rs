@@ -19,9 +19,12 @@ use std::{
 
 use arc_swap::ArcSwap;
 use hickory_proto::{
+    ProtoError,
     op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode},
+    rr::Record,
     serialize::binary::{BinEncodable, BinEncoder},
 };
+use hickory_server::{server::ResponseInfo, zone_handler::MessageResponse};
 use tokio::net::TcpListener;
 
 pub use handler::{Counters, Handler};
@@ -226,4 +229,40 @@ fn formerr_for(message: &[u8]) -> Option<Vec<u8>> {
     let mut bytes = Vec::with_capacity(12);
     header.emit(&mut BinEncoder::new(&mut bytes)).ok()?;
     Some(bytes)
+}
+
+/// Encodes a response in at most `limit` bytes (the encoder sets TC and leaves out what does
+/// not fit). A response that cannot be encoded at all becomes a bare SERVFAIL, as in
+/// hickory-server's own handlers.
+fn encode_response<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    limit: u16,
+) -> Result<(ResponseInfo, Vec<u8>), ProtoError> {
+    let id = response.metadata().id;
+    let op_code = response.metadata().op_code;
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(limit);
+    match response.destructive_emit(&mut encoder) {
+        Ok(info) => Ok((info, bytes)),
+        Err(error) => {
+            tracing::warn!(%error, "cannot encode a response; answering SERVFAIL");
+            bytes.clear();
+            let mut metadata = Metadata::new(id, MessageType::Response, op_code);
+            metadata.response_code = ResponseCode::ServFail;
+            let header = Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            };
+            header.emit(&mut BinEncoder::new(&mut bytes))?;
+            Ok((ResponseInfo::from(header), bytes))
+        }
+    }
 }

@@ -14,11 +14,7 @@ use std::{
     time::Duration,
 };
 
-use hickory_proto::{
-    op::{Header, HeaderCounts, MessageType, Metadata, ResponseCode},
-    rr::Record,
-    serialize::binary::{BinEncodable, BinEncoder},
-};
+use hickory_proto::{op::MessageType, rr::Record};
 use hickory_server::{
     net::{NetError, runtime::TokioTime, xfer::Protocol},
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
@@ -379,25 +375,8 @@ impl ResponseHandler for Responder {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let id = response.metadata().id;
-        let op_code = response.metadata().op_code;
-        let mut bytes = Vec::with_capacity(512);
-        // The encoder's limit is the largest TCP message; past it, TC and what fits.
-        let info = match response.destructive_emit(&mut BinEncoder::new(&mut bytes)) {
-            Ok(info) => info,
-            Err(error) => {
-                tracing::warn!(%error, "cannot encode a response; answering SERVFAIL");
-                bytes.clear();
-                let mut metadata = Metadata::new(id, MessageType::Response, op_code);
-                metadata.response_code = ResponseCode::ServFail;
-                let header = Header {
-                    metadata,
-                    counts: HeaderCounts::default(),
-                };
-                header.emit(&mut BinEncoder::new(&mut bytes))?;
-                ResponseInfo::from(header)
-            }
-        };
+        // The limit is the largest TCP message; past it, TC and what fits.
+        let (info, bytes) = super::encode_response(response, u16::MAX)?;
         self.send(&bytes).await?;
         Ok(info)
     }

@@ -15,11 +15,7 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use hickory_proto::{
-    op::{Header, HeaderCounts, MessageType, Metadata, ResponseCode},
-    rr::Record,
-    serialize::binary::{BinEncodable, BinEncoder},
-};
+use hickory_proto::{op::MessageType, rr::Record};
 use hickory_server::{
     net::{NetError, runtime::TokioTime, xfer::Protocol},
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
@@ -286,26 +282,7 @@ impl ResponseHandler for Responder {
         let limit = response
             .edns()
             .map_or(512, |edns| edns.max_payload().max(512));
-        let id = response.metadata().id;
-        let op_code = response.metadata().op_code;
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(limit);
-        let info = match response.destructive_emit(&mut encoder) {
-            Ok(info) => info,
-            Err(error) => {
-                tracing::warn!(%error, "cannot encode a response; answering SERVFAIL");
-                bytes.clear();
-                let mut metadata = Metadata::new(id, MessageType::Response, op_code);
-                metadata.response_code = ResponseCode::ServFail;
-                let header = Header {
-                    metadata,
-                    counts: HeaderCounts::default(),
-                };
-                header.emit(&mut BinEncoder::new(&mut bytes))?;
-                ResponseInfo::from(header)
-            }
-        };
+        let (info, bytes) = super::encode_response(response, limit)?;
         self.socket.send_waiting(&bytes, self.destination).await?;
         Ok(info)
     }
