@@ -10,7 +10,10 @@
 use std::{
     io,
     net::SocketAddr,
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -27,7 +30,7 @@ use tokio::{
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
-    time::timeout,
+    time::{Instant, timeout},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -85,7 +88,6 @@ impl TcpServer {
             let connection = Connection {
                 handler: handler.clone(),
                 idle_timeout,
-                grace,
                 shutdown: server.shutdown.clone(),
                 queries: server.queries.clone(),
             };
@@ -120,8 +122,6 @@ impl TcpServer {
 struct Connection {
     handler: Arc<Handler>,
     idle_timeout: Duration,
-    /// The longest a query may take (see `workers::in_flight_grace`).
-    grace: Duration,
     shutdown: CancellationToken,
     queries: TaskTracker,
 }
@@ -180,7 +180,8 @@ impl Connection {
         let (reader, writer) = stream.into_split();
         // Room for every slot: sending an answer never waits.
         let (answers, outbox) = mpsc::channel::<Outgoing>(PIPELINE_DEPTH);
-        let writing = write_answers(writer, outbox, self.idle_timeout);
+        let activity = Activity::new();
+        let writing = write_answers(writer, outbox, self.idle_timeout, activity.clone());
         let reading = async move {
             let mut reader = BufReader::new(reader);
             let depth = Arc::new(Semaphore::new(PIPELINE_DEPTH));
@@ -192,26 +193,40 @@ impl Connection {
                         Err(_) => break,
                     },
                 };
-                // Idle means nothing asked and nothing pending: while queries are in hand,
-                // the client waits for us, for as long as a query may take.
-                let idle = depth.available_permits() == PIPELINE_DEPTH - 1;
-                let limit = if idle {
-                    self.idle_timeout
-                } else {
-                    self.idle_timeout + self.grace
+                // Slots other than the one this read holds: queries in hand or answers not
+                // yet written.
+                let in_hand = || depth.available_permits() < PIPELINE_DEPTH - 1;
+                let read = read_message(&mut reader);
+                tokio::pin!(read);
+                let mut deadline = Instant::now() + self.idle_timeout;
+                let message = loop {
+                    tokio::select! {
+                        biased;
+                        () = self.shutdown.cancelled() => break None,
+                        // The writer gave up on this client (it stopped reading): answering
+                        // more of its queries would be work for nothing.
+                        () = answers.closed() => break None,
+                        // Closed, or a read error: stop reading. Queries already read are
+                        // still answered.
+                        read = &mut read => break read.ok().flatten(),
+                        () = tokio::time::sleep_until(deadline) => {
+                            // Idle is no complete message, nothing in hand and nothing written
+                            // for the whole timeout: while we owe answers, the client waits
+                            // for us.
+                            let now = Instant::now();
+                            let quiet_until = activity.last_write() + self.idle_timeout;
+                            if in_hand() {
+                                deadline = now + self.idle_timeout;
+                            } else if quiet_until > now {
+                                deadline = quiet_until;
+                            } else {
+                                break None;
+                            }
+                        }
+                    }
                 };
-                let message = tokio::select! {
-                    biased;
-                    () = self.shutdown.cancelled() => break,
-                    // The writer gave up on this client (it stopped reading): answering more
-                    // of its queries would be work for nothing.
-                    () = answers.closed() => break,
-                    read = timeout(limit, read_message(&mut reader)) => match read {
-                        Ok(Ok(Some(message))) => message,
-                        // Closed, idle too long, or a read error: stop reading. Queries
-                        // already read are still answered.
-                        _ => break,
-                    },
+                let Some(message) = message else {
+                    break;
                 };
                 let arrival = Arrival {
                     client,
@@ -265,6 +280,31 @@ async fn read_message(reader: &mut BufReader<OwnedReadHalf>) -> io::Result<Optio
     Ok(Some(message))
 }
 
+/// When a connection last wrote, for its idle timeout: milliseconds since it opened.
+#[derive(Clone)]
+struct Activity {
+    opened: Instant,
+    last_write_ms: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            last_write_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn wrote(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_write_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last_write(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_write_ms.load(Ordering::Relaxed))
+    }
+}
+
 /// Writes answers in the order they are ready, several to a write when they queue up, and
 /// returns the write half shut down. A client that stops reading for longer than the idle
 /// timeout loses the rest.
@@ -272,6 +312,7 @@ async fn write_answers(
     mut writer: OwnedWriteHalf,
     mut outbox: mpsc::Receiver<Outgoing>,
     idle_timeout: Duration,
+    activity: Activity,
 ) -> OwnedWriteHalf {
     let mut batch = Vec::with_capacity(WRITE_BATCH_BYTES);
     // Slots are freed once their answers are written.
@@ -288,7 +329,10 @@ async fn write_answers(
             slots.push(slot);
         }
         match timeout(idle_timeout, writer.write_all(&batch)).await {
-            Ok(Ok(())) => slots.clear(),
+            Ok(Ok(())) => {
+                activity.wrote();
+                slots.clear();
+            }
             Ok(Err(error)) => {
                 tracing::debug!(%error, "TCP client gone before its answer");
                 break;
