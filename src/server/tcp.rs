@@ -8,12 +8,14 @@
 //! answers and their records).
 
 use std::{
+    future::Future,
     io,
     net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    task::{Context, Waker},
     time::Duration,
 };
 
@@ -237,9 +239,16 @@ impl Connection {
                     answers: answers.clone(),
                     slot,
                 };
-                self.queries.spawn(async move {
+                let mut query = Box::pin(async move {
                     answer(&handler, message, arrival, responder).await;
                 });
+                // Poll once here, as the UDP loop does: blocks and cache hits finish without
+                // a task of their own; a query that must wait becomes one (polled again with
+                // a real waker, which every resource it waits on then registers).
+                let mut context = Context::from_waker(Waker::noop());
+                if query.as_mut().poll(&mut context).is_pending() {
+                    self.queries.spawn(query);
+                }
             }
             // Dropping the last sender here and in the query tasks ends the writer once every
             // query read from this connection has answered.
