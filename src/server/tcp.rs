@@ -52,6 +52,9 @@ const PIPELINE_DEPTH: usize = 64;
 /// delivered (RFC 7766 §6.2.3 wants the server to close gracefully).
 const LINGER: Duration = Duration::from_secs(1);
 
+/// The idle timeout while the server is short of connection slots.
+const IDLE_UNDER_LOAD: Duration = Duration::from_secs(1);
+
 /// How long the connections get, after the queries in flight at a stop have answered, to put
 /// those answers on the wire and close.
 const FLUSH_AT_STOP: Duration = Duration::from_secs(2);
@@ -90,6 +93,8 @@ impl TcpServer {
             let connection = Connection {
                 handler: handler.clone(),
                 idle_timeout,
+                slots: slots.clone(),
+                max_connections,
                 shutdown: server.shutdown.clone(),
                 queries: server.queries.clone(),
             };
@@ -124,6 +129,9 @@ impl TcpServer {
 struct Connection {
     handler: Arc<Handler>,
     idle_timeout: Duration,
+    /// The server's connection slots, to see how busy it is.
+    slots: Arc<Semaphore>,
+    max_connections: usize,
     shutdown: CancellationToken,
     queries: TaskTracker,
 }
@@ -173,6 +181,17 @@ async fn accept(
 type Outgoing = (Vec<u8>, Arc<OwnedSemaphorePermit>);
 
 impl Connection {
+    /// The configured idle timeout, or at most `IDLE_UNDER_LOAD` while fewer than a quarter of
+    /// the connection slots are free: idle connections then make room for new clients
+    /// (RFC 7766 §6.2.3 lets a busy server shorten it, as Unbound does).
+    fn idle_timeout(&self) -> Duration {
+        if self.slots.available_permits() * 4 < self.max_connections {
+            self.idle_timeout.min(IDLE_UNDER_LOAD)
+        } else {
+            self.idle_timeout
+        }
+    }
+
     /// Reads messages until the client closes, stays idle too long, sends something that is
     /// not a DNS message stream, stops reading its answers, or the server stops; answers go
     /// out through one writer. Then closes gracefully.
@@ -200,7 +219,7 @@ impl Connection {
                 let in_hand = || depth.available_permits() < PIPELINE_DEPTH - 1;
                 let read = read_message(&mut reader);
                 tokio::pin!(read);
-                let mut deadline = Instant::now() + self.idle_timeout;
+                let mut deadline = Instant::now() + self.idle_timeout();
                 let message = loop {
                     tokio::select! {
                         biased;
@@ -216,9 +235,9 @@ impl Connection {
                             // for the whole timeout: while we owe answers, the client waits
                             // for us.
                             let now = Instant::now();
-                            let quiet_until = activity.last_write() + self.idle_timeout;
+                            let quiet_until = activity.last_write() + self.idle_timeout();
                             if in_hand() {
-                                deadline = now + self.idle_timeout;
+                                deadline = now + self.idle_timeout();
                             } else if quiet_until > now {
                                 deadline = quiet_until;
                             } else {
