@@ -861,3 +861,77 @@ fn a_failed_resolution_names_the_upstream_and_keeps_a_watched_name_logged() {
     ));
     assert_eq!(logged.len(), 1, "{logged:#?}");
 }
+
+/// `audit search --follow`: the matches so far, then each new match as it is logged, across
+/// segment rotations (4 KiB segments: a few records each), each exactly once and in order.
+#[test]
+fn search_follow_prints_new_matches_as_they_are_logged() {
+    let upstream = Upstream::start();
+    let dnsward = served(&upstream, "[audit]\nsegment_max_bytes = 4096\n");
+    ask(
+        dnsward.addr,
+        Transport::Udp,
+        "www.blocked.test.",
+        RecordType::A,
+    );
+    let mut follower = dnsward_command()
+        .args([
+            "audit",
+            "search",
+            "--follow",
+            "--json",
+            "--decision",
+            "blocked",
+        ])
+        .arg("--config")
+        .arg(dnsward.config_path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (lines, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || -> Value {
+        let line = printed
+            .recv_timeout(IO_GUARD)
+            .expect("the follower printed the next match");
+        serde_json::from_str(&line).unwrap()
+    };
+    assert_eq!(next()["qname"], "www.blocked.test.");
+    let mut expected = Vec::new();
+    for index in 0..15 {
+        let name = format!("b{index}.blocked.test.");
+        ask(dnsward.addr, Transport::Udp, &name, RecordType::A);
+        ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
+        expected.push(name);
+    }
+    let followed: Vec<String> = (0..expected.len())
+        .map(|_| {
+            let record = next();
+            assert_eq!(record["decision"], "blocked", "{record}");
+            record["qname"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(followed, expected);
+    assert!(
+        segments(&audit_dir(&dnsward)).len() > 3,
+        "the log rotated while followed"
+    );
+    // Nothing else: the next line is the next blocked query's.
+    ask(
+        dnsward.addr,
+        Transport::Udp,
+        "last.blocked.test.",
+        RecordType::A,
+    );
+    assert_eq!(next()["qname"], "last.blocked.test.");
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+}

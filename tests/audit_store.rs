@@ -962,6 +962,7 @@ fn search_filters_and_formats() {
                 decision: Some("blocked".into()),
                 list: None,
                 limit: Some(3),
+                follow: false,
                 json,
                 csv,
             },

@@ -23,6 +23,7 @@ pub enum AuditCommand {
     #[command(after_help = "Examples:\n  \
         dnsward audit search --since 2h --decision blocked\n  \
         dnsward audit search --domain binance.com --client 192.168.1.0/24 --json\n  \
+        dnsward audit search --follow --decision blocked\n  \
         dnsward audit search --from 2025-01-31T00:00:00Z --to 2025-02-01T00:00:00Z --csv --limit 100")]
     Search {
         #[command(flatten)]
@@ -47,6 +48,10 @@ pub enum AuditCommand {
         /// Stop after this many records.
         #[arg(long, allow_negative_numbers = true)]
         limit: Option<usize>,
+        /// After the matches so far, print each new match as it is logged, until stopped
+        /// (Ctrl-C).
+        #[arg(long, short, conflicts_with_all = ["limit", "to"])]
+        follow: bool,
         /// Print the stored JSON lines (chain members included).
         #[arg(long, conflicts_with = "csv")]
         json: bool,
@@ -176,6 +181,7 @@ pub fn run(
             decision,
             list,
             limit,
+            follow,
             json,
             csv,
         } => {
@@ -199,7 +205,12 @@ pub fn run(
                 (_, true) => OutputFormat::Csv,
                 _ => OutputFormat::Table,
             };
-            query::write_hits(query::search(pick(&dir, audit_dir), &filter)?, format, out)?;
+            let dir = pick(&dir, audit_dir);
+            if follow {
+                super::follow::follow(dir, &filter, format, out)?;
+            } else {
+                query::write_hits(query::search(dir, &filter)?, format, out)?;
+            }
             Ok(true)
         }
         AuditCommand::Summary { dir, range, json } => {
@@ -320,5 +331,18 @@ mod tests {
         ));
         assert!(Probe::try_parse_from(["audit", "verify", "--pubkey", "k.pub", "dir"]).is_ok());
         assert!(Probe::try_parse_from(["audit", "search", "--json", "--csv"]).is_err());
+        // Following has no end: no limit, no end time.
+        assert!(Probe::try_parse_from(["audit", "search", "-f", "--since", "1h"]).is_ok());
+        assert!(Probe::try_parse_from(["audit", "search", "--follow", "--limit", "5"]).is_err());
+        assert!(
+            Probe::try_parse_from([
+                "audit",
+                "search",
+                "--follow",
+                "--to",
+                "2026-01-01T00:00:00Z"
+            ])
+            .is_err()
+        );
     }
 }

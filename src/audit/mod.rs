@@ -11,11 +11,13 @@
 //! - `writer`: `AuditLog::open` → `AuditHandle` (query path, never blocks) + `AuditWriter` (thread).
 //! - `verify`: chain and signature verification of a directory or an export file.
 //! - `query`: streaming `search`, `summary` and `export`.
+//! - `follow`: `search --follow`, the search and then each new matching record.
 //! - `cli`: the `dnsward audit …` subcommands.
 //!
 //! The byte format is specified in `src/audit/FORMAT.md`.
 
 pub mod cli;
+pub mod follow;
 mod json;
 pub mod keys;
 pub mod query;

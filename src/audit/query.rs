@@ -415,6 +415,18 @@ struct Compiled<'f> {
     range: RangeBytes,
 }
 
+impl Filter {
+    /// Whether a parsed record passes every set criterion (query records only; `limit` is the
+    /// caller's business).
+    pub fn matches(&self, record: &Record) -> bool {
+        Compiled {
+            filter: self,
+            range: RangeBytes::new(&self.range),
+        }
+        .record(record)
+    }
+}
+
 impl Compiled<'_> {
     fn quick(&self, q: &Quick<'_>) -> bool {
         let f = self.filter;
@@ -1412,87 +1424,131 @@ pub fn write_hits(
     format: OutputFormat,
     out: &mut dyn Write,
 ) -> Result<u64, AuditError> {
-    let mut count = 0;
-    match format {
-        OutputFormat::Jsonl => {
-            for hit in hits {
-                out.write_all(&hit?.line).map_err(AuditError::Output)?;
-                out.write_all(b"\n").map_err(AuditError::Output)?;
-                count += 1;
-            }
-        }
-        OutputFormat::Csv => {
-            writeln!(out, "{CSV_COLUMNS}").map_err(AuditError::Output)?;
-            let mut row = String::new();
-            for hit in hits {
-                row.clear();
-                csv_row(&hit?.line, None, &mut row);
-                writeln!(out, "{row}").map_err(AuditError::Output)?;
-                count += 1;
-            }
-        }
-        OutputFormat::Table => {
-            const TITLES: [&str; 9] = [
-                "TIME", "CLIENT", "QNAME", "QTYPE", "DECISION", "LIST", "RULE", "RCODE", "ANSWER",
-            ];
-            let cells = |hit: &Hit| -> [String; 9] {
-                let Entry::Query(q) = &hit.record.entry else {
-                    return Default::default();
-                };
-                let (list, rule) = q
-                    .rule
-                    .as_ref()
-                    .map(|r| (r.list.clone(), format!("{}:{} {}", r.file, r.line, r.rule)))
-                    .unwrap_or_default();
-                [
-                    hit.record.time.to_string(),
-                    q.client.clone(),
-                    q.qname.clone(),
-                    q.qtype.clone(),
-                    q.decision.as_str().to_owned(),
-                    list,
-                    rule,
-                    q.rcode.clone(),
-                    q.answer.clone(),
-                ]
-            };
-            let mut hits = hits.peekable();
-            let mut block = Vec::new();
-            while block.len() < TABLE_BLOCK {
-                match hits.next() {
-                    Some(hit) => block.push(cells(&hit?)),
-                    None => break,
-                }
-            }
-            let mut widths = TITLES.map(str::len);
-            for row in &block {
-                for (w, cell) in widths.iter_mut().zip(row) {
-                    *w = (*w).max(cell.chars().count());
-                }
-            }
-            let mut print = |row: &[String]| -> Result<(), AuditError> {
-                let mut text = String::new();
-                for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-                    if i + 1 == row.len() {
-                        text.push_str(cell);
-                    } else {
-                        text.push_str(&format!("{cell:<w$}  "));
-                    }
-                }
-                writeln!(out, "{}", text.trim_end()).map_err(AuditError::Output)
-            };
-            print(&TITLES.map(str::to_owned))?;
-            for row in &block {
-                print(row)?;
-                count += 1;
-            }
-            for hit in hits {
-                print(&cells(&hit?))?;
-                count += 1;
-            }
+    let mut writer = HitWriter::new(format);
+    writer.write(hits, out)?;
+    Ok(writer.count)
+}
+
+const TITLES: [&str; 9] = [
+    "TIME", "CLIENT", "QNAME", "QTYPE", "DECISION", "LIST", "RULE", "RCODE", "ANSWER",
+];
+
+/// Writes search results in one format over one or more calls (`search --follow` writes the
+/// search, then each new record): the CSV header once, the table's header once with columns
+/// sized by its first block of rows.
+#[derive(Debug)]
+pub struct HitWriter {
+    format: OutputFormat,
+    /// Table column widths, once the header is out (CSV: `Some` once the header is out).
+    widths: Option<[usize; 9]>,
+    /// Hits written so far.
+    pub count: u64,
+}
+
+impl HitWriter {
+    pub fn new(format: OutputFormat) -> Self {
+        Self {
+            format,
+            widths: None,
+            count: 0,
         }
     }
-    Ok(count)
+
+    pub fn write(
+        &mut self,
+        hits: impl Iterator<Item = Result<Hit, AuditError>>,
+        out: &mut dyn Write,
+    ) -> Result<(), AuditError> {
+        match self.format {
+            OutputFormat::Jsonl => {
+                for hit in hits {
+                    out.write_all(&hit?.line).map_err(AuditError::Output)?;
+                    out.write_all(b"\n").map_err(AuditError::Output)?;
+                    self.count += 1;
+                }
+            }
+            OutputFormat::Csv => {
+                if self.widths.is_none() {
+                    writeln!(out, "{CSV_COLUMNS}").map_err(AuditError::Output)?;
+                    self.widths = Some([0; 9]);
+                }
+                let mut row = String::new();
+                for hit in hits {
+                    row.clear();
+                    csv_row(&hit?.line, None, &mut row);
+                    writeln!(out, "{row}").map_err(AuditError::Output)?;
+                    self.count += 1;
+                }
+            }
+            OutputFormat::Table => {
+                let mut hits = hits;
+                let widths = match self.widths {
+                    Some(widths) => widths,
+                    None => {
+                        let mut block = Vec::new();
+                        while block.len() < TABLE_BLOCK {
+                            match hits.next() {
+                                Some(hit) => block.push(table_cells(&hit?)),
+                                None => break,
+                            }
+                        }
+                        let mut widths = TITLES.map(str::len);
+                        for row in &block {
+                            for (w, cell) in widths.iter_mut().zip(row) {
+                                *w = (*w).max(cell.chars().count());
+                            }
+                        }
+                        self.widths = Some(widths);
+                        table_row(&TITLES.map(str::to_owned), &widths, out)?;
+                        for row in &block {
+                            table_row(row, &widths, out)?;
+                            self.count += 1;
+                        }
+                        widths
+                    }
+                };
+                for hit in hits {
+                    table_row(&table_cells(&hit?), &widths, out)?;
+                    self.count += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn table_cells(hit: &Hit) -> [String; 9] {
+    let Entry::Query(q) = &hit.record.entry else {
+        return Default::default();
+    };
+    let (list, rule) = q
+        .rule
+        .as_ref()
+        .map(|r| (r.list.clone(), format!("{}:{} {}", r.file, r.line, r.rule)))
+        .unwrap_or_default();
+    [
+        hit.record.time.to_string(),
+        q.client.clone(),
+        q.qname.clone(),
+        q.qtype.clone(),
+        q.decision.as_str().to_owned(),
+        list,
+        rule,
+        q.rcode.clone(),
+        q.answer.clone(),
+    ]
+}
+
+fn table_row(row: &[String], widths: &[usize; 9], out: &mut dyn Write) -> Result<(), AuditError> {
+    let mut text = String::new();
+    for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+        if i + 1 == row.len() {
+            text.push_str(cell);
+        } else {
+            text.push_str(&format!("{cell:<w$}  "));
+        }
+    }
+    writeln!(out, "{}", text.trim_end()).map_err(AuditError::Output)
 }
 
 #[cfg(test)]
