@@ -3,12 +3,15 @@
 //! stopped.
 //!
 //! The log is append-only: new records are new lines at the end of the newest segment, or a new
-//! segment after it. The follower remembers where the log ended before the search began, and
-//! from there reads whole lines as they appear; a record the search already printed (written
-//! while it ran) is recognised by its sequence number and not printed twice.
+//! segment after it. The follower notes where the log ends before the search begins (the
+//! newest segment, the byte after its last whole line, and that line's seq); the search prints
+//! the matches up to that seq, and the follower every whole line after that byte as it
+//! appears. A segment cut back after a failed write (the writer's recovery) is read on from
+//! its new end; one replaced under the same name, from its start.
 
 use std::{
     io::{Read, Seek, SeekFrom, Write},
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -16,7 +19,7 @@ use std::{
 use super::{
     AuditError,
     query::{Filter, Hit, HitWriter, OutputFormat, search},
-    segment::{self, Record},
+    segment::{self, Header, Record},
 };
 
 /// How often the newest segment is looked at when nothing new was found.
@@ -26,6 +29,13 @@ const POLL: Duration = Duration::from_millis(200);
 /// whole lines; a longer torn tail is a crash's, and is skipped like one).
 const TAIL_WINDOW: u64 = 256 * 1024;
 
+/// A segment header line is shorter than this.
+const HEADER_MAX: usize = 4096;
+
+/// Most bytes read from a segment at a time, so a follower that fell behind (a slow pipe)
+/// does not hold a whole segment in memory.
+const READ_CHUNK: u64 = 4 << 20;
+
 /// Runs the search, then follows the log forever, writing each match to `out` (flushed per
 /// batch). Returns only on an error (the output closed, the log unreadable).
 pub fn follow(
@@ -34,47 +44,36 @@ pub fn follow(
     format: OutputFormat,
     out: &mut dyn Write,
 ) -> Result<(), AuditError> {
-    // Before the search: records written while it runs are read again, and recognised.
-    let mut tail = Tail::at_end(dir)?;
-    let mut writer = HitWriter::new(format);
-    let mut last_seq = 0;
+    let (mut tail, end_seq) = Tail::at_end(dir)?;
+    let mut writer = HitWriter::new(format).following();
     writer.write(
-        search(dir, filter)?.inspect(|hit| {
-            if let Ok(hit) = hit {
-                last_seq = last_seq.max(hit.record.seq);
-            }
-        }),
+        search(dir, filter)?
+            .filter(|hit| hit.as_ref().map_or(true, |hit| hit.record.seq <= end_seq)),
         out,
     )?;
     out.flush().map_err(AuditError::Output)?;
     loop {
-        // Looked for before reading: a segment after this one means this one was complete
-        // before the read, so the read below takes the rest of it.
-        let later = tail.later_segment(dir)?;
-        let lines = tail.read_new()?;
-        let found = !lines.is_empty();
-        let mut hits = Vec::new();
-        for line in lines {
-            // A line that does not parse is `verify`'s business, as in `search`.
-            let Ok(record) = Record::parse(&line) else {
+        let mut lines = tail.read_new()?;
+        if lines.is_empty() {
+            let Some(later) = tail.later_segment(dir)? else {
+                std::thread::sleep(POLL);
                 continue;
             };
-            if record.seq <= last_seq {
-                continue;
-            }
-            last_seq = record.seq;
-            if filter.matches(&record) {
-                hits.push(Ok(Hit { line, record }));
-            }
+            // A segment after this one: this one was complete before the look, so one more
+            // read takes the rest of it.
+            lines = tail.read_new()?;
+            tail.move_to(later);
         }
+        let hits: Vec<_> = lines
+            .into_iter()
+            // A line that does not parse is `verify`'s business, as in `search`.
+            .filter_map(|line| Some((Record::parse(&line).ok()?, line)))
+            .filter(|(record, _)| filter.matches(record))
+            .map(|(record, line)| Ok(Hit { line, record }))
+            .collect();
         if !hits.is_empty() {
             writer.write(hits.into_iter(), out)?;
             out.flush().map_err(AuditError::Output)?;
-        }
-        match later {
-            Some(path) => tail.move_to(path),
-            None if !found => std::thread::sleep(POLL),
-            None => {}
         }
     }
 }
@@ -83,11 +82,16 @@ pub fn follow(
 struct Tail {
     path: PathBuf,
     offset: u64,
+    /// The segment's header line (with its newline), once read: a segment replaced under the
+    /// same name (the writer's recovery removes an emptied one and starts it again; the file
+    /// may even get the same inode) has another header, and is read from its start.
+    header: Vec<u8>,
 }
 
 impl Tail {
-    /// After the last whole line of the newest segment.
-    fn at_end(dir: &Path) -> Result<Self, AuditError> {
+    /// After the last whole line of the newest segment, with that line's seq (the header's
+    /// `first_seq - 1` when the segment has no record yet).
+    fn at_end(dir: &Path) -> Result<(Self, u64), AuditError> {
         let segments = segment::existing_segments(dir)?;
         // `existing_segments` refuses an empty directory, so there is a last one.
         let path = segments
@@ -95,8 +99,8 @@ impl Tail {
             .map(|segment| segment.path.clone())
             .unwrap_or_default();
         let mut file = std::fs::File::open(&path).map_err(AuditError::io(&path))?;
-        let length = file.metadata().map_err(AuditError::io(&path))?.len();
-        let from = length.saturating_sub(TAIL_WINDOW);
+        let metadata = file.metadata().map_err(AuditError::io(&path))?;
+        let from = metadata.len().saturating_sub(TAIL_WINDOW);
         file.seek(SeekFrom::Start(from))
             .map_err(AuditError::io(&path))?;
         let mut window = Vec::new();
@@ -105,31 +109,59 @@ impl Tail {
         let whole = window
             .iter()
             .rposition(|&byte| byte == b'\n')
-            .map_or(0, |at| at as u64 + 1);
-        Ok(Self {
+            .map_or(0, |at| at + 1);
+        let last_line = window[..whole.saturating_sub(1)]
+            .rsplit(|&byte| byte == b'\n')
+            .next()
+            .unwrap_or_default();
+        // Unknown (no whole line in the window): the search prints everything, the follower
+        // what comes after; a record written meanwhile may then show twice, none is missed.
+        let end_seq = Record::parse(last_line)
+            .map(|record| record.seq)
+            .ok()
+            .or_else(|| Header::parse(last_line).map(|header| header.first_seq.saturating_sub(1)))
+            .unwrap_or(u64::MAX);
+        let mut tail = Self {
             path,
-            offset: from + whole,
-        })
+            offset: from + whole as u64,
+            header: Vec::new(),
+        };
+        tail.header = tail.read_header(&file);
+        Ok((tail, end_seq))
     }
 
-    /// The whole record lines written since the last call (none while a line is still torn).
-    /// A segment that retention removed meanwhile has nothing more.
+    /// The whole record lines written since the last call (none while a line is still torn),
+    /// at most `READ_CHUNK` bytes of them. A segment that retention removed meanwhile has
+    /// nothing more.
     fn read_new(&mut self) -> Result<Vec<Vec<u8>>, AuditError> {
         let mut file = match std::fs::File::open(&self.path) {
             Ok(file) => file,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(error) => return Err(AuditError::io(&self.path)(error)),
         };
+        let metadata = file.metadata().map_err(AuditError::io(&self.path))?;
+        if self.offset > 0 && self.read_header(&file) != self.header {
+            self.offset = 0;
+        } else if metadata.len() < self.offset {
+            // Cut back to its last complete write after a failed one: the lines past that
+            // were withdrawn, and the log goes on in a new segment.
+            self.offset = metadata.len();
+        }
         file.seek(SeekFrom::Start(self.offset))
             .map_err(AuditError::io(&self.path))?;
         let mut data = Vec::new();
-        file.read_to_end(&mut data)
+        file.take(READ_CHUNK)
+            .read_to_end(&mut data)
             .map_err(AuditError::io(&self.path))?;
         let Some(end) = data.iter().rposition(|&byte| byte == b'\n') else {
             return Ok(Vec::new());
         };
         let at_start = self.offset == 0;
         self.offset += end as u64 + 1;
+        if at_start {
+            self.header =
+                data[..data.iter().position(|&byte| byte == b'\n').unwrap_or(end) + 1].to_vec();
+        }
         Ok(data[..end]
             .split(|&byte| byte == b'\n')
             // A segment's first line is its header, not a record.
@@ -141,7 +173,9 @@ impl Tail {
 
     /// The segment after this one, if the writer has started it.
     fn later_segment(&self, dir: &Path) -> Result<Option<PathBuf>, AuditError> {
-        Ok(segment::existing_segments(dir)?
+        // Not `existing_segments`: during a restart's recovery the directory may be empty for
+        // a moment, which is not the end of the log.
+        Ok(segment::list_segments(dir)?
             .into_iter()
             .map(|segment| segment.path)
             .find(|path| *path > self.path))
@@ -151,5 +185,187 @@ impl Tail {
     fn move_to(&mut self, path: PathBuf) {
         self.path = path;
         self.offset = 0;
+        self.header.clear();
+    }
+
+    /// The first line of `file` with its newline (empty if it has no whole first line).
+    fn read_header(&self, file: &std::fs::File) -> Vec<u8> {
+        let mut start = vec![0u8; HEADER_MAX];
+        let read = file.read_at(&mut start, 0).unwrap_or(0);
+        start.truncate(read);
+        match start.iter().position(|&byte| byte == b'\n') {
+            Some(end) => {
+                start.truncate(end + 1);
+                start
+            }
+            None => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Arc, Mutex},
+        time::Instant,
+    };
+
+    use super::*;
+    use crate::audit::{
+        record::{Decision, Entry, QueryEntry, Timestamp},
+        segment::{GENESIS, Hash, HeaderKind, encode_record, segment_name},
+    };
+
+    fn query(name: &str) -> Entry {
+        Entry::Query(QueryEntry {
+            generation: 1,
+            client: "192.0.2.1:5353".into(),
+            transport: "udp".into(),
+            qname: name.into(),
+            qtype: "A".into(),
+            qclass: "IN".into(),
+            decision: Decision::Blocked,
+            rule: None,
+            action: None,
+            rcode: "NXDOMAIN".into(),
+            answer: String::new(),
+            ede: None,
+            source: "local".into(),
+            latency_us: 1,
+        })
+    }
+
+    /// A segment file: header, then the named records from `first_seq` on.
+    fn segment(first_seq: u64, prev: &mut Hash, entries: &[Entry]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        Header::new(HeaderKind::Segment, first_seq, prev, "i1")
+            .encode(&mut bytes)
+            .unwrap();
+        for (seq, entry) in (first_seq..).zip(entries) {
+            *prev = encode_record(&mut bytes, seq, prev, Timestamp::now(), "i1", entry).unwrap();
+        }
+        bytes
+    }
+
+    /// What a follower thread printed, shared with the test.
+    #[derive(Clone, Default)]
+    struct Printed(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Printed {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Printed {
+        fn names(&self) -> Vec<String> {
+            String::from_utf8(self.0.lock().unwrap().clone())
+                .unwrap()
+                .lines()
+                .map(|line| {
+                    let record: serde_json::Value = serde_json::from_str(line).unwrap();
+                    record["qname"].as_str().unwrap().to_owned()
+                })
+                .collect()
+        }
+
+        /// Waits until the follower has printed exactly `names`.
+        fn wait_for(&self, names: &[&str]) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.names() != names {
+                assert!(Instant::now() < deadline, "printed {:?}", self.names());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn start(dir: &Path) -> Printed {
+        let printed = Printed::default();
+        let mut out = printed.clone();
+        let dir = dir.to_owned();
+        std::thread::spawn(move || follow(&dir, &Filter::default(), OutputFormat::Jsonl, &mut out));
+        printed
+    }
+
+    fn append(path: &Path, bytes: &[u8]) {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+    }
+
+    /// A failed write leaves whole lines that the writer then cuts off (`set_len`); the log
+    /// goes on in a new segment that reuses their seqs. The new records are printed too.
+    #[test]
+    fn a_cut_back_segment_and_reused_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join(segment_name(1));
+        let mut head = GENESIS;
+        let bytes = segment(1, &mut head, &[query("a."), query("b.")]);
+        std::fs::write(&first, &bytes).unwrap();
+        let printed = start(dir.path());
+        printed.wait_for(&["a.", "b."]);
+        let kept = head;
+        let mut lost = Vec::new();
+        for (seq, name) in [(3, "lost3."), (4, "lost4.")] {
+            head =
+                encode_record(&mut lost, seq, &head, Timestamp::now(), "i1", &query(name)).unwrap();
+        }
+        lost.extend_from_slice(b"{\"seq\":5,\"ti");
+        append(&first, &lost);
+        printed.wait_for(&["a.", "b.", "lost3.", "lost4."]);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .unwrap()
+            .set_len(bytes.len() as u64)
+            .unwrap();
+        let mut head = kept;
+        let next = segment(
+            3,
+            &mut head,
+            &[query("new3."), query("new4."), query("new5.")],
+        );
+        std::fs::write(dir.path().join(segment_name(3)), next).unwrap();
+        printed.wait_for(&["a.", "b.", "lost3.", "lost4.", "new3.", "new4.", "new5."]);
+    }
+
+    /// A new segment whose first write fails is emptied, removed and started again under the
+    /// same name: the follower reads the new file from its start.
+    #[test]
+    fn a_segment_started_again_under_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut head = GENESIS;
+        let bytes = segment(1, &mut head, &[query("a."), query("b.")]);
+        std::fs::write(dir.path().join(segment_name(1)), bytes).unwrap();
+        let printed = start(dir.path());
+        printed.wait_for(&["a.", "b."]);
+        let kept = head;
+        let again = dir.path().join(segment_name(3));
+        std::fs::write(
+            &again,
+            segment(3, &mut head, &[query("lost3."), query("lost4.")]),
+        )
+        .unwrap();
+        printed.wait_for(&["a.", "b.", "lost3.", "lost4."]);
+        std::fs::remove_file(&again).unwrap();
+        let mut head = kept;
+        let gap = Entry::Gap {
+            dropped: 2,
+            first: Timestamp::now(),
+            last: Timestamp::now(),
+        };
+        std::fs::write(
+            &again,
+            segment(3, &mut head, &[gap, query("new4."), query("new5.")]),
+        )
+        .unwrap();
+        printed.wait_for(&["a.", "b.", "lost3.", "lost4.", "new4.", "new5."]);
     }
 }

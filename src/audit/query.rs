@@ -1441,6 +1441,8 @@ pub struct HitWriter {
     format: OutputFormat,
     /// Table column widths, once the header is out (CSV: `Some` once the header is out).
     widths: Option<[usize; 9]>,
+    /// Narrowest table columns.
+    min_widths: [usize; 9],
     /// Hits written so far.
     pub count: u64,
 }
@@ -1450,8 +1452,17 @@ impl HitWriter {
         Self {
             format,
             widths: None,
+            min_widths: TITLES.map(str::len),
             count: 0,
         }
+    }
+
+    /// For rows that come later (`--follow`): table columns at least as wide as typical
+    /// values, so they line up even when the first block was empty or narrow.
+    pub fn following(mut self) -> Self {
+        // Time, `[v6]:port` of a /48, a long name, type, decision, list, rule, rcode.
+        self.min_widths = [27, 21, 40, 5, 8, 12, 40, 8, 0];
+        self
     }
 
     pub fn write(
@@ -1492,7 +1503,7 @@ impl HitWriter {
                                 None => break,
                             }
                         }
-                        let mut widths = TITLES.map(str::len);
+                        let mut widths = self.min_widths;
                         for row in &block {
                             for (w, cell) in widths.iter_mut().zip(row) {
                                 *w = (*w).max(cell.chars().count());
