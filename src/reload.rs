@@ -320,6 +320,9 @@ fn restart_needed(current: &Config, next: &Config) -> Vec<&'static str> {
     if current.server.tcp_max_connections != next.server.tcp_max_connections {
         settings.push("server.tcp_max_connections");
     }
+    if current.server.tcp_max_connections_per_client != next.server.tcp_max_connections_per_client {
+        settings.push("server.tcp_max_connections_per_client");
+    }
     if current.cache != next.cache {
         settings.push("cache");
     }

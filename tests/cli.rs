@@ -95,6 +95,10 @@ fn bad_values_name_their_line() {
             "tcp_max_connections = 0",
             " server.tcp_max_connections: must be at least 1",
         ),
+        (
+            "tcp_max_connections_per_client = 0",
+            " server.tcp_max_connections_per_client: must be at least 1",
+        ),
     ];
     for (line, reason) in cases {
         let config = format!(

@@ -787,3 +787,35 @@ fn a_closing_tcp_connection_delivers_its_answers() {
     ids.sort_unstable();
     assert_eq!(answered, ids);
 }
+
+/// `tcp_max_connections_per_client`: one client address cannot hold more; its next
+/// connection is closed at once, while another client is still served.
+#[test]
+fn tcp_connections_per_client_are_limited() {
+    let upstream = Upstream::start();
+    let config = config_text_with_server(
+        &[upstream.addr],
+        "tcp_max_connections_per_client = 1",
+        STANDARD_LIST_TABLES,
+    );
+    let dnsward = Dnsward::start(&config, STANDARD_LISTS);
+    let (_, query) = build_query("www.test.", RecordType::A, &Ask::default());
+    let first = std::net::TcpStream::connect(dnsward.addr).unwrap();
+    tcp_exchange(first.try_clone().unwrap(), &query);
+    let second = std::net::TcpStream::connect(dnsward.addr).unwrap();
+    let refused = try_tcp_exchange(second, &query, IO_GUARD);
+    assert!(
+        refused.is_err(),
+        "the second connection is closed: {refused:?}"
+    );
+    // Another address is another client.
+    let reply = exchange_raw(
+        dnsward.addr,
+        Transport::Tcp,
+        "127.0.0.2".parse().unwrap(),
+        &query,
+    );
+    let reply = hickory_proto::op::Message::from_vec(&reply).unwrap();
+    assert_eq!(rdata_of(&reply, RecordType::A), ["192.0.2.10"]);
+    drop(first);
+}

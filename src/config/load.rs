@@ -82,6 +82,7 @@ pub struct ServerConfig {
     pub udp_payload_max: u16,
     pub tcp_idle_timeout: Duration,
     pub tcp_max_connections: usize,
+    pub tcp_max_connections_per_client: usize,
     /// `server.threads` with 0 resolved to the number of cores.
     pub threads: usize,
 }
@@ -166,6 +167,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         return Err(invalid(
             0..0,
             "server.tcp_max_connections".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    if file.server.tcp_max_connections_per_client == 0 {
+        return Err(invalid(
+            0..0,
+            "server.tcp_max_connections_per_client".into(),
             "must be at least 1".into(),
         ));
     }
@@ -305,6 +313,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             udp_payload_max: file.server.udp_payload_max,
             tcp_idle_timeout: Duration::from_secs(file.server.tcp_idle_timeout_secs.max(1)),
             tcp_max_connections: file.server.tcp_max_connections,
+            tcp_max_connections_per_client: file.server.tcp_max_connections_per_client,
             threads: match file.server.threads {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 threads => threads,

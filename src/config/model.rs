@@ -54,6 +54,10 @@ pub struct ServerSection {
     /// `tcp-clients` is 150, PowerDNS Recursor's `max-tcp-clients` 128); further connections
     /// wait in the listen backlog until one closes.
     pub tcp_max_connections: usize,
+    /// TCP connections one client address may hold at once. Default 32 (PowerDNS Recursor's
+    /// `max-tcp-per-client` is off by default, Unbound limits per netblock): one client cannot
+    /// take every slot; past it, a new connection is closed at once.
+    pub tcp_max_connections_per_client: usize,
     /// Threads that answer queries: one UDP receive loop each (an SO_REUSEPORT socket per
     /// listen address), and as many runtime workers for TCP, reloads and recursion. Default 0:
     /// one per core. Fewer leaves cores to other work on a shared machine.
@@ -72,6 +76,7 @@ impl Default for ServerSection {
             data_dir: "data".to_owned(),
             tcp_idle_timeout_secs: 10,
             tcp_max_connections: 256,
+            tcp_max_connections_per_client: 32,
             threads: 0,
         }
     }

@@ -81,9 +81,11 @@ pub struct Counters {
     /// or blocks.
     pub fast_answers: AtomicU64,
     pub upstream_errors: AtomicU64,
-    /// Queries we could parse but not serve (no question, several questions, bad opcode, bad
-    /// EDNS version). Packets that do not parse at all are answered FORMERR by hickory-server.
+    /// Messages we could not serve: not parsable (answered FORMERR), no question, several
+    /// questions, bad opcode, bad EDNS version, or a response sent to us.
     pub malformed: AtomicU64,
+    /// TCP connections closed at once because their client held its share already.
+    pub tcp_refused: AtomicU64,
 }
 
 impl Counters {
@@ -99,6 +101,7 @@ impl Counters {
             fast_answers = get(&self.fast_answers),
             upstream_errors = get(&self.upstream_errors),
             malformed = get(&self.malformed),
+            tcp_refused = get(&self.tcp_refused),
             "{message}"
         );
     }

@@ -132,6 +132,7 @@ pub async fn start(
         &handler,
         config.server.tcp_idle_timeout,
         config.server.tcp_max_connections,
+        config.server.tcp_max_connections_per_client,
         grace,
     );
     Ok(Running {

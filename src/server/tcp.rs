@@ -8,11 +8,12 @@
 //! answers and their records).
 
 use std::{
+    collections::HashMap,
     future::Future,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Waker},
@@ -74,12 +75,14 @@ pub struct TcpServer {
 
 impl TcpServer {
     /// Starts an accept loop for each listener on the current runtime; at most
-    /// `max_connections` connections are served at once, over all of them.
+    /// `max_connections` connections are served at once, over all of them, and at most
+    /// `max_per_client` of them from one client address.
     pub fn start(
         listeners: Vec<TcpListener>,
         handler: &Arc<Handler>,
         idle_timeout: Duration,
         max_connections: usize,
+        max_per_client: usize,
         grace: Duration,
     ) -> Self {
         let server = Self {
@@ -89,12 +92,17 @@ impl TcpServer {
             grace,
         };
         let slots = Arc::new(Semaphore::new(max_connections));
+        let per_client = Arc::new(PerClient {
+            limit: max_per_client,
+            open: Mutex::new(HashMap::new()),
+        });
         for listener in listeners {
             let connection = Connection {
                 handler: handler.clone(),
                 idle_timeout,
                 slots: slots.clone(),
                 max_connections,
+                per_client: per_client.clone(),
                 shutdown: server.shutdown.clone(),
                 queries: server.queries.clone(),
             };
@@ -132,6 +140,7 @@ struct Connection {
     /// The server's connection slots, to see how busy it is.
     slots: Arc<Semaphore>,
     max_connections: usize,
+    per_client: Arc<PerClient>,
     shutdown: CancellationToken,
     queries: TaskTracker,
 }
@@ -157,9 +166,21 @@ async fn accept(
         };
         match accepted {
             Ok((stream, client)) => {
+                // One client may not take every slot: past its share, the connection is
+                // closed at once (and the slot goes back).
+                let Some(share) = ClientShare::take(&connection.per_client, client.ip()) else {
+                    connection
+                        .handler
+                        .counters()
+                        .tcp_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%client, "TCP connections per client at the limit; closed");
+                    continue;
+                };
                 let connection = connection.clone();
                 connections.spawn(async move {
                     connection.serve(stream, client).await;
+                    drop(share);
                     drop(slot);
                 });
             }
@@ -171,6 +192,53 @@ async fn accept(
                     () = connection.shutdown.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
+            }
+        }
+    }
+}
+
+/// Open connections per client address, against `tcp_max_connections_per_client`. A lock,
+/// but taken only when a connection opens or closes, never per query.
+struct PerClient {
+    limit: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection of a client, counted until dropped.
+struct ClientShare {
+    per_client: Arc<PerClient>,
+    client: IpAddr,
+}
+
+impl ClientShare {
+    fn take(per_client: &Arc<PerClient>, client: IpAddr) -> Option<Self> {
+        let mut open = per_client
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(client).or_insert(0);
+        if *count >= per_client.limit {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            per_client: per_client.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for ClientShare {
+    fn drop(&mut self) {
+        let mut open = self
+            .per_client
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.client);
             }
         }
     }
