@@ -798,7 +798,7 @@ fn tcp_connections_per_client_are_limited() {
         "tcp_max_connections_per_client = 1",
         STANDARD_LIST_TABLES,
     );
-    let dnsward = Dnsward::start(&config, STANDARD_LISTS);
+    let mut dnsward = Dnsward::start(&config, STANDARD_LISTS);
     let (_, query) = build_query("www.test.", RecordType::A, &Ask::default());
     let first = std::net::TcpStream::connect(dnsward.addr).unwrap();
     tcp_exchange(first.try_clone().unwrap(), &query);
@@ -818,4 +818,10 @@ fn tcp_connections_per_client_are_limited() {
     let reply = hickory_proto::op::Message::from_vec(&reply).unwrap();
     assert_eq!(rdata_of(&reply, RecordType::A), ["192.0.2.10"]);
     drop(first);
+    // The closed connection is counted, and reported at a clean stop.
+    assert!(dnsward.terminate(), "SIGTERM is a clean exit");
+    let line = dnsward
+        .wait_for_log(|line| line.contains("stopped"))
+        .expect("a stop summary");
+    assert!(line.contains("tcp_refused=1"), "{line}");
 }

@@ -419,11 +419,27 @@ impl Filter {
     /// Whether a parsed record passes every set criterion (query records only; `limit` is the
     /// caller's business).
     pub fn matches(&self, record: &Record) -> bool {
-        Compiled {
-            filter: self,
-            range: RangeBytes::new(&self.range),
-        }
-        .record(record)
+        let Entry::Query(q) = &record.entry else {
+            return false;
+        };
+        self.range.contains(record.time)
+            && self.decision.is_none_or(|d| q.decision == d)
+            && self
+                .qtype
+                .as_ref()
+                .is_none_or(|t| q.qtype.eq_ignore_ascii_case(t))
+            && self
+                .list
+                .as_ref()
+                .is_none_or(|l| q.rule.as_ref().is_some_and(|r| &r.list == l))
+            && self
+                .domain
+                .as_ref()
+                .is_none_or(|d| d.matches(q.qname.as_bytes()))
+            && self
+                .client
+                .as_ref()
+                .is_none_or(|c| c.matches(q.client.as_bytes()))
     }
 }
 
@@ -439,27 +455,6 @@ impl Compiled<'_> {
             && f.list.as_ref().is_none_or(|l| q.list == Some(l.as_bytes()))
             && f.domain.as_ref().is_none_or(|d| d.matches(q.qname))
             && f.client.as_ref().is_none_or(|c| c.matches(q.client))
-    }
-
-    fn record(&self, record: &Record) -> bool {
-        let Entry::Query(q) = &record.entry else {
-            return false;
-        };
-        let f = self.filter;
-        f.range.contains(record.time)
-            && f.decision.is_none_or(|d| q.decision == d)
-            && f.qtype
-                .as_ref()
-                .is_none_or(|t| q.qtype.eq_ignore_ascii_case(t))
-            && f.list
-                .as_ref()
-                .is_none_or(|l| q.rule.as_ref().is_some_and(|r| &r.list == l))
-            && f.domain
-                .as_ref()
-                .is_none_or(|d| d.matches(q.qname.as_bytes()))
-            && f.client
-                .as_ref()
-                .is_none_or(|c| c.matches(q.client.as_bytes()))
     }
 }
 
@@ -600,10 +595,6 @@ fn scan_segment(path: &Path, compiled: &Compiled<'_>) -> Batch {
 
 impl Search {
     fn next_hit(&mut self) -> Result<Option<Hit>, AuditError> {
-        let compiled = Compiled {
-            filter: &self.filter,
-            range: RangeBytes::new(&self.filter.range),
-        };
         loop {
             if self.filter.limit.is_some_and(|l| self.emitted >= l) {
                 return Ok(None);
@@ -613,7 +604,7 @@ impl Search {
                     // Damaged lines are `verify`'s business; search shows what it can read.
                     continue;
                 };
-                if compiled.record(&record) {
+                if self.filter.matches(&record) {
                     self.emitted += 1;
                     return Ok(Some(Hit { line, record }));
                 }
@@ -1439,10 +1430,10 @@ const TITLES: [&str; 9] = [
 #[derive(Debug)]
 pub struct HitWriter {
     format: OutputFormat,
-    /// Table column widths, once the header is out (CSV: `Some` once the header is out).
-    widths: Option<[usize; 9]>,
-    /// Narrowest table columns.
-    min_widths: [usize; 9],
+    /// Whether the CSV or table header is out.
+    header_written: bool,
+    /// Table column widths: the narrowest until the header is out, then fixed.
+    widths: [usize; 9],
     /// Hits written so far.
     pub count: u64,
 }
@@ -1451,8 +1442,8 @@ impl HitWriter {
     pub fn new(format: OutputFormat) -> Self {
         Self {
             format,
-            widths: None,
-            min_widths: TITLES.map(str::len),
+            header_written: false,
+            widths: TITLES.map(str::len),
             count: 0,
         }
     }
@@ -1461,7 +1452,7 @@ impl HitWriter {
     /// values, so they line up even when the first block was empty or narrow.
     pub fn following(mut self) -> Self {
         // Time, `[v6]:port` of a /48, a long name, type, decision, list, rule, rcode.
-        self.min_widths = [27, 21, 40, 5, 8, 12, 40, 8, 0];
+        self.widths = [27, 21, 40, 5, 8, 12, 40, 8, 0];
         self
     }
 
@@ -1479,9 +1470,9 @@ impl HitWriter {
                 }
             }
             OutputFormat::Csv => {
-                if self.widths.is_none() {
+                if !self.header_written {
                     writeln!(out, "{CSV_COLUMNS}").map_err(AuditError::Output)?;
-                    self.widths = Some([0; 9]);
+                    self.header_written = true;
                 }
                 let mut row = String::new();
                 for hit in hits {
@@ -1493,33 +1484,28 @@ impl HitWriter {
             }
             OutputFormat::Table => {
                 let mut hits = hits;
-                let widths = match self.widths {
-                    Some(widths) => widths,
-                    None => {
-                        let mut block = Vec::new();
-                        while block.len() < TABLE_BLOCK {
-                            match hits.next() {
-                                Some(hit) => block.push(table_cells(&hit?)),
-                                None => break,
-                            }
+                if !self.header_written {
+                    let mut block = Vec::new();
+                    while block.len() < TABLE_BLOCK {
+                        match hits.next() {
+                            Some(hit) => block.push(table_cells(&hit?)),
+                            None => break,
                         }
-                        let mut widths = self.min_widths;
-                        for row in &block {
-                            for (w, cell) in widths.iter_mut().zip(row) {
-                                *w = (*w).max(cell.chars().count());
-                            }
-                        }
-                        self.widths = Some(widths);
-                        table_row(&TITLES.map(str::to_owned), &widths, out)?;
-                        for row in &block {
-                            table_row(row, &widths, out)?;
-                            self.count += 1;
-                        }
-                        widths
                     }
-                };
+                    for row in &block {
+                        for (w, cell) in self.widths.iter_mut().zip(row) {
+                            *w = (*w).max(cell.chars().count());
+                        }
+                    }
+                    self.header_written = true;
+                    table_row(&TITLES.map(str::to_owned), &self.widths, out)?;
+                    for row in &block {
+                        table_row(row, &self.widths, out)?;
+                        self.count += 1;
+                    }
+                }
                 for hit in hits {
-                    table_row(&table_cells(&hit?), &widths, out)?;
+                    table_row(&table_cells(&hit?), &self.widths, out)?;
                     self.count += 1;
                 }
             }

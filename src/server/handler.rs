@@ -249,8 +249,9 @@ impl Handler {
         true
     }
 
-    /// A datagram that does not parse as a query but was answered FORMERR: recorded like any
-    /// answer (`. ZERO IN`, decision `error`), so the log has a record for every answer sent.
+    /// A datagram or TCP message that does not parse as a query but was answered FORMERR:
+    /// recorded like any answer (`. ZERO IN`, decision `error`), so the log has a record for
+    /// every answer sent.
     pub(super) fn record_formerr(
         &self,
         arrival: &Arrival,

@@ -106,12 +106,9 @@ impl TcpServer {
                 shutdown: server.shutdown.clone(),
                 queries: server.queries.clone(),
             };
-            server.connections.spawn(accept(
-                listener,
-                connection,
-                slots.clone(),
-                server.connections.clone(),
-            ));
+            server
+                .connections
+                .spawn(accept(listener, connection, server.connections.clone()));
         }
         server
     }
@@ -137,7 +134,7 @@ impl TcpServer {
 struct Connection {
     handler: Arc<Handler>,
     idle_timeout: Duration,
-    /// The server's connection slots, to see how busy it is.
+    /// The server's connection slots: one is taken before each accept.
     slots: Arc<Semaphore>,
     max_connections: usize,
     per_client: Arc<PerClient>,
@@ -145,17 +142,12 @@ struct Connection {
     queries: TaskTracker,
 }
 
-async fn accept(
-    listener: TcpListener,
-    connection: Connection,
-    slots: Arc<Semaphore>,
-    connections: TaskTracker,
-) {
+async fn accept(listener: TcpListener, connection: Connection, connections: TaskTracker) {
     loop {
         // A free slot first: past the limit, connections wait in the kernel's backlog.
         let slot = tokio::select! {
             () = connection.shutdown.cancelled() => return,
-            slot = slots.clone().acquire_owned() => match slot {
+            slot = connection.slots.clone().acquire_owned() => match slot {
                 Ok(slot) => slot,
                 Err(_) => return,
             },
