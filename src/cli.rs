@@ -429,13 +429,19 @@ fn run_server(state: State) -> anyhow::Result<()> {
         counters.log_summary("stopped");
         if let Some((handle, writer)) = audit {
             let dropped = handle.dropped();
+            let suppressed = handle.suppressed();
             drop(handle);
             // Flushes, writes the stop record and a final signed checkpoint, and fsyncs.
             let stats = tokio::task::spawn_blocking(move || writer.shutdown())
                 .await
                 .context("audit writer task failed")?
                 .context("cannot close the audit log cleanly")?;
-            tracing::info!(?stats, audit_dropped_total = dropped, "audit log closed");
+            tracing::info!(
+                ?stats,
+                audit_dropped_total = dropped,
+                audit_outsiders_suppressed_total = suppressed,
+                "audit log closed"
+            );
         }
         Ok(())
     })

@@ -740,6 +740,115 @@ fn an_unparsable_query_answered_formerr_is_recorded() {
     assert_eq!(transports, ["tcp", "udp"]);
 }
 
+/// Queries from outside `server.allow` are recorded within `outsider_records_per_sec`; past it
+/// they are still answered, and counted in `suppressed` records in the chain, so a flood from
+/// outside cannot fill the log (and make retention remove older records) while every query
+/// stays accounted for. Clients inside `allow` are never limited.
+#[test]
+fn outsider_records_over_the_limit_are_counted_not_written() {
+    let upstream = Upstream::start();
+    let mut dnsward = served(&upstream, "[audit]\noutsider_records_per_sec = 1");
+    let outsider: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let from_outside = Ask {
+        source: outsider,
+        ..Ask::default()
+    };
+    // One a second are recorded: 40 refused queries and 10 FORMERR datagrams would have to
+    // take 50 s for all to be written one by one.
+    for _ in 0..20 {
+        for transport in BOTH {
+            let reply = query(
+                dnsward.addr,
+                transport,
+                "www.test.",
+                RecordType::A,
+                &from_outside,
+            );
+            assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+        }
+    }
+    let (_, good) = build_query("www.test.", RecordType::A, &Ask::default());
+    for _ in 0..10 {
+        let reply = exchange_raw(
+            dnsward.addr,
+            Transport::Udp,
+            outsider,
+            &good[..good.len() - 3],
+        );
+        let reply = hickory_proto::op::Message::from_vec(&reply).unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+    }
+    // Insiders are recorded one by one whatever the outsiders did.
+    for _ in 0..10 {
+        ask(
+            dnsward.addr,
+            Transport::Udp,
+            "www.blocked.test.",
+            RecordType::A,
+        );
+    }
+    assert!(dnsward.terminate());
+    let config = dnsward.config_path();
+    assert!(
+        dnsward
+            .log()
+            .iter()
+            .any(|line| line.contains("audit_outsiders_suppressed_total")),
+        "the stop figures name the suppressed records"
+    );
+
+    let export = json_lines(&audit(&config, &["export", "--format", "jsonl"]));
+    let from = |record: &&Value| {
+        record["client"]
+            .as_str()
+            .is_some_and(|client| client.starts_with("127.0.0.2:"))
+    };
+    let outsider_records = export
+        .iter()
+        .filter(|r| r["type"] == "query")
+        .filter(from)
+        .count();
+    let suppressed: u64 = export
+        .iter()
+        .filter(|r| r["type"] == "suppressed")
+        .map(|r| r["records"].as_u64().unwrap())
+        .sum();
+    assert!(
+        suppressed > 0,
+        "nothing was suppressed: {outsider_records} written"
+    );
+    assert_eq!(
+        outsider_records as u64 + suppressed,
+        50,
+        "every outsider query is either written or counted"
+    );
+    let insiders = export
+        .iter()
+        .filter(|r| r["type"] == "query" && r["qname"] == "www.blocked.test.")
+        .count();
+    assert_eq!(insiders, 10);
+    for record in export.iter().filter(|r| r["type"] == "suppressed") {
+        assert!(
+            record["first"].as_str() <= record["last"].as_str(),
+            "{record}"
+        );
+    }
+
+    // The summary reports them; the log verifies.
+    let summary = audit(&config, &["summary", "--json"]);
+    let summary: Value = serde_json::from_str(&stdout(&summary)).unwrap();
+    assert_eq!(summary["suppressed"], suppressed);
+    let text = stdout(&audit(&config, &["summary"]));
+    assert!(
+        text.contains(&format!(
+            "outsider_records_per_sec, see suppressed records): {suppressed}"
+        )),
+        "{text}"
+    );
+    let verify = audit(&config, &["verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+}
+
 /// An allow rule lets the question through, but a log-only name reached through its CNAME
 /// chain is still recorded as such: monitoring sees every touch of a watched name.
 #[test]

@@ -657,6 +657,9 @@ pub struct Summary {
     pub per_hour: BTreeMap<String, u64>,
     /// Records lost to a full queue, from gap records in range.
     pub dropped: u64,
+    /// Queries from outside `server.allow` answered but not recorded one by one (over
+    /// `outsider_records_per_sec`), from suppressed records in range.
+    pub suppressed: u64,
 }
 
 /// A fast, non-cryptographic hasher: these maps are filled once per record, and their keys
@@ -674,6 +677,7 @@ struct Tally {
     lists: CountMap,
     hours: CountMap,
     dropped: u64,
+    suppressed: u64,
     /// Count per `Decision::ALL` entry (a map lookup per record cost 10 % of a summary).
     decision_counts: [u64; Decision::ALL.len()],
     /// The current run of records in one hour: `(hour text, count)`.
@@ -693,6 +697,15 @@ fn bump(map: &mut CountMap, key: &[u8], by: u64) {
 }
 
 impl Tally {
+    /// Queries answered without a record of their own: lost (gap) or over the outsider limit.
+    fn count_losses(&mut self, entry: &Entry) {
+        match entry {
+            Entry::Gap { dropped, .. } => self.dropped += dropped,
+            Entry::Suppressed { records, .. } => self.suppressed += records,
+            _ => {}
+        }
+    }
+
     fn add(
         &mut self,
         time: &[u8],
@@ -770,6 +783,7 @@ impl Tally {
         other.settle();
         self.queries += other.queries;
         self.dropped += other.dropped;
+        self.suppressed += other.suppressed;
         if let Some(f) = other.first
             && self.first.as_ref().is_none_or(|s| f < *s)
         {
@@ -816,16 +830,13 @@ impl Tally {
                     }
                 }
                 Scan::Other(time) => {
+                    let counted = memchr::memmem::find(line, b"\"type\":\"gap\"").is_some()
+                        || memchr::memmem::find(line, b"\"type\":\"suppressed\"").is_some();
                     if bytes.contains(time)
-                        && memchr::memmem::find(line, b"\"type\":\"gap\"").is_some()
+                        && counted
+                        && let Ok(record) = Record::parse(line)
                     {
-                        if let Ok(Record {
-                            entry: Entry::Gap { dropped, .. },
-                            ..
-                        }) = Record::parse(line)
-                        {
-                            self.dropped += dropped;
-                        }
+                        self.count_losses(&record.entry);
                     }
                 }
                 Scan::Unsure => {
@@ -846,8 +857,7 @@ impl Tally {
                                 q.rule.as_ref().map(|r| r.list.as_bytes()),
                             );
                         }
-                        Entry::Gap { dropped, .. } => self.dropped += dropped,
-                        _ => {}
+                        entry => self.count_losses(entry),
                     }
                 }
             }
@@ -955,6 +965,7 @@ pub fn summary(dir: &Path, range: &TimeRange) -> Result<Summary, AuditError> {
         per_list: to_map(total.lists),
         per_hour: to_map(total.hours),
         dropped: total.dropped,
+        suppressed: total.suppressed,
     })
 }
 
@@ -970,6 +981,14 @@ impl fmt::Display for Summary {
         )?;
         if self.dropped > 0 {
             writeln!(f, "dropped (queue full, see gap records): {}", self.dropped)?;
+        }
+        if self.suppressed > 0 {
+            writeln!(
+                f,
+                "refused outside server.allow, not recorded one by one (over \
+                 outsider_records_per_sec, see suppressed records): {}",
+                self.suppressed
+            )?;
         }
         let table = |f: &mut fmt::Formatter<'_>,
                      title: &str,

@@ -508,6 +508,14 @@ pub enum Entry {
         first: Timestamp,
         last: Timestamp,
     },
+    /// `records` queries from clients outside `server.allow` between `first` and `last` were
+    /// answered but not recorded one by one: over `outsider_records_per_sec` (written since
+    /// 2026-12-02).
+    Suppressed {
+        records: u64,
+        first: Timestamp,
+        last: Timestamp,
+    },
     /// On open, the previous segment ended in a torn line (a crash mid-write): its bytes from
     /// `offset` on are not part of the chain.
     Recovered {
@@ -544,6 +552,7 @@ impl Entry {
             Self::Load { .. } => "load",
             Self::ReloadRefused { .. } => "reload_refused",
             Self::Gap { .. } => "gap",
+            Self::Suppressed { .. } => "suppressed",
             Self::Recovered { .. } => "recovered",
             Self::Checkpoint(_) => "checkpoint",
         }

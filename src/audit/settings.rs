@@ -54,6 +54,13 @@ pub struct AuditSettings {
     /// Ready" until it works again, for deployments where an answer that is not on the record
     /// must not be given; like auditd's `disk_full_action = suspend`).
     pub when_unwritable: WhenUnwritable,
+    /// Query records per second, at most, for clients outside `server.allow` (their REFUSED and
+    /// FORMERR answers); beyond it they are counted, and a `suppressed` record in the chain says
+    /// how many and when. Default 100: enough to see who is knocking, while an outsider who
+    /// floods the port cannot fill the log and make retention remove the evidence of what the
+    /// resolver's own clients did (at 100k packets/s, unlimited records would cycle the default
+    /// 10 GiB in minutes). 0 records every one. Clients inside `allow` are never limited.
+    pub outsider_records_per_sec: u32,
 }
 
 /// See [`AuditSettings::when_unwritable`].
@@ -91,6 +98,7 @@ impl Default for AuditSettings {
             anonymize: Anonymize::None,
             anonymize_key: None,
             when_unwritable: WhenUnwritable::Answer,
+            outsider_records_per_sec: 100,
         }
     }
 }

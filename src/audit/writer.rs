@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering},
         mpsc::{Receiver, RecvTimeoutError, Sender, channel},
     },
     thread::JoinHandle,
@@ -45,6 +45,9 @@ const MAX_IDLE: Duration = Duration::from_millis(500);
 const BATCH_PAUSE: Duration = Duration::from_millis(10);
 /// How often a writer that cannot write (disk full, I/O error) tries again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How often, at most, a `suppressed` record reports the outsider records over the limit: a
+/// flood is summed up once a second, not once per writer wake-up.
+const SUPPRESSED_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Whether the writer pauses before its next receive: only after writing query records
 /// (`busy`), and only if that wake-up took everything queued. A backlog (a wake-up stopped at
@@ -235,6 +238,48 @@ impl Drops {
     }
 }
 
+/// The record budget for clients outside `server.allow` (`outsider_records_per_sec`): a
+/// counter per wall-clock second, atomics only. Past the budget, records are counted in
+/// `suppressed` (same accounting as drops), which the writer reports in `suppressed` records.
+#[derive(Debug, Default)]
+struct OutsiderLimit {
+    /// 0: no limit.
+    per_sec: u32,
+    /// The second (since the epoch) that `used` counts.
+    second: AtomicU64,
+    used: AtomicU32,
+    suppressed: Arc<Drops>,
+}
+
+impl OutsiderLimit {
+    fn admits(&self, time: SystemTime) -> bool {
+        if self.per_sec == 0 {
+            return true;
+        }
+        let second = time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let current = self.second.load(Ordering::Acquire);
+        if current != second
+            && self
+                .second
+                .compare_exchange(current, second, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // A record counted by another thread between the swap and this store is
+            // forgotten: the budget may be exceeded by a few records at a second's turn,
+            // never by more than the threads that race for it.
+            self.used.store(0, Ordering::Release);
+        }
+        if self.used.fetch_add(1, Ordering::AcqRel) < self.per_sec {
+            return true;
+        }
+        let stamp = Timestamp::from_system_time(time);
+        self.suppressed.note_span(1, stamp, stamp);
+        false
+    }
+}
+
 /// The bounded queue's sending side: std's unbounded (linked-block) channel plus a counter for
 /// the bound. `sync_channel` allocates its ring of `capacity` slots up front, and once the ring
 /// has cycled all of it is resident (megabytes at the default); this holds memory only for
@@ -296,6 +341,7 @@ pub struct AuditHandle {
     writable: Arc<AtomicBool>,
     /// `when_unwritable = "refuse"`.
     refuse_when_unwritable: bool,
+    outsiders: Arc<OutsiderLimit>,
 }
 
 impl std::fmt::Debug for AuditHandle {
@@ -380,6 +426,18 @@ impl AuditHandle {
     pub fn dropped(&self) -> u64 {
         self.drops.total.load(Ordering::Relaxed)
     }
+
+    /// Whether the record of a query from a client outside `server.allow`, arriving at `time`,
+    /// fits this second's budget (`outsider_records_per_sec`). If it does not, the caller
+    /// leaves it out: it is counted here, and a `suppressed` record in the chain reports it.
+    pub fn admits_outsider(&self, time: SystemTime) -> bool {
+        self.outsiders.admits(time)
+    }
+
+    /// Outsider records left out since start (over `outsider_records_per_sec`).
+    pub fn suppressed(&self) -> u64 {
+        self.outsiders.suppressed.total.load(Ordering::Relaxed)
+    }
 }
 
 /// What the writer did, returned by `shutdown`.
@@ -444,7 +502,16 @@ impl AuditLog {
         instance: InstanceId,
     ) -> Result<(AuditHandle, AuditWriter), AuditError> {
         let writable = Arc::new(AtomicBool::new(true));
-        let mut store = Store::open(settings, instance, Arc::clone(&writable))?;
+        let outsiders = Arc::new(OutsiderLimit {
+            per_sec: settings.outsider_records_per_sec,
+            ..OutsiderLimit::default()
+        });
+        let mut store = Store::open(
+            settings,
+            instance,
+            Arc::clone(&writable),
+            Arc::clone(&outsiders.suppressed),
+        )?;
         let (tx, rx) = channel();
         let tx = QueueTx {
             tx,
@@ -479,6 +546,7 @@ impl AuditLog {
                 drops,
                 writable,
                 refuse_when_unwritable: settings.when_unwritable == WhenUnwritable::Refuse,
+                outsiders,
             },
             AuditWriter {
                 tx,
@@ -648,6 +716,11 @@ struct Store {
     outage: Option<Outage>,
     /// Shared with the handles: false during an outage.
     writable: Arc<AtomicBool>,
+    /// Outsider records over the budget, counted by the handles (`OutsiderLimit`).
+    suppressed: Arc<Drops>,
+    last_suppressed: Instant,
+    /// Whether the last interval had suppressions (to warn once per run of them).
+    suppressing: bool,
 }
 
 /// Who a record comes from, which decides what its loss counts as.
@@ -674,6 +747,12 @@ enum Unwritten {
         first: Timestamp,
         last: Timestamp,
     },
+    /// Likewise a `suppressed` record.
+    Suppressed {
+        records: u64,
+        first: Timestamp,
+        last: Timestamp,
+    },
 }
 
 /// The log could not be written. `fail` has counted what the failed write lost; until a retry
@@ -688,6 +767,7 @@ impl Store {
         settings: &AuditSettings,
         instance: InstanceId,
         writable: Arc<AtomicBool>,
+        suppressed: Arc<Drops>,
     ) -> Result<Self, AuditError> {
         let dir = settings.dir.clone();
         std::fs::create_dir_all(&dir).map_err(AuditError::io(&dir))?;
@@ -720,6 +800,9 @@ impl Store {
             unwritten: Vec::with_capacity(MAX_BATCH),
             outage: None,
             writable,
+            suppressed,
+            last_suppressed: Instant::now(),
+            suppressing: false,
         };
         let recovered = store.recover()?;
         if let Some(entry) = recovered {
@@ -814,6 +897,7 @@ impl Store {
                 let sync = self.settings.fsync_interval_ms == 0;
                 let written = self
                     .write_gap(drops)
+                    .and_then(|()| self.write_suppressed(false))
                     .and_then(|()| self.flush(sync))
                     .and_then(|()| self.tick());
                 match written {
@@ -837,14 +921,17 @@ impl Store {
             if self.outage.is_some() {
                 break;
             }
-            let stopped = self.write_gap(drops).and_then(|()| {
-                let stop = Entry::Stop {
-                    records: self.query_records,
-                    dropped: drops.total.load(Ordering::Relaxed),
-                };
-                self.append_entry(Timestamp::now(), &stop)?;
-                self.close_segment()
-            });
+            let stopped = self
+                .write_gap(drops)
+                .and_then(|()| self.write_suppressed(true))
+                .and_then(|()| {
+                    let stop = Entry::Stop {
+                        records: self.query_records,
+                        dropped: drops.total.load(Ordering::Relaxed),
+                    };
+                    self.append_entry(Timestamp::now(), &stop)?;
+                    self.close_segment()
+                });
             match stopped {
                 Ok(()) => break,
                 Err(error) => self.fail(&error, drops),
@@ -957,6 +1044,11 @@ impl Store {
                     first,
                     last,
                 } => drops.restore((dropped, first, last)),
+                Unwritten::Suppressed {
+                    records,
+                    first,
+                    last,
+                } => self.suppressed.restore((records, first, last)),
             }
         }
         // The seq after the file's last record, for the stats if the outage outlasts the
@@ -985,6 +1077,7 @@ impl Store {
             &self.settings,
             self.instance.clone(),
             Arc::clone(&self.writable),
+            Arc::clone(&self.suppressed),
         ) {
             Ok(fresh) => fresh,
             Err(error) => {
@@ -1054,6 +1147,45 @@ impl Store {
         Ok(())
     }
 
+    /// Reports the outsider records left out over `outsider_records_per_sec`, at most once per
+    /// `SUPPRESSED_INTERVAL` (`now`: whatever is pending, before the stop record).
+    fn write_suppressed(&mut self, now: bool) -> Result<(), AuditError> {
+        if !now && self.last_suppressed.elapsed() < SUPPRESSED_INTERVAL {
+            return Ok(());
+        }
+        let Some((records, first, last)) = self.suppressed.take() else {
+            self.suppressing = false;
+            return Ok(());
+        };
+        self.last_suppressed = Instant::now();
+        if !std::mem::replace(&mut self.suppressing, true) {
+            // Once per run of seconds with suppressions, not once a second through a flood.
+            tracing::warn!(
+                records,
+                "queries from outside server.allow exceed [audit] outsider_records_per_sec; \
+                 suppressed records count those not recorded one by one"
+            );
+        }
+        let entry = Entry::Suppressed {
+            records,
+            first,
+            last,
+        };
+        let seq = self.next_seq;
+        let index = self.unwritten.len();
+        let written = self.append_entry(Timestamp::now(), &entry);
+        if self.next_seq == seq {
+            self.suppressed.restore((records, first, last));
+        } else if let Some(slot) = self.unwritten.get_mut(index) {
+            *slot = Unwritten::Suppressed {
+                records,
+                first,
+                last,
+            };
+        }
+        written
+    }
+
     fn next_wake(&self) -> Duration {
         if let Some(outage) = &self.outage {
             // Checkpoints and fsyncs wait for the log to be writable again.
@@ -1103,6 +1235,7 @@ impl Store {
             }
             Entry::Stop { .. }
             | Entry::Gap { .. }
+            | Entry::Suppressed { .. }
             | Entry::Recovered { .. }
             | Entry::Checkpoint(_) => Origin::Writer,
         };
@@ -1370,6 +1503,28 @@ mod tests {
         );
         assert_eq!(hash.client(v4).len(), 32);
         assert_ne!(hash.client(v4), hash.client(v6));
+    }
+
+    #[test]
+    fn the_outsider_budget_is_per_second_and_counts_the_rest() {
+        let limit = OutsiderLimit {
+            per_sec: 2,
+            ..OutsiderLimit::default()
+        };
+        let at = |micros: u64| SystemTime::UNIX_EPOCH + Duration::from_micros(micros);
+        assert!(limit.admits(at(5_000_000)));
+        assert!(limit.admits(at(5_100_000)));
+        assert!(!limit.admits(at(5_200_000)));
+        assert!(!limit.admits(at(5_900_000)));
+        // A new second, a new budget.
+        assert!(limit.admits(at(6_000_000)));
+        let (count, first, last) = limit.suppressed.take().unwrap();
+        assert_eq!(count, 2);
+        assert_eq!(first, Timestamp::from_micros(5_200_000));
+        assert_eq!(last, Timestamp::from_micros(5_900_000));
+        let unlimited = OutsiderLimit::default();
+        assert!((0..1000).all(|_| unlimited.admits(at(1))));
+        assert!(unlimited.suppressed.take().is_none());
     }
 
     #[test]

@@ -277,7 +277,9 @@ impl Handler {
             latency_us: u64::try_from(arrival.batch.at.elapsed().as_micros()).unwrap_or(u64::MAX),
         };
         record.emit();
-        if self.audit.is_some() {
+        if let Some(audit) = &self.audit
+            && (state.acl.allows(arrival.client.ip()) || audit.admits_outsider(record.time))
+        {
             audit_batch.push(record);
         }
     }
@@ -882,7 +884,10 @@ impl RequestHandler for Handler {
         record.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         record.emit();
         // The audit queue never blocks: a full queue is counted and becomes a gap record.
-        if let Some(audit) = &self.audit {
+        // Outsiders (REFUSED) are recorded within their budget, and counted beyond it.
+        if let Some(audit) = &self.audit
+            && (state.acl.allows(client.addr.ip()) || audit.admits_outsider(record.time))
+        {
             audit.record(record);
         }
         info
