@@ -1315,3 +1315,98 @@ fn synced_segments_leave_the_page_cache() {
     let report = audit::verify(tmp.path(), None).unwrap();
     assert!(report.ok(), "{report}");
 }
+
+/// Changes one byte at a time, everywhere in `files` (a letter's case, since hex digits must be
+/// written in lower case; any other byte's low bit), and returns the flips that `verify` of `target` still accepts, as `file:offset
+/// old->new`. `skip` says which offsets of a file are not checked by design.
+fn accepted_flips(
+    target: &Path,
+    files: &[PathBuf],
+    public: &Path,
+    skip: impl Fn(&Path, &[u8], usize) -> bool,
+) -> Vec<String> {
+    let mut accepted = Vec::new();
+    for file in files {
+        let original = std::fs::read(file).unwrap();
+        for at in 0..original.len() {
+            if skip(file, &original, at) {
+                continue;
+            }
+            let mut changed = original.clone();
+            changed[at] ^= if changed[at].is_ascii_alphabetic() {
+                0x20
+            } else {
+                0x01
+            };
+            std::fs::write(file, &changed).unwrap();
+            let report = audit::verify(target, Some(public)).unwrap();
+            if report.ok() {
+                accepted.push(format!(
+                    "{}:{at} {:?}->{:?}",
+                    file_name(file),
+                    original[at] as char,
+                    changed[at] as char
+                ));
+            }
+        }
+        std::fs::write(file, &original).unwrap();
+    }
+    accepted
+}
+
+/// The byte range of a header member's value (`"created":"…"`) in a file's first line.
+fn header_value(data: &[u8], member: &str) -> std::ops::Range<usize> {
+    let header_end = data.iter().position(|&b| b == b'\n').unwrap();
+    let header = &data[..header_end];
+    let key = format!("\"{member}\":\"");
+    let start = header
+        .windows(key.len())
+        .position(|w| w == key.as_bytes())
+        .unwrap()
+        + key.len();
+    let len = header[start..].iter().position(|&b| b == b'"').unwrap();
+    start..start + len
+}
+
+/// "Change one byte" anywhere: every single-byte change to a signed log, and to its exports,
+/// fails verification with the public key. The exceptions are by design and documented: the
+/// header's informational `created` and `instance` values, and the last byte of the log (a
+/// final line without its newline is a crash's torn tail, a warning).
+#[test]
+fn every_changed_byte_fails_verification() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keydir = tmp.path().join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let (secret, public) = keys::keygen(&keydir).unwrap();
+    let settings = AuditSettings {
+        signing_key: Some(secret),
+        segment_max_bytes: 1500,
+        ..settings(&tmp.path().join("log"))
+    };
+    write_log(&settings, 0, 8);
+    let files = segments(&settings.dir);
+    assert!(files.len() >= 3, "several segments: {files:?}");
+    let last_file = files.last().unwrap().clone();
+    let informational = |data: &[u8], at: usize| {
+        header_value(data, "created").contains(&at) || header_value(data, "instance").contains(&at)
+    };
+    let accepted = accepted_flips(&settings.dir, &files, &public, |file, data, at| {
+        informational(data, at) || (file == last_file && at == data.len() - 1)
+    });
+    assert!(accepted.is_empty(), "accepted after a change: {accepted:?}");
+
+    for format in [ExportFormat::Jsonl, ExportFormat::Csv] {
+        let path = tmp.path().join(format!("export-{format:?}"));
+        export_file(&settings.dir, format, &TimeRange::default(), &path);
+        let accepted = accepted_flips(
+            &path,
+            std::slice::from_ref(&path),
+            &public,
+            |_, data, at| format == ExportFormat::Jsonl && informational(data, at),
+        );
+        assert!(
+            accepted.is_empty(),
+            "{format:?}: accepted after a change: {accepted:?}"
+        );
+    }
+}

@@ -258,7 +258,15 @@ pub fn recompute(prev: &Hash, body: &[u8]) -> Hash {
     hasher.finalize().into()
 }
 
+/// Decodes a hash written as the writer writes them: 64 lower-case hex digits. Upper case is
+/// refused, so that every byte of a stored hash is checked: `A` for `a` is a changed byte.
 pub fn decode_hash(hex_text: &[u8]) -> Option<Hash> {
+    if !hex_text
+        .iter()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return None;
+    }
     let mut out = [0u8; 32];
     hex::decode_to_slice(hex_text, &mut out).ok()?;
     Some(out)

@@ -319,7 +319,7 @@ impl OwnedLine {
     /// (64 lower-case hex digits).
     fn stated_hash(&self, view: &LinkView<'_>) -> Option<Hash> {
         let text = self.stated_prevs(view).next()?;
-        segment::decode_hash(text.as_bytes()).filter(|hash| hex::encode(hash) == text)
+        segment::decode_hash(text.as_bytes())
     }
 
     /// The line's own hash if it links to `head`: the stored hash is SHA-256(`head` ‖ the
@@ -419,7 +419,16 @@ impl Checker {
                 }
             }))
         };
-        let first = next_owned(&mut reader)?;
+        // The header (or a CSV export's column row), as it is: never a CSV record row.
+        let first = reader
+            .next_line()
+            .map_err(|_| Self::fail(FailureKind::Unreadable, path, None, 0))?
+            .map(|l| OwnedLine {
+                offset: l.offset,
+                bytes: l.bytes.to_vec(),
+                complete: l.complete,
+                stated_prev: None,
+            });
         let Some(first) = first else {
             // An empty file holds nothing of the chain.
             return self.end_file(path, false, None, last);
@@ -427,7 +436,12 @@ impl Checker {
         let export;
         let mut current = if csv {
             export = true;
-            // The column-name row; the chain start is the first record's `prev`.
+            // The column-name row, exactly (LF or CRLF); the chain start is the first record's
+            // `prev`.
+            let columns = first.bytes.strip_suffix(b"\r").unwrap_or(&first.bytes);
+            if !first.complete || columns != query::CSV_COLUMNS.as_bytes() {
+                return Err(Self::fail(FailureKind::Modified, path, None, 0));
+            }
             next_owned(&mut reader)?
         } else {
             if !first.complete {
