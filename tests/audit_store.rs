@@ -1410,3 +1410,56 @@ fn every_changed_byte_fails_verification() {
         );
     }
 }
+
+/// Deleting any one line, or swapping any two neighbours, anywhere in a signed log fails
+/// verification with the public key. The one exception is the documented limit: the log's
+/// last line (its closing checkpoint) removed looks like a log that ended a line earlier.
+#[test]
+fn every_deleted_or_swapped_line_fails_verification() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keydir = tmp.path().join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let (secret, public) = keys::keygen(&keydir).unwrap();
+    let settings = AuditSettings {
+        signing_key: Some(secret),
+        segment_max_bytes: 1500,
+        ..settings(&tmp.path().join("log"))
+    };
+    write_log(&settings, 0, 8);
+    let files = segments(&settings.dir);
+    assert!(files.len() >= 3, "several segments: {files:?}");
+    let mut accepted = Vec::new();
+    for (index, file) in files.iter().enumerate() {
+        let data = std::fs::read(file).unwrap();
+        let lines: Vec<Vec<u8>> = data
+            .split_inclusive(|&b| b == b'\n')
+            .map(<[u8]>::to_vec)
+            .collect();
+        let last_file = index + 1 == files.len();
+        for at in 0..lines.len() {
+            let mut edits = Vec::new();
+            if !(last_file && at + 1 == lines.len()) {
+                let mut deleted = lines.clone();
+                deleted.remove(at);
+                edits.push(("deleted", deleted));
+            }
+            if at + 1 < lines.len() {
+                let mut swapped = lines.clone();
+                swapped.swap(at, at + 1);
+                edits.push(("swapped with the next", swapped));
+            }
+            for (what, edited) in edits {
+                write_lines(file, &edited);
+                if audit::verify(&settings.dir, Some(&public)).unwrap().ok() {
+                    accepted.push(format!("{} line {at} {what}", file_name(file)));
+                }
+            }
+        }
+        std::fs::write(file, &data).unwrap();
+    }
+    assert!(accepted.is_empty(), "accepted after an edit: {accepted:?}");
+    assert!(
+        audit::verify(&settings.dir, Some(&public)).unwrap().ok(),
+        "the log is whole again"
+    );
+}
