@@ -1463,3 +1463,42 @@ fn every_deleted_or_swapped_line_fails_verification() {
         "the log is whole again"
     );
 }
+
+/// A header whose `first_seq` was edited is named as a modified header, not as records
+/// inserted or deleted: its records still continue the chain. Both in the middle of the log
+/// and in the file the chain starts with.
+#[test]
+fn an_edited_header_is_named_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = settings(tmp.path());
+    write_log(&settings, 0, 300);
+    let files = segments(tmp.path());
+    assert!(files.len() >= 3);
+    for (file, delta) in [(&files[1], -1i64), (&files[1], 1), (&files[0], 2)] {
+        let text = std::fs::read_to_string(file).unwrap();
+        let first_seq: i64 = text
+            .split("\"first_seq\":")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        let edited = text.replacen(
+            &format!("\"first_seq\":{first_seq},"),
+            &format!("\"first_seq\":{},", first_seq + delta),
+            1,
+        );
+        std::fs::write(file, edited).unwrap();
+        let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+        assert_eq!(
+            failure.kind,
+            FailureKind::ModifiedHeader,
+            "{delta}: {failure:?}"
+        );
+        assert_eq!(failure.spot.file, *file);
+        assert_eq!(failure.spot.seq, Some(first_seq as u64));
+        assert_eq!(failure.spot.offset, 0);
+        std::fs::write(file, text).unwrap();
+    }
+    assert!(audit::verify(tmp.path(), None).unwrap().ok());
+}

@@ -68,6 +68,8 @@ pub enum FailureKind {
     Inserted,
     /// Two records are out of order.
     Reordered,
+    /// A segment's (or an export's) header contradicts the chain that its records continue.
+    ModifiedHeader,
     /// A whole segment is missing: the chain jumps from `expected_seq` to `found_seq` at a
     /// segment boundary after a properly closed segment.
     MissingSegment { expected_seq: u64, found_seq: u64 },
@@ -101,6 +103,9 @@ impl fmt::Display for FailureKind {
             Self::Deleted { missing } => write!(f, "deleted records ({missing} missing)"),
             Self::Inserted => f.write_str("inserted record"),
             Self::Reordered => f.write_str("reordered records"),
+            Self::ModifiedHeader => {
+                f.write_str("modified segment header (its records continue the chain)")
+            }
             Self::MissingSegment {
                 expected_seq,
                 found_seq,
@@ -453,8 +458,9 @@ impl Checker {
                 .prev_hash()
                 .ok_or_else(|| Self::fail(FailureKind::Unreadable, path, None, 0))?;
             export = header.kind == HeaderKind::Export;
-            self.header(path, &header, prev)?;
-            next_owned(&mut reader)?
+            let first_record = next_owned(&mut reader)?;
+            self.header(path, &header, prev, first_record.as_ref())?;
+            first_record
         };
         let mut closed = false;
         let mut end_offset = first.offset + first.bytes.len() as u64;
@@ -581,8 +587,32 @@ impl Checker {
         };
     }
 
-    fn header(&mut self, path: &Path, header: &Header, prev: Hash) -> Result<(), Failure> {
+    /// Checks a file's header against the chain so far; `first_record` is the line after it.
+    fn header(
+        &mut self,
+        path: &Path,
+        header: &Header,
+        prev: Hash,
+        first_record: Option<&OwnedLine>,
+    ) -> Result<(), Failure> {
+        // The records after the header go on from `seq - 1` with `head`, where the header says
+        // otherwise: the header was edited, not the records.
+        let continues = |seq: u64, head: &Hash| {
+            first_record
+                .filter(|line| line.complete)
+                .and_then(|line| Some((line, LinkView::parse(&line.bytes)?)))
+                .is_some_and(|(line, view)| view.seq == seq && line.links_to(&view, head).is_some())
+        };
         let Some(expected) = self.expected else {
+            // The chain starts here: only the header's two members agreeing with its first
+            // record can be checked.
+            if let Some(seq) = first_record
+                .and_then(|line| LinkView::parse(&line.bytes))
+                .map(|view| view.seq)
+                .filter(|&seq| seq != header.first_seq && continues(seq, &prev))
+            {
+                return Err(Self::fail(FailureKind::ModifiedHeader, path, Some(seq), 0));
+            }
             self.start_chain(header.first_seq, prev);
             return Ok(());
         };
@@ -610,7 +640,9 @@ impl Checker {
             .prev_file
             .as_ref()
             .is_some_and(|(_, closed, _)| *closed);
-        let kind = if header.first_seq > expected && closed {
+        let kind = if continues(expected, &self.head) {
+            FailureKind::ModifiedHeader
+        } else if header.first_seq > expected && closed {
             FailureKind::MissingSegment {
                 expected_seq: expected,
                 found_seq: header.first_seq,
