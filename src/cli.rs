@@ -216,7 +216,10 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn audit(path: &std::path::Path, command: AuditCommand) -> ExitCode {
     // Keygen needs no config; the others read `[audit] dir` from it unless given `--dir`.
     let settings = match config::load(path) {
-        Ok(config) => config.audit,
+        Ok(config) => {
+            warn_unknown_list(&command, path, &config.lists);
+            config.audit
+        }
         Err(error) => {
             if command_has_dir(&command) {
                 dnsward::audit::AuditSettings {
@@ -238,6 +241,33 @@ fn audit(path: &std::path::Path, command: AuditCommand) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `audit search --list NAME` for a name that no list of the configuration has: the search
+/// still runs (an earlier configuration may have had it), but an empty result from a typo
+/// (`Exchanges` for `exchanges`) should not pass for "no such records".
+fn warn_unknown_list(command: &AuditCommand, path: &std::path::Path, lists: &[config::ListConfig]) {
+    let AuditCommand::Search {
+        list: Some(name), ..
+    } = command
+    else {
+        return;
+    };
+    if lists.iter().any(|list| list.name == *name) {
+        return;
+    }
+    let names: Vec<&str> = lists.iter().map(|list| list.name.as_str()).collect();
+    let hint = lists
+        .iter()
+        .find(|list| list.name.eq_ignore_ascii_case(name))
+        .map(|list| format!("; did you mean `{}`? (names are case-sensitive)", list.name))
+        .unwrap_or_default();
+    eprintln!(
+        "dnsward audit: warning: --list {name}: {} has no list of that name (its lists: {}){hint}; \
+         searching anyway, for records of an earlier configuration",
+        path.display(),
+        names.join(", ")
+    );
 }
 
 /// An error and its causes on one line, `context: cause: cause`. The library's errors already

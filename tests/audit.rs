@@ -194,6 +194,22 @@ fn search_filters_and_output_formats() {
     assert_eq!(count(&["--decision", "blocked"]), 4);
     assert_eq!(count(&["--decision", "logged"]), 2);
     assert_eq!(count(&["--list", "exchanges"]), 4);
+    // A list name the configuration does not have still searches (an earlier configuration
+    // may have had it), with a warning that says so and suggests the name meant.
+    let output = audit(&config, &["search", "--list", "Exchanges"]);
+    assert!(output.status.success());
+    assert!(!stdout(&output).contains("blocked.test"), "case-sensitive");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--list Exchanges") && stderr.contains("did you mean `exchanges`?"),
+        "{stderr}"
+    );
+    let output = audit(&config, &["search", "--list", "exchanges"]);
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(count(&["--domain", "blocked.test"]), 4, "suffix match");
     assert_eq!(count(&["--domain", "=blocked.test"]), 0, "exact match");
     assert_eq!(count(&["--qtype", "AAAA"]), 2);
