@@ -1500,5 +1500,17 @@ fn an_edited_header_is_named_as_such() {
         assert_eq!(failure.spot.offset, 0);
         std::fs::write(file, text).unwrap();
     }
+    // The version says how the lines are written (version 1 lines state `prev`): a header
+    // claiming the other one is an edited header too.
+    for file in [&files[0], &files[1]] {
+        let text = std::fs::read_to_string(file).unwrap();
+        let edited = text.replacen("\"version\":2,", "\"version\":1,", 1);
+        assert_ne!(edited, text);
+        std::fs::write(file, edited).unwrap();
+        let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+        assert_eq!(failure.kind, FailureKind::ModifiedHeader, "{failure:?}");
+        assert_eq!(failure.spot.file, *file);
+        std::fs::write(file, text).unwrap();
+    }
     assert!(audit::verify(tmp.path(), None).unwrap().ok());
 }

@@ -985,7 +985,7 @@ impl fmt::Display for Summary {
         if self.suppressed > 0 {
             writeln!(
                 f,
-                "refused outside server.allow, not recorded one by one (over \
+                "from outside server.allow (REFUSED, FORMERR), not recorded one by one (over \
                  outsider_records_per_sec, see suppressed records): {}",
                 self.suppressed
             )?;

@@ -356,6 +356,9 @@ struct Checker {
     /// was torn.
     prev_file: Option<(PathBuf, bool, Option<u64>)>,
     signed: u64,
+    /// Whether the record lines of the current file must state `prev` (a version 1 segment)
+    /// or must not (version 2); `None` in exports, which may hold both.
+    lines_state_prev: Option<bool>,
     unsigned: u64,
     last_record_time: Option<Timestamp>,
 }
@@ -382,6 +385,7 @@ impl Checker {
             head: GENESIS,
             prev_file: None,
             signed: 0,
+            lines_state_prev: None,
             unsigned: 0,
             last_record_time: None,
         }
@@ -441,6 +445,7 @@ impl Checker {
         let export;
         let mut current = if csv {
             export = true;
+            self.lines_state_prev = None;
             // The column-name row, exactly (LF or CRLF); the chain start is the first record's
             // `prev`.
             let columns = first.bytes.strip_suffix(b"\r").unwrap_or(&first.bytes);
@@ -458,6 +463,9 @@ impl Checker {
                 .prev_hash()
                 .ok_or_else(|| Self::fail(FailureKind::Unreadable, path, None, 0))?;
             export = header.kind == HeaderKind::Export;
+            // A writer writes a whole segment in one version, so the header's version says
+            // how every line is written; an export may hold lines of both.
+            self.lines_state_prev = (!export).then_some(header.version == 1);
             let first_record = next_owned(&mut reader)?;
             self.header(path, &header, prev, first_record.as_ref())?;
             first_record
@@ -595,20 +603,33 @@ impl Checker {
         prev: Hash,
         first_record: Option<&OwnedLine>,
     ) -> Result<(), Failure> {
+        let first = first_record
+            .filter(|line| line.complete)
+            .and_then(|line| Some((line, LinkView::parse(&line.bytes)?)));
+        if let (Some((_, view)), Some(states_prev)) = (&first, self.lines_state_prev)
+            && view.prev.is_some() != states_prev
+        {
+            // The lines are of the other version than the header says.
+            return Err(Self::fail(
+                FailureKind::ModifiedHeader,
+                path,
+                Some(view.seq),
+                0,
+            ));
+        }
         // The records after the header go on from `seq - 1` with `head`, where the header says
         // otherwise: the header was edited, not the records.
         let continues = |seq: u64, head: &Hash| {
-            first_record
-                .filter(|line| line.complete)
-                .and_then(|line| Some((line, LinkView::parse(&line.bytes)?)))
-                .is_some_and(|(line, view)| view.seq == seq && line.links_to(&view, head).is_some())
+            first
+                .as_ref()
+                .is_some_and(|(line, view)| view.seq == seq && line.links_to(view, head).is_some())
         };
         let Some(expected) = self.expected else {
-            // The chain starts here: only the header's two members agreeing with its first
-            // record can be checked.
-            if let Some(seq) = first_record
-                .and_then(|line| LinkView::parse(&line.bytes))
-                .map(|view| view.seq)
+            // The chain starts here: only the header's members agreeing with its first record
+            // can be checked.
+            if let Some(seq) = first
+                .as_ref()
+                .map(|(_, view)| view.seq)
                 .filter(|&seq| seq != header.first_seq && continues(seq, &prev))
             {
                 return Err(Self::fail(FailureKind::ModifiedHeader, path, Some(seq), 0));
@@ -670,7 +691,12 @@ impl Checker {
         let expected = self.expected.unwrap_or(1);
         let view = LinkView::parse(&line.bytes);
         let seq = view.as_ref().map(|v| v.seq);
+        let version_fits = |view: &LinkView<'_>| {
+            self.lines_state_prev
+                .is_none_or(|states_prev| view.prev.is_some() == states_prev)
+        };
         if let Some(view) = &view
+            && version_fits(view)
             && view.seq == expected
             && let Some(stored) = line.links_to(view, &self.head)
         {

@@ -241,6 +241,10 @@ impl Drops {
 /// The record budget for clients outside `server.allow` (`outsider_records_per_sec`): a
 /// counter per wall-clock second, atomics only. Past the budget, records are counted in
 /// `suppressed` (same accounting as drops), which the writer reports in `suppressed` records.
+/// A record stamped this many seconds before the limiter's current second means the clock
+/// was set back, not a late record of a worker.
+const CLOCK_STEP_SECS: u64 = 5;
+
 #[derive(Debug, Default)]
 struct OutsiderLimit {
     /// 0: no limit.
@@ -260,15 +264,21 @@ impl OutsiderLimit {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
         let current = self.second.load(Ordering::Acquire);
-        if current != second
+        // Only forward: workers stamp records at different moments (a receive batch shares
+        // one time), so a record of the second before can come after the turn, and going
+        // back would hand out a fresh budget at every alternation. It counts against the
+        // current second instead. A jump back of more than a few seconds is the clock being
+        // set back, and starts over from there.
+        let turn = second > current || second.saturating_add(CLOCK_STEP_SECS) < current;
+        if turn
             && self
                 .second
                 .compare_exchange(current, second, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
             // A record counted by another thread between the swap and this store is
-            // forgotten: the budget may be exceeded by a few records at a second's turn,
-            // never by more than the threads that race for it.
+            // forgotten: at a second's turn the budget may be exceeded by the few records
+            // counted in that moment.
             self.used.store(0, Ordering::Release);
         }
         if self.used.fetch_add(1, Ordering::AcqRel) < self.per_sec {
@@ -1518,10 +1528,18 @@ mod tests {
         assert!(!limit.admits(at(5_900_000)));
         // A new second, a new budget.
         assert!(limit.admits(at(6_000_000)));
+        // Records of the second before, arriving after the turn (another worker's batch),
+        // count against the current second: no fresh budget per alternation.
+        assert!(limit.admits(at(5_999_000)));
+        assert!(!limit.admits(at(6_100_000)));
+        assert!(!limit.admits(at(5_999_500)));
+        assert!(!limit.admits(at(6_200_000)));
         let (count, first, last) = limit.suppressed.take().unwrap();
-        assert_eq!(count, 2);
+        assert_eq!(count, 5);
         assert_eq!(first, Timestamp::from_micros(5_200_000));
-        assert_eq!(last, Timestamp::from_micros(5_900_000));
+        assert_eq!(last, Timestamp::from_micros(6_200_000));
+        // The clock set back: a new budget from there.
+        assert!(limit.admits(at(500_000)));
         let unlimited = OutsiderLimit::default();
         assert!((0..1000).all(|_| unlimited.admits(at(1))));
         assert!(unlimited.suppressed.take().is_none());
