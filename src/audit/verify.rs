@@ -331,15 +331,15 @@ impl OwnedLine {
     /// line's canonical bytes), and every link the line states is `head`, byte for byte (a
     /// CSV column is outside the hashed bytes, so even a change of letter case is an edit).
     fn links_to(&self, view: &LinkView<'_>, head: &Hash) -> Option<Hash> {
-        // On the stack: this runs for every line of a log.
-        let mut head_text = [0u8; 64];
-        // 32 bytes always encode into exactly 64 hex digits.
-        let _ = hex::encode_to_slice(head, &mut head_text);
-        if self
-            .stated_prevs(view)
-            .any(|stated| stated.as_bytes() != head_text)
-        {
-            return None;
+        let mut stated = self.stated_prevs(view).peekable();
+        if stated.peek().is_some() {
+            // On the stack: this runs for every line of a version 1 log or CSV export.
+            let mut head_text = [0u8; 64];
+            // 32 bytes always encode into exactly 64 hex digits.
+            let _ = hex::encode_to_slice(head, &mut head_text);
+            if stated.any(|stated| stated.as_bytes() != head_text) {
+                return None;
+            }
         }
         let (body, stored) = segment::split_hash(&self.bytes)?;
         (segment::recompute(head, body) == stored).then_some(stored)
