@@ -1316,6 +1316,23 @@ fn synced_segments_leave_the_page_cache() {
     assert!(report.ok(), "{report}");
 }
 
+/// A signed log of a few records in three or more small segments: small enough to edit every
+/// byte or line of it in turn. Returns its settings, the public key file and its segments.
+fn small_signed_log(tmp: &Path) -> (AuditSettings, PathBuf, Vec<PathBuf>) {
+    let keydir = tmp.join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let (secret, public) = keys::keygen(&keydir).unwrap();
+    let settings = AuditSettings {
+        signing_key: Some(secret),
+        segment_max_bytes: 1500,
+        ..settings(&tmp.join("log"))
+    };
+    write_log(&settings, 0, 8);
+    let files = segments(&settings.dir);
+    assert!(files.len() >= 3, "several segments: {files:?}");
+    (settings, public, files)
+}
+
 /// Changes one byte at a time, everywhere in `files` (a letter's case, since hex digits must be
 /// written in lower case; any other byte's low bit), and returns the flips that `verify` of `target` still accepts, as `file:offset
 /// old->new`. `skip` says which offsets of a file are not checked by design.
@@ -1375,17 +1392,7 @@ fn header_value(data: &[u8], member: &str) -> std::ops::Range<usize> {
 #[test]
 fn every_changed_byte_fails_verification() {
     let tmp = tempfile::tempdir().unwrap();
-    let keydir = tmp.path().join("keys");
-    std::fs::create_dir_all(&keydir).unwrap();
-    let (secret, public) = keys::keygen(&keydir).unwrap();
-    let settings = AuditSettings {
-        signing_key: Some(secret),
-        segment_max_bytes: 1500,
-        ..settings(&tmp.path().join("log"))
-    };
-    write_log(&settings, 0, 8);
-    let files = segments(&settings.dir);
-    assert!(files.len() >= 3, "several segments: {files:?}");
+    let (settings, public, files) = small_signed_log(tmp.path());
     let last_file = files.last().unwrap().clone();
     let informational = |data: &[u8], at: usize| {
         header_value(data, "created").contains(&at) || header_value(data, "instance").contains(&at)
@@ -1417,17 +1424,7 @@ fn every_changed_byte_fails_verification() {
 #[test]
 fn every_deleted_or_swapped_line_fails_verification() {
     let tmp = tempfile::tempdir().unwrap();
-    let keydir = tmp.path().join("keys");
-    std::fs::create_dir_all(&keydir).unwrap();
-    let (secret, public) = keys::keygen(&keydir).unwrap();
-    let settings = AuditSettings {
-        signing_key: Some(secret),
-        segment_max_bytes: 1500,
-        ..settings(&tmp.path().join("log"))
-    };
-    write_log(&settings, 0, 8);
-    let files = segments(&settings.dir);
-    assert!(files.len() >= 3, "several segments: {files:?}");
+    let (settings, public, files) = small_signed_log(tmp.path());
     let mut accepted = Vec::new();
     for (index, file) in files.iter().enumerate() {
         let data = std::fs::read(file).unwrap();

@@ -751,18 +751,48 @@ enum Unwritten {
         time: Timestamp,
         origin: Origin,
     },
-    /// A gap record: if it is lost, the loss it reports must be reported again.
-    Gap {
-        dropped: u64,
-        first: Timestamp,
-        last: Timestamp,
+    /// A gap or suppressed record: if it is lost, the count it carries must be reported again.
+    Count {
+        counted: Counted,
+        run: Run,
     },
-    /// Likewise a `suppressed` record.
-    Suppressed {
-        records: u64,
-        first: Timestamp,
-        last: Timestamp,
-    },
+}
+
+/// A count of records without a record of their own, and the time span they arrived in.
+type Run = (u64, Timestamp, Timestamp);
+
+/// Why records have no record of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// Lost: the queue was full or the log could not be written (a gap record).
+    Lost,
+    /// Left out by policy: outsiders over `outsider_records_per_sec` (a suppressed record).
+    Suppressed,
+}
+
+impl Counted {
+    fn entry(self, (records, first, last): Run) -> Entry {
+        match self {
+            Self::Lost => Entry::Gap {
+                dropped: records,
+                first,
+                last,
+            },
+            Self::Suppressed => Entry::Suppressed {
+                records,
+                first,
+                last,
+            },
+        }
+    }
+
+    /// Returns a run taken for a record that was not written to the counter it came from.
+    fn put_back(self, run: Run, drops: &Drops, suppressed: &Drops) {
+        match self {
+            Self::Lost => drops.restore(run),
+            Self::Suppressed => suppressed.restore(run),
+        }
+    }
 }
 
 /// The log could not be written. `fail` has counted what the failed write lost; until a retry
@@ -907,7 +937,7 @@ impl Store {
                 let sync = self.settings.fsync_interval_ms == 0;
                 let written = self
                     .write_gap(drops)
-                    .and_then(|()| self.write_suppressed(false))
+                    .and_then(|()| self.write_suppressed(drops, false))
                     .and_then(|()| self.flush(sync))
                     .and_then(|()| self.tick());
                 match written {
@@ -933,7 +963,7 @@ impl Store {
             }
             let stopped = self
                 .write_gap(drops)
-                .and_then(|()| self.write_suppressed(true))
+                .and_then(|()| self.write_suppressed(drops, true))
                 .and_then(|()| {
                     let stop = Entry::Stop {
                         records: self.query_records,
@@ -1048,17 +1078,8 @@ impl Store {
                         drops.note_span(1, time, time);
                     }
                 }
-                // Its count was taken from `drops` for it: put back, not counted twice.
-                Unwritten::Gap {
-                    dropped,
-                    first,
-                    last,
-                } => drops.restore((dropped, first, last)),
-                Unwritten::Suppressed {
-                    records,
-                    first,
-                    last,
-                } => self.suppressed.restore((records, first, last)),
+                // Its count was taken for it: put back, not counted twice.
+                Unwritten::Count { counted, run } => counted.put_back(run, drops, &self.suppressed),
             }
         }
         // The seq after the file's last record, for the stats if the outage outlasts the
@@ -1132,34 +1153,14 @@ impl Store {
                 dropped,
                 "audit records were lost; a gap record names the loss"
             );
-            let gap = Entry::Gap {
-                dropped,
-                first,
-                last,
-            };
-            let seq = self.next_seq;
-            let index = self.unwritten.len();
-            let written = self.append_entry(Timestamp::now(), &gap);
-            if self.next_seq == seq {
-                // Not encoded: the loss goes back to be reported by the next gap record.
-                drops.restore((dropped, first, last));
-            } else if let Some(slot) = self.unwritten.get_mut(index) {
-                // Encoded but not yet written: if the write fails, `fail` must report
-                // the loss this record carries, not the record alone.
-                *slot = Unwritten::Gap {
-                    dropped,
-                    first,
-                    last,
-                };
-            }
-            written?;
+            self.append_count(Counted::Lost, (dropped, first, last), drops)?;
         }
         Ok(())
     }
 
     /// Reports the outsider records left out over `outsider_records_per_sec`, at most once per
     /// `SUPPRESSED_INTERVAL` (`now`: whatever is pending, before the stop record).
-    fn write_suppressed(&mut self, now: bool) -> Result<(), AuditError> {
+    fn write_suppressed(&mut self, drops: &Drops, now: bool) -> Result<(), AuditError> {
         if !now && self.last_suppressed.elapsed() < SUPPRESSED_INTERVAL {
             return Ok(());
         }
@@ -1176,22 +1177,26 @@ impl Store {
                  suppressed records count those not recorded one by one"
             );
         }
-        let entry = Entry::Suppressed {
-            records,
-            first,
-            last,
-        };
+        self.append_count(Counted::Suppressed, (records, first, last), drops)
+    }
+
+    /// Appends a record that carries a count of records without one of their own (a gap or a
+    /// suppressed record). Not encoded: the count goes back, for the next such record to
+    /// report. Encoded but not yet written: its `unwritten` slot says what it carries, so
+    /// that `fail` puts the count back, not the record alone, if the write fails.
+    fn append_count(
+        &mut self,
+        counted: Counted,
+        run: Run,
+        drops: &Drops,
+    ) -> Result<(), AuditError> {
         let seq = self.next_seq;
         let index = self.unwritten.len();
-        let written = self.append_entry(Timestamp::now(), &entry);
+        let written = self.append_entry(Timestamp::now(), &counted.entry(run));
         if self.next_seq == seq {
-            self.suppressed.restore((records, first, last));
+            counted.put_back(run, drops, &self.suppressed);
         } else if let Some(slot) = self.unwritten.get_mut(index) {
-            *slot = Unwritten::Suppressed {
-                records,
-                first,
-                last,
-            };
+            *slot = Unwritten::Count { counted, run };
         }
         written
     }
