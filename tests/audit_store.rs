@@ -1509,5 +1509,19 @@ fn an_edited_header_is_named_as_such() {
         assert_eq!(failure.spot.file, *file);
         std::fs::write(file, text).unwrap();
     }
+    // A record given a version 1 `prev` (its hash not redone) is a modified record, named at
+    // the record, not at the header.
+    let text = std::fs::read_to_string(&files[1]).unwrap();
+    let header_len = text.find('\n').unwrap() + 1;
+    let edited = format!(
+        "{}{}",
+        &text[..header_len],
+        text[header_len..].replacen(',', &format!(",\"prev\":\"{}\",", "0".repeat(64)), 1)
+    );
+    std::fs::write(&files[1], edited).unwrap();
+    let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+    assert_eq!(failure.kind, FailureKind::Modified, "{failure:?}");
+    assert_eq!(failure.spot.offset, header_len as u64);
+    std::fs::write(&files[1], text).unwrap();
     assert!(audit::verify(tmp.path(), None).unwrap().ok());
 }
