@@ -319,6 +319,54 @@ fn summary_counts_match_the_queries_sent() {
     );
 }
 
+/// SIGINT (Ctrl-C in a terminal) stops as cleanly as SIGTERM: every record written, then the
+/// stop record and a signed closing checkpoint as the log's last line.
+#[test]
+fn sigint_flushes_and_signs_before_exit() {
+    let upstream = Upstream::start();
+    let keys = tempfile::tempdir().unwrap();
+    let prefix = keys.path().join("auditor");
+    let keygen = dnsward_command()
+        .args(["audit", "keygen", "--out"])
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let mut dnsward = served(
+        &upstream,
+        &format!(
+            "[audit]\nsigning_key = \"{}\"\ncheckpoint_interval_secs = 3600\n",
+            prefix.with_extension("key").display()
+        ),
+    );
+    send_known_queries(&dnsward);
+    assert!(dnsward.stop_with("INT"), "a clean exit on SIGINT");
+    let config = dnsward.config_path();
+    let public = prefix.with_extension("pub").to_string_lossy().into_owned();
+    let verify = audit(&config, &["verify", "--pubkey", &public]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    let all = json_lines(&audit(&config, &["export", "--format", "jsonl"]));
+    let records: Vec<&Value> = all
+        .iter()
+        .filter(|r| r.get("seq").is_some() && r["type"] != "export_end")
+        .collect();
+    assert_eq!(
+        records.iter().filter(|r| r["type"] == "query").count(),
+        11,
+        "every query written before exit"
+    );
+    let [.., stop, last] = records.as_slice() else {
+        panic!("too few records: {records:#?}");
+    };
+    assert_eq!(stop["type"], "stop");
+    assert_eq!(last["type"], "checkpoint");
+    assert_eq!(last["close"], true);
+    assert!(
+        last["sig"].is_string(),
+        "the closing checkpoint is signed: {last}"
+    );
+}
+
 #[test]
 fn signed_log_verifies_and_tampering_is_named() {
     let upstream = Upstream::start();

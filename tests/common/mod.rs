@@ -402,8 +402,14 @@ impl Dnsward {
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
     pub fn terminate(&mut self) -> bool {
+        self.stop_with("TERM")
+    }
+
+    /// Sends signal `name` (`TERM`, `INT`) and waits for the exit; returns whether it was a
+    /// success.
+    pub fn stop_with(&mut self, name: &str) -> bool {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
@@ -416,7 +422,7 @@ impl Dnsward {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("dnsward did not stop after SIGTERM");
+        panic!("dnsward did not stop after SIG{name}");
     }
 
     pub fn is_running(&mut self) -> bool {
