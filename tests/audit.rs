@@ -319,30 +319,41 @@ fn summary_counts_match_the_queries_sent() {
     );
 }
 
-/// SIGINT (Ctrl-C in a terminal) stops as cleanly as SIGTERM: every record written, then the
-/// stop record and a signed closing checkpoint as the log's last line.
-#[test]
-fn sigint_flushes_and_signs_before_exit() {
-    let upstream = Upstream::start();
-    let keys = tempfile::tempdir().unwrap();
-    let prefix = keys.path().join("auditor");
+/// `dnsward audit keygen --out DIR/auditor`: the private and public key files it wrote.
+fn auditor_keys(dir: &Path) -> (PathBuf, PathBuf) {
+    let prefix = dir.join("auditor");
     let keygen = dnsward_command()
         .args(["audit", "keygen", "--out"])
         .arg(&prefix)
         .output()
         .unwrap();
     assert!(keygen.status.success(), "{keygen:?}");
+    let (private, public) = (prefix.with_extension("key"), prefix.with_extension("pub"));
+    assert!(
+        private.is_file() && public.is_file(),
+        "PREFIX.key and PREFIX.pub"
+    );
+    (private, public)
+}
+
+/// SIGINT (Ctrl-C in a terminal) stops as cleanly as SIGTERM: every record written, then the
+/// stop record and a signed closing checkpoint as the log's last line.
+#[test]
+fn sigint_flushes_and_signs_before_exit() {
+    let upstream = Upstream::start();
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = auditor_keys(keys.path());
     let mut dnsward = served(
         &upstream,
         &format!(
             "[audit]\nsigning_key = \"{}\"\ncheckpoint_interval_secs = 3600\n",
-            prefix.with_extension("key").display()
+            private.display()
         ),
     );
     send_known_queries(&dnsward);
     assert!(dnsward.stop_with("INT"), "a clean exit on SIGINT");
     let config = dnsward.config_path();
-    let public = prefix.with_extension("pub").to_string_lossy().into_owned();
+    let public = public.to_string_lossy().into_owned();
     let verify = audit(&config, &["verify", "--pubkey", &public]);
     assert!(verify.status.success(), "{}", stdout(&verify));
     let all = json_lines(&audit(&config, &["export", "--format", "jsonl"]));
@@ -371,27 +382,7 @@ fn sigint_flushes_and_signs_before_exit() {
 fn signed_log_verifies_and_tampering_is_named() {
     let upstream = Upstream::start();
     let keys = tempfile::tempdir().unwrap();
-    let prefix = keys.path().join("auditor");
-    let keygen = dnsward_command()
-        .args(["audit", "keygen", "--out"])
-        .arg(&prefix)
-        .output()
-        .unwrap();
-    assert!(keygen.status.success(), "{keygen:?}");
-    let key_files: Vec<PathBuf> = std::fs::read_dir(keys.path())
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .collect();
-    let private = key_files
-        .iter()
-        .find(|p| p.to_string_lossy().ends_with(".key"))
-        .unwrap()
-        .clone();
-    let public = key_files
-        .iter()
-        .find(|p| p.to_string_lossy().ends_with(".pub"))
-        .unwrap()
-        .clone();
+    let (private, public) = auditor_keys(keys.path());
 
     let mut dnsward = served(
         &upstream,
