@@ -277,11 +277,17 @@ impl Handler {
             latency_us: u64::try_from(arrival.batch.at.elapsed().as_micros()).unwrap_or(u64::MAX),
         };
         record.emit();
-        if let Some(audit) = &self.audit
-            && (state.acl.allows(arrival.client.ip()) || audit.admits_outsider(record.time))
-        {
+        if self.audits(&state, &record) {
             audit_batch.push(record);
         }
+    }
+
+    /// Whether `record` goes to the audit log: always for a client inside `server.allow`, and
+    /// for one outside within `outsider_records_per_sec` (beyond it the writer counts it).
+    fn audits(&self, state: &State, record: &DecisionRecord) -> bool {
+        self.audit.as_ref().is_some_and(|audit| {
+            state.acl.allows(record.client.ip()) || audit.admits_outsider(record.time)
+        })
     }
 
     /// Hands the decision records gathered by `answer_fast` over one receive batch to the audit
@@ -884,10 +890,7 @@ impl RequestHandler for Handler {
         record.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         record.emit();
         // The audit queue never blocks: a full queue is counted and becomes a gap record.
-        // Outsiders (REFUSED) are recorded within their budget, and counted beyond it.
-        if let Some(audit) = &self.audit
-            && (state.acl.allows(client.addr.ip()) || audit.admits_outsider(record.time))
-        {
+        if let Some(audit) = self.audit.as_ref().filter(|_| self.audits(&state, &record)) {
             audit.record(record);
         }
         info

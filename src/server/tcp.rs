@@ -446,14 +446,16 @@ async fn discard_until_closed(mut stream: TcpStream) {
 /// One message read from a connection: the request chain, or FORMERR (recorded) for a message
 /// that does not parse.
 async fn answer(handler: &Handler, message: Vec<u8>, arrival: Arrival, responder: Responder) {
-    let formerr = super::formerr_for(&message);
+    // The header is all a FORMERR needs; kept on the stack, since the message moves into the
+    // parser and almost every message parses.
+    let header: Option<[u8; 12]> = message.get(..12).and_then(|h| h.try_into().ok());
     let request = match Request::from_bytes(message, arrival.client, Protocol::Tcp) {
         Ok(request) => request,
         Err(error) => {
             handler.counters().malformed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%error, client = %arrival.client, "malformed query");
-            if let Some(formerr) = formerr
-                && responder.send(&formerr).await.is_ok()
+            if let Some(formerr) = header.and_then(|header| super::formerr_for(&header))
+                && responder.send(formerr).await.is_ok()
             {
                 let mut record = Vec::with_capacity(1);
                 handler.record_formerr(&arrival, Transport::Tcp, &mut record);
@@ -482,13 +484,13 @@ struct Responder {
 impl Responder {
     /// Queues `message` with its two-byte length in front (RFC 1035 §4.2.2). An `Err` means
     /// the connection's writer has gone: the answer is not sent.
-    async fn send(&self, message: &[u8]) -> Result<(), NetError> {
+    /// Frames `message` with its length in place (no second buffer per answer) and queues it.
+    async fn send(&self, mut message: Vec<u8>) -> Result<(), NetError> {
+        message.truncate(usize::from(u16::MAX));
         let length = u16::try_from(message.len()).unwrap_or(u16::MAX);
-        let mut framed = Vec::with_capacity(message.len() + 2);
-        framed.extend_from_slice(&length.to_be_bytes());
-        framed.extend_from_slice(&message[..usize::from(length)]);
+        message.splice(0..0, length.to_be_bytes());
         self.answers
-            .send((framed, self.slot.clone()))
+            .send((message, self.slot.clone()))
             .await
             .map_err(|_| NetError::from("TCP connection closed before the answer"))
     }
@@ -509,7 +511,7 @@ impl ResponseHandler for Responder {
     ) -> Result<ResponseInfo, NetError> {
         // The limit is the largest TCP message; past it, TC and what fits.
         let (info, bytes) = super::encode_response(response, u16::MAX)?;
-        self.send(&bytes).await?;
+        self.send(bytes).await?;
         Ok(info)
     }
 }
