@@ -8,7 +8,11 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     str::FromStr,
-    sync::{Arc, Mutex, mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -156,19 +160,29 @@ impl Drop for Upstream {
 
 /// A real upstream behind a slow link: every UDP query it receives is announced on
 /// `received`, then relayed to `upstream` after `delay`, and the upstream's reply is sent back.
+/// Dropping it stops the relay (its thread checks every 100 ms).
 pub struct DelayRelay {
     pub addr: SocketAddr,
     pub received: mpsc::Receiver<()>,
+    stop: Arc<AtomicBool>,
 }
 
 impl DelayRelay {
     pub fn start(upstream: SocketAddr, delay: Duration) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let addr = socket.local_addr().unwrap();
         let (announce, received) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
         std::thread::spawn(move || {
             let mut buffer = vec![0u8; 65535];
-            while let Ok((length, client)) = socket.recv_from(&mut buffer) {
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((length, client)) = socket.recv_from(&mut buffer) else {
+                    continue;
+                };
                 let query = buffer[..length].to_vec();
                 let reply_socket = socket.try_clone().unwrap();
                 let _ = announce.send(());
@@ -184,7 +198,17 @@ impl DelayRelay {
                 });
             }
         });
-        Self { addr, received }
+        Self {
+            addr,
+            received,
+            stop,
+        }
+    }
+}
+
+impl Drop for DelayRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
