@@ -379,6 +379,56 @@ fn sigint_flushes_and_signs_before_exit() {
 }
 
 #[test]
+fn a_second_instance_on_the_same_log_is_refused() {
+    let upstream = Upstream::start();
+    let mut dnsward = served(&upstream, "[audit]\n");
+    send_known_queries(&dnsward);
+    let config = dnsward.config_path();
+
+    // Same configuration, so the same log; its listen port is ephemeral, so without the lock
+    // this second instance would start and write into the first one's chain.
+    let mut second = dnsward_command()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = eventually(|| second.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = second.kill();
+    }
+    let output = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(exited, "a second writer ran on the same log: {stderr}");
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "in use by another running dnsward (pid {})",
+            dnsward.pid()
+        )),
+        "{stderr}"
+    );
+
+    // The first instance goes on logging into a chain that only it wrote.
+    ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
+    assert!(dnsward.terminate());
+    let verify = audit(&config, &["verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    let all = json_lines(&audit(&config, &["export", "--format", "jsonl"]));
+    assert_eq!(all.iter().filter(|r| r["type"] == "start").count(), 1);
+    assert_eq!(all.iter().filter(|r| r["type"] == "query").count(), 12);
+
+    // The lock goes with the process: a restart takes it again.
+    dnsward.restart();
+    ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
+    assert!(dnsward.terminate());
+    let verify = audit(&config, &["verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+}
+
+#[test]
 fn signed_log_verifies_and_tampering_is_named() {
     let upstream = Upstream::start();
     let keys = tempfile::tempdir().unwrap();

@@ -93,6 +93,12 @@ pub enum AuditError {
     InvalidQtype { value: String },
     #[error("invalid domain {value:?}: {reason}")]
     InvalidDomain { value: String, reason: String },
+    #[error(
+        "{}: the audit log is in use by another running dnsward ({holder}); two writers on one \
+         log would fork its chain, so give each instance its own [audit] dir",
+        dir.display()
+    )]
+    InUse { dir: PathBuf, holder: String },
     #[error("the audit writer thread could not be started: {0}")]
     Spawn(#[source] std::io::Error),
     #[error("the audit writer thread panicked")]

@@ -500,6 +500,44 @@ impl Drop for AuditWriter {
     }
 }
 
+/// The lock file in the log's directory: held (`flock`, exclusive) by the one process that
+/// writes the log, for as long as its writer runs. A second writer would continue the same
+/// chain from the same head (two records with one `seq`) and take the live segment for a
+/// crashed one. Readers (`audit search`, `verify`, ...) do not lock: they read whole lines.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Takes the log directory's lock, or names who holds it. The lock is the kernel's, so it goes
+/// with the process (kill -9 included); the pid written into the file is only for the message.
+fn lock_dir(dir: &Path) -> Result<File, AuditError> {
+    std::fs::create_dir_all(dir).map_err(AuditError::io(dir))?;
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(AuditError::io(&path))?;
+    // rustix, not `File::try_lock`: that needs Rust 1.89, above the crate's MSRV.
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| text.trim().parse::<u32>().ok())
+                .map_or_else(|| "lock file .lock".to_owned(), |pid| format!("pid {pid}"));
+            return Err(AuditError::InUse {
+                dir: dir.to_owned(),
+                holder,
+            });
+        }
+        Err(error) => return Err(AuditError::io(&path)(error.into())),
+    }
+    file.set_len(0).map_err(AuditError::io(&path))?;
+    writeln!(file, "{}", std::process::id()).map_err(AuditError::io(&path))?;
+    Ok(file)
+}
+
 /// Entry point: `AuditLog::open`.
 #[derive(Debug)]
 pub struct AuditLog;
@@ -511,6 +549,7 @@ impl AuditLog {
         settings: &AuditSettings,
         instance: InstanceId,
     ) -> Result<(AuditHandle, AuditWriter), AuditError> {
+        let lock = lock_dir(&settings.dir)?;
         let writable = Arc::new(AtomicBool::new(true));
         let outsiders = Arc::new(OutsiderLimit {
             per_sec: settings.outsider_records_per_sec,
@@ -544,6 +583,8 @@ impl AuditLog {
                 }
                 let result = store.run(&rx, &queued, &thread_drops);
                 writer_gone.store(true, Ordering::Release);
+                // Held until the stop record and closing checkpoint are written.
+                drop(lock);
                 if let Err(error) = &result {
                     tracing::error!(%error, "audit writer failed; further records are counted as dropped");
                 }
