@@ -485,6 +485,66 @@ fn batches_of_records_are_written_or_counted_whole() {
     assert_eq!(written + dropped, 10);
 }
 
+/// Records handed over while the writer stops (a TCP answer finishing during the stop) are
+/// written before the stop record, or counted in the stop figures: none vanish in the channel.
+#[test]
+fn records_sent_during_the_stop_are_written_or_counted() {
+    for _ in 0..3 {
+        let tmp = tempfile::tempdir().unwrap();
+        let settings = AuditSettings {
+            segment_max_bytes: 64 * 1024 * 1024,
+            fsync_interval_ms: 1000,
+            queue_capacity: 1024,
+            ..settings(tmp.path())
+        };
+        let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+        let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sender = {
+            let handle = handle.clone();
+            let stopping = std::sync::Arc::clone(&stopping);
+            std::thread::spawn(move || {
+                let mut sent = 0;
+                // Before the stop, through it, and a little after.
+                let mut after = 0;
+                while after < 1_000 {
+                    handle.record(decision(sent));
+                    sent += 1;
+                    if stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                        after += 1;
+                    }
+                }
+                sent
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let stats = writer.shutdown().unwrap();
+        stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = sender.join().unwrap();
+        let records = all_records(tmp.path());
+        let written = records
+            .iter()
+            .filter(|r| matches!(r.entry, Entry::Query(_)))
+            .count() as u64;
+        let stop_at = records
+            .iter()
+            .position(|r| matches!(r.entry, Entry::Stop { .. }))
+            .expect("a stop record");
+        assert!(
+            records[stop_at..]
+                .iter()
+                .all(|r| !matches!(r.entry, Entry::Query(_))),
+            "no query record after the stop record"
+        );
+        assert_eq!(
+            written + handle.dropped(),
+            sent,
+            "{sent} sent: {written} written, {} counted as dropped (stats: {stats:?})",
+            handle.dropped()
+        );
+        assert!(audit::verify(tmp.path(), None).unwrap().ok());
+    }
+}
+
 #[test]
 fn full_queue_is_recorded_as_a_gap_with_the_right_count() {
     let tmp = tempfile::tempdir().unwrap();

@@ -15,7 +15,7 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering},
-        mpsc::{Receiver, RecvTimeoutError, Sender, channel},
+        mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel},
     },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
@@ -299,7 +299,8 @@ struct QueueTx {
     tx: Sender<Message>,
     queued: Arc<AtomicUsize>,
     capacity: usize,
-    /// Set when the writer thread has exited: nothing will make room any more.
+    /// Set when the writer takes no more records: after its stop record, or when its thread
+    /// has exited. Nothing will make room any more.
     writer_gone: Arc<AtomicBool>,
 }
 
@@ -308,7 +309,7 @@ impl QueueTx {
     /// writer is gone).
     fn try_send(&self, message: Message) -> bool {
         let weight = message.weight();
-        if self.queued.fetch_add(weight, Ordering::AcqRel) + weight > self.capacity {
+        if self.queued.fetch_add(weight, Ordering::SeqCst) + weight > self.capacity {
             self.queued.fetch_sub(weight, Ordering::AcqRel);
             return false;
         }
@@ -327,14 +328,18 @@ impl QueueTx {
 
     /// Queues `message` past the bound (the shutdown request must always get in).
     fn send_anyway(&self, message: Message) -> bool {
-        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.queued.fetch_add(1, Ordering::SeqCst);
         self.send_counted(message)
     }
 
     /// Sends a message already counted in `queued`; false if the writer is gone.
     fn send_counted(&self, message: Message) -> bool {
         let weight = message.weight();
-        let sent = self.tx.send(message).is_ok();
+        // SeqCst with the `queued` increment before it, against the writer's store of
+        // `writer_gone` and its read of `queued` (`Store::count_leftovers`): either this
+        // sender sees the writer gone and counts its records as dropped, or the writer waits
+        // for this send and counts them. Nothing is left in the channel uncounted.
+        let sent = !self.writer_gone.load(Ordering::SeqCst) && self.tx.send(message).is_ok();
         if !sent {
             self.queued.fetch_sub(weight, Ordering::AcqRel);
         }
@@ -538,6 +543,40 @@ fn lock_dir(dir: &Path) -> Result<File, AuditError> {
     Ok(file)
 }
 
+/// After the stop record: marks the writer gone, then counts as dropped whatever is still
+/// queued or on its way (a sender that counted itself into `queued` before it saw the mark),
+/// so that every record handed over is either in the log or in the stop figures. Returns how
+/// many records it counted.
+fn count_leftovers(
+    rx: &Receiver<Message>,
+    queued: &AtomicUsize,
+    drops: &Drops,
+    writer_gone: &AtomicBool,
+) -> u64 {
+    writer_gone.store(true, Ordering::SeqCst);
+    let mut counted = 0;
+    loop {
+        match rx.try_recv() {
+            Ok(message) => {
+                let weight = message.weight();
+                queued.fetch_sub(weight, Ordering::SeqCst);
+                if !matches!(message, Message::Shutdown) {
+                    drops.note_many(weight as u64);
+                    counted += weight as u64;
+                }
+            }
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                if queued.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+        }
+    }
+    counted
+}
+
 /// Entry point: `AuditLog::open`.
 #[derive(Debug)]
 pub struct AuditLog;
@@ -581,7 +620,7 @@ impl AuditLog {
                 if !crate::sched::enter(crate::sched::Class::Batch) {
                     tracing::debug!("cannot put the audit writer in SCHED_BATCH");
                 }
-                let result = store.run(&rx, &queued, &thread_drops);
+                let result = store.run(&rx, &queued, &thread_drops, &writer_gone);
                 writer_gone.store(true, Ordering::Release);
                 // Held until the stop record and closing checkpoint are written.
                 drop(lock);
@@ -942,6 +981,7 @@ impl Store {
         rx: &Receiver<Message>,
         queued: &AtomicUsize,
         drops: &Drops,
+        writer_gone: &AtomicBool,
     ) -> Result<WriterStats, AuditError> {
         let mut stopping = false;
         while !stopping {
@@ -996,6 +1036,7 @@ impl Store {
                 std::thread::sleep(BATCH_PAUSE);
             }
         }
+        self.take_queued(rx, queued, drops);
         // A second attempt if the first fails: the stop record is what says the stop was clean.
         for _ in 0..2 {
             self.retry_if_due(drops, true);
@@ -1025,11 +1066,34 @@ impl Store {
                  write are counted here only; the log's chain is intact up to its last record"
             );
         }
+        let late = count_leftovers(rx, queued, drops, writer_gone);
+        if late > 0 {
+            tracing::warn!(
+                late,
+                "audit records arrived after the stop record; they are counted in the stop \
+                 figures (audit_dropped_total) only"
+            );
+        }
         Ok(WriterStats {
             records: self.query_records,
             dropped: drops.total.load(Ordering::Relaxed),
             last_seq: self.next_seq - 1,
         })
+    }
+
+    /// Writes what was queued behind the shutdown request (a TCP answer that finished during
+    /// the stop, a reload's record) before the stop record. At most a queue's worth, so that a
+    /// sender that keeps going cannot hold the stop up.
+    fn take_queued(&mut self, rx: &Receiver<Message>, queued: &AtomicUsize, drops: &Drops) {
+        let mut records = 0;
+        while records < self.settings.queue_capacity.max(1) {
+            let Ok(message) = rx.try_recv() else { break };
+            records += message.weight();
+            queued.fetch_sub(message.weight(), Ordering::AcqRel);
+            if !matches!(message, Message::Shutdown) {
+                self.take(message, drops);
+            }
+        }
     }
 
     /// Handles one message; returns whether it asks to stop. While the log cannot be written,
