@@ -346,7 +346,7 @@ fn sigint_flushes_and_signs_before_exit() {
     let mut dnsward = served(
         &upstream,
         &format!(
-            "[audit]\nsigning_key = \"{}\"\ncheckpoint_interval_secs = 3600\n",
+            "[audit]\nsigning_key = \"{}\"\ncheckpoint_interval_secs = 20\n",
             private.display()
         ),
     );

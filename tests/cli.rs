@@ -244,7 +244,9 @@ fn serve_names_a_missing_audit_key_once() {
     let message = stderr(&output);
     let last = message.lines().last().unwrap_or_default();
     assert!(
-        last.starts_with("dnsward: cannot open the audit log") && last.contains("missing.key"),
+        last.starts_with("dnsward: cannot open the audit log")
+            && last.contains("audit.signing_key: ")
+            && last.contains("missing.key"),
         "{message}"
     );
     // The cause is named once, not once per level of the error chain.

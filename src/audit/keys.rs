@@ -112,7 +112,32 @@ fn read_hex32(path: &Path) -> Result<[u8; 32], AuditError> {
     Ok(bytes)
 }
 
+/// Loads the private key. Refuses a `.pub` file (also 64 hex digits, so it would load, and
+/// checkpoints signed with it could be forged by anyone who has the public key) and, on Unix, a
+/// file other users can read or anyone but its owner and group can change.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, AuditError> {
+    if path.extension().is_some_and(|ext| ext == "pub") {
+        return Err(AuditError::Key {
+            path: path.to_owned(),
+            reason: "this is the public key; signing needs the .key file that keygen wrote \
+                     beside it",
+        });
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(AuditError::io(path))?
+            .permissions()
+            .mode();
+        if mode & 0o027 != 0 {
+            return Err(AuditError::Key {
+                path: path.to_owned(),
+                reason: "other users can read it, or its group can change it: anyone who can \
+                         read it can sign checkpoints; chmod 600 it (640 for a service group)",
+            });
+        }
+    }
     Ok(SigningKey::from_bytes(&read_hex32(path)?))
 }
 
@@ -150,6 +175,30 @@ mod tests {
             keygen(dir.path()),
             Err(AuditError::KeyExists { .. })
         ));
+    }
+
+    #[test]
+    fn a_public_or_exposed_key_does_not_sign() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, public) = keygen(dir.path()).unwrap();
+        let error = load_signing_key(&public).unwrap_err().to_string();
+        assert!(error.contains("this is the public key"), "{error}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let set = |mode| {
+                std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).unwrap()
+            };
+            for exposed in [0o644, 0o604, 0o660, 0o602] {
+                set(exposed);
+                let error = load_signing_key(&secret).unwrap_err().to_string();
+                assert!(error.contains("chmod 600"), "{exposed:o}: {error}");
+            }
+            for private in [0o600, 0o640, 0o400] {
+                set(private);
+                load_signing_key(&secret).unwrap();
+            }
+        }
     }
 
     #[test]

@@ -99,6 +99,13 @@ pub enum AuditError {
         dir.display()
     )]
     InUse { dir: PathBuf, holder: String },
+    /// An error in a file a setting names: says which setting.
+    #[error("{key}: {source}")]
+    Setting {
+        key: &'static str,
+        #[source]
+        source: Box<Self>,
+    },
     #[error("the audit writer thread could not be started: {0}")]
     Spawn(#[source] std::io::Error),
     #[error("the audit writer thread panicked")]
@@ -108,6 +115,14 @@ pub enum AuditError {
 }
 
 impl AuditError {
+    /// Names the `[audit]` setting an error is about.
+    pub fn for_setting(key: &'static str) -> impl FnOnce(Self) -> Self {
+        move |error| Self::Setting {
+            key,
+            source: Box::new(error),
+        }
+    }
+
     /// Names the command-line argument an error is about.
     pub fn for_flag(flag: &'static str) -> impl FnOnce(Self) -> Self {
         move |error| Self::Argument {

@@ -1,10 +1,18 @@
 //! The `[audit]` configuration section. It owns defaults and their reasons; it does not open
-//! anything (the writer does) and does not know where the config file lives (the caller resolves
-//! relative paths with `resolve_paths`).
+//! anything (the writer does) and does not know where the config file lives (the config loader
+//! resolves `dir` against `server.data_dir`, the key files against the config file's directory).
 
-use std::{path::Path, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
+
+/// Smallest `segment_max_bytes`: a few records per segment (tests rotate at this size).
+pub const MIN_SEGMENT_BYTES: u64 = 4096;
+/// Largest `retention_max_age_days` (100 years), so the age in seconds cannot overflow.
+pub const MAX_RETENTION_DAYS: u64 = 36_500;
+/// Largest `checkpoint_interval_secs`: well inside `verify`'s 30 s unsigned-tail tolerance,
+/// with room for a writer that is seconds behind.
+pub const MAX_CHECKPOINT_INTERVAL_SECS: u64 = 20;
 
 /// `[audit]`: where and how the decision trail is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -13,8 +21,7 @@ pub struct AuditSettings {
     /// Record every decision. Default `true`: the trail is the point of dnsward; turning it off
     /// must be a deliberate choice.
     pub enabled: bool,
-    /// Directory of the segment files. Default `"audit"`, relative to the config file's directory
-    /// (see `resolve_paths`), so a checkout runs without root.
+    /// Directory of the segment files. Default `"audit"`, relative to `server.data_dir`.
     pub dir: PathBuf,
     /// A segment is closed (and signed) once it reaches this many bytes. Default 64 MiB: small
     /// enough that retention frees space in useful steps and a reader can hold one in memory.
@@ -33,6 +40,7 @@ pub struct AuditSettings {
     pub fsync_interval_ms: u64,
     /// While records flow, a signed checkpoint over the chain head is written at least this
     /// often, in seconds. Default 5: bounds how much of the tail is covered by the chain alone.
+    /// At most 20 (see `MAX_CHECKPOINT_INTERVAL_SECS`).
     pub checkpoint_interval_secs: u64,
     /// Ed25519 private key file written by `dnsward audit keygen`. Default none: the chain is
     /// still written, and `verify` reports the log as unsigned.
@@ -104,21 +112,54 @@ impl Default for AuditSettings {
 }
 
 impl AuditSettings {
-    /// Makes `dir`, `signing_key` and `anonymize_key` absolute against `base` (the config file's
-    /// directory) when they are relative.
-    pub fn resolve_paths(&mut self, base: &Path) {
-        fn resolve(path: &mut PathBuf, base: &Path) {
-            if path.is_relative() {
-                *path = base.join(&*path);
-            }
+    /// The first value that makes no sense, as (field, why); the caller names the file and
+    /// line. Zero sizes would close a segment (with a signed checkpoint and an fsync) per
+    /// record, a size limit below one segment would remove every closed segment at each close,
+    /// and a checkpoint interval beyond `verify`'s unsigned-tail tolerance would make every
+    /// live or crashed log fail `verify --pubkey`.
+    pub fn invalid_value(&self) -> Option<(&'static str, String)> {
+        let tolerance = crate::audit::verify::UNSIGNED_TAIL_TOLERANCE.as_secs();
+        if self.segment_max_bytes < MIN_SEGMENT_BYTES {
+            return Some((
+                "segment_max_bytes",
+                format!("must be at least {MIN_SEGMENT_BYTES}"),
+            ));
         }
-        resolve(&mut self.dir, base);
-        if let Some(key) = &mut self.signing_key {
-            resolve(key, base);
+        if self.segment_max_age_secs == 0 {
+            return Some(("segment_max_age_secs", "must be at least 1".into()));
         }
-        if let Some(key) = &mut self.anonymize_key {
-            resolve(key, base);
+        if self.retention_max_total_bytes != 0
+            && self.retention_max_total_bytes < self.segment_max_bytes
+        {
+            return Some((
+                "retention_max_total_bytes",
+                format!(
+                    "must be at least segment_max_bytes ({}), or 0 for no size limit: below \
+                     one segment, every close would remove all older segments",
+                    self.segment_max_bytes
+                ),
+            ));
         }
+        if self.retention_max_age_days > MAX_RETENTION_DAYS {
+            return Some((
+                "retention_max_age_days",
+                format!("must be at most {MAX_RETENTION_DAYS} (0: no age limit)"),
+            ));
+        }
+        if !(1..=MAX_CHECKPOINT_INTERVAL_SECS).contains(&self.checkpoint_interval_secs) {
+            return Some((
+                "checkpoint_interval_secs",
+                format!(
+                    "must be from 1 to {MAX_CHECKPOINT_INTERVAL_SECS}: `audit verify --pubkey` \
+                     reports records more than {tolerance} s newer than the last signed \
+                     checkpoint as an unsigned tail"
+                ),
+            ));
+        }
+        if self.queue_capacity == 0 {
+            return Some(("queue_capacity", "must be at least 1".into()));
+        }
+        None
     }
 
     pub fn segment_max_age(&self) -> Duration {
@@ -157,19 +198,5 @@ mod tests {
         assert_eq!(parsed.when_unwritable, WhenUnwritable::Refuse);
         assert!(toml::from_str::<AuditSettings>("when_unwritable = \"halt\"").is_err());
         assert!(toml::from_str::<AuditSettings>("nope = 1").is_err());
-    }
-
-    #[test]
-    fn relative_paths_resolve_against_base() {
-        let mut settings = AuditSettings {
-            signing_key: Some("keys/audit.key".into()),
-            ..AuditSettings::default()
-        };
-        settings.resolve_paths(Path::new("/etc/dnsward"));
-        assert_eq!(settings.dir, Path::new("/etc/dnsward/audit"));
-        assert_eq!(
-            settings.signing_key.as_deref(),
-            Some(Path::new("/etc/dnsward/keys/audit.key"))
-        );
     }
 }

@@ -893,7 +893,8 @@ impl Store {
         std::fs::create_dir_all(&dir).map_err(AuditError::io(&dir))?;
         let signer = match &settings.signing_key {
             Some(path) => {
-                let key = keys::load_signing_key(path)?;
+                let key = keys::load_signing_key(path)
+                    .map_err(AuditError::for_setting("audit.signing_key"))?;
                 let public = hex::encode(key.verifying_key().as_bytes());
                 Some((key, public))
             }
@@ -904,7 +905,8 @@ impl Store {
             settings: settings.clone(),
             instance,
             signer,
-            anonymizer: Anonymizer::from_settings(settings)?,
+            anonymizer: Anonymizer::from_settings(settings)
+                .map_err(AuditError::for_setting("audit.anonymize_key"))?,
             segment: None,
             pending_torn: None,
             next_seq: 1,

@@ -210,6 +210,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
     }
 
+    if let Some((key, reason)) = file.audit.invalid_value() {
+        return Err(invalid(0..0, format!("audit.{key}"), reason));
+    }
+
     if let Err(error) = tracing_subscriber::EnvFilter::try_new(&file.log.level) {
         return Err(invalid(
             0..0,
@@ -493,6 +497,57 @@ mod tests {
             error,
             "conf/dnsward.toml:3: recursion.server_timeout_ms: must be at least 1"
         );
+    }
+
+    #[test]
+    fn senseless_audit_values_are_rejected_with_their_line() {
+        let cases = [
+            (
+                "segment_max_bytes = 0",
+                "audit.segment_max_bytes: must be at least 4096",
+            ),
+            (
+                "segment_max_age_secs = 0",
+                "audit.segment_max_age_secs: must be at least 1",
+            ),
+            (
+                "retention_max_total_bytes = 1000",
+                "audit.retention_max_total_bytes: must be at least segment_max_bytes",
+            ),
+            (
+                "retention_max_age_days = 213503982334602",
+                "audit.retention_max_age_days: must be at most 36500",
+            ),
+            (
+                "checkpoint_interval_secs = 0",
+                "audit.checkpoint_interval_secs: must be from 1 to 20",
+            ),
+            (
+                "checkpoint_interval_secs = 60",
+                "audit.checkpoint_interval_secs: must be from 1 to 20",
+            ),
+            (
+                "queue_capacity = 0",
+                "audit.queue_capacity: must be at least 1",
+            ),
+        ];
+        for (line, expected) in cases {
+            let error = parse_str(&format!("[audit]\nenabled = true\n{line}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with(&format!("conf/dnsward.toml:3: {expected}")),
+                "{line}: {error}"
+            );
+        }
+        // The limits themselves, and 0 for "no limit" where it means that, are accepted.
+        parse_str(
+            "[audit]\nsegment_max_bytes = 4096\nretention_max_total_bytes = 4096\n\
+             retention_max_age_days = 0\ncheckpoint_interval_secs = 20\nqueue_capacity = 1\n",
+        )
+        .unwrap();
+        parse_str("[audit]\nretention_max_total_bytes = 0\nretention_max_age_days = 36500\n")
+            .unwrap();
     }
 
     #[test]
