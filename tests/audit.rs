@@ -253,7 +253,11 @@ fn search_filters_and_output_formats() {
                 "--to",
                 "2026-12-01T00:00:00Z",
             ],
-            "is not before --to",
+            "--from 2026-12-02T00:00:00.000000Z is not before --to",
+        ),
+        (
+            &["--since", "1h", "--to", "2020-01-01T00:00:00Z"],
+            "--since ",
         ),
         (&["--dir", missing], "no audit log here"),
     ] {
@@ -843,6 +847,15 @@ fn an_unparsable_query_answered_formerr_is_recorded() {
     // Either order: the UDP record is handed over at the end of its receive batch.
     transports.sort();
     assert_eq!(transports, ["tcp", "udp"]);
+    // FORMAT.md points auditors at `qtype ZERO` for these: the name finds them, as the
+    // number does.
+    for spelling in ["ZERO", "zero", "0"] {
+        let found = json_lines(&audit(
+            &dnsward.config_path(),
+            &["search", "--json", "--qtype", spelling],
+        ));
+        assert_eq!(found.len(), 2, "--qtype {spelling}");
+    }
 }
 
 /// Queries from outside `server.allow` are recorded within `outsider_records_per_sec`; past it

@@ -53,29 +53,38 @@ pub fn follow(
     )?;
     out.flush().map_err(AuditError::Output)?;
     loop {
-        let mut lines = tail.read_new()?;
-        if lines.is_empty() {
-            let Some(later) = tail.later_segment(dir)? else {
-                std::thread::sleep(POLL);
-                continue;
-            };
-            // A segment after this one: this one was complete before the look, so one more
-            // read takes the rest of it.
-            lines = tail.read_new()?;
-            tail.move_to(later);
+        let lines = tail.read_new()?;
+        if !lines.is_empty() {
+            write_matches(lines, filter, &mut writer, out)?;
+            continue;
         }
-        let hits: Vec<_> = lines
-            .into_iter()
-            // A line that does not parse is `verify`'s business, as in `search`.
-            .filter_map(|line| Some((Record::parse(&line).ok()?, line)))
-            .filter(|(record, _)| filter.matches(record))
-            .map(|(record, line)| Ok(Hit { line, record }))
-            .collect();
-        if !hits.is_empty() {
-            writer.write(hits.into_iter(), out)?;
-            out.flush().map_err(AuditError::Output)?;
-        }
+        let Some(later) = tail.later_segment(dir)? else {
+            std::thread::sleep(POLL);
+            continue;
+        };
+        tail.finish_and_move(later, |rest| write_matches(rest, filter, &mut writer, out))?;
     }
+}
+
+/// Writes the lines that match `filter`, and flushes if there were any.
+fn write_matches(
+    lines: Vec<Vec<u8>>,
+    filter: &Filter,
+    writer: &mut HitWriter,
+    out: &mut dyn Write,
+) -> Result<(), AuditError> {
+    let hits: Vec<_> = lines
+        .into_iter()
+        // A line that does not parse is `verify`'s business, as in `search`.
+        .filter_map(|line| Some((Record::parse(&line).ok()?, line)))
+        .filter(|(record, _)| filter.matches(record))
+        .map(|(record, line)| Ok(Hit { line, record }))
+        .collect();
+    if !hits.is_empty() {
+        writer.write(hits.into_iter(), out)?;
+        out.flush().map_err(AuditError::Output)?;
+    }
+    Ok(())
 }
 
 /// A read position in one segment: the byte after the last whole line read.
@@ -179,6 +188,26 @@ impl Tail {
             .into_iter()
             .map(|segment| segment.path)
             .find(|path| *path > self.path))
+    }
+
+    /// There is a segment after this one, so this one was complete before the look: hands
+    /// the rest of it to `take`, however many reads (of at most `READ_CHUNK`) that needs, then
+    /// reads `later` from its start. (One read was not enough: a busy writer appends more than
+    /// a chunk between a poll and the look at the directory.)
+    fn finish_and_move(
+        &mut self,
+        later: PathBuf,
+        mut take: impl FnMut(Vec<Vec<u8>>) -> Result<(), AuditError>,
+    ) -> Result<(), AuditError> {
+        loop {
+            let rest = self.read_new()?;
+            if rest.is_empty() {
+                break;
+            }
+            take(rest)?;
+        }
+        self.move_to(later);
+        Ok(())
     }
 
     /// Reads `path` from its start from now on.
@@ -334,6 +363,41 @@ mod tests {
         );
         std::fs::write(dir.path().join(segment_name(3)), next).unwrap();
         printed.wait_for(&["a.", "b.", "lost3.", "lost4.", "new3.", "new4.", "new5."]);
+    }
+
+    /// More than a read's worth appended between a poll and the look at the directory, then a
+    /// new segment: all of the old one's rest is read before moving on.
+    #[test]
+    fn the_rest_of_a_segment_is_read_whole_before_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join(segment_name(1));
+        let mut head = GENESIS;
+        std::fs::write(&first, segment(1, &mut head, &[query("a.")])).unwrap();
+        let (mut tail, end_seq) = Tail::at_end(dir.path()).unwrap();
+        assert_eq!(end_seq, 1);
+        assert!(tail.read_new().unwrap().is_empty());
+
+        let mut more = Vec::new();
+        let count = 30_000;
+        for seq in 2..2 + count {
+            head =
+                encode_record(&mut more, seq, &head, Timestamp::now(), "i1", &query("b.")).unwrap();
+        }
+        assert!(more.len() as u64 > 2 * READ_CHUNK, "{} bytes", more.len());
+        append(&first, &more);
+        let second = dir.path().join(segment_name(2 + count));
+        std::fs::write(&second, segment(2 + count, &mut head, &[query("c.")])).unwrap();
+
+        let later = tail.later_segment(dir.path()).unwrap().unwrap();
+        assert_eq!(later, second);
+        let mut read = 0;
+        tail.finish_and_move(later, |lines| {
+            read += lines.len() as u64;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(read, count, "every record of the first segment's rest");
+        assert_eq!(tail.read_new().unwrap().len(), 1, "then the next segment");
     }
 
     /// A new segment whose first write fails is emptied, removed and started again under the

@@ -87,8 +87,13 @@ pub enum AuditError {
     },
     #[error("no records in the time range{}{}", range.from.map(|t| format!(" from {t}")).unwrap_or_default(), range.to.map(|t| format!(" until {t}")).unwrap_or_default())]
     NothingInRange { range: query::TimeRange },
-    #[error("--from {from} is not before --to {to}")]
-    EmptyRange { from: Timestamp, to: Timestamp },
+    #[error("{start} {from} is not before --to {to}: the range is empty")]
+    EmptyRange {
+        /// `--from` or `--since`, whichever started the range.
+        start: &'static str,
+        from: Timestamp,
+        to: Timestamp,
+    },
     #[error("invalid qtype {value:?}: expected a record type such as A, AAAA, HTTPS or TYPE65")]
     InvalidQtype { value: String },
     #[error("invalid domain {value:?}: {reason}")]

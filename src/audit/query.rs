@@ -73,11 +73,17 @@ impl TimeRange {
             .map(Timestamp::parse_rfc3339)
             .transpose()
             .map_err(AuditError::for_flag("--to"))?;
+        // The flag that set the start, for the message: the later of the two.
+        let start = if from.is_some() && from >= since {
+            "--from"
+        } else {
+            "--since"
+        };
         let from = since.max(from);
         if let (Some(from), Some(to)) = (from, to)
             && from >= to
         {
-            return Err(AuditError::EmptyRange { from, to });
+            return Err(AuditError::EmptyRange { start, from, to });
         }
         Ok(Self { from, to })
     }
@@ -275,8 +281,15 @@ pub fn parse_qtype(text: &str) -> Result<String, AuditError> {
     let number = upper.strip_prefix("TYPE").unwrap_or(&upper);
     let qtype = if !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) {
         RecordType::from(number.parse::<u16>().map_err(|_| invalid())?)
+    } else if let Ok(qtype) = upper.parse::<RecordType>() {
+        qtype
     } else {
-        upper.parse::<RecordType>().map_err(|_| invalid())?
+        // Mnemonics the writer stores but hickory's parser does not know (`ZERO` for a query
+        // without a question or a FORMERR, `OPT`, `IXFR`): anything stored can be searched.
+        (0..=u16::MAX)
+            .map(RecordType::from)
+            .find(|qtype| TypeText(*qtype).as_static() == Some(upper.as_str()))
+            .ok_or_else(invalid)?
     };
     Ok(TypeText(qtype).to_string())
 }
@@ -870,12 +883,19 @@ impl Tally {
 /// query. `192.0.2.1:5353` → `192.0.2.1`, `[2001:db8::1]:53` → `2001:db8::1`; anonymised forms
 /// (no port) are returned as they are.
 fn client_ip(client: &[u8]) -> &[u8] {
-    if let Some(rest) = client.strip_prefix(b"[") {
-        return memchr::memchr(b']', rest).map_or(client, |end| &rest[..end]);
-    }
-    match memchr::memchr(b':', client) {
-        Some(colon) if memchr::memrchr(b':', client) == Some(colon) => &client[..colon],
-        _ => client,
+    let ip = if let Some(rest) = client.strip_prefix(b"[") {
+        memchr::memchr(b']', rest).map_or(client, |end| &rest[..end])
+    } else {
+        match memchr::memchr(b':', client) {
+            Some(colon) if memchr::memrchr(b':', client) == Some(colon) => &client[..colon],
+            _ => client,
+        }
+    };
+    // An IPv4 client that reached a dual-stack socket is stored as `[::ffff:a.b.c.d]:port`:
+    // the same host as `a.b.c.d` (as `--client` treats it), so one row, not two.
+    match ip.strip_prefix(b"::ffff:") {
+        Some(v4) if v4.contains(&b'.') => v4,
+        _ => ip,
     }
 }
 
@@ -1572,6 +1592,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_stored_qtype_mnemonic_parses() {
+        for (text, stored) in [
+            ("aaaa", "AAAA"),
+            ("28", "AAAA"),
+            ("type28", "AAAA"),
+            ("TYPE65", "HTTPS"),
+            ("TYPE65534", "TYPE65534"),
+            ("zero", "ZERO"),
+            ("0", "ZERO"),
+            ("OPT", "OPT"),
+            ("ixfr", "IXFR"),
+            ("axfr", "AXFR"),
+        ] {
+            assert_eq!(parse_qtype(text).unwrap(), stored, "{text}");
+        }
+        for bad in ["", "AAAAA", "TYPE", "TYPE65536", "-1"] {
+            assert!(parse_qtype(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn tally_counts_hour_runs_and_decisions_across_merges() {
         let mut a = Tally::default();
         let mut b = Tally::default();
@@ -1679,6 +1720,8 @@ mod tests {
         assert_eq!(client_ip(b"[2001:db8::1]:53"), b"2001:db8::1");
         assert_eq!(client_ip(b"2001:db8:1::/48"), b"2001:db8:1::/48");
         assert_eq!(client_ip(b"192.0.2.0/24"), b"192.0.2.0/24");
+        assert_eq!(client_ip(b"[::ffff:192.0.2.7]:53"), b"192.0.2.7");
+        assert_eq!(client_ip(b"[::ffff:1]:53"), b"::ffff:1");
     }
 
     #[test]
