@@ -584,10 +584,9 @@ fn scan_worker(paths: &[PathBuf], filter: &Filter, tx: &SyncSender<Batch>) {
 
 fn scan_segment(path: &Path, compiled: &Compiled<'_>) -> Batch {
     let mut found = Vec::new();
-    if !wanted(path, &compiled.filter.range)? {
+    let Some(data) = segment_data(path, &compiled.filter.range)? else {
         return Ok(found);
-    }
-    let data = map_segment(path)?;
+    };
     let mut certain = 0;
     for line in record_lines(&data) {
         match scan(line) {
@@ -821,11 +820,10 @@ impl Tally {
     }
 
     fn segment(&mut self, path: &Path, range: &TimeRange) -> Result<(), AuditError> {
-        if !wanted(path, range)? {
+        let Some(data) = segment_data(path, range)? else {
             return Ok(());
-        }
+        };
         let bytes = RangeBytes::new(range);
-        let data = map_segment(path)?;
         self.lines(&data, range, &bytes)
     }
 
@@ -911,18 +909,63 @@ fn record_lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// A segment's bytes, memory-mapped: a 10M-record log is several GB, and copying it through
-/// `read` cost as much CPU as scanning it. The writer only appends, so a mapping of the length
-/// seen at open stays valid; a segment cut short by someone else while mapped would fault,
-/// which is why `verify`, the tool for damaged logs, reads with `read` instead.
-#[allow(unsafe_code)]
-fn map_segment(path: &Path) -> Result<memmap2::Mmap, AuditError> {
-    let file = std::fs::File::open(path).map_err(AuditError::io(path))?;
-    // SAFETY: the mapping is read-only and private to this process; see above for the one way
-    // its bytes could vanish (a truncation by another process), which the writer never does.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(AuditError::io(path))?;
-    let _ = map.advise(memmap2::Advice::Sequential);
-    Ok(map)
+/// A segment's bytes as a reader holds them.
+enum SegmentBytes {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for SegmentBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Mapped(map) => map,
+            Self::Read(bytes) => bytes,
+        }
+    }
+}
+
+/// The bytes of a segment wanted for `range`, or `None` when it is not wanted or is gone
+/// (retention removed it after the listing: a search or summary over a busy log goes on with
+/// the rest, as if it had started a moment later).
+///
+/// A closed segment (it ends in its closing checkpoint) is memory-mapped: a 10M-record log is
+/// several GB, and copying it through `read` cost as much CPU as scanning it, and a closed
+/// segment is never changed again. Any other (the live one, or one torn by a crash) is read: the
+/// writer cuts the live segment back to its last complete write after a failed one, and a
+/// mapped page past the new end would kill the reader with SIGBUS.
+fn segment_data(path: &Path, range: &TimeRange) -> Result<Option<SegmentBytes>, AuditError> {
+    let gone = |error: &std::io::Error| error.kind() == std::io::ErrorKind::NotFound;
+    let closed = match closed_range(path) {
+        Ok(closed) => closed,
+        Err(AuditError::Io { source, .. }) if gone(&source) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let bounded = range.from.is_some() || range.to.is_some();
+    match closed {
+        None => match std::fs::read(path) {
+            Ok(bytes) => Ok(Some(SegmentBytes::Read(bytes))),
+            Err(error) if gone(&error) => Ok(None),
+            Err(error) => Err(AuditError::io(path)(error)),
+        },
+        Some(None) if bounded => Ok(None),
+        Some(Some((min, max))) if bounded && !range.overlaps(min, max) => Ok(None),
+        Some(_) => {
+            let file = match std::fs::File::open(path) {
+                Ok(file) => file,
+                Err(error) if gone(&error) => return Ok(None),
+                Err(error) => return Err(AuditError::io(path)(error)),
+            };
+            // SAFETY: the mapping is read-only and private to this process, and the segment
+            // is closed: the writer never changes it again (retention may remove it, which
+            // leaves a mapping intact).
+            #[allow(unsafe_code)]
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(AuditError::io(path))?;
+            let _ = map.advise(memmap2::Advice::Sequential);
+            Ok(Some(SegmentBytes::Mapped(map)))
+        }
+    }
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -1590,6 +1633,43 @@ fn table_row(row: &[String], widths: &[usize; 9], out: &mut dyn Write) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_closed_segments_are_mapped_and_a_removed_one_is_skipped() {
+        use crate::audit::segment::{GENESIS, Header, HeaderKind, encode_record};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg-00000000000000000001.dwlog");
+        let mut bytes = Vec::new();
+        Header::new(HeaderKind::Segment, 1, &GENESIS, "i1")
+            .encode(&mut bytes)
+            .unwrap();
+        let stop = Entry::Stop {
+            records: 0,
+            dropped: 0,
+        };
+        encode_record(&mut bytes, 1, &GENESIS, Timestamp::now(), "i1", &stop).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let all = TimeRange::default();
+
+        // The live segment (no closing checkpoint) is read, not mapped: when the writer cuts
+        // it back after a failed write, what the reader holds stays readable. A mapping
+        // would fault (SIGBUS) on the first access past the new end.
+        let data = segment_data(&path, &all).unwrap().unwrap();
+        assert!(matches!(data, SegmentBytes::Read(_)));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert_eq!(&data[..], &bytes[..]);
+
+        // Removed by retention after the listing: skipped, not an error.
+        std::fs::remove_file(&path).unwrap();
+        assert!(segment_data(&path, &all).unwrap().is_none());
+        let range = TimeRange::parse(Some("1h"), None, None).unwrap();
+        assert!(segment_data(&path, &range).unwrap().is_none());
+    }
 
     #[test]
     fn every_stored_qtype_mnemonic_parses() {
