@@ -222,6 +222,67 @@ fn an_outage_that_outlasts_the_writer_is_in_its_counts() {
     assert!(report.ok(), "{report}");
 }
 
+/// A restart after a crash (a torn last line) onto a full disk: the `recovered` record cannot
+/// be written. The writer starts anyway, in an outage (counting what it cannot write), and
+/// carries on once there is room, the torn line declared and every loss in a gap record.
+#[test]
+fn a_restart_onto_a_full_disk_after_a_crash_starts_in_an_outage() {
+    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    limit_file_size(FILE_LIMIT);
+    let settings = settings(tmp.path());
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    send(&handle, 0, 10);
+    writer.shutdown().unwrap();
+    let last = audit_common::segments(tmp.path()).pop().unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"{\"seq\":99,\"ti").unwrap();
+    drop(file);
+
+    // Not even a segment header fits.
+    limit_file_size(1);
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random())
+        .expect("a full disk at start is an outage, not a refusal to start");
+    for i in 10..20 {
+        handle.record(decision(i));
+    }
+    std::thread::sleep(Duration::from_millis(1_500));
+    limit_file_size(FILE_LIMIT);
+    wait_for_gap_record(tmp.path());
+    let mut sent = 20;
+    send_until_logged_after_gap(&handle, tmp.path(), &mut sent);
+    let stats = writer.shutdown().unwrap();
+    let records = all_records(tmp.path());
+    assert!(
+        records
+            .iter()
+            .any(|record| matches!(record.entry, Entry::Recovered { .. })),
+        "the torn line is reported once the log can be written"
+    );
+    // The first instance's ten queries, then this one's: each written or counted once.
+    let lost: u64 = records
+        .iter()
+        .map(|record| match record.entry {
+            Entry::Gap { dropped, .. } => dropped,
+            _ => 0,
+        })
+        .sum();
+    let written = records
+        .iter()
+        .filter(|record| matches!(record.entry, Entry::Query(_)))
+        .count() as u64;
+    assert!(lost >= 10, "the queries of the outage are counted: {lost}");
+    assert_eq!(written + lost, sent);
+    assert_eq!(stats.records, written - 10);
+    assert_eq!(stats.dropped, lost);
+    assert_eq!(handle.dropped(), lost);
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert!(report.ok(), "{report}");
+}
+
 /// Sets or clears the append-only attribute (`chattr +a`): writes go on, `ftruncate` fails.
 fn append_only(path: &Path, on: bool) {
     let status = std::process::Command::new("chattr")

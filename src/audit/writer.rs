@@ -228,6 +228,13 @@ impl Drops {
         }
         let last = self.last_us.swap(0, Ordering::AcqRel);
         let first = self.first_us.swap(0, Ordering::AcqRel);
+        // A drop counted between the swaps above has its times in the run taken before: a
+        // run can come with a count and no times. It happened by now, not in 1970.
+        let last = if last == 0 {
+            Timestamp::now().as_micros()
+        } else {
+            last
+        };
         let first = if first == 0 { last } else { first };
         let last = last.max(first);
         Some((
@@ -538,8 +545,11 @@ fn lock_dir(dir: &Path) -> Result<File, AuditError> {
         }
         Err(error) => return Err(AuditError::io(&path)(error.into())),
     }
-    file.set_len(0).map_err(AuditError::io(&path))?;
-    writeln!(file, "{}", std::process::id()).map_err(AuditError::io(&path))?;
+    // Best effort: the pid only names the holder in a second instance's message, and a full
+    // disk must not keep the writer from starting (it has an outage path for that).
+    let _ = file
+        .set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
     Ok(file)
 }
 
@@ -599,6 +609,7 @@ impl AuditLog {
             instance,
             Arc::clone(&writable),
             Arc::clone(&outsiders.suppressed),
+            true,
         )?;
         let (tx, rx) = channel();
         let tx = QueueTx {
@@ -883,11 +894,14 @@ struct Outage {
 }
 
 impl Store {
+    /// Opens the log and continues its chain; `at_start`: for the writer's start, not a retry
+    /// during an outage.
     fn open(
         settings: &AuditSettings,
         instance: InstanceId,
         writable: Arc<AtomicBool>,
         suppressed: Arc<Drops>,
+        at_start: bool,
     ) -> Result<Self, AuditError> {
         let dir = settings.dir.clone();
         std::fs::create_dir_all(&dir).map_err(AuditError::io(&dir))?;
@@ -926,10 +940,20 @@ impl Store {
             last_suppressed: Instant::now(),
             suppressing: false,
         };
-        let recovered = store.recover()?;
-        if let Some(entry) = recovered {
-            store.append_entry(Timestamp::now(), &entry)?;
-            store.flush(true)?;
+        if let Some(entry) = store.recover()? {
+            let written = store
+                .append_entry(Timestamp::now(), &entry)
+                .and_then(|()| store.flush(true));
+            match written {
+                Ok(()) => {}
+                // At start (a restart after a crash, onto a full disk): an outage like any
+                // failed write, retried every second, not a refusal to start;
+                // `when_unwritable` says what queries get meanwhile. The record is the
+                // writer's own, so nothing is counted as lost; a retry finds the torn tail
+                // again.
+                Err(error) if at_start => store.fail(&error, &Drops::default()),
+                Err(error) => return Err(error),
+            }
         }
         store.apply_retention();
         Ok(store)
@@ -1216,6 +1240,7 @@ impl Store {
             self.instance.clone(),
             Arc::clone(&self.writable),
             Arc::clone(&self.suppressed),
+            false,
         ) {
             Ok(fresh) => fresh,
             Err(error) => {
@@ -1605,6 +1630,18 @@ mod tests {
         // Idle or stopping: no pause.
         assert!(!pause_after(false, true, false));
         assert!(!pause_after(true, true, true));
+    }
+
+    #[test]
+    fn a_run_without_times_is_dated_now() {
+        let drops = Drops::default();
+        // As left by a drop counted between `take`'s swaps of the count and of the times.
+        drops.pending.store(3, Ordering::Relaxed);
+        let before = Timestamp::now();
+        let (count, first, last) = drops.take().unwrap();
+        assert_eq!(count, 3);
+        assert!(first >= before && last >= first, "{first:?} {last:?}");
+        assert!(drops.take().is_none());
     }
 
     #[test]
