@@ -136,12 +136,18 @@ fn check(path: &std::path::Path) -> ExitCode {
     let mut problems = Vec::new();
     if config.audit.enabled
         && let Some(key) = &config.audit.signing_key
-        && let Err(error) = dnsward::audit::keys::load_signing_key(key)
     {
-        problems.push(format!(
-            "{}: audit.signing_key: {error}",
-            config.path.display()
-        ));
+        match dnsward::audit::keys::load_signing_key(key) {
+            Err(error) => problems.push(format!(
+                "{}: audit.signing_key: {error}",
+                config.path.display()
+            )),
+            Ok(_) => {
+                if let Some(warning) = dnsward::audit::keys::exposure(key) {
+                    eprintln!("warning: audit.signing_key: {warning}");
+                }
+            }
+        }
     }
     if config.recursion.enabled {
         let checked = tokio::runtime::Builder::new_current_thread()

@@ -11,7 +11,7 @@ use std::{
 
 use dnsward::audit::{
     self, AuditHandle, AuditLog, AuditSettings, Entry, InstanceId, TimeRange, keys,
-    writer::WriterStats,
+    writer::{ServiceEvent, WriterStats},
 };
 
 mod audit_common;
@@ -235,6 +235,7 @@ fn a_restart_onto_a_full_disk_after_a_crash_starts_in_an_outage() {
     send(&handle, 0, 10);
     writer.shutdown().unwrap();
     let last = audit_common::segments(tmp.path()).pop().unwrap();
+    let torn_at = std::fs::metadata(&last).unwrap().len();
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(&last)
@@ -242,25 +243,52 @@ fn a_restart_onto_a_full_disk_after_a_crash_starts_in_an_outage() {
     std::io::Write::write_all(&mut file, b"{\"seq\":99,\"ti").unwrap();
     drop(file);
 
-    // Not even a segment header fits.
+    // Not even a segment header fits, through a few retries (one a second).
     limit_file_size(1);
     let (handle, writer) = AuditLog::open(&settings, InstanceId::random())
         .expect("a full disk at start is an outage, not a refusal to start");
+    handle.service(ServiceEvent::Start {
+        version: "restarted".into(),
+        config: "dnsward.toml".into(),
+    });
     for i in 10..20 {
         handle.record(decision(i));
     }
-    std::thread::sleep(Duration::from_millis(1_500));
+    std::thread::sleep(Duration::from_millis(2_500));
     limit_file_size(FILE_LIMIT);
     wait_for_gap_record(tmp.path());
     let mut sent = 20;
     send_until_logged_after_gap(&handle, tmp.path(), &mut sent);
     let stats = writer.shutdown().unwrap();
     let records = all_records(tmp.path());
+    // The torn line is reported once the log can be written: the crash's, in the crashed
+    // segment, not a leftover of a failed retry.
+    let crashed = last.file_name().unwrap().to_string_lossy().into_owned();
+    let reported: Vec<_> = records
+        .iter()
+        .filter_map(|record| match &record.entry {
+            Entry::Recovered {
+                segment,
+                offset,
+                torn_bytes,
+            } => Some((segment.clone(), *offset, *torn_bytes)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reported, [(crashed, torn_at, 13)]);
+    // The start record that arrived during the outage is held and written after the gap
+    // record, not lost with the queries.
+    let gap = records
+        .iter()
+        .position(|record| matches!(record.entry, Entry::Gap { .. }))
+        .unwrap();
     assert!(
-        records
-            .iter()
-            .any(|record| matches!(record.entry, Entry::Recovered { .. })),
-        "the torn line is reported once the log can be written"
+        records[gap..].iter().any(|record| matches!(
+            &record.entry,
+            Entry::Start { version, .. } if version == "restarted"
+        )),
+        "{:#?}",
+        &records[gap..]
     );
     // The first instance's ten queries, then this one's: each written or counted once.
     let lost: u64 = records

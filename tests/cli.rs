@@ -253,6 +253,52 @@ fn serve_names_a_missing_audit_key_once() {
     assert_eq!(last.matches("os error 2").count(), 1, "{message}");
 }
 
+/// A signing key others can read still signs (secret mounts are often world-readable), but
+/// `check` says so; the public key given by mistake is refused.
+#[test]
+fn check_warns_of_an_exposed_signing_key_and_refuses_the_public_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let config = |key: &str| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[forward]\nupstreams = [\"{UPSTREAM}\"]\n[audit]\nsigning_key = \"{key}\"\n"
+        )
+    };
+    let (dir, path) = setup(&config("audit.key"), &[]);
+    let keygen = run(&[
+        "audit",
+        "keygen",
+        "--out",
+        &dir.path().join("audit").to_string_lossy(),
+    ]);
+    assert!(keygen.status.success(), "{}", stderr(&keygen));
+    let output = run(&["check", "--config", &path]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("warning"), "{}", stderr(&output));
+
+    std::fs::set_permissions(
+        dir.path().join("audit.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let output = run(&["check", "--config", &path]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("warning: audit.signing_key: ")
+            && stderr(&output).contains("mode 644"),
+        "{}",
+        stderr(&output)
+    );
+
+    std::fs::write(&path, config("audit.pub")).unwrap();
+    let output = run(&["check", "--config", &path]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("audit.signing_key") && stderr(&output).contains("public key"),
+        "{}",
+        stderr(&output)
+    );
+}
+
 #[test]
 fn check_validates_the_audit_key_and_recursion_files() {
     let config = format!(

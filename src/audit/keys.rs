@@ -112,9 +112,8 @@ fn read_hex32(path: &Path) -> Result<[u8; 32], AuditError> {
     Ok(bytes)
 }
 
-/// Loads the private key. Refuses a `.pub` file (also 64 hex digits, so it would load, and
-/// checkpoints signed with it could be forged by anyone who has the public key) and, on Unix, a
-/// file other users can read or anyone but its owner and group can change.
+/// Loads the private key. Refuses a `.pub` file: also 64 hex digits, so it would load, and
+/// checkpoints signed with it could be forged by anyone who has the public key.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, AuditError> {
     if path.extension().is_some_and(|ext| ext == "pub") {
         return Err(AuditError::Key {
@@ -123,22 +122,33 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, AuditError> {
                      beside it",
         });
     }
+    Ok(SigningKey::from_bytes(&read_hex32(path)?))
+}
+
+/// Why the private key file is open to more than its owner and group, if it is: other users
+/// can read it (and so sign checkpoints), or its group can change it. A warning, not a
+/// refusal: secret mounts (Kubernetes 0644, Docker 0444) are often read-only and
+/// world-readable inside a container that runs nothing else.
+pub fn exposure(path: &Path) -> Option<String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map_err(AuditError::io(path))?
-            .permissions()
-            .mode();
-        if mode & 0o027 != 0 {
-            return Err(AuditError::Key {
-                path: path.to_owned(),
-                reason: "other users can read it, or its group can change it: anyone who can \
-                         read it can sign checkpoints; chmod 600 it (640 for a service group)",
-            });
-        }
+        let mode = std::fs::metadata(path).ok()?.permissions().mode();
+        (mode & 0o027 != 0).then(|| {
+            format!(
+                "{}: mode {:o} lets other users read the audit signing key (or its group \
+                 change it), and whoever reads it can sign checkpoints; chmod 600 it (640 for \
+                 a service group)",
+                path.display(),
+                mode & 0o777
+            )
+        })
     }
-    Ok(SigningKey::from_bytes(&read_hex32(path)?))
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, AuditError> {
@@ -178,25 +188,30 @@ mod tests {
     }
 
     #[test]
-    fn a_public_or_exposed_key_does_not_sign() {
+    fn a_public_key_does_not_sign_and_an_exposed_one_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let (secret, public) = keygen(dir.path()).unwrap();
         let error = load_signing_key(&public).unwrap_err().to_string();
         assert!(error.contains("this is the public key"), "{error}");
+        assert_eq!(exposure(&secret), None, "keygen writes it 600");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let set = |mode| {
                 std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).unwrap()
             };
-            for exposed in [0o644, 0o604, 0o660, 0o602] {
+            for exposed in [0o644, 0o604, 0o660, 0o602, 0o444] {
                 set(exposed);
-                let error = load_signing_key(&secret).unwrap_err().to_string();
-                assert!(error.contains("chmod 600"), "{exposed:o}: {error}");
+                let warning = exposure(&secret).unwrap_or_default();
+                assert!(
+                    warning.contains(&format!("mode {exposed:o}")),
+                    "{exposed:o}: {warning}"
+                );
+                load_signing_key(&secret).unwrap();
             }
             for private in [0o600, 0o640, 0o400] {
                 set(private);
-                load_signing_key(&secret).unwrap();
+                assert_eq!(exposure(&secret), None, "{private:o}");
             }
         }
     }

@@ -40,7 +40,7 @@ pub struct AuditSettings {
     pub fsync_interval_ms: u64,
     /// While records flow, a signed checkpoint over the chain head is written at least this
     /// often, in seconds. Default 5: bounds how much of the tail is covered by the chain alone.
-    /// At most 20 (see `MAX_CHECKPOINT_INTERVAL_SECS`).
+    /// At most 20 with a signing key (see `MAX_CHECKPOINT_INTERVAL_SECS`).
     pub checkpoint_interval_secs: u64,
     /// Ed25519 private key file written by `dnsward audit keygen`. Default none: the chain is
     /// still written, and `verify` reports the log as unsigned.
@@ -117,7 +117,12 @@ impl AuditSettings {
     /// record, a size limit below one segment would remove every closed segment at each close,
     /// and a checkpoint interval beyond `verify`'s unsigned-tail tolerance would make every
     /// live or crashed log fail `verify --pubkey`.
+    /// Nothing is checked while the log is disabled, and the checkpoint interval only with a
+    /// signing key (without one, no checkpoint is timed).
     pub fn invalid_value(&self) -> Option<(&'static str, String)> {
+        if !self.enabled {
+            return None;
+        }
         let tolerance = crate::audit::verify::UNSIGNED_TAIL_TOLERANCE.as_secs();
         if self.segment_max_bytes < MIN_SEGMENT_BYTES {
             return Some((
@@ -146,7 +151,9 @@ impl AuditSettings {
                 format!("must be at most {MAX_RETENTION_DAYS} (0: no age limit)"),
             ));
         }
-        if !(1..=MAX_CHECKPOINT_INTERVAL_SECS).contains(&self.checkpoint_interval_secs) {
+        if self.signing_key.is_some()
+            && !(1..=MAX_CHECKPOINT_INTERVAL_SECS).contains(&self.checkpoint_interval_secs)
+        {
             return Some((
                 "checkpoint_interval_secs",
                 format!(

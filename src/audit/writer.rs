@@ -822,7 +822,15 @@ struct Store {
     last_suppressed: Instant,
     /// Whether the last interval had suppressions (to warn once per run of them).
     suppressing: bool,
+    /// Service events that arrived during an outage, with their time, written after the gap
+    /// record once the log can be written again: the start and load records tie every later
+    /// answer to its lists, and a restart onto a full disk would otherwise lose them.
+    held: Vec<(Timestamp, ServiceEvent)>,
 }
+
+/// Service events kept during an outage, at most: they are a handful (start, load, a reload
+/// or two); beyond this they are counted as dropped like queries.
+const MAX_HELD: usize = 64;
 
 /// Who a record comes from, which decides what its loss counts as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -909,6 +917,9 @@ impl Store {
             Some(path) => {
                 let key = keys::load_signing_key(path)
                     .map_err(AuditError::for_setting("audit.signing_key"))?;
+                if at_start && let Some(warning) = keys::exposure(path) {
+                    tracing::warn!("audit.signing_key: {warning}");
+                }
                 let public = hex::encode(key.verifying_key().as_bytes());
                 Some((key, public))
             }
@@ -939,6 +950,7 @@ impl Store {
             suppressed,
             last_suppressed: Instant::now(),
             suppressing: false,
+            held: Vec::new(),
         };
         if let Some(entry) = store.recover()? {
             let written = store
@@ -952,7 +964,15 @@ impl Store {
                 // writer's own, so nothing is counted as lost; a retry finds the torn tail
                 // again.
                 Err(error) if at_start => store.fail(&error, &Drops::default()),
-                Err(error) => return Err(error),
+                Err(error) => {
+                    // A retry: the outage goes on. Cut back what the write left of the new
+                    // segment, as `fail` does, or the next retry would take those bytes for a
+                    // crash's torn tail.
+                    if let Some(segment) = &store.segment {
+                        let _ = segment.file.set_len(segment.bytes);
+                    }
+                    return Err(error);
+                }
             }
         }
         store.apply_retention();
@@ -1044,6 +1064,7 @@ impl Store {
                 let sync = self.settings.fsync_interval_ms == 0;
                 let written = self
                     .write_gap(drops)
+                    .and_then(|()| self.write_held())
                     .and_then(|()| self.write_suppressed(drops, false))
                     .and_then(|()| self.flush(sync))
                     .and_then(|()| self.tick());
@@ -1071,6 +1092,7 @@ impl Store {
             }
             let stopped = self
                 .write_gap(drops)
+                .and_then(|()| self.write_held())
                 .and_then(|()| self.write_suppressed(drops, true))
                 .and_then(|()| {
                     let stop = Entry::Stop {
@@ -1086,6 +1108,8 @@ impl Store {
             }
         }
         if self.outage.is_some() {
+            // Service events held for after the outage: it did not end.
+            drops.note_many(std::mem::take(&mut self.held).len() as u64);
             tracing::error!(
                 lost = drops.pending.load(Ordering::Relaxed),
                 "audit log could not be written before exit: the records lost since the last \
@@ -1128,6 +1152,10 @@ impl Store {
         if self.outage.is_some() {
             return match message {
                 Message::Shutdown => true,
+                Message::Service(event) if self.held.len() < MAX_HELD => {
+                    self.held.push((Timestamp::now(), event));
+                    false
+                }
                 message => {
                     drops.note_many(message.weight() as u64);
                     false
@@ -1256,6 +1284,7 @@ impl Store {
             "audit log can be written again; a gap record names what was lost"
         );
         fresh.query_records = self.query_records;
+        fresh.held = std::mem::take(&mut self.held);
         *self = fresh;
     }
 
@@ -1286,6 +1315,25 @@ impl Store {
                 "audit records were lost; a gap record names the loss"
             );
             self.append_count(Counted::Lost, (dropped, first, last), drops)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the service events held during an outage (after its gap record), with the time
+    /// they arrived.
+    fn write_held(&mut self) -> Result<(), AuditError> {
+        let mut held = std::mem::take(&mut self.held).into_iter();
+        while let Some((time, event)) = held.next() {
+            let seq = self.next_seq;
+            if let Err(error) = self.append_entry(time, &event.clone().into_entry()) {
+                // Held again for after the next gap record. One already encoded is counted
+                // by `fail` instead (from `unwritten`), like any record of a failed write.
+                if self.next_seq == seq {
+                    self.held.push((time, event));
+                }
+                self.held.extend(held);
+                return Err(error);
+            }
         }
         Ok(())
     }

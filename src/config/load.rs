@@ -532,9 +532,11 @@ mod tests {
             ),
         ];
         for (line, expected) in cases {
-            let error = parse_str(&format!("[audit]\nenabled = true\n{line}\n"))
-                .unwrap_err()
-                .to_string();
+            let error = parse_str(&format!(
+                "[audit]\nenabled = true\n{line}\nsigning_key = \"a.key\"\n"
+            ))
+            .unwrap_err()
+            .to_string();
             assert!(
                 error.starts_with(&format!("conf/dnsward.toml:3: {expected}")),
                 "{line}: {error}"
@@ -548,6 +550,9 @@ mod tests {
         .unwrap();
         parse_str("[audit]\nretention_max_total_bytes = 0\nretention_max_age_days = 36500\n")
             .unwrap();
+        // Without a signing key no checkpoint is timed; a disabled log is not checked.
+        parse_str("[audit]\ncheckpoint_interval_secs = 3600\n").unwrap();
+        parse_str("[audit]\nenabled = false\nsegment_max_bytes = 0\n").unwrap();
     }
 
     #[test]
