@@ -432,6 +432,55 @@ fn a_second_instance_on_the_same_log_is_refused() {
     assert!(verify.status.success(), "{}", stdout(&verify));
 }
 
+/// A hashed log (anonymize = "hash") read without the configuration that wrote it: a search
+/// by address cannot match, and says why instead of just finding nothing.
+#[test]
+fn a_hashed_log_searched_without_its_key_says_why_nothing_matches() {
+    let upstream = Upstream::start();
+    let mut files = STANDARD_LISTS.to_vec();
+    files.push(("anon.key", "0123456789abcdef0123456789abcdef"));
+    let config = config_text_with_server(
+        &[upstream.addr],
+        "allow = [\"127.0.0.1/32\", \"::1/128\"]",
+        &format!(
+            "[audit]\nanonymize = \"hash\"\nanonymize_key = \"anon.key\"\n{STANDARD_LIST_TABLES}"
+        ),
+    );
+    let mut dnsward = Dnsward::start(&config, &files);
+    ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
+    assert!(dnsward.terminate());
+    let search = |config: &Path| {
+        let dir = audit_dir(&dnsward);
+        audit(
+            config,
+            &[
+                "search",
+                "--json",
+                "--dir",
+                dir.to_str().unwrap(),
+                "--client",
+                "127.0.0.1",
+            ],
+        )
+    };
+    // With its configuration the address is hashed with the key and found.
+    let found = search(&dnsward.config_path());
+    assert_eq!(json_lines(&found).len(), 1);
+    assert!(
+        found.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&found.stderr)
+    );
+    // With another one it cannot be.
+    let other = dnsward.dir.path().join("other.toml");
+    std::fs::write(&other, "").unwrap();
+    let missed = search(&other);
+    assert!(missed.status.success());
+    assert!(json_lines(&missed).is_empty());
+    let note = String::from_utf8_lossy(&missed.stderr);
+    assert!(note.contains("stores hashed clients"), "{note}");
+}
+
 #[test]
 fn signed_log_verifies_and_tampering_is_named() {
     let upstream = Upstream::start();

@@ -1167,6 +1167,7 @@ fn hashed_clients_are_found_by_address() {
     assert_eq!(count("192.0.2.9"), 0);
     let error = ClientFilter::parse_for("192.0.2.0/24", &settings).unwrap_err();
     assert!(error.to_string().contains("hashed"), "{error}");
+    assert!(audit::query::clients_look_hashed(&log));
 }
 
 #[test]
@@ -1189,6 +1190,7 @@ fn truncate_anonymisation_is_applied_before_the_chain() {
         ..Filter::default()
     };
     assert_eq!(audit::search(tmp.path(), &filter).unwrap().count(), 20);
+    assert!(!audit::query::clients_look_hashed(tmp.path()));
 }
 
 fn text_strategy() -> impl Strategy<Value = String> {

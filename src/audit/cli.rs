@@ -209,7 +209,17 @@ pub fn run(
             if follow {
                 super::follow::follow(dir, &filter, format, out)?;
             } else {
-                query::write_hits(query::search(dir, &filter)?, format, out)?;
+                let shown = query::write_hits(query::search(dir, &filter)?, format, out)?;
+                if shown == 0
+                    && matches!(filter.client, Some(ClientFilter::Net(_)))
+                    && query::clients_look_hashed(dir)
+                {
+                    eprintln!(
+                        "dnsward audit: note: this log stores hashed clients (anonymize = \"hash\"): \
+                         --client ADDRESS finds them only with the configuration, and its \
+                         anonymize_key, that wrote them (--config), or give a stored hash"
+                    );
+                }
             }
             Ok(true)
         }

@@ -294,6 +294,33 @@ pub fn parse_qtype(text: &str) -> Result<String, AuditError> {
     Ok(TypeText(qtype).to_string())
 }
 
+/// Whether the log's clients are stored hashed (`anonymize = "hash"`): its newest query record
+/// names a client as 32 hex digits. A search by address finds nothing in such a log unless it
+/// is hashed with the key that wrote it; the CLI says so when a search comes back empty.
+pub fn clients_look_hashed(dir: &Path) -> bool {
+    let Ok(segments) = segment::existing_segments(dir) else {
+        return false;
+    };
+    for seg in segments.iter().rev() {
+        let Ok(Some(data)) = segment_data(&seg.path, &TimeRange::default()) else {
+            continue;
+        };
+        let first = record_lines(&data).find_map(|line| match scan(line) {
+            Scan::Query(q) => Some(
+                q.client.len() == 32
+                    && q.client
+                        .iter()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)),
+            ),
+            _ => None,
+        });
+        if let Some(hashed) = first {
+            return hashed;
+        }
+    }
+    false
+}
+
 /// A search: every set criterion must match. Search returns query records only.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
