@@ -618,11 +618,21 @@ fn scan_segment(path: &Path, compiled: &Compiled<'_>) -> Batch {
     for line in record_lines(&data) {
         match scan(line) {
             Scan::Query(q) if compiled.quick(&q) => {
-                found.push(line.to_vec());
-                certain += 1;
-                // Later matches of this segment cannot be shown once the limit is reached.
-                if compiled.filter.limit.is_some_and(|l| certain >= l) {
-                    break;
+                if let Some(limit) = compiled.filter.limit {
+                    // Later matches of this segment cannot be shown once the limit is reached,
+                    // but only lines that parse are shown: a damaged line the byte walk
+                    // accepted must not use up the limit (the full parse of a few lines is
+                    // cheap).
+                    if Record::parse(line).is_err() {
+                        continue;
+                    }
+                    found.push(line.to_vec());
+                    certain += 1;
+                    if certain >= limit {
+                        break;
+                    }
+                } else {
+                    found.push(line.to_vec());
                 }
             }
             Scan::Unsure => found.push(line.to_vec()),
@@ -1696,6 +1706,57 @@ mod tests {
         assert!(segment_data(&path, &all).unwrap().is_none());
         let range = TimeRange::parse(Some("1h"), None, None).unwrap();
         assert!(segment_data(&path, &range).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_damaged_match_does_not_use_up_the_limit() {
+        use crate::audit::segment::{GENESIS, Header, HeaderKind, encode_record};
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        Header::new(HeaderKind::Segment, 1, &GENESIS, "i1")
+            .encode(&mut bytes)
+            .unwrap();
+        let query = |name: &str| {
+            Entry::Query(crate::audit::record::QueryEntry {
+                generation: 1,
+                client: "192.0.2.1:5353".into(),
+                transport: "udp".into(),
+                qname: name.into(),
+                qtype: "A".into(),
+                qclass: "IN".into(),
+                decision: Decision::Blocked,
+                rule: None,
+                action: None,
+                rcode: "NXDOMAIN".into(),
+                answer: String::new(),
+                ede: None,
+                source: "local".into(),
+                latency_us: 1,
+            })
+        };
+        let mut head = GENESIS;
+        let mut damaged = Vec::new();
+        head = encode_record(&mut damaged, 1, &head, Timestamp::now(), "i1", &query("a.")).unwrap();
+        // Its leading members intact (the byte walk takes it), its end cut off.
+        damaged.truncate(damaged.len() - 20);
+        damaged.push(b'\n');
+        bytes.extend_from_slice(&damaged);
+        encode_record(&mut bytes, 2, &head, Timestamp::now(), "i1", &query("b.")).unwrap();
+        std::fs::write(dir.path().join("seg-00000000000000000001.dwlog"), &bytes).unwrap();
+
+        let filter = Filter {
+            decision: Some(Decision::Blocked),
+            limit: Some(1),
+            ..Filter::default()
+        };
+        let names: Vec<String> = search(dir.path(), &filter)
+            .unwrap()
+            .map(|hit| match hit.unwrap().record.entry {
+                Entry::Query(q) => q.qname,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(names, ["b."]);
     }
 
     #[test]
