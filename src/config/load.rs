@@ -381,9 +381,12 @@ fn location(path: &Path, line: usize) -> String {
 }
 
 /// The line where `key` is set inside `[section]`, for errors about values toml gives no span
-/// for (whole-section checks). 0 if the key is not written (a default is at fault).
+/// for (whole-section checks). When the key is not written (its default conflicts with a value
+/// that is, such as `audit.retention_max_total_bytes` with a larger `segment_max_bytes`), the
+/// line of the section's header; 0 if neither is written.
 fn key_line(text: &str, section: &str, key: &str) -> usize {
     let mut current = String::new();
+    let mut header = 0;
     for (index, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         if let Some(name) = trimmed
@@ -391,6 +394,9 @@ fn key_line(text: &str, section: &str, key: &str) -> usize {
             .and_then(|rest| rest.split(']').next())
         {
             current = name.trim_matches(|c| c == '[' || c == ' ').to_owned();
+            if current == section && header == 0 {
+                header = index + 1;
+            }
         } else if current == section
             && trimmed
                 .strip_prefix(key)
@@ -399,7 +405,7 @@ fn key_line(text: &str, section: &str, key: &str) -> usize {
             return index + 1;
         }
     }
-    0
+    header
 }
 
 /// 1-based line and column of a byte offset, as editors show them.
@@ -550,6 +556,14 @@ mod tests {
         .unwrap();
         parse_str("[audit]\nretention_max_total_bytes = 0\nretention_max_age_days = 36500\n")
             .unwrap();
+        // A default at fault (retention under a raised segment size): the section's line.
+        let error = parse_str("# site\n[audit]\nsegment_max_bytes = 20000000000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("conf/dnsward.toml:2: audit.retention_max_total_bytes: "),
+            "{error}"
+        );
         // Without a signing key no checkpoint is timed; a disabled log is not checked.
         parse_str("[audit]\ncheckpoint_interval_secs = 3600\n").unwrap();
         parse_str("[audit]\nenabled = false\nsegment_max_bytes = 0\n").unwrap();
