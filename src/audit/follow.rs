@@ -241,27 +241,12 @@ mod tests {
 
     use super::*;
     use crate::audit::{
-        record::{Decision, Entry, QueryEntry, Timestamp},
+        record::{Entry, QueryEntry, Timestamp},
         segment::{GENESIS, Hash, HeaderKind, encode_record, segment_name},
     };
 
     fn query(name: &str) -> Entry {
-        Entry::Query(QueryEntry {
-            generation: 1,
-            client: "192.0.2.1:5353".into(),
-            transport: "udp".into(),
-            qname: name.into(),
-            qtype: "A".into(),
-            qclass: "IN".into(),
-            decision: Decision::Blocked,
-            rule: None,
-            action: None,
-            rcode: "NXDOMAIN".into(),
-            answer: String::new(),
-            ede: None,
-            source: "local".into(),
-            latency_us: 1,
-        })
+        Entry::Query(QueryEntry::sample(name))
     }
 
     /// A segment file: header, then the named records from `first_seq` on.

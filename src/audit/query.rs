@@ -1716,24 +1716,7 @@ mod tests {
         Header::new(HeaderKind::Segment, 1, &GENESIS, "i1")
             .encode(&mut bytes)
             .unwrap();
-        let query = |name: &str| {
-            Entry::Query(crate::audit::record::QueryEntry {
-                generation: 1,
-                client: "192.0.2.1:5353".into(),
-                transport: "udp".into(),
-                qname: name.into(),
-                qtype: "A".into(),
-                qclass: "IN".into(),
-                decision: Decision::Blocked,
-                rule: None,
-                action: None,
-                rcode: "NXDOMAIN".into(),
-                answer: String::new(),
-                ede: None,
-                source: "local".into(),
-                latency_us: 1,
-            })
-        };
+        let query = |name: &str| Entry::Query(crate::audit::record::QueryEntry::sample(name));
         let mut head = GENESIS;
         let mut damaged = Vec::new();
         head = encode_record(&mut damaged, 1, &head, Timestamp::now(), "i1", &query("a.")).unwrap();

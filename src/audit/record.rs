@@ -559,6 +559,29 @@ impl Entry {
     }
 }
 
+/// A blocked `A` query for `qname` from 192.0.2.1, for tests that need records on disk.
+#[cfg(test)]
+impl QueryEntry {
+    pub(crate) fn sample(qname: &str) -> Self {
+        Self {
+            generation: 1,
+            client: "192.0.2.1:5353".into(),
+            transport: "udp".into(),
+            qname: qname.into(),
+            qtype: "A".into(),
+            qclass: "IN".into(),
+            decision: Decision::Blocked,
+            rule: None,
+            action: None,
+            rcode: "NXDOMAIN".into(),
+            answer: String::new(),
+            ede: None,
+            source: "local".into(),
+            latency_us: 1,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use hickory_proto::{
