@@ -301,21 +301,21 @@ pub fn clients_look_hashed(dir: &Path) -> bool {
     let Ok(segments) = segment::existing_segments(dir) else {
         return false;
     };
+    // Streamed, not read whole: one line is wanted, and the newest segment may be 64 MiB.
     for seg in segments.iter().rev() {
-        let Ok(Some(data)) = segment_data(&seg.path, &TimeRange::default()) else {
+        let Ok(mut reader) = LineReader::open(&seg.path) else {
             continue;
         };
-        let first = record_lines(&data).find_map(|line| match scan(line) {
-            Scan::Query(q) => Some(
-                q.client.len() == 32
+        while let Ok(Some(line)) = reader.next_line() {
+            if !line.complete {
+                break;
+            }
+            if let Scan::Query(q) = scan(line.bytes) {
+                return q.client.len() == 32
                     && q.client
                         .iter()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)),
-            ),
-            _ => None,
-        });
-        if let Some(hashed) = first {
-            return hashed;
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+            }
         }
     }
     false
