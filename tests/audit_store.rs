@@ -870,6 +870,47 @@ fn an_export_of_a_time_range_verifies_on_its_own() {
     ));
 }
 
+/// A segment whose queries all precede `--from` but whose closing checkpoint lies inside the
+/// range: that checkpoint is the first record timed in the range, so the export starts there
+/// (with the signed chain head it carries), not at a later one.
+#[test]
+fn a_range_export_starts_at_a_closing_checkpoint_inside_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = settings(tmp.path());
+    // Queries are timed at BASE_SECS (long ago); checkpoints and service records now.
+    write_log(&settings, 0, 600);
+    let closing: Vec<(u64, Timestamp)> = segments(tmp.path())
+        .iter()
+        .filter_map(|path| {
+            let data = std::fs::read(path).unwrap();
+            let last = data.trim_ascii_end().rsplit(|&b| b == b'\n').next()?;
+            let record = Record::parse(last).ok()?;
+            matches!(record.entry, Entry::Checkpoint(ref cp) if cp.close)
+                .then_some((record.seq, record.time))
+        })
+        .collect();
+    assert!(closing.len() > 3, "the log spans segments");
+    // From a closing checkpoint timed after the one before it (two closes can share a
+    // microsecond): the queries of its segment are all before it, and so is the start record.
+    let k = (1..closing.len())
+        .find(|&k| closing[k - 1].1 < closing[k].1)
+        .expect("checkpoints a microsecond apart");
+    let (seq, time) = closing[k];
+    let range = TimeRange {
+        from: Some(time),
+        to: None,
+    };
+    let mut out = Vec::new();
+    audit::query::export_range(&settings.dir, ExportFormat::Jsonl, &range, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let first = Record::parse(text.lines().nth(1).unwrap().as_bytes()).unwrap();
+    assert_eq!(first.seq, seq, "{}", text.lines().nth(1).unwrap());
+    let path = tmp.path().join("range.jsonl");
+    std::fs::write(&path, &text).unwrap();
+    let report = audit::verify(&path, None).unwrap();
+    assert!(report.ok(), "{report}");
+}
+
 /// An export ends with a line naming the end of its chain: a copy cut short, by whole lines
 /// or mid-line, fails as a truncated export instead of verifying as a shorter log; records
 /// cut from before a kept end line are missing; a CSV saved with CRLF line ends still verifies.

@@ -513,15 +513,31 @@ fn closed_range(path: &Path) -> Result<Option<Option<(Timestamp, Timestamp)>>, A
     })
 }
 
-/// Whether a segment must be read for `range`.
+/// Whether an export of `range` must read a segment: its records' time range (from its
+/// closing checkpoint) overlaps the range, or that checkpoint is itself timed inside it. The
+/// checkpoint is left out of the records' range, but it is a record of the chain too: a
+/// segment whose queries all precede `from` can close just after it.
 fn wanted(path: &Path, range: &TimeRange) -> Result<bool, AuditError> {
     if range.from.is_none() && range.to.is_none() {
         return Ok(true);
     }
-    Ok(match closed_range(path)? {
-        None => true,
-        Some(None) => false,
-        Some(Some((min, max))) => range.overlaps(min, max),
+    let Some(line) = segment::read_last_line(path)? else {
+        return Ok(true);
+    };
+    Ok(match Record::parse(&line) {
+        Ok(Record {
+            time,
+            entry: Entry::Checkpoint(cp),
+            ..
+        }) if cp.close => {
+            range.contains(time)
+                || cp
+                    .min_time
+                    .zip(cp.max_time)
+                    .is_some_and(|(min, max)| range.overlaps(min, max))
+        }
+        // Open or torn by a crash: its range is unknown.
+        _ => true,
     })
 }
 
