@@ -489,8 +489,9 @@ fn open_audit(state: &State) -> anyhow::Result<Option<(AuditHandle, AuditWriter)
         tracing::warn!("audit log disabled ([audit] enabled = false): decisions are not recorded");
         return Ok(None);
     }
-    let (handle, writer) = AuditLog::open(settings, InstanceId::random())
-        .with_context(|| format!("cannot open the audit log in {}", settings.dir.display()))?;
+    // Every error from `open` names the file or directory it is about.
+    let (handle, writer) =
+        AuditLog::open(settings, InstanceId::random()).context("cannot open the audit log")?;
     handle.service(ServiceEvent::Start {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         config: state.config.path.clone(),

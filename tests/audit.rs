@@ -414,6 +414,16 @@ fn a_second_instance_on_the_same_log_is_refused() {
         )),
         "{stderr}"
     );
+    // The error names the log's directory once, not once per layer.
+    let dir = config.parent().unwrap().join("data").join("audit");
+    let dir = dir.to_string_lossy();
+    assert!(
+        stderr
+            .lines()
+            .filter(|line| line.contains("in use by"))
+            .all(|line| line.matches(&*dir).count() == 1),
+        "{stderr}"
+    );
 
     // The first instance goes on logging into a chain that only it wrote.
     ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);

@@ -99,8 +99,8 @@ pub enum AuditError {
     #[error("invalid domain {value:?}: {reason}")]
     InvalidDomain { value: String, reason: String },
     #[error(
-        "{}: the audit log is in use by another running dnsward ({holder}); two writers on one \
-         log would fork its chain, so give each instance its own [audit] dir",
+        "{}: in use by another running dnsward ({holder}); two writers on one log would fork \
+         its chain, so give each instance its own [audit] dir",
         dir.display()
     )]
     InUse { dir: PathBuf, holder: String },
