@@ -384,6 +384,18 @@ impl DecisionRecord {
         }
     }
 
+    /// The answer did not go out (the socket refused it, or the TCP connection's writer was
+    /// gone): the decision and rcode stay what was decided, and the answer summary ends in
+    /// `(not sent)`, so the log never claims an answer the client cannot have had.
+    pub fn mark_not_sent(&mut self) {
+        const NOT_SENT: &str = "(not sent)";
+        let text: Arc<str> = match self.answer.as_deref() {
+            Some(text) if !text.is_empty() => format!("{text} {NOT_SENT}").into(),
+            _ => NOT_SENT.into(),
+        };
+        self.answer = AnswerText::new(&text);
+    }
+
     /// Writes the record as one structured `debug` event on target `dnsward::decision`. The
     /// audit log is the record of decisions; this event is for operators watching a console
     /// (`RUST_LOG=info,dnsward::decision=debug`). Writing a line per blocked query at `info`

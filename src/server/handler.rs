@@ -173,8 +173,10 @@ impl Handler {
 
     /// The fast path: answers `query` from the wire cache when a response to the same question
     /// and flags was stored under the serving generation, records the decision, and returns
-    /// true. `send` puts the bytes on the wire and says whether it could (a full socket buffer
-    /// leaves the query to the full chain, which can wait). Anything else returns false, and
+    /// true. `send` queues the bytes for the receive batch's `sendmmsg` and says whether it
+    /// could (a full batch or an answer too long leaves the query to the full chain); an answer
+    /// the kernel then refuses is marked on its record (`udp::send_answers`). Anything else
+    /// returns false, and
     /// the full request chain answers (the table may have marked a slot used or dropped an
     /// expired entry: bookkeeping, not an answer).
     pub(super) fn answer_fast(
@@ -249,17 +251,18 @@ impl Handler {
         true
     }
 
-    /// A datagram or TCP message that does not parse as a query but was answered FORMERR:
-    /// recorded like any answer (`. ZERO IN`, decision `error`), so the log has a record for
-    /// every answer sent.
+    /// A datagram or TCP message that does not parse as a query but has a header to answer
+    /// FORMERR to: recorded like any query (`. ZERO IN`, decision `error`), whether the FORMERR
+    /// went out (`sent`) or not.
     pub(super) fn record_formerr(
         &self,
         arrival: &Arrival,
         transport: Transport,
+        sent: bool,
         audit_batch: &mut Vec<DecisionRecord>,
     ) {
         let state = self.state.load();
-        let record = DecisionRecord {
+        let mut record = DecisionRecord {
             time: arrival.batch.wall,
             generation: state.generation,
             client: arrival.client,
@@ -276,6 +279,9 @@ impl Handler {
             source: AnswerSource::Local,
             latency_us: u64::try_from(arrival.batch.at.elapsed().as_micros()).unwrap_or(u64::MAX),
         };
+        if !sent {
+            record.mark_not_sent();
+        }
         record.emit();
         if self.audits(&state, &record) {
             audit_batch.push(record);
@@ -886,6 +892,8 @@ impl RequestHandler for Handler {
         .await;
         if sent {
             record_what_was_sent(&mut record, &reply, &info);
+        } else {
+            record.mark_not_sent();
         }
         record.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         record.emit();

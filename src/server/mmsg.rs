@@ -107,8 +107,13 @@ pub struct SendBatch {
     addr_lens: Vec<libc::socklen_t>,
     iovecs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
+    /// For each queued answer, the index of its audit record in the receive loop's batch of
+    /// records (`NO_RECORD` when it has none), so a record can say its answer did not go out.
+    records: Vec<usize>,
     queued: usize,
 }
+
+const NO_RECORD: usize = usize::MAX;
 
 // As for `RecvBatch`.
 #[allow(unsafe_code)]
@@ -130,6 +135,7 @@ impl SendBatch {
                 BATCH
             ],
             headers: (0..BATCH).map(|_| zeroed_header()).collect(),
+            records: vec![NO_RECORD; BATCH],
             queued: 0,
         }
     }
@@ -144,14 +150,23 @@ impl SendBatch {
         self.buffers[start..start + bytes.len()].copy_from_slice(bytes);
         self.lens[index] = bytes.len();
         self.addr_lens[index] = write_sockaddr(destination, &mut self.addrs[index]);
+        self.records[index] = NO_RECORD;
         self.queued += 1;
         true
     }
 
+    /// Ties the answer queued last to the audit record at `record` (see `flush`).
+    pub fn attach_record(&mut self, record: usize) {
+        if let Some(index) = self.queued.checked_sub(1) {
+            self.records[index] = record;
+        }
+    }
+
     /// Sends everything queued; returns how many answers could not be sent (a full socket
-    /// buffer or an unreachable destination), which are dropped as UDP allows.
+    /// buffer or an unreachable destination), which are dropped as UDP allows. `unsent` is
+    /// called with the record attached to each of them.
     #[allow(unsafe_code)]
-    pub fn flush(&mut self, fd: RawFd) -> usize {
+    pub fn flush(&mut self, fd: RawFd, mut unsent: impl FnMut(usize)) -> usize {
         let count = mem::take(&mut self.queued);
         for index in 0..count {
             let start = index * self.slot_len;
@@ -180,6 +195,9 @@ impl SendBatch {
                 Ok(sent) if sent > 0 => start += sent,
                 // The first remaining answer failed (`errno` says why): skip it, go on.
                 _ => {
+                    if self.records[start] != NO_RECORD {
+                        unsent(self.records[start]);
+                    }
                     failed += 1;
                     start += 1;
                 }
@@ -326,7 +344,7 @@ mod tests {
                 seen.push(bytes[0]);
                 assert!(send.push(&[bytes[0], 0xff], source.unwrap()));
             }
-            assert_eq!(send.flush(server.as_raw_fd()), 0);
+            assert_eq!(send.flush(server.as_raw_fd(), |_| ()), 0);
         }
         assert_eq!(seen, (0..40).collect::<Vec<u8>>());
         for index in 0..40u8 {

@@ -11,6 +11,9 @@ mod tcp;
 mod udp;
 mod workers;
 
+#[cfg(test)]
+mod test_support;
+
 use std::{
     net::{SocketAddr, UdpSocket},
     sync::Arc,

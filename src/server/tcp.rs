@@ -454,11 +454,10 @@ async fn answer(handler: &Handler, message: Vec<u8>, arrival: Arrival, responder
         Err(error) => {
             handler.counters().malformed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%error, client = %arrival.client, "malformed query");
-            if let Some(formerr) = header.and_then(|header| super::formerr_for(&header))
-                && responder.send(formerr).await.is_ok()
-            {
+            if let Some(formerr) = header.and_then(|header| super::formerr_for(&header)) {
+                let sent = responder.send(formerr).await.is_ok();
                 let mut record = Vec::with_capacity(1);
-                handler.record_formerr(&arrival, Transport::Tcp, &mut record);
+                handler.record_formerr(&arrival, Transport::Tcp, sent, &mut record);
                 handler.flush_audit(&mut record);
             }
             return;
@@ -513,5 +512,51 @@ impl ResponseHandler for Responder {
         let (info, bytes) = super::encode_response(response, u16::MAX)?;
         self.send(bytes).await?;
         Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::test_support;
+
+    /// A connection whose writer is gone (the client reset it while its queries were being
+    /// answered): each query read from it is still recorded once, as not sent, whether it
+    /// went through the request chain or was answered FORMERR.
+    #[test]
+    fn answers_to_a_closed_connection_are_recorded_as_not_sent() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (handler, writer, settings) = test_support::audited_handler(tmp.path());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let (answers, outbox) = mpsc::channel::<Outgoing>(PIPELINE_DEPTH);
+            drop(outbox);
+            let pipeline = Arc::new(Semaphore::new(PIPELINE_DEPTH));
+            for message in [
+                test_support::blocked_query(),
+                test_support::UNPARSABLE.to_vec(),
+            ] {
+                let slot = Arc::new(pipeline.clone().acquire_owned().await.expect("slot"));
+                let responder = Responder {
+                    answers: answers.clone(),
+                    slot,
+                };
+                let arrival = Arrival {
+                    client: "127.0.0.1:5300".parse().expect("client"),
+                    batch: BatchTime::now(),
+                };
+                answer(&handler, message, arrival, responder).await;
+            }
+        });
+        assert_eq!(
+            test_support::recorded_answers(writer, &settings),
+            [
+                test_support::not_sent(".", "FORMERR"),
+                test_support::not_sent("www.blocked.test.", "NXDOMAIN"),
+            ]
+        );
     }
 }

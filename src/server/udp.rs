@@ -10,7 +10,7 @@
 use std::{
     future::Future,
     net::{SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, RawFd},
     sync::{Arc, atomic::Ordering},
     task::{Context, Poll, Waker},
 };
@@ -172,16 +172,27 @@ pub async fn serve(
                 &mut audit_batch,
             );
         }
-        let lost = answers.flush(fd);
-        if lost > 0 {
-            tracing::debug!(lost, "udp answers could not be sent");
-        }
-        handler.flush_audit(&mut audit_batch);
+        send_answers(fd, &handler, &mut answers, &mut audit_batch);
         // Readiness does not count against tokio's cooperative budget, so without this a
         // socket that never runs dry would keep the thread: the queries waiting on upstreams,
         // the timers and the other listen addresses' loops on this worker need their turns.
         tokio::task::coop::consume_budget().await;
     }
+}
+
+/// Sends the fast path's answers of one receive batch, then hands its records to the audit
+/// log: after the send, so that a record whose answer the kernel refused says so.
+fn send_answers(
+    fd: RawFd,
+    handler: &Handler,
+    answers: &mut SendBatch,
+    audit_batch: &mut Vec<DecisionRecord>,
+) {
+    let lost = answers.flush(fd, |record| audit_batch[record].mark_not_sent());
+    if lost > 0 {
+        tracing::debug!(lost, "udp answers could not be sent");
+    }
+    handler.flush_audit(audit_batch);
 }
 
 /// What every datagram of one receive loop shares.
@@ -210,11 +221,15 @@ fn answer(
     if source.port() == 0 || source.ip().is_unspecified() {
         return;
     }
+    let records_before = audit_batch.len();
     if let Some(query) = PlainQuery::parse(packet)
         && handler.answer_fast(&query, &arrival, scratch, audit_batch, |bytes| {
             answers.push(bytes, source)
         })
     {
+        if audit_batch.len() > records_before {
+            answers.attach_record(records_before);
+        }
         return;
     }
     let request = match Request::from_bytes(packet.to_vec(), source, Protocol::Udp) {
@@ -222,8 +237,9 @@ fn answer(
         Err(error) => {
             handler.counters().malformed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%error, %source, "malformed query");
-            if answer_formerr(socket.socket(), packet, source) {
-                handler.record_formerr(&arrival, Transport::Udp, audit_batch);
+            if let Some(formerr) = super::formerr_for(packet) {
+                let sent = socket.socket().send_to(&formerr, source).is_ok();
+                handler.record_formerr(&arrival, Transport::Udp, sent, audit_batch);
             }
             return;
         }
@@ -249,11 +265,6 @@ fn answer(
     if query.as_mut().poll(&mut context) == Poll::Pending {
         in_flight.spawn(query);
     }
-}
-
-/// FORMERR for a packet with a readable header, sent back; returns whether it was.
-fn answer_formerr(socket: &UdpSocket, packet: &[u8], destination: SocketAddr) -> bool {
-    super::formerr_for(packet).is_some_and(|bytes| socket.send_to(&bytes, destination).is_ok())
 }
 
 /// Sends one answer straight from the task that computed it.
@@ -295,7 +306,67 @@ mod tests {
     use arc_swap::ArcSwap;
 
     use super::*;
-    use crate::{cache::AnswerCache, server::Counters, state};
+    use crate::{
+        cache::AnswerCache,
+        server::{Counters, test_support},
+        state,
+    };
+
+    /// Every path's answer that the kernel refuses (here: an IPv6 destination on an IPv4
+    /// socket, EAFNOSUPPORT; in the field a full send buffer or an unreachable destination)
+    /// is recorded once, as not sent: the request chain (the first ask for a blocked name),
+    /// the fast path (the same question again, replayed after the batch's `sendmmsg`), and
+    /// FORMERR.
+    #[test]
+    fn answers_that_do_not_go_out_are_recorded_as_not_sent() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (handler, writer, settings) = test_support::audited_handler(tmp.path());
+        let query = test_support::blocked_query();
+        let client: SocketAddr = "[2001:db8::7]:5300".parse().expect("client");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let target = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+            target.set_nonblocking(true).expect("non-blocking");
+            let fd = target.as_raw_fd();
+            let socket = Arc::new(ListenSocket::new(target).expect("register"));
+            let in_flight = TaskTracker::new();
+            let looped = Loop {
+                socket: &socket,
+                handler: &handler,
+                in_flight: &in_flight,
+            };
+            let mut scratch = vec![0u8; MAX_QUERY];
+            let mut answers = SendBatch::new(MAX_QUERY);
+            let mut audit_batch = Vec::new();
+            for packet in [&query[..], &query[..], &test_support::UNPARSABLE[..]] {
+                let arrival = Arrival {
+                    client,
+                    batch: BatchTime::now(),
+                };
+                answer(
+                    &looped,
+                    packet,
+                    arrival,
+                    &mut scratch,
+                    &mut answers,
+                    &mut audit_batch,
+                );
+            }
+            send_answers(fd, &handler, &mut answers, &mut audit_batch);
+        });
+        assert_eq!(handler.counters().fast_answers.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            test_support::recorded_answers(writer, &settings),
+            [
+                test_support::not_sent(".", "FORMERR"),
+                test_support::not_sent("www.blocked.test.", "NXDOMAIN"),
+                test_support::not_sent("www.blocked.test.", "NXDOMAIN"),
+            ]
+        );
+    }
 
     /// Datagrams queued before the loop first wakes: several times what it reads before
     /// tokio's cooperative budget (128 units, one per batch of `mmsg::BATCH`) makes it yield.
