@@ -1,5 +1,13 @@
 //! Diagnostic logging: a `tracing` subscriber on stderr, filtered by config or `RUST_LOG`.
 
+use std::{
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
 use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::{LogFormat, LogSection};
@@ -33,4 +41,76 @@ pub fn init(settings: &LogSection) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// A warning that a failure can repeat once per query (an upstream down, a socket refusing
+/// answers): let through at most once a second, with how many were held back since, so that a
+/// failure under load does not become a line per query, written to stderr by the query workers
+/// themselves. Lock-free: two atomics.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    /// Microseconds since `epoch()` before which nothing more is let through.
+    next_us: AtomicU64,
+    held: AtomicU64,
+}
+
+impl Throttle {
+    const PERIOD_US: u64 = 1_000_000;
+
+    pub const fn new() -> Self {
+        Self {
+            next_us: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(held)`: write the warning now, saying that `held` like it were not written since
+    /// the last one; `None`: hold this one back (it is counted).
+    pub fn admit(&self) -> Option<u64> {
+        let now = u64::try_from(epoch().elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.admit_at(now)
+    }
+
+    fn admit_at(&self, now_us: u64) -> Option<u64> {
+        let next = self.next_us.load(Ordering::Relaxed);
+        if now_us >= next
+            && self
+                .next_us
+                .compare_exchange(
+                    next,
+                    now_us.saturating_add(Self::PERIOD_US),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::Relaxed));
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+/// The monotonic clock's origin for `Throttle` (a wall-clock step must not silence it).
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttle_lets_one_through_a_second_and_counts_the_rest() {
+        let throttle = Throttle::new();
+        assert_eq!(throttle.admit_at(5), Some(0));
+        for at in [6, 500_000, 1_000_004] {
+            assert_eq!(throttle.admit_at(at), None, "{at}");
+        }
+        assert_eq!(throttle.admit_at(1_000_005), Some(3));
+        assert_eq!(throttle.admit_at(1_000_006), None);
+        // A quiet while later: let through at once, with the one held back before.
+        assert_eq!(throttle.admit_at(60_000_000), Some(1));
+    }
 }

@@ -415,6 +415,37 @@ fn refusing_upstream_gives_network_error_ede() {
     assert_eq!(ede(&reply).map(|e| e.0), Some(23), "EDE 23 Network Error");
 }
 
+/// An upstream that fails every query must not become a warning line per query, written to
+/// stderr by the query workers: one a second at most, saying how many were not shown.
+#[test]
+fn upstream_failures_are_warned_about_at_most_once_a_second() {
+    // As above: refused at once, so the failures come fast.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = config_text(&[port], "");
+    let dnsward = Dnsward::start(&config, &[]);
+    const QUERIES: usize = 50;
+    for i in 0..QUERIES {
+        let name = format!("host{i}.test.");
+        let reply = ask(dnsward.addr, Transport::Udp, &name, RecordType::A);
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    }
+    dnsward
+        .wait_for_log(|line| line.contains("upstream resolution failed"))
+        .expect("the first failure is warned about");
+    let warnings = dnsward
+        .log()
+        .iter()
+        .filter(|line| line.contains("upstream resolution failed"))
+        .count();
+    assert!(
+        warnings < QUERIES,
+        "{warnings} warnings for {QUERIES} failures in a row"
+    );
+}
+
 #[test]
 fn second_upstream_is_used_when_the_first_is_dead() {
     let upstream = Upstream::start();

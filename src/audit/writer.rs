@@ -383,6 +383,12 @@ impl AuditHandle {
         }
     }
 
+    /// Counts `count` queries that end without a record (see `FORMAT.md`, gap records): they
+    /// are reported by the next gap record like records the queue could not take.
+    pub fn count_lost(&self, count: u64) {
+        self.drops.note_many(count);
+    }
+
     /// Queues the decisions gathered in `batch` (and empties it, keeping its capacity) as one
     /// message: the UDP loop hands over one receive batch's records at a time, so the shared
     /// queue counter and the channel's tail are touched once per batch, not once per query

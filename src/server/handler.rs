@@ -31,7 +31,7 @@ use super::{
     fastpath::{self, Outcome, PlainQuery, WireCache},
     sinkhole,
 };
-use crate::audit::AuditHandle;
+use crate::{audit::AuditHandle, logging::Throttle};
 use crate::{
     cache::{AnswerCache, CacheKey},
     policy::{
@@ -576,7 +576,14 @@ impl Handler {
                     self.counters
                         .upstream_errors
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, %qname, "upstream resolution failed");
+                    if let Some(not_shown) = UPSTREAM_FAILED.admit() {
+                        tracing::warn!(
+                            %error,
+                            %qname,
+                            similar_not_shown = not_shown,
+                            "upstream resolution failed"
+                        );
+                    }
                     record.source = source;
                     record.fail();
                     return Reply::error(ResponseCode::ServFail, Some((ede_code, error)));
@@ -862,6 +869,9 @@ impl RequestHandler for Handler {
             latency_us: 0,
         };
 
+        // Dropped before it is paid, the query left no record: a stop whose grace ran out drops
+        // the queries still waiting on an upstream with their worker's runtime.
+        let owed = RecordOwed(self.audit.as_ref());
         let reply = self.answer(&state, request, client, &mut record).await;
         if record.decision == DecisionKind::Logged {
             self.counters.logged.fetch_add(1, Ordering::Relaxed);
@@ -897,11 +907,38 @@ impl RequestHandler for Handler {
         }
         record.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         record.emit();
+        owed.paid();
         // The audit queue never blocks: a full queue is counted and becomes a gap record.
         if let Some(audit) = self.audit.as_ref().filter(|_| self.audits(&state, &record)) {
             audit.record(record);
         }
         info
+    }
+}
+
+/// Warnings a failure repeats once per query, written at most once a second (the counters
+/// and, for failed sends, the audit log's `(not sent)` keep every case).
+static UPSTREAM_FAILED: Throttle = Throttle::new();
+static SEND_FAILED: Throttle = Throttle::new();
+
+/// A query's audit record, owed from the moment the query is read: if the query's future is
+/// dropped before the record is handed over, the audit log counts it as lost (a gap record),
+/// so every query is in the log either as a record or in a count.
+struct RecordOwed<'a>(Option<&'a AuditHandle>);
+
+impl RecordOwed<'_> {
+    /// The record is about to be handed over (or, for a client outside `server.allow` beyond
+    /// its budget, counted as suppressed): nothing is owed any more.
+    fn paid(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RecordOwed<'_> {
+    fn drop(&mut self) {
+        if let Some(audit) = self.0 {
+            audit.count_lost(1);
+        }
     }
 }
 
@@ -931,7 +968,14 @@ async fn send<R: ResponseHandler>(
             if request.protocol() == Protocol::Tcp {
                 tracing::debug!(%error, client = %request.src(), "failed to send response");
             } else {
-                tracing::warn!(%error, client = %request.src(), "failed to send response");
+                if let Some(not_shown) = SEND_FAILED.admit() {
+                    tracing::warn!(
+                        %error,
+                        client = %request.src(),
+                        similar_not_shown = not_shown,
+                        "failed to send response"
+                    );
+                }
             }
             let mut metadata = Metadata::new(
                 request.metadata.id,

@@ -526,7 +526,10 @@ mod tests {
     #[test]
     fn answers_to_a_closed_connection_are_recorded_as_not_sent() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let (handler, writer, settings) = test_support::audited_handler(tmp.path());
+        let (handler, writer, settings) = test_support::audited_handler(
+            tmp.path(),
+            test_support::NO_UPSTREAM.parse().expect("address"),
+        );
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -1,7 +1,7 @@
 //! Test fixtures shared by the transports' unit tests: a handler with a real audit log and a
 //! block list, the queries to send it, and what the log recorded.
 
-use std::{path::Path, sync::Arc};
+use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use arc_swap::ArcSwap;
 use hickory_proto::{
@@ -11,19 +11,28 @@ use hickory_proto::{
 
 use super::handler::{Counters, Handler};
 use crate::{
-    audit::{self, AuditLog, AuditSettings, AuditWriter, Entry, Filter, InstanceId},
+    audit::{
+        self, AuditLog, AuditSettings, AuditWriter, Entry, InstanceId, query::ExportFormat,
+        segment::Record,
+    },
     cache::AnswerCache,
     state,
 };
 
-/// A handler that blocks `blocked.test` for clients in `2001:db8::/32` and 127.0.0.0/8,
-/// with an audit log under `dir` (its writer and settings returned for reading it back).
-pub fn audited_handler(dir: &Path) -> (Arc<Handler>, AuditWriter, AuditSettings) {
+/// A handler that forwards to `upstream` and blocks `blocked.test` for clients in
+/// `2001:db8::/32` and 127.0.0.0/8, with an audit log under `dir` (its writer and settings
+/// returned for reading it back).
+pub fn audited_handler(
+    dir: &Path,
+    upstream: SocketAddr,
+) -> (Arc<Handler>, AuditWriter, AuditSettings) {
     std::fs::write(dir.join("block.txt"), "blocked.test\n").expect("list");
     let config_path = dir.join("dnsward.toml");
-    let text = "[server]\nallow = [\"2001:db8::/32\", \"127.0.0.0/8\"]\n\
-                [forward]\nupstreams = [\"127.0.0.1:9\"]\n\
-                [[list]]\nname = \"exchanges\"\npath = \"block.txt\"\n";
+    let text = format!(
+        "[server]\nallow = [\"2001:db8::/32\", \"127.0.0.0/8\"]\n\
+         [forward]\nupstreams = [\"{upstream}\"]\n\
+         [[list]]\nname = \"exchanges\"\npath = \"block.txt\"\n"
+    );
     std::fs::write(&config_path, text).expect("config");
     let config = crate::config::load(&config_path).expect("config");
     let settings = config.audit.clone();
@@ -40,32 +49,47 @@ pub fn audited_handler(dir: &Path) -> (Arc<Handler>, AuditWriter, AuditSettings)
     (handler, writer, settings)
 }
 
+/// An upstream nobody listens on (the discard port): queries sent there fail at once.
+pub const NO_UPSTREAM: &str = "127.0.0.1:9";
+
 /// `www.blocked.test. A`, as a client sends it.
 pub fn blocked_query() -> Vec<u8> {
+    query("www.blocked.test.")
+}
+
+/// `name A` with RD, as a client sends it.
+pub fn query(name: &str) -> Vec<u8> {
     let mut query = Message::query();
     query.metadata.id = 7;
     query.metadata.recursion_desired = true;
-    query.add_query(Query::query(
-        "www.blocked.test.".parse().expect("name"),
-        RecordType::A,
-    ));
+    query.add_query(Query::query(name.parse().expect("name"), RecordType::A));
     query.to_vec().expect("encode")
 }
 
 /// A header that announces a question it does not carry: answered FORMERR.
 pub const UNPARSABLE: [u8; 12] = [0, 9, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
 
+/// Stops the writer and reads back every record of the log, in order.
+pub fn stop_and_read(writer: AuditWriter, settings: &AuditSettings) -> Vec<Record> {
+    writer.shutdown().expect("stop");
+    let mut export = Vec::new();
+    audit::export(&settings.dir, ExportFormat::Jsonl, &mut export).expect("export");
+    export
+        .split(|&byte| byte == b'\n')
+        .filter_map(|line| Record::parse(line).ok())
+        .collect()
+}
+
 /// `(qname, rcode, answer)` of every query record in the log, sorted; stops the writer first.
 pub fn recorded_answers(
     writer: AuditWriter,
     settings: &AuditSettings,
 ) -> Vec<(String, String, String)> {
-    writer.shutdown().expect("stop");
-    let mut answers: Vec<_> = audit::search(&settings.dir, &Filter::default())
-        .expect("search")
-        .map(|hit| match hit.expect("record").record.entry {
-            Entry::Query(q) => (q.qname, q.rcode, q.answer),
-            other => panic!("not a query record: {other:?}"),
+    let mut answers: Vec<_> = stop_and_read(writer, settings)
+        .into_iter()
+        .filter_map(|record| match record.entry {
+            Entry::Query(q) => Some((q.qname, q.rcode, q.answer)),
+            _ => None,
         })
         .collect();
     answers.sort();

@@ -320,7 +320,10 @@ mod tests {
     #[test]
     fn answers_that_do_not_go_out_are_recorded_as_not_sent() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let (handler, writer, settings) = test_support::audited_handler(tmp.path());
+        let (handler, writer, settings) = test_support::audited_handler(
+            tmp.path(),
+            test_support::NO_UPSTREAM.parse().expect("address"),
+        );
         let query = test_support::blocked_query();
         let client: SocketAddr = "[2001:db8::7]:5300".parse().expect("client");
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -160,6 +160,59 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{audit::Entry, server::test_support};
+
+    /// A query still waiting on its upstream when the stop's grace runs out is dropped with
+    /// its worker's runtime: the audit log counts it in a gap record (before the stop record),
+    /// so no query leaves no trace.
+    #[test]
+    fn a_query_abandoned_at_stop_is_counted_in_the_audit_log() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // Reads queries and never answers.
+        let silent = UdpSocket::bind("127.0.0.1:0").expect("upstream");
+        let (handler, writer, settings) =
+            test_support::audited_handler(tmp.path(), silent.local_addr().expect("address"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            socket.set_nonblocking(true).expect("non-blocking");
+            let address = socket.local_addr().expect("address");
+            let workers = UdpWorkers::start(vec![vec![socket]], &handler, Duration::ZERO)
+                .await
+                .expect("start");
+            let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+            client
+                .send_to(&test_support::query("www.example.test."), address)
+                .expect("send");
+            // In flight once the upstream has it.
+            silent
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut buf = [0u8; 512];
+            silent
+                .recv_from(&mut buf)
+                .expect("the query reaches the upstream");
+            workers.stop().await;
+        });
+        let records = test_support::stop_and_read(writer, &settings);
+        let lost: Vec<u64> = records
+            .iter()
+            .filter_map(|record| match record.entry {
+                Entry::Gap { dropped, .. } => Some(dropped),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lost, [1], "{records:?}");
+        assert!(
+            !records
+                .iter()
+                .any(|record| matches!(record.entry, Entry::Query(_))),
+            "the query was never answered"
+        );
+    }
 
     #[test]
     fn the_grace_covers_the_slowest_query_within_a_cap() {
