@@ -33,7 +33,7 @@ fn decision(i: u64, n: u64) -> DecisionRecord {
         "udp",
         &format!("host{}.example{}.org.", i % 100, i % 97),
         RecordType::A,
-        i % 10 == 0,
+        i.is_multiple_of(10),
         250,
     )
 }

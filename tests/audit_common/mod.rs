@@ -25,13 +25,13 @@ pub const BASE_SECS: u64 = 1_738_324_800; // 2025-01-31T12:00:00Z
 /// Query `i`: every third is a blocked `www.binance.com.` (list `crypto`), the rest allowed
 /// names under `example.org.`; clients 192.0.2.1–4; one record per millisecond from BASE.
 pub fn decision(i: u64) -> DecisionRecord {
-    let blocked = i % 3 == 0;
+    let blocked = i.is_multiple_of(3);
     query_record(
         SystemTime::UNIX_EPOCH + Duration::from_secs(BASE_SECS) + Duration::from_millis(i),
         SocketAddr::from(([192, 0, 2, (i % 4 + 1) as u8], 40000 + (i % 1000) as u16)),
-        if i % 5 == 0 { "tcp" } else { "udp" },
+        if i.is_multiple_of(5) { "tcp" } else { "udp" },
         &format!("host{}.example.org.", i % 7),
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             RecordType::A
         } else {
             RecordType::AAAA
