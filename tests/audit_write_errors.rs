@@ -202,6 +202,13 @@ fn an_outage_that_outlasts_the_writer_is_in_its_counts() {
     let (handle, writer) = AuditLog::open(&settings(&dir), InstanceId::random()).unwrap();
     let burst = 3_000;
     send(&handle, 0, burst);
+    // Once the writer has its segment open (on a busy machine it may not have started on the
+    // burst yet, and would then find no directory to open one in, and write nothing at all):
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while audit_common::segments(&dir).is_empty() {
+        assert!(Instant::now() < deadline, "no segment opened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // The open segment stays writable through its descriptor until the limit; a reopen
     // finds a plain file where the directory was.
     std::fs::rename(&dir, &moved).unwrap();
@@ -307,6 +314,56 @@ fn a_restart_onto_a_full_disk_after_a_crash_starts_in_an_outage() {
     assert_eq!(stats.records, written - 10);
     assert_eq!(stats.dropped, lost);
     assert_eq!(handle.dropped(), lost);
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert!(report.ok(), "{report}");
+}
+
+/// Service records that arrive during an outage are held for after it, up to 64 (a reload
+/// loop must not grow the writer's memory without bound); the rest are counted in the gap
+/// record like lost queries. (Those in the write that failed are lost with it, as queries.)
+#[test]
+fn service_records_held_in_an_outage_are_capped_and_the_rest_counted() {
+    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    // Not even a segment header fits: the first write fails and starts an outage.
+    limit_file_size(1);
+    let (handle, writer) = AuditLog::open(&settings(tmp.path()), InstanceId::random()).unwrap();
+    handle.record(decision(0));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while handle.dropped() == 0 {
+        assert!(Instant::now() < deadline, "the first write did not fail");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 0..70 {
+        handle.service(ServiceEvent::Start {
+            version: format!("held {i}"),
+            config: "dnsward.toml".into(),
+        });
+    }
+    std::thread::sleep(Duration::from_millis(1_500));
+    limit_file_size(FILE_LIMIT);
+    wait_for_gap_record(tmp.path());
+    let stats = writer.shutdown().unwrap();
+    let records = all_records(tmp.path());
+    let held: Vec<&str> = records
+        .iter()
+        .filter_map(|record| match &record.entry {
+            Entry::Start { version, .. } => Some(version.as_str()),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<String> = (0..64).map(|i| format!("held {i}")).collect();
+    assert_eq!(held, expected, "the first 64, in order: {records:?}");
+    let lost: u64 = records
+        .iter()
+        .map(|record| match record.entry {
+            Entry::Gap { dropped, .. } => dropped,
+            _ => 0,
+        })
+        .sum();
+    // The query of the failed write, and the six service records past the cap.
+    assert_eq!(lost, 7);
+    assert_eq!(stats.dropped, 7);
     let report = audit::verify(tmp.path(), None).unwrap();
     assert!(report.ok(), "{report}");
 }

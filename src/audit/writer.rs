@@ -850,7 +850,7 @@ enum Origin {
 }
 
 /// A record encoded into the batch but not yet written.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Unwritten {
     Record {
         time: Timestamp,
@@ -861,6 +861,9 @@ enum Unwritten {
         counted: Counted,
         run: Run,
     },
+    /// A service event held through an outage: if its write fails too (a retry that opened
+    /// the log but could not write it), it is held again, not lost.
+    Held(Box<(Timestamp, ServiceEvent)>),
 }
 
 /// A count of records without a record of their own, and the time span they arrived in.
@@ -1235,6 +1238,7 @@ impl Store {
             self.unwritten.drain(..in_file);
         }
         let lost_seqs = self.unwritten.len() as u64;
+        let mut held_again = Vec::new();
         for record in self.unwritten.drain(..) {
             match record {
                 Unwritten::Record { time, origin } => {
@@ -1245,8 +1249,11 @@ impl Store {
                 }
                 // Its count was taken for it: put back, not counted twice.
                 Unwritten::Count { counted, run } => counted.put_back(run, drops, &self.suppressed),
+                Unwritten::Held(held) => held_again.push(*held),
             }
         }
+        // Before any held since: the order they arrived in.
+        self.held.splice(0..0, held_again);
         // The seq after the file's last record, for the stats if the outage outlasts the
         // writer (`head` is stale until a retry replaces the whole store).
         self.next_seq = self.next_seq.saturating_sub(lost_seqs);
@@ -1331,12 +1338,16 @@ impl Store {
         let mut held = std::mem::take(&mut self.held).into_iter();
         while let Some((time, event)) = held.next() {
             let seq = self.next_seq;
-            if let Err(error) = self.append_entry(time, &event.clone().into_entry()) {
-                // Held again for after the next gap record. One already encoded is counted
-                // by `fail` instead (from `unwritten`), like any record of a failed write.
-                if self.next_seq == seq {
-                    self.held.push((time, event));
-                }
+            let index = self.unwritten.len();
+            let appended = self.append_entry(time, &event.clone().into_entry());
+            if self.next_seq == seq {
+                // Not encoded: held again for after the next gap record.
+                self.held.push((time, event));
+            } else if let Some(slot) = self.unwritten.get_mut(index) {
+                // Encoded: if this write fails, `fail` holds it again from here.
+                *slot = Unwritten::Held(Box::new((time, event)));
+            }
+            if let Err(error) = appended {
                 self.held.extend(held);
                 return Err(error);
             }
