@@ -911,6 +911,55 @@ fn a_range_export_starts_at_a_closing_checkpoint_inside_it() {
     assert!(report.ok(), "{report}");
 }
 
+/// In a quiet hour a periodic checkpoint can be the only record inside a range, in a segment
+/// whose queries (and closing checkpoint) lie outside it: the export still finds it.
+#[test]
+fn a_range_holding_only_a_periodic_checkpoint_is_exported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keydir = tmp.path().join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let (secret, _public) = keys::keygen(&keydir).unwrap();
+    let settings = AuditSettings {
+        signing_key: Some(secret),
+        checkpoint_interval_secs: 1,
+        segment_max_age_secs: 2,
+        ..settings(&tmp.path().join("log"))
+    };
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    // One query (timed long ago); then a periodic checkpoint, then the close by age.
+    handle.record(decision(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let closed = loop {
+        let records = all_records(&settings.dir);
+        if records
+            .iter()
+            .any(|r| matches!(&r.entry, Entry::Checkpoint(cp) if cp.close))
+        {
+            break records;
+        }
+        assert!(std::time::Instant::now() < deadline, "no close by age");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    writer.shutdown().unwrap();
+    let periodic = closed
+        .iter()
+        .find(|r| matches!(&r.entry, Entry::Checkpoint(cp) if !cp.close))
+        .expect("a periodic checkpoint before the close");
+    let range = TimeRange {
+        from: Some(periodic.time),
+        to: Some(Timestamp::from_micros(periodic.time.as_micros() + 1)),
+    };
+    let mut out = Vec::new();
+    audit::query::export_range(&settings.dir, ExportFormat::Jsonl, &range, &mut out)
+        .expect("the checkpoint is in the range");
+    let exported: Vec<u64> = out
+        .split(|&b| b == b'\n')
+        .filter_map(|line| Record::parse(line).ok())
+        .map(|record| record.seq)
+        .collect();
+    assert!(exported.contains(&periodic.seq), "{exported:?}");
+}
+
 /// An export ends with a line naming the end of its chain: a copy cut short, by whole lines
 /// or mid-line, fails as a truncated export instead of verifying as a shorter log; records
 /// cut from before a kept end line are missing; a CSV saved with CRLF line ends still verifies.

@@ -513,10 +513,12 @@ fn closed_range(path: &Path) -> Result<Option<Option<(Timestamp, Timestamp)>>, A
     })
 }
 
-/// Whether an export of `range` must read a segment: its records' time range (from its
-/// closing checkpoint) overlaps the range, or that checkpoint is itself timed inside it. The
-/// checkpoint is left out of the records' range, but it is a record of the chain too: a
-/// segment whose queries all precede `from` can close just after it.
+/// Whether an export of `range` must read a segment: the span from its first record to its
+/// closing checkpoint overlaps the range. The checkpoints are left out of the records' time
+/// range the closing checkpoint states, but they are records of the chain too: a segment whose
+/// queries all precede `from` can close just after it, and in a quiet hour a periodic
+/// checkpoint can be the only record inside `--from`/`--to`. Every checkpoint of a segment
+/// lies between its first record and its closing checkpoint.
 fn wanted(path: &Path, range: &TimeRange) -> Result<bool, AuditError> {
     if range.from.is_none() && range.to.is_none() {
         return Ok(true);
@@ -530,11 +532,9 @@ fn wanted(path: &Path, range: &TimeRange) -> Result<bool, AuditError> {
             entry: Entry::Checkpoint(cp),
             ..
         }) if cp.close => {
-            range.contains(time)
-                || cp
-                    .min_time
-                    .zip(cp.max_time)
-                    .is_some_and(|(min, max)| range.overlaps(min, max))
+            let first = cp.min_time.map_or(time, |min| min.min(time));
+            let last = cp.max_time.map_or(time, |max| max.max(time));
+            range.overlaps(first, last)
         }
         // Open or torn by a crash: its range is unknown.
         _ => true,
