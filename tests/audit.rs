@@ -340,6 +340,33 @@ fn auditor_keys(dir: &Path) -> (PathBuf, PathBuf) {
     (private, public)
 }
 
+/// A signing key others can read is warned about when the server starts (as `check` does),
+/// and still signs: secret mounts are often world-readable.
+#[test]
+fn serve_warns_of_an_exposed_signing_key_and_signs_with_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let upstream = Upstream::start();
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = auditor_keys(keys.path());
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut dnsward = served(
+        &upstream,
+        &format!("[audit]\nsigning_key = \"{}\"\n", private.display()),
+    );
+    dnsward
+        .wait_for_log(|line| {
+            line.contains("WARN")
+                && line.contains("audit.signing_key: ")
+                && line.contains("mode 644")
+        })
+        .expect("a warning about the key's mode");
+    ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
+    assert!(dnsward.terminate());
+    let public = public.to_string_lossy().into_owned();
+    let verify = audit(&dnsward.config_path(), &["verify", "--pubkey", &public]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+}
+
 /// SIGINT (Ctrl-C in a terminal) stops as cleanly as SIGTERM: every record written, then the
 /// stop record and a signed closing checkpoint as the log's last line.
 #[test]
