@@ -967,15 +967,13 @@ async fn send<R: ResponseHandler>(
             // do at will: not worth a warning.
             if request.protocol() == Protocol::Tcp {
                 tracing::debug!(%error, client = %request.src(), "failed to send response");
-            } else {
-                if let Some(not_shown) = SEND_FAILED.admit() {
-                    tracing::warn!(
-                        %error,
-                        client = %request.src(),
-                        similar_not_shown = not_shown,
-                        "failed to send response"
-                    );
-                }
+            } else if let Some(not_shown) = SEND_FAILED.admit() {
+                tracing::warn!(
+                    %error,
+                    client = %request.src(),
+                    similar_not_shown = not_shown,
+                    "failed to send response"
+                );
             }
             let mut metadata = Metadata::new(
                 request.metadata.id,

@@ -70,6 +70,10 @@ pub struct TcpServer {
     connections: TaskTracker,
     /// Queries being answered, from every connection.
     queries: TaskTracker,
+    /// Cancelled when a stop's grace runs out: the queries still waiting are dropped then,
+    /// which counts their audit records as lost (see `handler::RecordOwed`) while the audit
+    /// writer still runs, instead of when the runtime ends after it.
+    abandon: CancellationToken,
     grace: Duration,
 }
 
@@ -89,6 +93,7 @@ impl TcpServer {
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             queries: TaskTracker::new(),
+            abandon: CancellationToken::new(),
             grace,
         };
         let slots = Arc::new(Semaphore::new(max_connections));
@@ -105,6 +110,7 @@ impl TcpServer {
                 per_client: per_client.clone(),
                 shutdown: server.shutdown.clone(),
                 queries: server.queries.clone(),
+                abandon: server.abandon.clone(),
             };
             server
                 .connections
@@ -120,9 +126,11 @@ impl TcpServer {
         self.queries.close();
         if timeout(self.grace, self.queries.wait()).await.is_err() {
             tracing::warn!(
-                in_flight = self.queries.len(),
-                "TCP queries still unanswered at the end of the stop grace"
+                unanswered = self.queries.len(),
+                "TCP queries still waiting for an upstream at stop were dropped"
             );
+            self.abandon.cancel();
+            self.queries.wait().await;
         }
         self.connections.close();
         let _ = timeout(FLUSH_AT_STOP, self.connections.wait()).await;
@@ -140,6 +148,7 @@ struct Connection {
     per_client: Arc<PerClient>,
     shutdown: CancellationToken,
     queries: TaskTracker,
+    abandon: CancellationToken,
 }
 
 async fn accept(listener: TcpListener, connection: Connection, connections: TaskTracker) {
@@ -326,7 +335,13 @@ impl Connection {
                 // a real waker, which every resource it waits on then registers).
                 let mut context = Context::from_waker(Waker::noop());
                 if query.as_mut().poll(&mut context).is_pending() {
-                    self.queries.spawn(query);
+                    let abandon = self.abandon.clone();
+                    self.queries.spawn(async move {
+                        tokio::select! {
+                            () = abandon.cancelled() => {}
+                            () = query => {}
+                        }
+                    });
                 }
             }
             // Dropping the last sender here and in the query tasks ends the writer once every
@@ -520,6 +535,62 @@ mod tests {
     use super::*;
     use crate::server::test_support;
 
+    /// A TCP query still waiting on its upstream when the stop's grace runs out is dropped by
+    /// `stop` itself, so its record is counted as lost (a gap record) while the audit writer
+    /// still runs, not when the runtime ends after the writer has stopped.
+    #[test]
+    fn a_query_abandoned_at_stop_is_counted_in_the_audit_log() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // Reads queries and never answers (UDP), and refuses TCP: nothing comes back.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("upstream");
+        let (handler, writer, settings) =
+            test_support::audited_handler(tmp.path(), silent.local_addr().expect("address"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let address = listener.local_addr().expect("address");
+            let server = TcpServer::start(
+                vec![listener],
+                &handler,
+                Duration::from_secs(10),
+                8,
+                8,
+                Duration::ZERO,
+            );
+            let mut client = tokio::net::TcpStream::connect(address)
+                .await
+                .expect("connect");
+            let query = test_support::query("www.example.test.");
+            let length = u16::try_from(query.len()).expect("length").to_be_bytes();
+            client.write_all(&length).await.expect("send");
+            client.write_all(&query).await.expect("send");
+            // In flight once the upstream has it.
+            let silent = tokio::net::UdpSocket::from_std({
+                silent.set_nonblocking(true).expect("non-blocking");
+                silent
+            })
+            .expect("register");
+            let mut buf = [0u8; 512];
+            timeout(Duration::from_secs(10), silent.recv_from(&mut buf))
+                .await
+                .expect("the query reaches the upstream")
+                .expect("receive");
+            server.stop().await;
+        });
+        let records = test_support::stop_and_read(writer, &settings);
+        let lost: Vec<u64> = records
+            .iter()
+            .filter_map(|record| match record.entry {
+                crate::audit::Entry::Gap { dropped, .. } => Some(dropped),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lost, [1], "{records:?}");
+    }
+
     /// A connection whose writer is gone (the client reset it while its queries were being
     /// answered): each query read from it is still recorded once, as not sent, whether it
     /// went through the request chain or was answered FORMERR.
@@ -557,8 +628,8 @@ mod tests {
         assert_eq!(
             test_support::recorded_answers(writer, &settings),
             [
-                test_support::not_sent(".", "FORMERR"),
-                test_support::not_sent("www.blocked.test.", "NXDOMAIN"),
+                test_support::not_sent("127.0.0.1:5300", ".", "FORMERR"),
+                test_support::not_sent("127.0.0.1:5300", "www.blocked.test.", "NXDOMAIN"),
             ]
         );
     }

@@ -80,15 +80,16 @@ pub fn stop_and_read(writer: AuditWriter, settings: &AuditSettings) -> Vec<Recor
         .collect()
 }
 
-/// `(qname, rcode, answer)` of every query record in the log, sorted; stops the writer first.
-pub fn recorded_answers(
-    writer: AuditWriter,
-    settings: &AuditSettings,
-) -> Vec<(String, String, String)> {
+/// What a query record says was answered to whom.
+pub type Answered = (String, String, String, String);
+
+/// `(client, qname, rcode, answer)` of every query record in the log, sorted; stops the writer
+/// first.
+pub fn recorded_answers(writer: AuditWriter, settings: &AuditSettings) -> Vec<Answered> {
     let mut answers: Vec<_> = stop_and_read(writer, settings)
         .into_iter()
         .filter_map(|record| match record.entry {
-            Entry::Query(q) => Some((q.qname, q.rcode, q.answer)),
+            Entry::Query(q) => Some((q.client, q.qname, q.rcode, q.answer)),
             _ => None,
         })
         .collect();
@@ -96,7 +97,16 @@ pub fn recorded_answers(
     answers
 }
 
-/// The record of an answer that did not go out.
-pub fn not_sent(qname: &str, rcode: &str) -> (String, String, String) {
-    (qname.to_owned(), rcode.to_owned(), "(not sent)".to_owned())
+/// The record of an answer to `client` that did not go out.
+pub fn not_sent(client: &str, qname: &str, rcode: &str) -> Answered {
+    answered(client, qname, rcode, "(not sent)")
+}
+
+pub fn answered(client: &str, qname: &str, rcode: &str, answer: &str) -> Answered {
+    (
+        client.to_owned(),
+        qname.to_owned(),
+        rcode.to_owned(),
+        answer.to_owned(),
+    )
 }

@@ -315,8 +315,9 @@ mod tests {
     /// Every path's answer that the kernel refuses (here: an IPv6 destination on an IPv4
     /// socket, EAFNOSUPPORT; in the field a full send buffer or an unreachable destination)
     /// is recorded once, as not sent: the request chain (the first ask for a blocked name),
-    /// the fast path (the same question again, replayed after the batch's `sendmmsg`), and
-    /// FORMERR.
+    /// FORMERR, and the fast path (the same question again, replayed after the batch's
+    /// `sendmmsg`). In the batch, the fast answer refused is the second, after one that goes
+    /// out, and its record the third, after FORMERR's: only that record is marked.
     #[test]
     fn answers_that_do_not_go_out_are_recorded_as_not_sent() {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -326,6 +327,9 @@ mod tests {
         );
         let query = test_support::blocked_query();
         let client: SocketAddr = "[2001:db8::7]:5300".parse().expect("client");
+        // A real socket, so its answer goes out.
+        let reachable = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("client");
+        let reachable_client = reachable.local_addr().expect("address");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -344,7 +348,13 @@ mod tests {
             let mut scratch = vec![0u8; MAX_QUERY];
             let mut answers = SendBatch::new(MAX_QUERY);
             let mut audit_batch = Vec::new();
-            for packet in [&query[..], &query[..], &test_support::UNPARSABLE[..]] {
+            let unparsable = &test_support::UNPARSABLE[..];
+            for (packet, client) in [
+                (&query[..], client),
+                (unparsable, client),
+                (&query[..], reachable_client),
+                (&query[..], client),
+            ] {
                 let arrival = Arrival {
                     client,
                     batch: BatchTime::now(),
@@ -360,14 +370,26 @@ mod tests {
             }
             send_answers(fd, &handler, &mut answers, &mut audit_batch);
         });
-        assert_eq!(handler.counters().fast_answers.load(Ordering::Relaxed), 1);
-        assert_eq!(
-            test_support::recorded_answers(writer, &settings),
-            [
-                test_support::not_sent(".", "FORMERR"),
-                test_support::not_sent("www.blocked.test.", "NXDOMAIN"),
-                test_support::not_sent("www.blocked.test.", "NXDOMAIN"),
-            ]
+        assert_eq!(handler.counters().fast_answers.load(Ordering::Relaxed), 2);
+        let v6 = client.to_string();
+        let mut expected = vec![
+            test_support::not_sent(&v6, ".", "FORMERR"),
+            test_support::not_sent(&v6, "www.blocked.test.", "NXDOMAIN"),
+            test_support::not_sent(&v6, "www.blocked.test.", "NXDOMAIN"),
+            test_support::answered(
+                &reachable_client.to_string(),
+                "www.blocked.test.",
+                "NXDOMAIN",
+                "",
+            ),
+        ];
+        expected.sort();
+        assert_eq!(test_support::recorded_answers(writer, &settings), expected);
+        let mut reply = [0u8; 512];
+        reachable.set_nonblocking(true).expect("non-blocking");
+        assert!(
+            reachable.recv_from(&mut reply).is_ok(),
+            "its answer went out"
         );
     }
 
