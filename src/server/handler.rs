@@ -828,9 +828,24 @@ impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
-        mut response_handle: R,
+        response_handle: R,
     ) -> ResponseInfo {
-        let started = Instant::now();
+        self.answer_query(request, response_handle, BatchTime::now())
+            .await
+    }
+}
+
+impl Handler {
+    /// The request chain for a query that arrived in the receive batch (UDP) or read (TCP)
+    /// `arrived`: its record's `time` and `latency_us` count from there, as the fast path's
+    /// and FORMERR's do, so latencies of the two paths compare.
+    pub(super) async fn answer_query<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+        arrived: BatchTime,
+    ) -> ResponseInfo {
+        let started = arrived.at;
         // One snapshot for the whole query (see the module doc).
         let state = self.state.load_full();
         self.counters.queries.fetch_add(1, Ordering::Relaxed);
@@ -852,7 +867,7 @@ impl RequestHandler for Handler {
             None => (QName::ROOT, RecordType::ZERO, DNSClass::IN),
         };
         let mut record = DecisionRecord {
-            time: SystemTime::now(),
+            time: arrived.wall,
             generation: state.generation,
             client: client.addr,
             transport: transport.as_str(),

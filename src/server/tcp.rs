@@ -22,8 +22,8 @@ use std::{
 
 use hickory_proto::{op::MessageType, rr::Record};
 use hickory_server::{
-    net::{NetError, runtime::TokioTime, xfer::Protocol},
-    server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
+    net::{NetError, xfer::Protocol},
+    server::{Request, ResponseHandler, ResponseInfo},
     zone_handler::MessageResponse,
 };
 use tokio::{
@@ -484,7 +484,7 @@ async fn answer(handler: &Handler, message: Vec<u8>, arrival: Arrival, responder
         return;
     }
     handler
-        .handle_request::<_, TokioTime>(&request, responder)
+        .answer_query(&request, responder, arrival.batch)
         .await;
 }
 

@@ -17,8 +17,8 @@ use std::{
 
 use hickory_proto::{op::MessageType, rr::Record};
 use hickory_server::{
-    net::{NetError, runtime::TokioTime, xfer::Protocol},
-    server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
+    net::{NetError, xfer::Protocol},
+    server::{Request, ResponseHandler, ResponseInfo},
     zone_handler::MessageResponse,
 };
 use tokio::io::{Interest, unix::AsyncFd};
@@ -256,7 +256,7 @@ fn answer(
     let handler = handler.clone();
     let mut query = Box::pin(async move {
         handler
-            .handle_request::<_, TokioTime>(&request, responder)
+            .answer_query(&request, responder, arrival.batch)
             .await;
     });
     // Poll once here: cache hits and blocks finish without ever being scheduled. A query that
@@ -391,6 +391,67 @@ mod tests {
             reachable.recv_from(&mut reply).is_ok(),
             "its answer went out"
         );
+    }
+
+    /// A query answered by the request chain is timed from its receive batch, as the fast
+    /// path's are: its record's `time` is the batch's, and its latency includes the wait
+    /// behind the batch's earlier datagrams (here a batch read a second before).
+    #[test]
+    fn the_request_chain_times_a_query_from_its_arrival() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (handler, writer, settings) = test_support::audited_handler(
+            tmp.path(),
+            test_support::NO_UPSTREAM.parse().expect("address"),
+        );
+        let client = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("client");
+        let second = std::time::Duration::from_secs(1);
+        let arrived = BatchTime {
+            at: std::time::Instant::now()
+                .checked_sub(second)
+                .expect("uptime"),
+            wall: std::time::SystemTime::now() - second,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let target = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+            target.set_nonblocking(true).expect("non-blocking");
+            let socket = Arc::new(ListenSocket::new(target).expect("register"));
+            let in_flight = TaskTracker::new();
+            let looped = Loop {
+                socket: &socket,
+                handler: &handler,
+                in_flight: &in_flight,
+            };
+            let mut audit_batch = Vec::new();
+            answer(
+                &looped,
+                &test_support::blocked_query(),
+                Arrival {
+                    client: client.local_addr().expect("address"),
+                    batch: arrived,
+                },
+                &mut vec![0u8; MAX_QUERY],
+                &mut SendBatch::new(MAX_QUERY),
+                &mut audit_batch,
+            );
+            assert!(audit_batch.is_empty(), "answered by the request chain");
+        });
+        let records = test_support::stop_and_read(writer, &settings);
+        let (time, latency) = records
+            .iter()
+            .find_map(|record| match &record.entry {
+                crate::audit::Entry::Query(q) => Some((record.time, q.latency_us)),
+                _ => None,
+            })
+            .expect("a query record");
+        assert_eq!(
+            time,
+            crate::audit::Timestamp::from_system_time(arrived.wall)
+        );
+        assert!(latency >= 1_000_000, "{latency} µs");
     }
 
     /// Datagrams queued before the loop first wakes: several times what it reads before
