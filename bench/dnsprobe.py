@@ -2,12 +2,13 @@
 """Tiny UDP DNS prober (standard library only).
 
   dnsprobe.py --port P --name N [--type A] [--expect NOERROR|NXDOMAIN|ANY] [--since-ns T0]
-              [--timeout SECS] [--wait]
+              [--timeout SECS] [--wait] [--pid PID]
 
 Sends one query (or, with --wait, retries every 20 ms until an answer with the expected rcode
 arrives or --timeout passes). Prints "RCODE ANCOUNT ELAPSED" where ELAPSED is seconds since
 --since-ns (a `date +%s%N` taken just before the server was launched) or since the probe started.
-Exit status 0 when the expected rcode was seen, 1 otherwise.
+Exit status 0 when the expected rcode was seen, 1 otherwise. With --pid, waiting stops as soon
+as that process has exited (a server that failed to start is not waited for until --timeout).
 """
 
 import argparse
@@ -37,6 +38,7 @@ def main():
     ap.add_argument("--since-ns", type=int, default=None)
     ap.add_argument("--timeout", type=float, default=5.0)
     ap.add_argument("--wait", action="store_true", help="retry until answered or timeout")
+    ap.add_argument("--pid", type=int, default=None, help="stop waiting once it has exited")
     args = ap.parse_args()
 
     t0 = args.since_ns / 1e9 if args.since_ns else time.time()
@@ -64,10 +66,21 @@ def main():
                 break
         except (socket.timeout, ConnectionRefusedError, OSError):
             pass
-        if not args.wait or time.time() > deadline:
+        if not args.wait or time.time() > deadline or exited(args.pid):
             print("%s %.3f" % (last, time.time() - t0))
             return 1
         time.sleep(0.02)
+
+
+def exited(pid):
+    """Whether process `pid` (if given) is gone; a zombie (not yet reaped) counts as gone."""
+    if pid is None:
+        return False
+    try:
+        with open("/proc/%d/stat" % pid) as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ start_server() {
     PIDS+=("$pid")
     local probe
     if ! probe="$(python3 "$BENCH_DIR/dnsprobe.py" --port "$port" --name "$PROBE_BLOCKED" \
-            --expect NXDOMAIN --wait --timeout 600 --since-ns "$t0")"; then
+            --expect NXDOMAIN --wait --timeout 600 --since-ns "$t0" --pid "$pid")"; then
         tail -20 "$RUN_DIR/$name.err" >&2 || true
         die "$name did not answer NXDOMAIN for $PROBE_BLOCKED: $probe"
     fi

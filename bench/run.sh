@@ -161,11 +161,11 @@ dnsward_config() {  # dnsward_config NAME PORT AUDIT(on|off|none) [LOG_LEVEL]
     RENDER_PORT="$2" render "$BENCH_DIR/templates/dnsward.toml" "$out"
     sed -i "s|^level = .*|level = \"${4:-info}\"|" "$out"
     # >>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>> AUDIT ON/OFF VARIANTS >>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>
-    # The audit log is not implemented yet. When `[audit] enabled = true|false` lands, run with
-    # --audit: dnsward is then measured twice ("dnsward-audit-off", "dnsward-audit-on"). Add any
-    # other audit keys the feature needs (e.g. the log path, under $WORK/run) here.
+    # With --audit, dnsward is measured twice ("dnsward-audit-off", "dnsward-audit-on"). Each
+    # instance with the log on writes its own log (data/audit-NAME): one log takes one writer,
+    # and a second instance on the same directory refuses to start.
     case "$3" in
-        on)  printf '\n[audit]\nenabled = true\n' >>"$out" ;;
+        on)  printf '\n[audit]\nenabled = true\ndir = "audit-%s"\n' "$1" >>"$out" ;;
         off) printf '\n[audit]\nenabled = false\n' >>"$out" ;;
         none) ;;
     esac
