@@ -11,6 +11,7 @@ use std::{
 
 use dnsward::audit::{
     self, AuditHandle, AuditLog, AuditSettings, Entry, InstanceId, TimeRange, keys,
+    segment::Record,
     writer::{ServiceEvent, WriterStats},
 };
 
@@ -90,6 +91,17 @@ fn send_until_logged_after_gap(handle: &AuditHandle, dir: &Path, sent: &mut u64)
             return;
         }
     }
+}
+
+/// The records the log's gap records say were lost.
+fn lost_in_gaps(records: &[Record]) -> u64 {
+    records
+        .iter()
+        .map(|record| match record.entry {
+            Entry::Gap { dropped, .. } => dropped,
+            _ => 0,
+        })
+        .sum()
 }
 
 /// What every failure must leave: each of the `sent` records written or counted exactly once
@@ -298,13 +310,7 @@ fn a_restart_onto_a_full_disk_after_a_crash_starts_in_an_outage() {
         &records[gap..]
     );
     // The first instance's ten queries, then this one's: each written or counted once.
-    let lost: u64 = records
-        .iter()
-        .map(|record| match record.entry {
-            Entry::Gap { dropped, .. } => dropped,
-            _ => 0,
-        })
-        .sum();
+    let lost = lost_in_gaps(&records);
     let written = records
         .iter()
         .filter(|record| matches!(record.entry, Entry::Query(_)))
@@ -354,13 +360,7 @@ fn service_records_held_in_an_outage_are_capped_and_the_rest_counted() {
         .collect();
     let expected: Vec<String> = (0..64).map(|i| format!("held {i}")).collect();
     assert_eq!(held, expected, "the first 64, in order: {records:?}");
-    let lost: u64 = records
-        .iter()
-        .map(|record| match record.entry {
-            Entry::Gap { dropped, .. } => dropped,
-            _ => 0,
-        })
-        .sum();
+    let lost = lost_in_gaps(&records);
     // The query of the failed write, and the six service records past the cap.
     assert_eq!(lost, 7);
     assert_eq!(stats.dropped, 7);

@@ -401,14 +401,18 @@ fn dead_upstream_gives_servfail_with_ede() {
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
 }
 
-#[test]
-fn refusing_upstream_gives_network_error_ede() {
-    // A TCP-only port nobody listens on: UDP gets ICMP port unreachable -> connection refused.
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+/// An upstream address nobody listens on (a port bound and released): UDP gets ICMP port
+/// unreachable, which is a connection refused, and TCP a reset.
+fn refusing_upstream() -> std::net::SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
-        .unwrap();
-    let config = config_text(&[port], "");
+        .unwrap()
+}
+
+#[test]
+fn refusing_upstream_gives_network_error_ede() {
+    let config = config_text(&[refusing_upstream()], "");
     let dnsward = Dnsward::start(&config, &[]);
     let reply = ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
@@ -419,12 +423,8 @@ fn refusing_upstream_gives_network_error_ede() {
 /// stderr by the query workers: one a second at most, saying how many were not shown.
 #[test]
 fn upstream_failures_are_warned_about_at_most_once_a_second() {
-    // As above: refused at once, so the failures come fast.
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let config = config_text(&[port], "");
+    // Refused at once, so the failures come fast.
+    let config = config_text(&[refusing_upstream()], "");
     let dnsward = Dnsward::start(&config, &[]);
     const QUERIES: usize = 50;
     let fail = |i: usize| {

@@ -541,15 +541,10 @@ mod tests {
     #[test]
     fn a_query_abandoned_at_stop_is_counted_in_the_audit_log() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        // Reads queries and never answers (UDP), and refuses TCP: nothing comes back.
-        let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("upstream");
-        let (handler, writer, settings) =
-            test_support::audited_handler(tmp.path(), silent.local_addr().expect("address"));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
+        // No TCP listener beside it either: nothing comes back.
+        let (handler, writer, settings, silent) =
+            test_support::handler_with_silent_upstream(tmp.path());
+        test_support::runtime().block_on(async {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let address = listener.local_addr().expect("address");
             let server = TcpServer::start(
@@ -581,14 +576,7 @@ mod tests {
             server.stop().await;
         });
         let records = test_support::stop_and_read(writer, &settings);
-        let lost: Vec<u64> = records
-            .iter()
-            .filter_map(|record| match record.entry {
-                crate::audit::Entry::Gap { dropped, .. } => Some(dropped),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(lost, [1], "{records:?}");
+        assert_eq!(test_support::gaps(&records), [1], "{records:?}");
     }
 
     /// A connection whose writer is gone (the client reset it while its queries were being
@@ -601,11 +589,7 @@ mod tests {
             tmp.path(),
             test_support::NO_UPSTREAM.parse().expect("address"),
         );
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
+        test_support::runtime().block_on(async {
             let (answers, outbox) = mpsc::channel::<Outgoing>(PIPELINE_DEPTH);
             drop(outbox);
             let pipeline = Arc::new(Semaphore::new(PIPELINE_DEPTH));

@@ -110,3 +110,37 @@ pub fn answered(client: &str, qname: &str, rcode: &str, answer: &str) -> Answere
         answer.to_owned(),
     )
 }
+
+/// The single-threaded runtime the transports' tests run on (as each UDP worker does).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A handler whose upstream reads every query and never answers, so queries stay in flight;
+/// the upstream's socket is returned to see them arrive.
+pub fn handler_with_silent_upstream(
+    dir: &Path,
+) -> (
+    Arc<Handler>,
+    AuditWriter,
+    AuditSettings,
+    std::net::UdpSocket,
+) {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("upstream");
+    let (handler, writer, settings) = audited_handler(dir, silent.local_addr().expect("address"));
+    (handler, writer, settings, silent)
+}
+
+/// The counts of the log's gap records, in order.
+pub fn gaps(records: &[Record]) -> Vec<u64> {
+    records
+        .iter()
+        .filter_map(|record| match record.entry {
+            Entry::Gap { dropped, .. } => Some(dropped),
+            _ => None,
+        })
+        .collect()
+}

@@ -312,6 +312,15 @@ mod tests {
         state,
     };
 
+    /// A listening socket on an ephemeral IPv4 loopback port, registered with the current
+    /// runtime, and its descriptor (for `send_answers`).
+    fn listening() -> (Arc<ListenSocket>, RawFd) {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        socket.set_nonblocking(true).expect("non-blocking");
+        let fd = socket.as_raw_fd();
+        (Arc::new(ListenSocket::new(socket).expect("register")), fd)
+    }
+
     /// Every path's answer that the kernel refuses (here: an IPv6 destination on an IPv4
     /// socket, EAFNOSUPPORT; in the field a full send buffer or an unreachable destination)
     /// is recorded once, as not sent: the request chain (the first ask for a blocked name),
@@ -330,15 +339,8 @@ mod tests {
         // A real socket, so its answer goes out.
         let reachable = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("client");
         let reachable_client = reachable.local_addr().expect("address");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
-            let target = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-            target.set_nonblocking(true).expect("non-blocking");
-            let fd = target.as_raw_fd();
-            let socket = Arc::new(ListenSocket::new(target).expect("register"));
+        test_support::runtime().block_on(async {
+            let (socket, fd) = listening();
             let in_flight = TaskTracker::new();
             let looped = Loop {
                 socket: &socket,
@@ -411,14 +413,8 @@ mod tests {
                 .expect("uptime"),
             wall: std::time::SystemTime::now() - second,
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
-            let target = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-            target.set_nonblocking(true).expect("non-blocking");
-            let socket = Arc::new(ListenSocket::new(target).expect("register"));
+        test_support::runtime().block_on(async {
+            let (socket, _) = listening();
             let in_flight = TaskTracker::new();
             let looped = Loop {
                 socket: &socket,
@@ -524,11 +520,7 @@ mod tests {
     /// matter of timing.
     #[test]
     fn a_socket_that_never_runs_dry_lets_other_tasks_run() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
+        test_support::runtime().block_on(async {
             let target = flood_target();
             let address = target.local_addr().expect("address");
             let observer = target.try_clone().expect("dup");

@@ -168,15 +168,9 @@ mod tests {
     #[test]
     fn a_query_abandoned_at_stop_is_counted_in_the_audit_log() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        // Reads queries and never answers.
-        let silent = UdpSocket::bind("127.0.0.1:0").expect("upstream");
-        let (handler, writer, settings) =
-            test_support::audited_handler(tmp.path(), silent.local_addr().expect("address"));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
+        let (handler, writer, settings, silent) =
+            test_support::handler_with_silent_upstream(tmp.path());
+        test_support::runtime().block_on(async {
             let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
             socket.set_nonblocking(true).expect("non-blocking");
             let address = socket.local_addr().expect("address");
@@ -198,14 +192,7 @@ mod tests {
             workers.stop().await;
         });
         let records = test_support::stop_and_read(writer, &settings);
-        let lost: Vec<u64> = records
-            .iter()
-            .filter_map(|record| match record.entry {
-                Entry::Gap { dropped, .. } => Some(dropped),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(lost, [1], "{records:?}");
+        assert_eq!(test_support::gaps(&records), [1], "{records:?}");
         assert!(
             !records
                 .iter()
