@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use super::{
     AuditError, AuditSettings,
-    record::{Decision, Entry, TIMESTAMP_LEN, Timestamp, TriggerEntry},
+    record::{Checkpoint, Decision, Entry, TIMESTAMP_LEN, Timestamp, TriggerEntry},
     segment::{self, EXPORT_END_KIND, ExportEnd, GENESIS, Header, HeaderKind, LineReader, Record},
 };
 use crate::policy::decision::TypeText;
@@ -498,19 +498,26 @@ impl Compiled<'_> {
     }
 }
 
-/// The time range of a closed segment, from its closing checkpoint; `None` when unknown (the
-/// segment is still open or was torn by a crash), in which case it is read.
-fn closed_range(path: &Path) -> Result<Option<Option<(Timestamp, Timestamp)>>, AuditError> {
+/// A closed segment's closing checkpoint and its time; `None` when the segment is still open
+/// or was torn by a crash (its range is unknown, so it is read).
+fn closing_checkpoint(path: &Path) -> Result<Option<(Timestamp, Checkpoint)>, AuditError> {
     let Some(line) = segment::read_last_line(path)? else {
         return Ok(None);
     };
     Ok(match Record::parse(&line) {
         Ok(Record {
+            time,
             entry: Entry::Checkpoint(cp),
             ..
-        }) if cp.close => Some(cp.min_time.zip(cp.max_time)),
+        }) if cp.close => Some((time, cp)),
         _ => None,
     })
+}
+
+/// The time range of a closed segment's records (checkpoints left out), from its closing
+/// checkpoint: `Some(None)` when it holds none; `None` when unknown (see `closing_checkpoint`).
+fn closed_range(path: &Path) -> Result<Option<Option<(Timestamp, Timestamp)>>, AuditError> {
+    Ok(closing_checkpoint(path)?.map(|(_, cp)| cp.min_time.zip(cp.max_time)))
 }
 
 /// Whether an export of `range` must read a segment: the span from its first record to its
@@ -523,21 +530,13 @@ fn wanted(path: &Path, range: &TimeRange) -> Result<bool, AuditError> {
     if range.from.is_none() && range.to.is_none() {
         return Ok(true);
     }
-    let Some(line) = segment::read_last_line(path)? else {
-        return Ok(true);
-    };
-    Ok(match Record::parse(&line) {
-        Ok(Record {
-            time,
-            entry: Entry::Checkpoint(cp),
-            ..
-        }) if cp.close => {
-            let first = cp.min_time.map_or(time, |min| min.min(time));
-            let last = cp.max_time.map_or(time, |max| max.max(time));
+    Ok(match closing_checkpoint(path)? {
+        Some((closed, cp)) => {
+            let first = cp.min_time.map_or(closed, |min| min.min(closed));
+            let last = cp.max_time.map_or(closed, |max| max.max(closed));
             range.overlaps(first, last)
         }
-        // Open or torn by a crash: its range is unknown.
-        _ => true,
+        None => true,
     })
 }
 
