@@ -1050,7 +1050,7 @@ mod tests {
         },
     };
 
-    use super::summarize;
+    use super::{Reply, record_what_was_sent, summarize};
 
     fn record(data: RData) -> Record {
         Record::from_rdata(Name::from_ascii("x.test.").unwrap(), 60, data)
@@ -1087,5 +1087,78 @@ mod tests {
             "A 192.0.2.9, TXT \"a\" \"b \\\"c\\\"\", \
              HTTPS 1 . alpn=h2,h3 no-default-alpn ipv4hint=192.0.2.1, TYPE65534 \\# 3 010203"
         );
+    }
+
+    /// What the record says went out follows the encoder: a reply it could not encode left as
+    /// a bare SERVFAIL, and one cut to the client's buffer left with only the records that fit.
+    #[test]
+    fn the_record_says_what_went_out() {
+        use std::time::SystemTime;
+
+        use hickory_proto::op::{
+            Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+        };
+        use hickory_proto::rr::DNSClass;
+        use hickory_server::server::ResponseInfo;
+
+        use crate::policy::{
+            DecisionKind,
+            decision::{AnswerSource, AnswerText, DecisionRecord, QName},
+        };
+
+        let answers: Vec<Record> = (1..=3)
+            .map(|host| record(RData::A(A(Ipv4Addr::new(192, 0, 2, host)))))
+            .collect();
+        let reply = Reply {
+            answers,
+            ..Reply::default()
+        };
+        let planned = DecisionRecord {
+            time: SystemTime::UNIX_EPOCH,
+            generation: 1,
+            client: "192.0.2.7:5300".parse().unwrap(),
+            transport: "udp",
+            qname: QName::ROOT,
+            qtype: RecordType::A,
+            qclass: DNSClass::IN,
+            decision: DecisionKind::Allowed,
+            rule: None,
+            action: None,
+            rcode: ResponseCode::NoError,
+            answer: AnswerText::new(&summarize(&reply.answers)),
+            ede: None,
+            source: AnswerSource::Cache,
+            latency_us: 0,
+        };
+        let sent = |response_code, answers| {
+            let mut metadata = Metadata::new(1, MessageType::Response, OpCode::Query);
+            metadata.response_code = response_code;
+            ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts {
+                    answers,
+                    ..HeaderCounts::default()
+                },
+            })
+        };
+
+        let mut record = planned.clone();
+        record_what_was_sent(&mut record, &reply, &sent(ResponseCode::NoError, 3));
+        assert_eq!(
+            record.answer.as_deref(),
+            Some("A 192.0.2.1, A 192.0.2.2, A 192.0.2.3")
+        );
+
+        let mut record = planned.clone();
+        record_what_was_sent(&mut record, &reply, &sent(ResponseCode::NoError, 1));
+        assert_eq!(
+            record.answer.as_deref(),
+            Some("A 192.0.2.1 (truncated, TC: 1 of 3 records sent)")
+        );
+
+        let mut record = planned;
+        record_what_was_sent(&mut record, &reply, &sent(ResponseCode::ServFail, 0));
+        assert_eq!(record.rcode, ResponseCode::ServFail);
+        assert_eq!(record.answer.as_deref(), None);
     }
 }

@@ -270,3 +270,44 @@ fn encode_response<'a>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RecordType},
+        serialize::binary::BinDecoder,
+    };
+    use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
+
+    use super::*;
+
+    #[test]
+    fn a_response_that_cannot_be_encoded_goes_out_as_a_bare_servfail() {
+        let query = Query::query(
+            Name::from_ascii("www.example.test.").unwrap(),
+            RecordType::A,
+        );
+        let mut question = Vec::new();
+        query.emit(&mut BinEncoder::new(&mut question)).unwrap();
+        let queries = Queries::read(&mut BinDecoder::new(&question), 1).unwrap();
+        let metadata = Metadata::new(0x1234, MessageType::Response, OpCode::Query);
+        let none = std::iter::empty::<&Record>;
+        let response = MessageResponseBuilder::new(&queries, None).build(
+            metadata,
+            none(),
+            none(),
+            none(),
+            none(),
+        );
+        // Room for the header alone: the question must go out whole (the encoder truncates
+        // records, never the question), so encoding fails.
+        let (info, bytes) = encode_response(response, 12).unwrap();
+        assert_eq!(info.response_code, ResponseCode::ServFail);
+        let sent = Message::from_vec(&bytes).unwrap();
+        assert_eq!(sent.metadata.id, 0x1234);
+        assert_eq!(sent.metadata.response_code, ResponseCode::ServFail);
+        assert_eq!(sent.metadata.message_type, MessageType::Response);
+        assert!(sent.queries.is_empty() && sent.answers.is_empty());
+    }
+}
