@@ -1677,3 +1677,61 @@ fn an_edited_header_is_named_as_such() {
     std::fs::write(&files[1], text).unwrap();
     assert!(audit::verify(tmp.path(), None).unwrap().ok());
 }
+
+/// `export --output` writes the whole export or nothing: a failed export leaves a file already
+/// at the path as it was (and nothing beside it), a complete one replaces it, and a path inside
+/// the log's directory, where the file could replace a segment, is refused.
+#[test]
+fn export_to_a_file_is_all_or_nothing_and_never_inside_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 50);
+    let exports = tempfile::tempdir().unwrap();
+    let target = exports.path().join("daily.jsonl");
+    std::fs::write(&target, "yesterday's export\n").unwrap();
+    let export = |from: Option<&str>, to: Option<&str>, output: &Path| {
+        audit::cli::run(
+            AuditCommand::Export {
+                dir: DirArg { dir: None },
+                range: RangeArgs {
+                    since: None,
+                    from: from.map(str::to_owned),
+                    to: to.map(str::to_owned),
+                },
+                format: ExportFormat::Jsonl,
+                output: Some(output.to_owned()),
+            },
+            &settings(tmp.path()),
+            &mut Vec::new(),
+        )
+    };
+
+    let error = export(
+        Some("2001-01-01T00:00:00Z"),
+        Some("2001-01-02T00:00:00Z"),
+        &target,
+    )
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("no records in the time range"),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "yesterday's export\n"
+    );
+    let left: Vec<_> = std::fs::read_dir(exports.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "nothing but the old file: {left:?}");
+
+    assert!(export(None, None, &target).unwrap());
+    assert!(audit::verify(&target, None).unwrap().ok());
+
+    let segment = segments(tmp.path()).remove(0);
+    let before = std::fs::read(&segment).unwrap();
+    let error = export(None, None, &segment).unwrap_err().to_string();
+    assert!(
+        error.contains("--output") && error.contains("inside the audit log directory"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read(&segment).unwrap(), before);
+    assert!(audit::verify(tmp.path(), None).unwrap().ok());
+}

@@ -159,6 +159,67 @@ fn optional<T>(
         .map_err(AuditError::for_flag(flag))
 }
 
+/// Exports into `path` by way of a new file beside it, renamed over `path` only once the export
+/// is complete and synced: an export that fails (a range with no records, a damaged log, a
+/// full disk) leaves whatever was at `path` as it was, and a reader never sees half an export.
+/// The log's own directory is refused: a file there could be taken for, or replace, a segment.
+fn export_to_file(
+    dir: &Path,
+    format: ExportFormat,
+    range: &TimeRange,
+    path: &Path,
+) -> Result<query::ExportStats, AuditError> {
+    let target_dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let file_name = path.file_name().ok_or_else(|| {
+        AuditError::for_flag("--output")(AuditError::io(path)(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a file name",
+        )))
+    })?;
+    let canonical_target = target_dir
+        .canonicalize()
+        .map_err(AuditError::io(target_dir))?;
+    if let Ok(canonical_log) = dir.canonicalize()
+        && canonical_target.starts_with(&canonical_log)
+    {
+        return Err(AuditError::for_flag("--output")(AuditError::io(path)(
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "inside the audit log directory {}: write the export elsewhere",
+                    dir.display()
+                ),
+            ),
+        )));
+    }
+    let mut partial_name = std::ffi::OsString::from(".");
+    partial_name.push(file_name);
+    partial_name.push(format!(".partial-{}", std::process::id()));
+    let partial = target_dir.join(partial_name);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .map_err(AuditError::io(&partial))?;
+    let mut writer = std::io::BufWriter::new(file);
+    let written = query::export_range(dir, format, range, &mut writer).and_then(|stats| {
+        let file = writer
+            .into_inner()
+            .map_err(|error| AuditError::io(&partial)(error.into_error()))?;
+        file.sync_all().map_err(AuditError::io(&partial))?;
+        std::fs::rename(&partial, path).map_err(AuditError::io(path))?;
+        Ok(stats)
+    });
+    if written.is_err() {
+        // Only the file this export made; `path` was never touched.
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
+}
+
 fn pick<'a>(dir: &'a DirArg, configured: &'a Path) -> &'a Path {
     dir.dir.as_deref().unwrap_or(configured)
 }
@@ -243,22 +304,7 @@ pub fn run(
             let range = range.parse()?;
             match output {
                 Some(path) => {
-                    let file = std::fs::File::create(&path).map_err(AuditError::io(&path))?;
-                    let mut writer = std::io::BufWriter::new(file);
-                    let written =
-                        query::export_range(dir, format, &range, &mut writer).and_then(|stats| {
-                            writer.flush().map_err(AuditError::io(&path))?;
-                            Ok(stats)
-                        });
-                    let stats = match written {
-                        Ok(stats) => stats,
-                        Err(error) => {
-                            // No half export left behind to be mistaken for a whole one.
-                            drop(writer);
-                            let _ = std::fs::remove_file(&path);
-                            return Err(error);
-                        }
-                    };
+                    let stats = export_to_file(dir, format, &range, &path)?;
                     writeln!(
                         out,
                         "exported {} records from {} segments to {}",
