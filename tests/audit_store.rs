@@ -18,10 +18,11 @@ use dnsward::{
     },
     policy::decision::DecisionRecord,
 };
+use hickory_proto::rr::RecordType;
 use proptest::prelude::*;
 
 mod audit_common;
-use audit_common::{BASE_SECS, all_records, decision, segments};
+use audit_common::{BASE_SECS, all_records, decision, query_record, segments};
 
 fn settings(dir: &Path) -> AuditSettings {
     AuditSettings {
@@ -1734,4 +1735,83 @@ fn export_to_a_file_is_all_or_nothing_and_never_inside_the_log() {
     );
     assert_eq!(std::fs::read(&segment).unwrap(), before);
     assert!(audit::verify(tmp.path(), None).unwrap().ok());
+}
+
+/// With `--pubkey`, the unsigned tail is the records after the last signed checkpoint, measured
+/// by the span of their own times: a log cut by a crash just after the first query of a quiet
+/// spell verifies (before, the spell counted, and it failed as unsigned), while a tail whose
+/// records span more than the tolerance fails, named at its first record.
+#[test]
+fn the_unsigned_tail_is_the_span_of_the_records_after_the_last_signed_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keydir = tmp.path().join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let (secret, public) = keys::keygen(&keydir).unwrap();
+    let settings = AuditSettings {
+        signing_key: Some(secret),
+        checkpoint_interval_secs: 1,
+        segment_max_bytes: 64 * 1024 * 1024,
+        ..settings(&tmp.path().join("log"))
+    };
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    let now = std::time::SystemTime::now();
+    let query_at = |secs: u64| {
+        query_record(
+            now + Duration::from_secs(secs),
+            "192.0.2.1:5300".parse().unwrap(),
+            "udp",
+            "quiet.example.",
+            RecordType::A,
+            false,
+            100,
+        )
+    };
+    handle.record(query_at(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let signed_seq = loop {
+        let checkpoint = all_records(&settings.dir)
+            .into_iter()
+            .find(|r| matches!(&r.entry, Entry::Checkpoint(cp) if cp.sig.is_some()));
+        if let Some(checkpoint) = checkpoint {
+            break checkpoint.seq;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no periodic checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The next queries come after 40 s and 80 s of quiet (their arrival times say so).
+    handle.record(query_at(40));
+    handle.record(query_at(80));
+    writer.shutdown().unwrap();
+    let report = audit::verify(&settings.dir, Some(&public)).unwrap();
+    assert!(report.ok(), "{report}");
+
+    let (first, second) = (signed_seq + 1, signed_seq + 2);
+    let (path, lines, at_first) = find_line(&settings.dir, first);
+    assert!(
+        String::from_utf8_lossy(&lines[at_first + 1]).starts_with(&format!("{{\"seq\":{second},")),
+        "the two queries follow the checkpoint"
+    );
+    // A crash after both: their times span 40 s.
+    write_lines(&path, &lines[..at_first + 2]);
+    let report = audit::verify(&settings.dir, Some(&public)).unwrap();
+    let failure = report.failure.expect("an unsigned tail");
+    assert_eq!(
+        failure.kind,
+        FailureKind::MissingSignature {
+            reason: MissingSignature::UnsignedTail
+        }
+    );
+    let offset: usize = lines[..at_first].iter().map(Vec::len).sum();
+    assert_eq!(
+        (failure.spot.file, failure.spot.seq, failure.spot.offset),
+        (path.clone(), Some(first), offset as u64)
+    );
+    // A crash after the first: one record, 40 s after the last signed checkpoint.
+    write_lines(&path, &lines[..at_first + 1]);
+    let report = audit::verify(&settings.dir, Some(&public)).unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.last_seq, Some(first));
 }

@@ -158,8 +158,8 @@ impl AuditSettings {
                 "checkpoint_interval_secs",
                 format!(
                     "must be from 1 to {MAX_CHECKPOINT_INTERVAL_SECS}: `audit verify --pubkey` \
-                     reports records more than {tolerance} s newer than the last signed \
-                     checkpoint as an unsigned tail"
+                     reports records after the last signed checkpoint that span more than \
+                     {tolerance} s as an unsigned tail"
                 ),
             ));
         }

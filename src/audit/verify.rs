@@ -18,10 +18,11 @@ use super::{
     segment::{self, ExportEnd, GENESIS, Hash, Header, HeaderKind, LineReader, LinkView, Record},
 };
 
-/// How long the newest records may go without a signed checkpoint before `verify` (with a
-/// public key) calls them unsigned. The writer checkpoints every `checkpoint_interval_secs`
-/// (default 5) while records flow, and a crash loses at most the unsynced tail; 30 s leaves
-/// room for both with the default settings.
+/// How long a span of time the records after the last signed checkpoint may cover before
+/// `verify` (with a public key) calls them an unsigned tail. The writer signs a checkpoint
+/// within `checkpoint_interval_secs` (at most 10, default 5) of writing a record, and a
+/// record's time is when its query arrived, which may be an upstream's timeout before it is
+/// written; 30 s leaves room for both.
 pub const UNSIGNED_TAIL_TOLERANCE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
@@ -92,7 +93,8 @@ pub enum MissingSignature {
     LogUnsigned,
     /// This checkpoint carries no signature.
     CheckpointUnsigned,
-    /// Records after the last signed checkpoint span more than the tolerance.
+    /// Records after the last signed checkpoint span more than the tolerance (the spot is the
+    /// first of them).
     UnsignedTail,
 }
 
@@ -360,7 +362,18 @@ struct Checker {
     /// or must not (version 2); `None` in exports, which may hold both.
     lines_state_prev: Option<bool>,
     unsigned: u64,
-    last_record_time: Option<Timestamp>,
+    /// The records after the last signed checkpoint (all of them, until one is found).
+    unsigned_tail: Option<UnsignedTail>,
+}
+
+/// Where the records after the last signed checkpoint begin, and the times they span. The
+/// writer signs a checkpoint within `checkpoint_interval_secs` of writing any record, so in an
+/// intact log (live, cut by a crash, or a range export) only the last few seconds' records
+/// follow the last signed checkpoint, however long the log was quiet before them.
+struct UnsignedTail {
+    start: Spot,
+    earliest: Timestamp,
+    latest: Timestamp,
 }
 
 impl Checker {
@@ -387,7 +400,7 @@ impl Checker {
             signed: 0,
             lines_state_prev: None,
             unsigned: 0,
-            last_record_time: None,
+            unsigned_tail: None,
         }
     }
 
@@ -705,10 +718,23 @@ impl Checker {
             if view.kind == "checkpoint" {
                 return self.checkpoint(path, line, view.seq, view.time, head_before);
             }
-            self.last_record_time = Some(
-                self.last_record_time
-                    .map_or(view.time, |t| t.max(view.time)),
-            );
+            match &mut self.unsigned_tail {
+                Some(tail) => {
+                    tail.earliest = tail.earliest.min(view.time);
+                    tail.latest = tail.latest.max(view.time);
+                }
+                None => {
+                    self.unsigned_tail = Some(UnsignedTail {
+                        start: Spot {
+                            file: path.to_owned(),
+                            seq: Some(view.seq),
+                            offset: line.offset,
+                        },
+                        earliest: view.time,
+                        latest: view.time,
+                    });
+                }
+            }
             self.report.time_range = Some(match self.report.time_range {
                 Some((from, to)) => (from.min(view.time), to.max(view.time)),
                 None => (view.time, view.time),
@@ -787,6 +813,7 @@ impl Checker {
                     return Err(fail(FailureKind::BadSignature));
                 }
                 self.signed += 1;
+                self.unsigned_tail = None;
                 self.report.last_signed_checkpoint = Some(CheckpointInfo {
                     seq,
                     head_seq: cp.head_seq,
@@ -830,7 +857,7 @@ impl Checker {
         let source = self.report.source.clone();
         let failure = failure.or_else(|| {
             self.key.as_ref()?;
-            let Some(cp) = self.report.last_signed_checkpoint else {
+            if self.report.last_signed_checkpoint.is_none() {
                 return Some(Self::fail(
                     FailureKind::MissingSignature {
                         reason: MissingSignature::LogUnsigned,
@@ -839,19 +866,22 @@ impl Checker {
                     None,
                     0,
                 ));
-            };
-            let last = self.last_record_time?;
-            let span = last.as_micros().saturating_sub(cp.time.as_micros());
+            }
+            let tail = self.unsigned_tail.take()?;
+            let span = tail
+                .latest
+                .as_micros()
+                .saturating_sub(tail.earliest.as_micros());
             let tolerance =
                 i64::try_from(self.options.unsigned_tail_tolerance.as_micros()).unwrap_or(i64::MAX);
-            (span > tolerance && self.report.last_seq > Some(cp.seq)).then(|| {
+            (span > tolerance).then(|| {
                 Self::fail(
                     FailureKind::MissingSignature {
                         reason: MissingSignature::UnsignedTail,
                     },
-                    &source,
-                    Some(cp.seq + 1),
-                    0,
+                    &tail.start.file,
+                    tail.start.seq,
+                    tail.start.offset,
                 )
             })
         });
