@@ -1815,3 +1815,74 @@ fn the_unsigned_tail_is_the_span_of_the_records_after_the_last_signed_checkpoint
     assert!(report.ok(), "{report}");
     assert_eq!(report.last_seq, Some(first));
 }
+
+/// What `search` shows on a terminal cannot move its cursor or start a row of its own: control
+/// characters in stored values (an answer written before answers were escaped, a path) are
+/// shown escaped. A CSV export keeps the stored lines byte for byte, DEL and C1 characters
+/// (which JSON leaves raw) too, so it verifies.
+#[test]
+fn control_characters_are_escaped_on_screen_and_kept_in_exports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = settings(tmp.path());
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    handle.service(ServiceEvent::Start {
+        version: "test".into(),
+        config: "config\u{7f}/\u{85}dnsward.toml".into(),
+    });
+    let mut query = query_record(
+        std::time::SystemTime::now(),
+        "192.0.2.1:5300".parse().unwrap(),
+        "udp",
+        "evil.example.",
+        RecordType::HINFO,
+        false,
+        100,
+    );
+    query.answer = dnsward::policy::decision::AnswerText::new(&std::sync::Arc::from(
+        "HINFO x\n2026-12-02T10:00:00.000000Z  10.9.9.9:5353  innocent.example.  A  \
+         allowed \u{1b}[31mRED\u{9b}0m",
+    ));
+    handle.record(query);
+    writer.shutdown().unwrap();
+
+    let mut out = Vec::new();
+    let search = AuditCommand::Search {
+        dir: DirArg { dir: None },
+        range: RangeArgs {
+            since: None,
+            from: None,
+            to: None,
+        },
+        client: None,
+        domain: None,
+        qtype: None,
+        decision: None,
+        list: None,
+        limit: None,
+        follow: false,
+        json: false,
+        csv: false,
+    };
+    assert!(audit::cli::run(search, &settings, &mut out).unwrap());
+    let table = String::from_utf8(out).unwrap();
+    assert_eq!(table.lines().count(), 2, "a heading and one row: {table}");
+    assert!(
+        !table.chars().any(|c| c.is_control() && c != '\n'),
+        "{table:?}"
+    );
+    assert!(
+        table.contains("HINFO x\\n2026-12-02T10:00:00.000000Z") && table.contains("\\u{1b}[31m"),
+        "{table}"
+    );
+
+    let exports = tempfile::tempdir().unwrap();
+    let csv = exports.path().join("all.csv");
+    export_file(tmp.path(), ExportFormat::Csv, &TimeRange::default(), &csv);
+    assert!(
+        std::fs::read_to_string(&csv)
+            .unwrap()
+            .contains("config\u{7f}/\u{85}dnsward")
+    );
+    let report = audit::verify(&csv, None).unwrap();
+    assert!(report.ok(), "{report}");
+}

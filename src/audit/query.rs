@@ -1110,7 +1110,7 @@ impl fmt::Display for Summary {
                      rows: &mut dyn Iterator<Item = (&str, u64)>| {
             writeln!(f, "\n{title}")?;
             for (name, count) in rows {
-                writeln!(f, "  {count:>12}  {name}")?;
+                writeln!(f, "  {count:>12}  {}", printable(name))?;
             }
             Ok(())
         };
@@ -1372,12 +1372,19 @@ fn push_csv_row(row: &mut String, fields: &[String], record: &str) {
         csv_field(row, field);
     }
     row.push(',');
-    csv_field(row, record);
+    // The stored line byte for byte: `verify` hashes this column. JSON has no raw line breaks
+    // in it; DEL and C1 controls (U+0080-U+009F), which JSON writes raw, stay raw here.
+    push_csv_field(row, record, |c| c < ' ');
 }
 
 /// Appends one CSV field. Control characters are written as `\n`, `\r`, `\t` or `\u{..}` so a
 /// row is always one line; fields with `,` or `"` are quoted.
 fn csv_field(row: &mut String, value: &str) {
+    push_csv_field(row, value, char::is_control);
+}
+
+/// [`csv_field`], escaping only the control characters `escaped` selects.
+fn push_csv_field(row: &mut String, value: &str, escaped: impl Fn(char) -> bool) {
     let needs_quotes = value.contains([',', '"']);
     if needs_quotes {
         row.push('"');
@@ -1385,19 +1392,44 @@ fn csv_field(row: &mut String, value: &str) {
     for c in value.chars() {
         match c {
             '"' => row.push_str("\"\""),
-            '\n' => row.push_str("\\n"),
-            '\r' => row.push_str("\\r"),
-            '\t' => row.push_str("\\t"),
-            c if c.is_control() => {
-                use fmt::Write as _;
-                let _ = write!(row, "\\u{{{:x}}}", u32::from(c));
-            }
+            c if escaped(c) => push_escaped_control(row, c),
             c => row.push(c),
         }
     }
     if needs_quotes {
         row.push('"');
     }
+}
+
+/// A control character as `\n`, `\r`, `\t` or `\u{..}`.
+fn push_escaped_control(out: &mut String, c: char) {
+    match c {
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        c => {
+            use fmt::Write as _;
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        }
+    }
+}
+
+/// `text` with its control characters escaped (as in CSV), for a terminal: a stored value
+/// (an answer's rdata, a list path) must not move the cursor, colour the screen or start what
+/// looks like another row.
+fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            push_escaped_control(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Renders a stored line as a CSV row (no newline); false if the line does not decode. `prev`
@@ -1659,14 +1691,14 @@ fn table_cells(hit: &Hit) -> [String; 9] {
         .unwrap_or_default();
     [
         hit.record.time.to_string(),
-        q.client.clone(),
-        q.qname.clone(),
-        q.qtype.clone(),
+        printable(&q.client),
+        printable(&q.qname),
+        printable(&q.qtype),
         q.decision.as_str().to_owned(),
-        list,
-        rule,
-        q.rcode.clone(),
-        q.answer.clone(),
+        printable(&list),
+        printable(&rule),
+        printable(&q.rcode),
+        printable(&q.answer),
     ]
 }
 

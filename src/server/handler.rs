@@ -783,21 +783,13 @@ fn write_rdata(out: &mut String, data: &RData) {
                 if index > 0 {
                     out.push(' ');
                 }
-                out.push('"');
-                for &byte in text.iter() {
-                    match byte {
-                        b'"' | b'\\' => {
-                            out.push('\\');
-                            out.push(char::from(byte));
-                        }
-                        0x20..=0x7e => out.push(char::from(byte)),
-                        _ => {
-                            let _ = write!(out, "\\{byte:03}");
-                        }
-                    }
-                }
-                out.push('"');
+                write_character_string(out, text);
             }
+        }
+        RData::HINFO(hinfo) => {
+            write_character_string(out, &hinfo.cpu);
+            out.push(' ');
+            write_character_string(out, &hinfo.os);
         }
         RData::SVCB(svcb) | RData::HTTPS(hickory_proto::rr::rdata::HTTPS(svcb)) => {
             let _ = write!(out, "{} {}", svcb.svc_priority, svcb.target_name);
@@ -818,9 +810,44 @@ fn write_rdata(out: &mut String, data: &RData) {
             }
         }
         other => {
+            // hickory's presentation form, with any control character it lets through (its
+            // NAPTR and CAA text fields are written raw) as `\DDD` bytes: the summary is shown
+            // on auditors' terminals.
+            let start = out.len();
             let _ = write!(out, "{other}");
+            if out[start..].chars().any(char::is_control) {
+                let text = out.split_off(start);
+                for c in text.chars() {
+                    if c.is_control() {
+                        for byte in c.encode_utf8(&mut [0; 4]).bytes() {
+                            let _ = write!(out, "\\{byte:03}");
+                        }
+                    } else {
+                        out.push(c);
+                    }
+                }
+            }
         }
     }
+}
+
+/// A `<character-string>` in zone-file form (RFC 1035 §5.1): quoted, `"` and `\\` escaped,
+/// bytes outside printable ASCII as `\DDD`.
+fn write_character_string(out: &mut String, text: &[u8]) {
+    out.push('"');
+    for &byte in text {
+        match byte {
+            b'"' | b'\\' => {
+                out.push('\\');
+                out.push(char::from(byte));
+            }
+            0x20..=0x7e => out.push(char::from(byte)),
+            _ => {
+                let _ = write!(out, "\\{byte:03}");
+            }
+        }
+    }
+    out.push('"');
 }
 
 #[async_trait::async_trait]
@@ -1160,5 +1187,39 @@ mod tests {
         record_what_was_sent(&mut record, &reply, &sent(ResponseCode::ServFail, 0));
         assert_eq!(record.rcode, ResponseCode::ServFail);
         assert_eq!(record.answer.as_deref(), None);
+    }
+
+    /// Answer data is shown on auditors' terminals: its text fields are in zone-file form with
+    /// every control character escaped, so a zone's owner cannot forge a row or an escape
+    /// sequence in `audit search`.
+    #[test]
+    fn answer_text_fields_cannot_carry_control_characters() {
+        use hickory_proto::rr::rdata::{CAA, HINFO, NAPTR};
+
+        let forged_row = "x\n2026-12-02T10:00:00.000000Z  10.9.9.9:5353  innocent.example.";
+        let answers = [
+            record(RData::HINFO(HINFO::new(
+                forged_row.into(),
+                "\u{1b}[31mRED\u{1b}[0m \"q\"".into(),
+            ))),
+            record(RData::NAPTR(NAPTR::new(
+                10,
+                20,
+                b"u".to_vec().into_boxed_slice(),
+                b"E2U+sip".to_vec().into_boxed_slice(),
+                b"!^.*$!sip:a\x07\xc2\x85b!".to_vec().into_boxed_slice(),
+                Name::root(),
+            ))),
+            record(RData::CAA(CAA::new_issue(false, None, vec![]))),
+        ];
+        let summary = summarize(&answers);
+        assert!(!summary.chars().any(char::is_control), "{summary:?}");
+        assert_eq!(
+            &*summary,
+            "HINFO \"x\\0102026-12-02T10:00:00.000000Z  10.9.9.9:5353  innocent.example.\" \
+             \"\\027[31mRED\\027[0m \\\"q\\\"\", \
+             NAPTR 10 20 \"u\" \"E2U+sip\" \"!^.*$!sip:a\\007\\194\\133b!\" ., \
+             CAA 0 issue \";\""
+        );
     }
 }
