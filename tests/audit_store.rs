@@ -1886,3 +1886,40 @@ fn control_characters_are_escaped_on_screen_and_kept_in_exports() {
     let report = audit::verify(&csv, None).unwrap();
     assert!(report.ok(), "{report}");
 }
+
+/// Crafted seqs at the ends of the range fail as damage: a chain cannot go on past the last
+/// seq (it wrapped to 0 and verified), and no header can start at seq 0 (its records' seq
+/// then underflowed).
+#[test]
+fn seqs_past_the_ends_of_the_range_are_damage() {
+    use audit::segment::{Header, HeaderKind, encode_record};
+    let stop = Entry::Stop {
+        records: 0,
+        dropped: 0,
+    };
+    let crafted = |first_seq: u64, seqs: &[u64]| {
+        let dir = tempfile::tempdir().unwrap();
+        let start = [7u8; 32];
+        let mut bytes = Vec::new();
+        Header::new(HeaderKind::Segment, first_seq, &start, "i1")
+            .encode(&mut bytes)
+            .unwrap();
+        let mut head = start;
+        for &seq in seqs {
+            head = encode_record(&mut bytes, seq, &head, Timestamp::now(), "i1", &stop).unwrap();
+        }
+        std::fs::write(dir.path().join(segment::segment_name(first_seq)), &bytes).unwrap();
+        let report = audit::verify(dir.path(), None).unwrap();
+        (dir, report)
+    };
+    let (_dir, intact) = crafted(u64::MAX - 1, &[u64::MAX - 1]);
+    assert!(intact.ok(), "{intact}");
+    let (_dir, wrapped) = crafted(u64::MAX - 1, &[u64::MAX - 1, u64::MAX, 0]);
+    let failure = wrapped
+        .failure
+        .clone()
+        .expect("no record after the last seq");
+    assert_eq!(failure.spot.seq, Some(u64::MAX), "{wrapped}");
+    let (_dir, from_zero) = crafted(0, &[0, 1]);
+    assert!(!from_zero.ok(), "{from_zero}");
+}

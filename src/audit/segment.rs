@@ -93,12 +93,13 @@ impl Header {
     }
 
     /// Parses a header line; `None` if it is not a header of this format and a version this
-    /// code reads.
+    /// code reads, or names a `first_seq` no record can have (seqs start at 1).
     pub fn parse(line: &[u8]) -> Option<Self> {
         let header: Self = serde_json::from_slice(line).ok()?;
         (header.format == FORMAT_NAME
-            && (OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&header.version))
-        .then_some(header)
+            && (OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&header.version)
+            && header.first_seq >= 1)
+            .then_some(header)
     }
 
     pub fn prev_hash(&self) -> Option<Hash> {

@@ -552,7 +552,7 @@ impl Checker {
     /// The seq of the line a deletion was reported at (the first missing seq plus the gap).
     fn found_seq(&self, failure: &Failure) -> Option<u64> {
         match (&failure.kind, failure.spot.seq) {
-            (FailureKind::Deleted { missing }, Some(seq)) => Some(seq + missing),
+            (FailureKind::Deleted { missing }, Some(seq)) => Some(seq.saturating_add(*missing)),
             (_, seq) => seq,
         }
     }
@@ -593,7 +593,12 @@ impl Checker {
         } else {
             FailureKind::Modified
         };
-        Err(Self::fail(kind, path, Some(last_seq + 1), line.offset))
+        Err(Self::fail(
+            kind,
+            path,
+            Some(last_seq.saturating_add(1)),
+            line.offset,
+        ))
     }
 
     fn start_chain(&mut self, first_seq: u64, prev: Hash) {
@@ -708,6 +713,8 @@ impl Checker {
         if let Some(view) = &view
             && version_fits(view)
             && view.seq == expected
+            // The last seq there is: nothing could follow it (a crafted line, not a log).
+            && expected < u64::MAX
             && let Some(stored) = line.links_to(view, &self.head)
         {
             let head_before = std::mem::replace(&mut self.head, stored);
@@ -785,7 +792,7 @@ impl Checker {
             return Err(fail(FailureKind::Modified));
         };
         let head = segment::decode_hash(cp.head.as_bytes());
-        if cp.head_seq + 1 != seq || head != Some(head_before) {
+        if cp.head_seq.checked_add(1) != Some(seq) || head != Some(head_before) {
             return Err(fail(FailureKind::Modified));
         }
         let Some(head) = head else {
