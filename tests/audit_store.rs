@@ -1923,3 +1923,64 @@ fn seqs_past_the_ends_of_the_range_are_damage() {
     let (_dir, from_zero) = crafted(0, &[0, 1]);
     assert!(!from_zero.ok(), "{from_zero}");
 }
+
+/// Without `--pubkey`, `verify` names the keys that signed and warns when the key changed or
+/// signing stopped: a log re-chained without the key from some point on passed as a plain OK.
+#[test]
+fn verify_names_the_signing_keys_and_warns_when_signing_changes_or_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key_a, public_a) = keys::keygen(&tmp.path().join("a")).unwrap();
+    let (key_b, public_b) = keys::keygen(&tmp.path().join("b")).unwrap();
+    let log = tmp.path().join("log");
+    let signed_by = |key: &PathBuf| AuditSettings {
+        signing_key: Some(key.clone()),
+        ..settings(&log)
+    };
+    write_log(&signed_by(&key_a), 0, 10);
+    let report = audit::verify(&log, None).unwrap();
+    assert!(report.ok(), "{report}");
+    let hex_a = std::fs::read_to_string(&public_a)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(report.signing_keys.len(), 1);
+    assert_eq!(report.signing_keys[0].key, hex_a);
+    assert!(
+        report
+            .to_string()
+            .contains(&format!("signed by key {hex_a}")),
+        "{report}"
+    );
+    assert!(!report.to_string().contains("warning"), "{report}");
+
+    write_log(&signed_by(&key_b), 10, 10);
+    write_log(&settings(&log), 20, 10);
+    let first_unsigned = all_records(&log)
+        .into_iter()
+        .find(|r| matches!(&r.entry, Entry::Checkpoint(cp) if cp.sig.is_none()))
+        .unwrap()
+        .seq;
+    let report = audit::verify(&log, None).unwrap();
+    assert!(report.ok(), "{report}");
+    let hex_b = std::fs::read_to_string(&public_b)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let keys: Vec<&str> = report.signing_keys.iter().map(|k| k.key.as_str()).collect();
+    assert_eq!(keys, [hex_a.as_str(), hex_b.as_str()]);
+    assert_eq!(report.unsigned_after_signed, Some(first_unsigned));
+    let text = report.to_string();
+    assert!(
+        text.contains(&format!(
+            "warning: the signing key changed at seq {}",
+            report.signing_keys[1].first_seq
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "warning: checkpoints are unsigned from seq {first_unsigned} on"
+        )),
+        "{text}"
+    );
+}

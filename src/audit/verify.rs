@@ -178,6 +178,16 @@ pub enum Signatures {
     Verified { checkpoints: u64 },
 }
 
+/// A key that signed checkpoints, and the run of checkpoints it signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyUse {
+    /// The Ed25519 public key, as in a `.pub` file (64 hex digits).
+    pub key: String,
+    /// The seq of the first and the last checkpoint it signed in this run.
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckpointInfo {
     pub seq: u64,
@@ -197,6 +207,14 @@ pub struct VerifyReport {
     pub time_range: Option<(Timestamp, Timestamp)>,
     pub signatures: Signatures,
     pub last_signed_checkpoint: Option<CheckpointInfo>,
+    /// The keys that signed, in chain order, one entry per run of checkpoints signed by the
+    /// same key: more than one means the key changed (without `--pubkey` that is only
+    /// reported; with it, another key fails).
+    pub signing_keys: Vec<SigningKeyUse>,
+    /// The first unsigned checkpoint after a signed one (without `--pubkey`, where it is only
+    /// reported: the key was taken out of the configuration, or the chain rewritten from there
+    /// without it).
+    pub unsigned_after_signed: Option<u64>,
     /// A torn last line at the very end (crash mid-write): not tampering, but reported.
     pub truncated_tail: Option<Spot>,
     /// Torn tails found at restart and declared by the following segment's header.
@@ -256,6 +274,30 @@ impl fmt::Display for VerifyReport {
                 f,
                 "last signed checkpoint: seq {} over head seq {} at {}",
                 cp.seq, cp.head_seq, cp.time
+            )?;
+        }
+        for used in &self.signing_keys {
+            writeln!(
+                f,
+                "signed by key {} (checkpoints seq {}..={})",
+                used.key, used.first_seq, used.last_seq
+            )?;
+        }
+        for pair in self.signing_keys.windows(2) {
+            writeln!(
+                f,
+                "warning: the signing key changed at seq {}: compare each key above with the \
+                 one you hold (--pubkey checks one key)",
+                pair[1].first_seq
+            )?;
+        }
+        if let Some(seq) = self.unsigned_after_signed {
+            writeln!(
+                f,
+                "warning: checkpoints are unsigned from seq {seq} on, after signed ones: the \
+                 key was removed from the configuration, or the chain was rewritten from there \
+                 without it; records after the last signed checkpoint are not covered by a \
+                 signature (--pubkey fails such a log)"
             )?;
         }
         for spot in &self.recovered {
@@ -388,6 +430,8 @@ impl Checker {
                 time_range: None,
                 signatures: Signatures::Unsigned,
                 last_signed_checkpoint: None,
+                signing_keys: Vec::new(),
+                unsigned_after_signed: None,
                 truncated_tail: None,
                 recovered: Vec::new(),
                 failure: None,
@@ -821,6 +865,15 @@ impl Checker {
                 }
                 self.signed += 1;
                 self.unsigned_tail = None;
+                let key_hex = hex::encode(key.as_bytes());
+                match self.report.signing_keys.last_mut() {
+                    Some(last) if last.key == key_hex => last.last_seq = seq,
+                    _ => self.report.signing_keys.push(SigningKeyUse {
+                        key: key_hex,
+                        first_seq: seq,
+                        last_seq: seq,
+                    }),
+                }
                 self.report.last_signed_checkpoint = Some(CheckpointInfo {
                     seq,
                     head_seq: cp.head_seq,
@@ -832,7 +885,12 @@ impl Checker {
                     reason: MissingSignature::CheckpointUnsigned,
                 }));
             }
-            (None, _) => self.unsigned += 1,
+            (None, _) => {
+                self.unsigned += 1;
+                if self.signed > 0 {
+                    self.report.unsigned_after_signed.get_or_insert(seq);
+                }
+            }
         }
         Ok(cp.close)
     }
