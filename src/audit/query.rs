@@ -230,6 +230,10 @@ impl DomainFilter {
             Some(rest) => (true, rest),
             None => (false, text),
         };
+        if name.is_empty() {
+            // An empty `"$DOMAIN"` in a script must not turn into the whole log.
+            return Err(invalid("empty (`.` is every name)"));
+        }
         let name = name.strip_suffix('.').unwrap_or(name);
         if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(invalid("a domain has no spaces or control characters"));
@@ -248,8 +252,13 @@ impl DomainFilter {
         let name = if name.is_ascii() {
             name.to_ascii_lowercase()
         } else {
-            idna::domain_to_ascii(name)
-                .map_err(|_| invalid("not a valid internationalised domain name"))?
+            let ascii = idna::domain_to_ascii(name)
+                .map_err(|_| invalid("not a valid internationalised domain name"))?;
+            // A final full stop of another script (`。`) is one only after the conversion.
+            match ascii.strip_suffix('.') {
+                Some(name) => name.to_owned(),
+                None => ascii,
+            }
         };
         Ok(Self { name, exact })
     }
@@ -1887,6 +1896,17 @@ mod tests {
         let exact = DomainFilter::parse("=binance.com").unwrap();
         assert!(exact.matches(b"binance.com"));
         assert!(!exact.matches(b"www.binance.com."));
+        // A final ideographic full stop is a root dot once converted.
+        let ideographic = DomainFilter::parse("bücher.example。").unwrap();
+        assert!(ideographic.matches(b"www.xn--bcher-kva.example."));
+        // An empty value (an unset shell variable) is refused, not every name; `.` is that.
+        assert!(DomainFilter::parse("").is_err());
+        assert!(DomainFilter::parse("=").is_err());
+        assert!(
+            DomainFilter::parse(".")
+                .unwrap()
+                .matches(b"anything.example.")
+        );
     }
 
     #[test]
