@@ -228,6 +228,21 @@ fn audit(path: &std::path::Path, command: AuditCommand) -> ExitCode {
         }
         Err(error) => {
             if command_has_dir(&command) {
+                if matches!(
+                    &command,
+                    AuditCommand::Search {
+                        client: Some(_),
+                        ..
+                    }
+                ) {
+                    // The one thing `--dir` does not replace: how the log's clients were
+                    // anonymised. Without it a hashed log's records silently do not match.
+                    eprintln!(
+                        "dnsward audit: note: the configuration could not be read, so --client \
+                         is matched against stored clients as they are (a client stored hashed, \
+                         with anonymize = \"hash\", is found only by its stored hash): {error}"
+                    );
+                }
                 dnsward::audit::AuditSettings {
                     dir: PathBuf::from("."),
                     ..dnsward::audit::AuditSettings::default()

@@ -516,6 +516,16 @@ fn a_hashed_log_searched_without_its_key_says_why_nothing_matches() {
     assert!(json_lines(&missed).is_empty());
     let note = String::from_utf8_lossy(&missed.stderr);
     assert!(note.contains("stores hashed clients"), "{note}");
+    // With none that can be read (the log copied to an auditor's machine), `--dir` still
+    // works, and the search says the key is missing, whatever it finds.
+    let unreadable = search(&dnsward.dir.path().join("not-there.toml"));
+    assert!(unreadable.status.success());
+    let note = String::from_utf8_lossy(&unreadable.stderr);
+    assert!(
+        note.contains("the configuration could not be read, so --client is matched against stored clients as they are")
+            && note.contains("not-there.toml"),
+        "{note}"
+    );
 }
 
 #[test]
