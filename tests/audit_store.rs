@@ -669,6 +669,34 @@ fn crash_torn_tail_then_restart_is_recovered_not_tampering() {
     )));
 }
 
+/// The segment after a torn one removed: named as the records it held, missing, not as an
+/// edit of the torn segment (whose torn line only that segment's header declared).
+#[test]
+fn a_segment_removed_after_a_torn_one_is_named_as_missing_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = settings(tmp.path());
+    let (torn, _) = log_torn_by_a_crash(&settings, b"{\"seq\":999,\"prev\":\"00");
+    let before_restart = segments(tmp.path()).len();
+    write_log(&settings, 100, 50);
+    write_log(&settings, 150, 50);
+    let after_torn = segments(tmp.path())[before_restart].clone();
+    let first_missing = segment::list_segments(tmp.path()).unwrap()[before_restart].first_seq;
+    std::fs::remove_file(&after_torn).unwrap();
+    let report = audit::verify(tmp.path(), None).unwrap();
+    let failure = report.failure.expect("records are missing");
+    assert!(
+        matches!(
+            failure.kind,
+            FailureKind::Deleted { .. } | FailureKind::MissingSegment { .. }
+        ),
+        "{:?} at {}",
+        failure.kind,
+        failure.spot
+    );
+    assert_eq!(failure.spot.seq, Some(first_missing), "{}", failure.spot);
+    assert_ne!(failure.spot.file, torn);
+}
+
 /// A restart after a crash writes a new segment whose header declares the torn line; if that
 /// restart dies too, right after the header, the next one removes the header-only segment (it
 /// holds nothing of the chain) and must declare the torn line itself, or the chain has an
