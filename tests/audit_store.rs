@@ -2012,3 +2012,78 @@ fn verify_names_the_signing_keys_and_warns_when_signing_changes_or_stops() {
         "{text}"
     );
 }
+
+/// A range export of a signed log runs on through the next signed checkpoint (seconds after
+/// the range), so every record in it is covered by a signature: an export of a range without
+/// a checkpoint inside failed `verify --pubkey` as unsigned, and one ending between two
+/// checkpoints left its last records unsigned.
+#[test]
+fn a_range_export_runs_on_to_the_next_signed_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keydir = tmp.path().join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let (secret, public) = keys::keygen(&keydir).unwrap();
+    let settings = AuditSettings {
+        signing_key: Some(secret),
+        checkpoint_interval_secs: 1,
+        segment_max_bytes: 64 * 1024 * 1024,
+        ..settings(&tmp.path().join("log"))
+    };
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    let start = std::time::SystemTime::now();
+    let query_at = |ms: u64| {
+        query_record(
+            start + Duration::from_millis(ms),
+            "192.0.2.1:5300".parse().unwrap(),
+            "udp",
+            "range.example.",
+            RecordType::A,
+            false,
+            100,
+        )
+    };
+    for ms in 0..5 {
+        handle.record(query_at(ms));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let checkpoint = loop {
+        let found = all_records(&settings.dir)
+            .into_iter()
+            .find(|r| matches!(&r.entry, Entry::Checkpoint(cp) if cp.sig.is_some()));
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no periodic checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for ms in 5..10 {
+        handle.record(query_at(ms));
+    }
+    writer.shutdown().unwrap();
+
+    let at = |ms: u64| Timestamp::from_system_time(start + Duration::from_millis(ms));
+    let range = TimeRange {
+        from: Some(at(1)),
+        to: Some(at(3)),
+    };
+    let records = all_records(&settings.dir);
+    let in_range: Vec<u64> = records
+        .iter()
+        .filter(|r| range.contains(r.time) && matches!(r.entry, Entry::Query(_)))
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(in_range.len(), 2);
+    let exports = tempfile::tempdir().unwrap();
+    for format in [ExportFormat::Jsonl, ExportFormat::Csv] {
+        let path = exports.path().join(format!("{format:?}"));
+        export_file(&settings.dir, format, &range, &path);
+        let report = audit::verify(&path, Some(&public)).unwrap();
+        assert!(report.ok(), "{report}");
+        assert_eq!(report.first_seq, Some(in_range[0]));
+        assert_eq!(report.last_seq, Some(checkpoint.seq), "{report}");
+        assert_eq!(report.last_signed_checkpoint.unwrap().seq, checkpoint.seq);
+    }
+}

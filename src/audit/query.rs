@@ -1183,6 +1183,9 @@ pub fn export(
 /// As [`export`], for the records of a time range: every record from the first to the last
 /// one timed inside it, by `seq`, so the export is one unbroken piece of the chain (records are
 /// written in nearly, not strictly, time order, so a few at the edges may lie just outside).
+/// In a signed log the piece goes on through the next checkpoint if it is signed and follows
+/// within `EXTENSION_MAX_SECS` (the writer signs within seconds of writing a record), so that
+/// every exported record is covered by a signature `verify --pubkey` can check.
 pub fn export_range(
     dir: &Path,
     format: ExportFormat,
@@ -1196,22 +1199,25 @@ pub fn export_range(
     } else {
         (0, u64::MAX)
     };
-    let mut stats = ExportStats::default();
+    let mut sink = ExportSink {
+        format,
+        out,
+        row: String::new(),
+        prev: None,
+        last_line: Vec::new(),
+        stats: ExportStats::default(),
+        last_segment: None,
+    };
     let mut started = false;
-    let mut row = String::new();
-    // The hash of the line before (hex), for the first exported line's link and the CSV `prev`
-    // column. It runs on across segment boundaries (never reset from a header after the first):
-    // an export must show a break in the chain, not paper over it.
-    let mut prev: Option<String> = None;
     let mut first_header: Option<Header> = None;
-    let mut last_line: Vec<u8> = Vec::new();
-    'segments: for seg in &segments {
+    // Past the range: the lines up to the next checkpoint, held until it shows to be signed.
+    let mut beyond: Option<Beyond> = None;
+    'segments: for (index, seg) in segments.iter().enumerate() {
         if !started && bounded && !wanted(&seg.path, range)? {
             continue;
         }
         let mut reader = LineReader::open(&seg.path)?;
         let mut first = true;
-        let mut counted = false;
         while let Some(line) = reader.next_line().map_err(AuditError::io(&seg.path))? {
             if !line.complete {
                 break;
@@ -1223,28 +1229,37 @@ pub fn export_range(
                     reason: "not a dnsward-audit segment header of version 1 or 2",
                 })?;
                 if !started {
-                    prev = Some(header.prev_segment_last_hash.clone());
+                    sink.prev = Some(header.prev_segment_last_hash.clone());
                 }
                 first_header.get_or_insert(header);
                 continue;
             }
-            let hash = || {
-                segment::split_hash(line.bytes)
-                    .map(|(_, hash)| hex::encode(hash))
-                    .unwrap_or_default()
-            };
             if bounded {
                 // A line that does not decode is inside the exported piece if it sits there.
-                let seq = segment::LinkView::parse(line.bytes).map(|view| view.seq);
-                if seq.is_some_and(|seq| seq > high) {
-                    break 'segments;
+                let view = segment::LinkView::parse(line.bytes);
+                let seq = view.as_ref().map(|view| view.seq);
+                if seq.is_some_and(|seq| seq > high) && beyond.is_none() {
+                    if !started {
+                        break 'segments;
+                    }
+                    beyond = Some(Beyond::after(sink.last_time()));
+                }
+                if let Some(held) = beyond.as_mut() {
+                    if held.take(index, line.bytes, view.as_ref()) {
+                        for (index, line) in std::mem::take(&mut held.lines) {
+                            sink.line(index, &line)?;
+                        }
+                    }
+                    if held.done {
+                        break 'segments;
+                    }
+                    continue;
                 }
                 if !started && seq.is_none_or(|seq| seq < low) {
-                    prev = Some(hash());
+                    sink.prev = Some(line_hash(line.bytes));
                     continue;
                 }
             }
-            let link = prev.take().unwrap_or_default();
             if !started {
                 started = true;
                 let mut header = first_header
@@ -1252,37 +1267,19 @@ pub fn export_range(
                     .unwrap_or_else(|| Header::new(HeaderKind::Export, 1, &GENESIS, ""));
                 header.first_seq =
                     segment::LinkView::parse(line.bytes).map_or(header.first_seq, |view| view.seq);
-                header.prev_segment_last_hash.clone_from(&link);
-                export_start(&header, format, out)?;
+                header.prev_segment_last_hash = sink.prev.clone().unwrap_or_default();
+                export_start(&header, format, sink.out)?;
             }
-            if !std::mem::replace(&mut counted, true) {
-                stats.segments += 1;
-            }
-            match format {
-                ExportFormat::Jsonl => {
-                    out.write_all(line.bytes).map_err(AuditError::Output)?;
-                    out.write_all(b"\n").map_err(AuditError::Output)?;
-                }
-                ExportFormat::Csv => {
-                    row.clear();
-                    // A line that does not decode is exported as a row with only `record`,
-                    // so the damage stays visible to `verify`.
-                    if !csv_row(line.bytes, Some(&link), &mut row) {
-                        row.push_str(",,,,,,,,,,,,,,,,,,,,,,");
-                        csv_field(&mut row, &link);
-                        row.push_str(",,");
-                        csv_field(&mut row, &String::from_utf8_lossy(line.bytes));
-                    }
-                    out.write_all(row.as_bytes()).map_err(AuditError::Output)?;
-                    out.write_all(b"\n").map_err(AuditError::Output)?;
-                }
-            }
-            prev = Some(hash());
-            last_line.clear();
-            last_line.extend_from_slice(line.bytes);
-            stats.records += 1;
+            sink.line(index, line.bytes)?;
         }
     }
+    let ExportSink {
+        out,
+        mut row,
+        last_line,
+        stats,
+        ..
+    } = sink;
     // Segments without a single record: the export is their start and nothing else.
     let start = first_header.as_ref().map(|header| {
         (
@@ -1309,6 +1306,123 @@ pub fn export_range(
     }
     .map_err(AuditError::Output)?;
     Ok(stats)
+}
+
+/// How long after the last record of a range a signed checkpoint may follow and still be
+/// exported with it: the longest checkpoint interval, plus the longest a query's record may
+/// be written after its arrival time (an upstream's timeouts).
+const EXTENSION_MAX_SECS: i64 = crate::audit::settings::MAX_CHECKPOINT_INTERVAL_SECS as i64 + 30;
+
+/// At most this much of the log past a range is held while looking for its next checkpoint
+/// (a few seconds at full load); past it, the export ends with the range.
+const EXTENSION_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Writes exported lines: the stored line (JSON lines) or its row (CSV), and keeps the links.
+struct ExportSink<'a> {
+    format: ExportFormat,
+    out: &'a mut dyn Write,
+    row: String,
+    /// The hash (hex) of the line before the next one, for the first exported line's link and
+    /// the CSV `prev` column. It runs on across segment boundaries (never reset from a header
+    /// after the first): an export must show a break in the chain, not paper over it.
+    prev: Option<String>,
+    last_line: Vec<u8>,
+    stats: ExportStats,
+    /// The index of the segment the last exported line came from.
+    last_segment: Option<usize>,
+}
+
+impl ExportSink<'_> {
+    fn line(&mut self, segment: usize, line: &[u8]) -> Result<(), AuditError> {
+        if self.last_segment.replace(segment) != Some(segment) {
+            self.stats.segments += 1;
+        }
+        let link = self.prev.take().unwrap_or_default();
+        match self.format {
+            ExportFormat::Jsonl => {
+                self.out.write_all(line).map_err(AuditError::Output)?;
+                self.out.write_all(b"\n").map_err(AuditError::Output)?;
+            }
+            ExportFormat::Csv => {
+                self.row.clear();
+                // A line that does not decode is exported as a row with only `record`,
+                // so the damage stays visible to `verify`.
+                if !csv_row(line, Some(&link), &mut self.row) {
+                    self.row.push_str(",,,,,,,,,,,,,,,,,,,,,,");
+                    csv_field(&mut self.row, &link);
+                    self.row.push_str(",,");
+                    csv_field(&mut self.row, &String::from_utf8_lossy(line));
+                }
+                self.out
+                    .write_all(self.row.as_bytes())
+                    .map_err(AuditError::Output)?;
+                self.out.write_all(b"\n").map_err(AuditError::Output)?;
+            }
+        }
+        self.prev = Some(line_hash(line));
+        self.last_line.clear();
+        self.last_line.extend_from_slice(line);
+        self.stats.records += 1;
+        Ok(())
+    }
+
+    /// The time of the last exported line.
+    fn last_time(&self) -> Option<Timestamp> {
+        segment::LinkView::parse(&self.last_line).map(|view| view.time)
+    }
+}
+
+/// The lines after a range's last record, up to the next checkpoint.
+struct Beyond {
+    lines: Vec<(usize, Vec<u8>)>,
+    bytes: usize,
+    /// Lines timed after this end the search.
+    until: Option<Timestamp>,
+    done: bool,
+}
+
+impl Beyond {
+    fn after(last: Option<Timestamp>) -> Self {
+        Self {
+            lines: Vec::new(),
+            bytes: 0,
+            until: last.map(|t| {
+                Timestamp::from_micros(t.as_micros().saturating_add(EXTENSION_MAX_SECS * 1_000_000))
+            }),
+            done: false,
+        }
+    }
+
+    /// Takes the next line; true when the lines held are to be exported: this one is a signed
+    /// checkpoint. Sets `done` when the search ends either way.
+    fn take(&mut self, segment: usize, line: &[u8], view: Option<&segment::LinkView<'_>>) -> bool {
+        let Some(view) = view else {
+            self.done = true;
+            return false;
+        };
+        let late = self.until.is_none_or(|until| view.time > until);
+        if late || self.bytes + line.len() > EXTENSION_MAX_BYTES {
+            self.done = true;
+            return false;
+        }
+        self.bytes += line.len();
+        self.lines.push((segment, line.to_vec()));
+        if view.kind != "checkpoint" {
+            return false;
+        }
+        self.done = true;
+        matches!(
+            Record::parse(line),
+            Ok(Record { entry: Entry::Checkpoint(cp), .. }) if cp.sig.is_some()
+        )
+    }
+}
+
+/// A stored line's hash (hex), or empty if it has none.
+fn line_hash(line: &[u8]) -> String {
+    segment::split_hash(line)
+        .map(|(_, hash)| hex::encode(hash))
+        .unwrap_or_default()
 }
 
 /// The first line of an export: a header of kind `export` stating where the chain starts, or
