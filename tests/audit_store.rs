@@ -1765,6 +1765,14 @@ fn export_to_a_file_is_all_or_nothing_and_never_inside_the_log() {
     assert!(audit::verify(tmp.path(), None).unwrap().ok());
 }
 
+/// The first signed checkpoint after the log's first query record.
+fn signed_checkpoint_after_a_query(dir: &Path) -> Option<Record> {
+    all_records(dir)
+        .into_iter()
+        .skip_while(|r| !matches!(r.entry, Entry::Query(_)))
+        .find(|r| matches!(&r.entry, Entry::Checkpoint(cp) if cp.sig.is_some()))
+}
+
 /// With `--pubkey`, the unsigned tail is the records after the last signed checkpoint, measured
 /// by the span of their own times: a log cut by a crash just after the first query of a quiet
 /// spell verifies (before, the spell counted, and it failed as unsigned), while a tail whose
@@ -1797,10 +1805,7 @@ fn the_unsigned_tail_is_the_span_of_the_records_after_the_last_signed_checkpoint
     handle.record(query_at(0));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let signed_seq = loop {
-        let checkpoint = all_records(&settings.dir)
-            .into_iter()
-            .find(|r| matches!(&r.entry, Entry::Checkpoint(cp) if cp.sig.is_some()));
-        if let Some(checkpoint) = checkpoint {
+        if let Some(checkpoint) = signed_checkpoint_after_a_query(&settings.dir) {
             break checkpoint.seq;
         }
         assert!(
@@ -2047,10 +2052,7 @@ fn a_range_export_runs_on_to_the_next_signed_checkpoint() {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let checkpoint = loop {
-        let found = all_records(&settings.dir)
-            .into_iter()
-            .find(|r| matches!(&r.entry, Entry::Checkpoint(cp) if cp.sig.is_some()));
-        if let Some(found) = found {
+        if let Some(found) = signed_checkpoint_after_a_query(&settings.dir) {
             break found;
         }
         assert!(
@@ -2086,4 +2088,82 @@ fn a_range_export_runs_on_to_the_next_signed_checkpoint() {
         assert_eq!(report.last_seq, Some(checkpoint.seq), "{report}");
         assert_eq!(report.last_signed_checkpoint.unwrap().seq, checkpoint.seq);
     }
+}
+
+/// Copies the files of a log directory (a live log as a crash would leave it).
+fn copy_log(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for path in segments(from) {
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+/// A signing writer starts by signing the head it continues from, unless the log ends in a
+/// signed checkpoint: a log that crashed in its first seconds, and one that crashed again
+/// after a restart a while later, verify with `--pubkey`. Before, the first failed as unsigned
+/// (no checkpoint yet), the second as an unsigned tail (the first run's last records and the
+/// second run's first ones, 40 s apart, had no signature between them).
+#[test]
+fn a_signing_writer_signs_the_head_it_starts_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keydir = tmp.path().join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let (secret, public) = keys::keygen(&keydir).unwrap();
+    let settings = AuditSettings {
+        signing_key: Some(secret),
+        // No periodic checkpoint during the test.
+        checkpoint_interval_secs: 20,
+        segment_max_bytes: 64 * 1024 * 1024,
+        ..settings(&tmp.path().join("log"))
+    };
+    let now = std::time::SystemTime::now();
+    let query_at = |secs: u64| {
+        query_record(
+            now + Duration::from_secs(secs),
+            "192.0.2.1:5300".parse().unwrap(),
+            "udp",
+            "crash.example.",
+            RecordType::A,
+            false,
+            100,
+        )
+    };
+    let queries_in = |dir: &Path| {
+        all_records(dir)
+            .iter()
+            .filter(|r| matches!(r.entry, Entry::Query(_)))
+            .count()
+    };
+    // Runs a writer on `dir`, records one query timed `secs` from now, and copies the log to
+    // `crashed` as soon as the query is written: what a kill -9 then would leave.
+    let run_and_crash = |dir: &Path, secs: u64, crashed: &Path| {
+        let (handle, writer) = AuditLog::open(
+            &AuditSettings {
+                dir: dir.to_owned(),
+                ..settings.clone()
+            },
+            InstanceId::random(),
+        )
+        .unwrap();
+        let before = queries_in(dir);
+        handle.record(query_at(secs));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while queries_in(dir) == before {
+            assert!(std::time::Instant::now() < deadline, "the query is written");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        copy_log(dir, crashed);
+        writer.shutdown().unwrap();
+    };
+
+    let first = tmp.path().join("first");
+    run_and_crash(&settings.dir, 0, &first);
+    let report = audit::verify(&first, Some(&public)).unwrap();
+    assert!(report.ok(), "{report}");
+
+    let second = tmp.path().join("second");
+    run_and_crash(&first, 40, &second);
+    let report = audit::verify(&second, Some(&public)).unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(queries_in(&second), 2);
 }

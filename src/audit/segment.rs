@@ -497,6 +497,8 @@ pub struct Tail {
     /// Offset of a torn last line (crash mid-write), if any.
     pub torn_at: Option<u64>,
     pub file_len: u64,
+    /// Whether the last complete record is a signed checkpoint (over every record before it).
+    pub ends_signed: bool,
 }
 
 /// Scans a segment to its end. `fallback` is the head to assume when the segment holds no
@@ -509,6 +511,7 @@ pub fn read_tail(path: &Path, fallback: (u64, Hash)) -> Result<Tail, AuditError>
         last_hash: fallback.1,
         torn_at: None,
         file_len: 0,
+        ends_signed: false,
     };
     while let Some(line) = reader.next_line().map_err(AuditError::io(path))? {
         tail.file_len = line.offset + line.bytes.len() as u64 + u64::from(line.complete);
@@ -539,6 +542,11 @@ pub fn read_tail(path: &Path, fallback: (u64, Hash)) -> Result<Tail, AuditError>
         };
         tail.last_seq = view.seq;
         tail.last_hash = hash;
+        tail.ends_signed = view.kind == "checkpoint"
+            && matches!(
+                Record::parse(line.bytes),
+                Ok(Record { entry: Entry::Checkpoint(cp), .. }) if cp.sig.is_some()
+            );
     }
     Ok(tail)
 }

@@ -805,6 +805,8 @@ struct Store {
     pending_torn: Option<TornTail>,
     next_seq: u64,
     head: Hash,
+    /// Whether the log found at open ends in a signed checkpoint (over `head`).
+    head_signed: bool,
     /// Encoded lines not yet written to the current segment.
     buf: Vec<u8>,
     since_checkpoint: u64,
@@ -945,6 +947,7 @@ impl Store {
             pending_torn: None,
             next_seq: 1,
             head: GENESIS,
+            head_signed: false,
             buf: Vec::with_capacity(1 << 20),
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
@@ -961,10 +964,23 @@ impl Store {
             suppressing: false,
             held: Vec::new(),
         };
-        if let Some(entry) = store.recover()? {
-            let written = store
-                .append_entry(Timestamp::now(), &entry)
-                .and_then(|()| store.flush(true));
+        let recovered = store.recover()?;
+        // A signing writer starts by signing the head it continues from, unless the log ends
+        // in a signed checkpoint already (a clean stop): a crash leaves its last records
+        // unsigned, and without this they would share one unsigned tail with this run's first
+        // records, which may come any time later (`verify --pubkey` allows a tail of 30 s).
+        let sign_head = store.signer.is_some() && !store.head_signed;
+        if sign_head || recovered.is_some() {
+            let written = (if sign_head {
+                store.checkpoint(false)
+            } else {
+                Ok(())
+            })
+            .and_then(|()| match &recovered {
+                Some(entry) => store.append_entry(Timestamp::now(), entry),
+                None => Ok(()),
+            })
+            .and_then(|()| store.flush(true));
             match written {
                 Ok(()) => {}
                 // At start (a restart after a crash, onto a full disk): an outage like any
@@ -1008,6 +1024,7 @@ impl Store {
             if has_records {
                 self.next_seq = tail.last_seq + 1;
                 self.head = tail.last_hash;
+                self.head_signed = tail.ends_signed;
                 self.pending_torn = tail.torn_at.map(|offset| TornTail {
                     segment: last.name(),
                     offset,
