@@ -2167,3 +2167,139 @@ fn a_signing_writer_signs_the_head_it_starts_from() {
     assert!(report.ok(), "{report}");
     assert_eq!(queries_in(&second), 2);
 }
+
+/// Pages of `path` in the page cache not yet written to disk (Linux `cachestat`, 6.5 and
+/// later).
+#[allow(unsafe_code)]
+fn dirty_pages(path: &Path) -> u64 {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Range {
+        offset: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        cache: u64,
+        dirty: u64,
+        writeback: u64,
+        evicted: u64,
+        recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let file = std::fs::File::open(path).unwrap();
+    let range = Range { offset: 0, len: 0 };
+    let mut stat = Stat::default();
+    // SAFETY: both pointers are to live values of the layout the system call defines.
+    let result = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0u32,
+        )
+    };
+    assert_eq!(result, 0, "cachestat: {}", std::io::Error::last_os_error());
+    stat.dirty + stat.writeback
+}
+
+/// A restart continues the chain from the last record a crashed writer left, so that record
+/// is made durable first: the crashed run's last writes may still be only in the page cache,
+/// and a power cut after the new run's first sync would leave a hole in the chain.
+#[test]
+fn a_restart_syncs_the_segment_it_continues() {
+    // A disk file system (a tmpfs keeps every page dirty).
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let log = tmp.path().join("log");
+    write_log(&settings(&log), 0, 20);
+    // As a crash leaves it: the last segment rewritten without its stop record and closing
+    // checkpoint, and not synced.
+    let last = segments(&log).pop().unwrap();
+    let text = std::fs::read_to_string(&last).unwrap();
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    std::fs::remove_file(&last).unwrap();
+    std::fs::write(&last, lines[..lines.len() - 2].concat()).unwrap();
+    assert!(dirty_pages(&last) > 0, "the copy is not yet written back");
+
+    let (_handle, writer) = AuditLog::open(&settings(&log), InstanceId::random()).unwrap();
+    assert_eq!(dirty_pages(&last), 0);
+    writer.shutdown().unwrap();
+    assert!(audit::verify(&log, None).unwrap().ok());
+}
+
+/// A leftover header-only segment that cannot be removed at start (a read-only or failing
+/// disk) starts the writer in an outage, like a failed write, instead of refusing to start: the
+/// queries meanwhile are counted, and once the directory can be changed again the chain goes on
+/// with a gap record.
+#[test]
+fn a_leftover_segment_that_cannot_be_removed_is_an_outage_not_a_refusal() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let log = tmp.path().join("log");
+    let stats = write_log(&settings(&log), 0, 5);
+    // What a restart that died right after writing its new segment's header leaves.
+    let last = all_records(&log).pop().unwrap();
+    let mut header = Vec::new();
+    segment::Header::new(
+        segment::HeaderKind::Segment,
+        stats.last_seq + 1,
+        &segment::decode_hash(last.hash.as_bytes()).unwrap(),
+        "crashed",
+    )
+    .encode(&mut header)
+    .unwrap();
+    let leftover = log.join(segment::segment_name(stats.last_seq + 1));
+    std::fs::write(&leftover, header).unwrap();
+
+    struct Immutable<'a>(&'a Path);
+    impl Immutable<'_> {
+        fn set(&self, on: bool) {
+            let status = std::process::Command::new("chattr")
+                .arg(if on { "+i" } else { "-i" })
+                .arg(self.0)
+                .status()
+                .expect("chattr (e2fsprogs) runs");
+            assert!(status.success(), "chattr on {}", self.0.display());
+        }
+    }
+    impl Drop for Immutable<'_> {
+        fn drop(&mut self) {
+            self.set(false);
+        }
+    }
+    let immutable = Immutable(&log);
+    immutable.set(true);
+    let settings = AuditSettings {
+        when_unwritable: audit::WhenUnwritable::Refuse,
+        ..settings(&log)
+    };
+    let (handle, writer) =
+        AuditLog::open(&settings, InstanceId::random()).expect("starts in an outage, not refused");
+    assert!(handle.refusing(), "the log cannot be written yet");
+    handle.record(decision(100));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while handle.dropped() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the query is counted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    immutable.set(false);
+    while handle.refusing() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retry continues the log"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    writer.shutdown().unwrap();
+    let report = audit::verify(&log, None).unwrap();
+    assert!(report.ok(), "{report}");
+    let gaps: u64 = all_records(&log)
+        .iter()
+        .filter_map(|r| match r.entry {
+            Entry::Gap { dropped, .. } => Some(dropped),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(gaps, 1);
+}

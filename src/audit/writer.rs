@@ -593,6 +593,13 @@ fn count_leftovers(
     counted
 }
 
+/// Makes the directory's entries (a segment created or removed) durable.
+fn sync_dir(dir: &Path) -> Result<(), AuditError> {
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(AuditError::io(dir))
+}
+
 /// Entry point: `AuditLog::open`.
 #[derive(Debug)]
 pub struct AuditLog;
@@ -964,7 +971,17 @@ impl Store {
             suppressing: false,
             held: Vec::new(),
         };
-        let recovered = store.recover()?;
+        let recovered = match store.recover() {
+            Ok(recovered) => recovered,
+            // At start, a log that cannot be continued for now (a failing or read-only disk
+            // where a leftover segment cannot be removed) is an outage like a failed write,
+            // retried every second, not a refusal to start.
+            Err(error @ AuditError::Io { .. }) if at_start => {
+                store.fail(&error, &Drops::default());
+                return Ok(store);
+            }
+            Err(error) => return Err(error),
+        };
         // A signing writer starts by signing the head it continues from, unless the log ends
         // in a signed checkpoint already (a clean stop): a crash leaves its last records
         // unsigned, and without this they would share one unsigned tail with this run's first
@@ -1022,6 +1039,12 @@ impl Store {
             }
             let has_records = tail.header.is_some() && tail.last_seq >= last.first_seq;
             if has_records {
+                // The chain goes on from this file's last record, so it must be on disk before
+                // anything after it is: a crashed writer's last writes may not have been synced,
+                // and a power cut would then leave a hole in the middle of the chain.
+                File::open(&last.path)
+                    .and_then(|file| file.sync_all())
+                    .map_err(AuditError::io(&last.path))?;
                 self.next_seq = tail.last_seq + 1;
                 self.head = tail.last_hash;
                 self.head_signed = tail.ends_signed;
@@ -1032,6 +1055,7 @@ impl Store {
                 return Ok(recovered);
             }
             std::fs::remove_file(&last.path).map_err(AuditError::io(&last.path))?;
+            sync_dir(&self.dir)?;
             if let Some((header, prev)) = tail
                 .header
                 .as_ref()
@@ -1240,7 +1264,12 @@ impl Store {
             );
         }
         if let Some(segment) = self.segment.take()
-            && let Err(error) = segment.file.set_len(segment.bytes)
+            && let Err(error) = segment
+                .file
+                .set_len(segment.bytes)
+                // What is kept is where a retry continues the chain: on disk first, if the
+                // disk still takes it.
+                .and_then(|()| segment.file.sync_data())
         {
             // Part of the failed write may be in the file as whole lines, before a torn one
             // (which reopening declares): those records are not lost. If even the file cannot
@@ -1539,6 +1568,9 @@ impl Store {
             .append(true)
             .open(&path)
             .map_err(AuditError::io(&path))?;
+        // The file's name must be on disk before its records count as synced (`sync_data`
+        // covers the file, not its directory entry, on every file system).
+        sync_dir(&self.dir)?;
         let mut header = Header::new(
             HeaderKind::Segment,
             self.next_seq,
@@ -1668,6 +1700,7 @@ impl Store {
         // The newest segment is kept even when closed: it carries the chain head that the next
         // run continues from.
         let removable = segments.len().saturating_sub(1);
+        let mut removed = false;
         for (seg, (len, modified)) in segments.iter().zip(sizes).take(removable) {
             if Some(seg.path.as_path()) == current {
                 break;
@@ -1684,7 +1717,11 @@ impl Store {
             }
             tracing::info!(segment = %seg.path.display(), too_old, too_big, "audit retention removes a segment");
             std::fs::remove_file(&seg.path).map_err(AuditError::io(&seg.path))?;
+            removed = true;
             total -= len;
+        }
+        if removed {
+            sync_dir(&self.dir)?;
         }
         Ok(())
     }
