@@ -220,17 +220,13 @@ fn periodic_checkpoints_while_records_flow() {
     let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut i = 0;
-    // Poll until a non-closing checkpoint appears in the (single) open segment.
+    // Poll until a checkpoint appears after the queries (the writer signs the empty chain
+    // when it opens the log; that one is not periodic).
     loop {
         handle.record(decision(i));
         i += 1;
         std::thread::sleep(Duration::from_millis(20));
-        let found = segments(&settings.dir).iter().any(|p| {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .contains("\"type\":\"checkpoint\"")
-        });
-        if found {
+        if signed_checkpoint_after_a_query(&settings.dir).is_some() {
             break;
         }
         assert!(
@@ -972,6 +968,7 @@ fn a_range_holding_only_a_periodic_checkpoint_is_exported() {
     writer.shutdown().unwrap();
     let periodic = closed
         .iter()
+        .skip_while(|r| !matches!(r.entry, Entry::Query(_)))
         .find(|r| matches!(&r.entry, Entry::Checkpoint(cp) if !cp.close))
         .expect("a periodic checkpoint before the close");
     let range = TimeRange {
@@ -1814,9 +1811,9 @@ fn the_unsigned_tail_is_the_span_of_the_records_after_the_last_signed_checkpoint
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    // The next queries come after 40 s and 80 s of quiet (their arrival times say so).
-    handle.record(query_at(40));
-    handle.record(query_at(80));
+    // The next queries come after 40 s and 80 s of quiet (their arrival times say so); one
+    // hand-over, so no timed checkpoint falls between them.
+    handle.record_batch(&mut vec![query_at(40), query_at(80)]);
     writer.shutdown().unwrap();
     let report = audit::verify(&settings.dir, Some(&public)).unwrap();
     assert!(report.ok(), "{report}");
@@ -1847,6 +1844,35 @@ fn the_unsigned_tail_is_the_span_of_the_records_after_the_last_signed_checkpoint
     let report = audit::verify(&settings.dir, Some(&public)).unwrap();
     assert!(report.ok(), "{report}");
     assert_eq!(report.last_seq, Some(first));
+
+    // A tail record timed a minute before the signature it follows (a service record held
+    // through an outage, a query whose upstream answered late) does not make the tail long.
+    let held = AuditSettings {
+        dir: tmp.path().join("held"),
+        ..settings.clone()
+    };
+    let (handle, writer) = AuditLog::open(&held, InstanceId::random()).unwrap();
+    handle.record(query_at(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let signed_seq = loop {
+        if let Some(checkpoint) = signed_checkpoint_after_a_query(&held.dir) {
+            break checkpoint.seq;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no periodic checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut late = query_at(1);
+    late.time = now - Duration::from_secs(60);
+    handle.record_batch(&mut vec![late, query_at(1)]);
+    writer.shutdown().unwrap();
+    let (path, lines, at_late) = find_line(&held.dir, signed_seq + 1);
+    write_lines(&path, &lines[..at_late + 2]);
+    let report = audit::verify(&held.dir, Some(&public)).unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.last_seq, Some(signed_seq + 2));
 }
 
 /// What `search` shows on a terminal cannot move its cursor or start a row of its own: control
@@ -2047,9 +2073,7 @@ fn a_range_export_runs_on_to_the_next_signed_checkpoint() {
             100,
         )
     };
-    for ms in 0..5 {
-        handle.record(query_at(ms));
-    }
+    handle.record_batch(&mut (0..5).map(query_at).collect());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let checkpoint = loop {
         if let Some(found) = signed_checkpoint_after_a_query(&settings.dir) {
@@ -2061,9 +2085,7 @@ fn a_range_export_runs_on_to_the_next_signed_checkpoint() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    for ms in 5..10 {
-        handle.record(query_at(ms));
-    }
+    handle.record_batch(&mut (5..10).map(query_at).collect());
     writer.shutdown().unwrap();
 
     let at = |ms: u64| Timestamp::from_system_time(start + Duration::from_millis(ms));

@@ -18,11 +18,10 @@ use super::{
     segment::{self, ExportEnd, GENESIS, Hash, Header, HeaderKind, LineReader, LinkView, Record},
 };
 
-/// How long a span of time the records after the last signed checkpoint may cover before
-/// `verify` (with a public key) calls them an unsigned tail. The writer signs a checkpoint
-/// within `checkpoint_interval_secs` (at most 10, default 5) of writing a record, and a
-/// record's time is when its query arrived, which may be an upstream's timeout before it is
-/// written; 30 s leaves room for both.
+/// How long the records after the last signed checkpoint may go on, from that checkpoint or
+/// from the first of them if it came later, before `verify` (with a public key) calls them an
+/// unsigned tail. The writer signs a checkpoint within `checkpoint_interval_secs` (at most 20,
+/// default 5) of writing a record, and a record is never timed after it is written.
 pub const UNSIGNED_TAIL_TOLERANCE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
@@ -924,7 +923,7 @@ impl Checker {
         let source = self.report.source.clone();
         let failure = failure.or_else(|| {
             self.key.as_ref()?;
-            if self.report.last_signed_checkpoint.is_none() {
+            let Some(signed) = self.report.last_signed_checkpoint else {
                 return Some(Self::fail(
                     FailureKind::MissingSignature {
                         reason: MissingSignature::LogUnsigned,
@@ -933,12 +932,14 @@ impl Checker {
                     None,
                     0,
                 ));
-            }
+            };
             let tail = self.unsigned_tail.take()?;
-            let span = tail
-                .latest
-                .as_micros()
-                .saturating_sub(tail.earliest.as_micros());
+            // From the signature on, or from the first record if it came later (after a quiet
+            // spell): a record may be timed before the signature that does not cover it (a
+            // query written when its upstream answered, up to 30 s after it arrived; a service
+            // record held through an outage), and that is no reason to call the tail long.
+            let start = tail.earliest.max(signed.time);
+            let span = tail.latest.as_micros().saturating_sub(start.as_micros());
             let tolerance =
                 i64::try_from(self.options.unsigned_tail_tolerance.as_micros()).unwrap_or(i64::MAX);
             (span > tolerance).then(|| {
