@@ -2325,3 +2325,72 @@ fn a_leftover_segment_that_cannot_be_removed_is_an_outage_not_a_refusal() {
         .sum();
     assert_eq!(gaps, 1);
 }
+
+/// The records of a range just before a crash are signed by the checkpoint the restarted
+/// writer signs first, however much later that is: a range export runs on through it, and
+/// verifies with `--pubkey`.
+#[test]
+fn a_range_export_before_a_crash_runs_on_to_the_restarts_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keydir = tmp.path().join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let (secret, public) = keys::keygen(&keydir).unwrap();
+    let settings = AuditSettings {
+        signing_key: Some(secret),
+        checkpoint_interval_secs: 20,
+        segment_max_bytes: 64 * 1024 * 1024,
+        ..settings(&tmp.path().join("log"))
+    };
+    // Timed two minutes ago: the restart's checkpoint comes long after them.
+    let start = std::time::SystemTime::now() - Duration::from_secs(120);
+    let query_at = |ms: u64| {
+        query_record(
+            start + Duration::from_millis(ms),
+            "192.0.2.1:5300".parse().unwrap(),
+            "udp",
+            "crash.example.",
+            RecordType::A,
+            false,
+            100,
+        )
+    };
+    let queries_in = |dir: &Path| {
+        all_records(dir)
+            .iter()
+            .filter(|r| matches!(r.entry, Entry::Query(_)))
+            .count()
+    };
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    handle.record_batch(&mut (0..4).map(query_at).collect());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while queries_in(&settings.dir) < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queries are written"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let crashed = tmp.path().join("crashed");
+    copy_log(&settings.dir, &crashed);
+    writer.shutdown().unwrap();
+    let restarted = AuditSettings {
+        dir: crashed.clone(),
+        ..settings.clone()
+    };
+    let (_handle, writer) = AuditLog::open(&restarted, InstanceId::random()).unwrap();
+    writer.shutdown().unwrap();
+
+    let at = |ms: u64| Timestamp::from_system_time(start + Duration::from_millis(ms));
+    let range = TimeRange {
+        from: Some(at(1)),
+        to: Some(at(3)),
+    };
+    let exports = tempfile::tempdir().unwrap();
+    let path = exports.path().join("before-the-crash.jsonl");
+    export_file(&crashed, ExportFormat::Jsonl, &range, &path);
+    let report = audit::verify(&path, Some(&public)).unwrap();
+    assert!(report.ok(), "{report}");
+    let signed = report.last_signed_checkpoint.unwrap();
+    assert_eq!(report.last_seq, Some(signed.seq));
+    assert!(signed.time > at(60_000), "the restart's checkpoint");
+}

@@ -1183,8 +1183,8 @@ pub fn export(
 /// As [`export`], for the records of a time range: every record from the first to the last
 /// one timed inside it, by `seq`, so the export is one unbroken piece of the chain (records are
 /// written in nearly, not strictly, time order, so a few at the edges may lie just outside).
-/// In a signed log the piece goes on through the next checkpoint if it is signed and follows
-/// within `EXTENSION_MAX_SECS` (the writer signs within seconds of writing a record), so that
+/// The piece goes on through the checkpoint after it if that is signed and the records
+/// between were timed within `EXTENSION_MAX_SECS` of its last (see `signed_cover`), so that
 /// every exported record is covered by a signature `verify --pubkey` can check.
 pub fn export_range(
     dir: &Path,
@@ -1195,7 +1195,12 @@ pub fn export_range(
     let segments = segment::existing_segments(dir)?;
     let bounded = range.from.is_some() || range.to.is_some();
     let (low, high) = if bounded {
-        seq_bounds(&segments, range)?.ok_or(AuditError::NothingInRange { range: *range })?
+        let (low, high, high_time) =
+            seq_bounds(&segments, range)?.ok_or(AuditError::NothingInRange { range: *range })?;
+        (
+            low,
+            signed_cover(&segments, high, high_time)?.unwrap_or(high),
+        )
     } else {
         (0, u64::MAX)
     };
@@ -1210,8 +1215,6 @@ pub fn export_range(
     };
     let mut started = false;
     let mut first_header: Option<Header> = None;
-    // Past the range: the lines up to the next checkpoint, held until it shows to be signed.
-    let mut beyond: Option<Beyond> = None;
     'segments: for (index, seg) in segments.iter().enumerate() {
         if !started && bounded && !wanted(&seg.path, range)? {
             continue;
@@ -1238,22 +1241,8 @@ pub fn export_range(
                 // A line that does not decode is inside the exported piece if it sits there.
                 let view = segment::LinkView::parse(line.bytes);
                 let seq = view.as_ref().map(|view| view.seq);
-                if seq.is_some_and(|seq| seq > high) && beyond.is_none() {
-                    if !started {
-                        break 'segments;
-                    }
-                    beyond = Some(Beyond::after(sink.last_time()));
-                }
-                if let Some(held) = beyond.as_mut() {
-                    if held.take(index, line.bytes, view.as_ref()) {
-                        for (index, line) in std::mem::take(&mut held.lines) {
-                            sink.line(index, &line)?;
-                        }
-                    }
-                    if held.done {
-                        break 'segments;
-                    }
-                    continue;
+                if seq.is_some_and(|seq| seq > high) {
+                    break 'segments;
                 }
                 if !started && seq.is_none_or(|seq| seq < low) {
                     sink.prev = Some(line_hash(line.bytes));
@@ -1308,14 +1297,62 @@ pub fn export_range(
     Ok(stats)
 }
 
-/// How long after the last record of a range a signed checkpoint may follow and still be
-/// exported with it: the longest checkpoint interval, plus the longest a query's record may
-/// be written after its arrival time (an upstream's timeouts).
+/// How much later than a range's last record the records between it and the checkpoint that
+/// signs them may be timed for the export to run on through that checkpoint: the longest
+/// checkpoint interval, plus the longest a query's record may be written after it arrived
+/// (an upstream's timeouts). Past it, a range export ends with the range.
 const EXTENSION_MAX_SECS: i64 = crate::audit::settings::MAX_CHECKPOINT_INTERVAL_SECS as i64 + 30;
 
-/// At most this much of the log past a range is held while looking for its next checkpoint
-/// (a few seconds at full load); past it, the export ends with the range.
-const EXTENSION_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// The seq of the checkpoint that first covers record `high` (timed `high_time`), if it is
+/// signed and every record between is timed within `EXTENSION_MAX_SECS` of `high_time`: in a
+/// signed log, the periodic or closing checkpoint seconds later, or after a crash the one a
+/// restarted writer signs first (the checkpoint's own time does not matter). `None` in an
+/// unsigned log, or when the log ends first.
+fn signed_cover(
+    segments: &[segment::SegmentFile],
+    high: u64,
+    high_time: Timestamp,
+) -> Result<Option<u64>, AuditError> {
+    let until = Timestamp::from_micros(
+        high_time
+            .as_micros()
+            .saturating_add(EXTENSION_MAX_SECS * 1_000_000),
+    );
+    let start = segments
+        .iter()
+        .rposition(|seg| seg.first_seq <= high)
+        .unwrap_or(0);
+    for seg in &segments[start..] {
+        let mut reader = LineReader::open(&seg.path)?;
+        let mut header = true;
+        while let Some(line) = reader.next_line().map_err(AuditError::io(&seg.path))? {
+            if !line.complete {
+                // A torn tail: the chain goes on in the next segment.
+                break;
+            }
+            if std::mem::take(&mut header) {
+                continue;
+            }
+            let Some(view) = segment::LinkView::parse(line.bytes) else {
+                return Ok(None);
+            };
+            if view.seq <= high {
+                continue;
+            }
+            if view.kind == "checkpoint" {
+                let signed = matches!(
+                    Record::parse(line.bytes),
+                    Ok(Record { entry: Entry::Checkpoint(cp), .. }) if cp.sig.is_some()
+                );
+                return Ok(signed.then_some(view.seq));
+            }
+            if view.time > until {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(None)
+}
 
 /// Writes exported lines: the stored line (JSON lines) or its row (CSV), and keeps the links.
 struct ExportSink<'a> {
@@ -1365,57 +1402,6 @@ impl ExportSink<'_> {
         self.stats.records += 1;
         Ok(())
     }
-
-    /// The time of the last exported line.
-    fn last_time(&self) -> Option<Timestamp> {
-        segment::LinkView::parse(&self.last_line).map(|view| view.time)
-    }
-}
-
-/// The lines after a range's last record, up to the next checkpoint.
-struct Beyond {
-    lines: Vec<(usize, Vec<u8>)>,
-    bytes: usize,
-    /// Lines timed after this end the search.
-    until: Option<Timestamp>,
-    done: bool,
-}
-
-impl Beyond {
-    fn after(last: Option<Timestamp>) -> Self {
-        Self {
-            lines: Vec::new(),
-            bytes: 0,
-            until: last.map(|t| {
-                Timestamp::from_micros(t.as_micros().saturating_add(EXTENSION_MAX_SECS * 1_000_000))
-            }),
-            done: false,
-        }
-    }
-
-    /// Takes the next line; true when the lines held are to be exported: this one is a signed
-    /// checkpoint. Sets `done` when the search ends either way.
-    fn take(&mut self, segment: usize, line: &[u8], view: Option<&segment::LinkView<'_>>) -> bool {
-        let Some(view) = view else {
-            self.done = true;
-            return false;
-        };
-        let late = self.until.is_none_or(|until| view.time > until);
-        if late || self.bytes + line.len() > EXTENSION_MAX_BYTES {
-            self.done = true;
-            return false;
-        }
-        self.bytes += line.len();
-        self.lines.push((segment, line.to_vec()));
-        if view.kind != "checkpoint" {
-            return false;
-        }
-        self.done = true;
-        matches!(
-            Record::parse(line),
-            Ok(Record { entry: Entry::Checkpoint(cp), .. }) if cp.sig.is_some()
-        )
-    }
 }
 
 /// A stored line's hash (hex), or empty if it has none.
@@ -1446,12 +1432,13 @@ fn export_start(
     }
 }
 
-/// The first and last `seq` of records timed inside `range`, or `None` if there are none.
+/// The first and last `seq` of records timed inside `range`, and the last one's time, or
+/// `None` if there are none.
 fn seq_bounds(
     segments: &[segment::SegmentFile],
     range: &TimeRange,
-) -> Result<Option<(u64, u64)>, AuditError> {
-    let mut bounds: Option<(u64, u64)> = None;
+) -> Result<Option<(u64, u64, Timestamp)>, AuditError> {
+    let mut bounds: Option<(u64, u64, Timestamp)> = None;
     for seg in segments {
         if !wanted(&seg.path, range)? {
             continue;
@@ -1464,9 +1451,13 @@ fn seq_bounds(
             if let Some(view) = segment::LinkView::parse(line.bytes)
                 && range.contains(view.time)
             {
-                bounds = Some(bounds.map_or((view.seq, view.seq), |(low, high)| {
-                    (low.min(view.seq), high.max(view.seq))
-                }));
+                bounds = Some(match bounds {
+                    None => (view.seq, view.seq, view.time),
+                    Some((low, high, _)) if view.seq > high => {
+                        (low.min(view.seq), view.seq, view.time)
+                    }
+                    Some((low, high, high_time)) => (low.min(view.seq), high, high_time),
+                });
             }
         }
     }
