@@ -2326,6 +2326,27 @@ fn a_leftover_segment_that_cannot_be_removed_is_an_outage_not_a_refusal() {
     assert_eq!(gaps, 1);
 }
 
+/// A segment that cannot be read at start (here a directory where the file should be; as
+/// well, a file left unreadable by a run as another user) still stops the writer from starting:
+/// only a log that cannot be changed for now is taken for an outage.
+#[test]
+fn a_segment_that_cannot_be_read_at_start_is_a_refusal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("log");
+    let stats = write_log(&settings(&log), 0, 5);
+    let unreadable = log.join(segment::segment_name(stats.last_seq + 1));
+    std::fs::create_dir(&unreadable).unwrap();
+    let error = AuditLog::open(&settings(&log), InstanceId::random())
+        .map(|_| ())
+        .expect_err("refused");
+    assert!(
+        error
+            .to_string()
+            .contains(&unreadable.display().to_string()),
+        "{error}"
+    );
+}
+
 /// The records of a range just before a crash are signed by the checkpoint the restarted
 /// writer signs first, however much later that is: a range export runs on through it, and
 /// verifies with `--pubkey`.

@@ -593,6 +593,15 @@ fn count_leftovers(
     counted
 }
 
+/// Why `Store::recover` could not take up the chain where it ends.
+enum RecoverError {
+    /// The files could not be read as a log: the writer does not start (someone must look).
+    Unreadable(AuditError),
+    /// They were read, but could not be changed (a leftover segment removed, the segment the
+    /// chain goes on from synced): for now, as a failed write.
+    Unwritable(AuditError),
+}
+
 /// Makes the directory's entries (a segment created or removed) durable.
 fn sync_dir(dir: &Path) -> Result<(), AuditError> {
     File::open(dir)
@@ -973,14 +982,16 @@ impl Store {
         };
         let recovered = match store.recover() {
             Ok(recovered) => recovered,
-            // At start, a log that cannot be continued for now (a failing or read-only disk
-            // where a leftover segment cannot be removed) is an outage like a failed write,
-            // retried every second, not a refusal to start.
-            Err(error @ AuditError::Io { .. }) if at_start => {
+            // At start, a log that cannot be changed for now (a failing or read-only disk that
+            // will not let a leftover segment go) is an outage like a failed write, retried
+            // every second, not a refusal to start.
+            Err(RecoverError::Unwritable(error)) if at_start => {
                 store.fail(&error, &Drops::default());
                 return Ok(store);
             }
-            Err(error) => return Err(error),
+            Err(RecoverError::Unwritable(error) | RecoverError::Unreadable(error)) => {
+                return Err(error);
+            }
         };
         // A signing writer starts by signing the head it continues from, unless the log ends
         // in a signed checkpoint already (a clean stop): a crash leaves its last records
@@ -1024,11 +1035,12 @@ impl Store {
     /// Finds where the chain ends. A torn last line (crash mid-write) stays in its file and is
     /// declared in the next header; a last segment without any complete record holds nothing
     /// of the chain and is removed (its name would collide with the next segment's).
-    fn recover(&mut self) -> Result<Option<Entry>, AuditError> {
-        let mut segments = segment::list_segments(&self.dir)?;
+    fn recover(&mut self) -> Result<Option<Entry>, RecoverError> {
+        let mut segments = segment::list_segments(&self.dir).map_err(RecoverError::Unreadable)?;
         let mut recovered = None;
         while let Some(last) = segments.pop() {
-            let tail = segment::read_tail(&last.path, (last.first_seq.saturating_sub(1), GENESIS))?;
+            let tail = segment::read_tail(&last.path, (last.first_seq.saturating_sub(1), GENESIS))
+                .map_err(RecoverError::Unreadable)?;
             if let Some(offset) = tail.torn_at {
                 tracing::warn!(segment = %last.path.display(), offset, "audit segment ends in a torn line (crash); continuing the chain before it");
                 recovered.get_or_insert_with(|| Entry::Recovered {
@@ -1044,7 +1056,7 @@ impl Store {
                 // and a power cut would then leave a hole in the middle of the chain.
                 File::open(&last.path)
                     .and_then(|file| file.sync_all())
-                    .map_err(AuditError::io(&last.path))?;
+                    .map_err(|error| RecoverError::Unwritable(AuditError::io(&last.path)(error)))?;
                 self.next_seq = tail.last_seq + 1;
                 self.head = tail.last_hash;
                 self.head_signed = tail.ends_signed;
@@ -1054,8 +1066,10 @@ impl Store {
                 });
                 return Ok(recovered);
             }
-            std::fs::remove_file(&last.path).map_err(AuditError::io(&last.path))?;
-            sync_dir(&self.dir)?;
+            std::fs::remove_file(&last.path)
+                .map_err(AuditError::io(&last.path))
+                .and_then(|()| sync_dir(&self.dir))
+                .map_err(RecoverError::Unwritable)?;
             if let Some((header, prev)) = tail
                 .header
                 .as_ref()
