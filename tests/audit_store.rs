@@ -1760,6 +1760,47 @@ fn export_to_a_file_is_all_or_nothing_and_never_inside_the_log() {
     );
     assert_eq!(std::fs::read(&segment).unwrap(), before);
     assert!(audit::verify(tmp.path(), None).unwrap().ok());
+
+    // A replaced file keeps its permissions (an export holds client addresses).
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(export(None, None, &target).unwrap());
+    let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // A symbolic link stays one: the file it names is replaced.
+    let link = exports.path().join("latest.jsonl");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    std::fs::write(&target, "old\n").unwrap();
+    assert!(export(None, None, &link).unwrap());
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(audit::verify(&target, None).unwrap().ok());
+    // A pipe is written into, not replaced.
+    let fifo = exports.path().join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    assert!(export(None, None, &fifo).unwrap());
+    let piped = exports.path().join("piped.jsonl");
+    std::fs::write(&piped, reader.join().unwrap()).unwrap();
+    assert!(audit::verify(&piped, None).unwrap().ok());
+    use std::os::unix::fs::FileTypeExt as _;
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
 }
 
 /// The first signed checkpoint after the log's first query record.

@@ -162,38 +162,62 @@ fn optional<T>(
 /// Exports into `path` by way of a new file beside it, renamed over `path` only once the export
 /// is complete and synced: an export that fails (a range with no records, a damaged log, a
 /// full disk) leaves whatever was at `path` as it was, and a reader never sees half an export.
-/// The log's own directory is refused: a file there could be taken for, or replace, a segment.
+/// The new file takes the permissions of the one it replaces; a symbolic link is followed (the
+/// file it names is replaced). Anything but a regular file (a pipe, `/dev/stdout`) is written
+/// into directly. The log's own directory is refused: a file there could be taken for, or
+/// replace, a segment.
 fn export_to_file(
     dir: &Path,
     format: ExportFormat,
     range: &TimeRange,
     path: &Path,
 ) -> Result<query::ExportStats, AuditError> {
-    let target_dir = match path.parent() {
+    let output_error = |path: &Path, reason: String| {
+        AuditError::for_flag("--output")(AuditError::io(path)(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            reason,
+        )))
+    };
+    let existing = std::fs::metadata(path).ok();
+    if let Some(meta) = &existing
+        && !meta.is_file()
+    {
+        if meta.is_dir() {
+            return Err(output_error(path, "a directory, not a file".into()));
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(AuditError::io(path))?;
+        let mut writer = std::io::BufWriter::new(file);
+        let stats = query::export_range(dir, format, range, &mut writer)?;
+        writer.flush().map_err(AuditError::io(path))?;
+        return Ok(stats);
+    }
+    let target = match &existing {
+        Some(_) => path.canonicalize().map_err(AuditError::io(path))?,
+        None => path.to_owned(),
+    };
+    let target_dir = match target.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    let file_name = path.file_name().ok_or_else(|| {
-        AuditError::for_flag("--output")(AuditError::io(path)(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a file name",
-        )))
-    })?;
+    let file_name = target
+        .file_name()
+        .ok_or_else(|| output_error(path, "not a file name".into()))?;
     let canonical_target = target_dir
         .canonicalize()
         .map_err(AuditError::io(target_dir))?;
     if let Ok(canonical_log) = dir.canonicalize()
         && canonical_target.starts_with(&canonical_log)
     {
-        return Err(AuditError::for_flag("--output")(AuditError::io(path)(
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "inside the audit log directory {}: write the export elsewhere",
-                    dir.display()
-                ),
+        return Err(output_error(
+            path,
+            format!(
+                "inside the audit log directory {}: write the export elsewhere",
+                dir.display()
             ),
-        )));
+        ));
     }
     let mut partial_name = std::ffi::OsString::from(".");
     partial_name.push(file_name);
@@ -209,8 +233,13 @@ fn export_to_file(
         let file = writer
             .into_inner()
             .map_err(|error| AuditError::io(&partial)(error.into_error()))?;
+        if let Some(meta) = &existing {
+            // An export holds client addresses: a file kept private stays private.
+            file.set_permissions(meta.permissions())
+                .map_err(AuditError::io(&partial))?;
+        }
         file.sync_all().map_err(AuditError::io(&partial))?;
-        std::fs::rename(&partial, path).map_err(AuditError::io(path))?;
+        std::fs::rename(&partial, &target).map_err(AuditError::io(&target))?;
         Ok(stats)
     });
     if written.is_err() {
