@@ -779,6 +779,9 @@ struct OpenSegment {
     records: u64,
     /// Bytes before this offset have been synced and dropped from the page cache.
     uncached: u64,
+    /// Whether the file's directory entry is on disk (synced with the file's first sync, so that
+    /// its records never count as synced while the file's name is not).
+    named_on_disk: bool,
 }
 
 impl OpenSegment {
@@ -1582,9 +1585,6 @@ impl Store {
             .append(true)
             .open(&path)
             .map_err(AuditError::io(&path))?;
-        // The file's name must be on disk before its records count as synced (`sync_data`
-        // covers the file, not its directory entry, on every file system).
-        sync_dir(&self.dir)?;
         let mut header = Header::new(
             HeaderKind::Segment,
             self.next_seq,
@@ -1602,6 +1602,7 @@ impl Store {
             max_time: None,
             records: 0,
             uncached: 0,
+            named_on_disk: false,
         });
         Ok(())
     }
@@ -1681,6 +1682,11 @@ impl Store {
                 .file
                 .sync_data()
                 .map_err(AuditError::io(&segment.path))?;
+            if !segment.named_on_disk {
+                // `sync_data` covers the file, not its directory entry, on every file system.
+                sync_dir(&self.dir)?;
+                segment.named_on_disk = true;
+            }
             segment.drop_synced_pages(false);
         }
         self.unsynced = false;
