@@ -691,6 +691,8 @@ fn a_segment_removed_after_a_torn_one_is_named_as_missing_records() {
     );
     assert_eq!(failure.spot.seq, Some(first_missing), "{}", failure.spot);
     assert_ne!(failure.spot.file, torn);
+    // Its torn line was never declared: no note says it was recovered.
+    assert!(report.recovered.is_empty(), "{:?}", report.recovered);
 }
 
 /// A restart after a crash writes a new segment whose header declares the torn line; if that
@@ -2284,10 +2286,19 @@ fn a_restart_syncs_the_segment_it_continues() {
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     std::fs::remove_file(&last).unwrap();
     std::fs::write(&last, lines[..lines.len() - 2].concat()).unwrap();
-    assert!(dirty_pages(&last) > 0, "the copy is not yet written back");
+    // The kernel writes dirty pages back by itself after 30 s, or sooner under memory
+    // pressure; if it already has, this run cannot show the sync (and does not fail for it).
+    let dirty_before = dirty_pages(&last);
 
     let (_handle, writer) = AuditLog::open(&settings(&log), InstanceId::random()).unwrap();
-    assert_eq!(dirty_pages(&last), 0);
+    assert_eq!(
+        dirty_pages(&last),
+        0,
+        "of {dirty_before} dirty before the restart"
+    );
+    if dirty_before == 0 {
+        eprintln!("note: the crashed segment was written back before the restart");
+    }
     writer.shutdown().unwrap();
     assert!(audit::verify(&log, None).unwrap().ok());
 }

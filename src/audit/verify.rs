@@ -703,12 +703,12 @@ impl Checker {
                 Some(offset) if !declared && header.first_seq <= expected => {
                     return Err(Self::fail(FailureKind::Modified, prev_path, None, *offset));
                 }
-                Some(offset) => self.report.recovered.push(Spot {
+                Some(offset) if declared => self.report.recovered.push(Spot {
                     file: prev_path.clone(),
                     seq: None,
                     offset: *offset,
                 }),
-                None => {}
+                _ => {}
             }
         }
         if header.first_seq == expected && prev == self.head && !other_version {
