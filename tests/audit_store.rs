@@ -362,6 +362,33 @@ fn missing_middle_segment_is_named() {
     assert_eq!(failure.spot.file, segs[3]);
 }
 
+/// Two segment files with their contents swapped: named as a renamed segment at the first of
+/// them (it was reported as a missing segment).
+#[test]
+fn swapped_segment_files_are_named_as_renamed() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 300);
+    let segs = segments(tmp.path());
+    assert!(segs.len() >= 4);
+    let (a, b) = (
+        std::fs::read(&segs[1]).unwrap(),
+        std::fs::read(&segs[2]).unwrap(),
+    );
+    std::fs::write(&segs[1], &b).unwrap();
+    std::fs::write(&segs[2], &a).unwrap();
+    let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+    let name_seq: u64 = file_name(&segs[1])[4..24].parse().unwrap();
+    let header_seq: u64 = file_name(&segs[2])[4..24].parse().unwrap();
+    assert_eq!(
+        failure.kind,
+        FailureKind::RenamedSegment {
+            name_seq,
+            header_seq
+        }
+    );
+    assert_eq!(failure.spot.file, segs[1]);
+}
+
 /// Rewrites every record from `seq` on with a correct chain (what an attacker without the key
 /// can do), after changing record `seq`'s qname.
 fn rechain_from(dir: &Path, seq: u64) {

@@ -73,6 +73,9 @@ pub enum FailureKind {
     /// A whole segment is missing: the chain jumps from `expected_seq` to `found_seq` at a
     /// segment boundary after a properly closed segment.
     MissingSegment { expected_seq: u64, found_seq: u64 },
+    /// A segment file's name says another first seq than its header: renamed, or two files'
+    /// contents swapped.
+    RenamedSegment { name_seq: u64, header_seq: u64 },
     /// A checkpoint signature does not verify.
     BadSignature,
     /// A checkpoint is signed by another key than the `--pubkey` given; `private_key_given`:
@@ -103,6 +106,13 @@ impl fmt::Display for FailureKind {
             Self::Modified => f.write_str("modified record"),
             Self::Deleted { missing } => write!(f, "deleted records ({missing} missing)"),
             Self::Inserted => f.write_str("inserted record"),
+            Self::RenamedSegment {
+                name_seq,
+                header_seq,
+            } => write!(
+                f,
+                "renamed segment (its name says seq {name_seq}, its header seq {header_seq})"
+            ),
             Self::Reordered => f.write_str("reordered records"),
             Self::ModifiedHeader => {
                 f.write_str("modified segment header (its records continue the chain)")
@@ -332,7 +342,7 @@ pub fn verify_with(
         let count = segments.len();
         let mut outcome = Ok(());
         for (i, seg) in segments.iter().enumerate() {
-            outcome = checker.file(&seg.path, false, i + 1 == count);
+            outcome = checker.file(&seg.path, Some(seg.first_seq), false, i + 1 == count);
             if outcome.is_err() {
                 break;
             }
@@ -340,7 +350,7 @@ pub fn verify_with(
         outcome
     } else {
         let csv = query::is_csv_export(path)?;
-        checker.file(path, csv, true)
+        checker.file(path, None, csv, true)
     };
     Ok(checker.finish(outcome.err()))
 }
@@ -458,9 +468,15 @@ impl Checker {
         }
     }
 
-    /// Checks one file. `csv`: rows of a CSV export; `last`: the last file of the log (a torn
-    /// line there is a truncated tail).
-    fn file(&mut self, path: &Path, csv: bool, last: bool) -> Result<(), Failure> {
+    /// Checks one file. `named_seq`: the first seq a segment's file name says; `csv`: rows of
+    /// a CSV export; `last`: the last file of the log (a torn line there is a truncated tail).
+    fn file(
+        &mut self,
+        path: &Path,
+        named_seq: Option<u64>,
+        csv: bool,
+        last: bool,
+    ) -> Result<(), Failure> {
         let mut reader = LineReader::open(path)
             .map_err(|_| Self::fail(FailureKind::Unreadable, path, None, 0))?;
         let next_owned = |reader: &mut LineReader<_>| -> Result<Option<OwnedLine>, Failure> {
@@ -523,6 +539,23 @@ impl Checker {
             // how every line is written; an export may hold lines of both.
             self.lines_state_prev = (!export).then_some(header.version == 1);
             let first_record = next_owned(&mut reader)?;
+            // A header that agrees with its records, under another file's name: the file was
+            // renamed (or two swapped). A header that disagrees is an edit, named by `header`.
+            let agrees = first_record
+                .as_ref()
+                .and_then(|line| LinkView::parse(&line.bytes))
+                .is_none_or(|view| view.seq == header.first_seq);
+            if let Some(name_seq) = named_seq.filter(|&seq| seq != header.first_seq && agrees) {
+                return Err(Self::fail(
+                    FailureKind::RenamedSegment {
+                        name_seq,
+                        header_seq: header.first_seq,
+                    },
+                    path,
+                    Some(header.first_seq),
+                    0,
+                ));
+            }
             self.header(path, &header, prev, first_record.as_ref())?;
             first_record
         };
