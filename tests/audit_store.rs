@@ -294,6 +294,14 @@ fn inserted_record_is_named() {
     let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
     assert_eq!(failure.kind, FailureKind::Inserted);
     assert_eq!(failure.spot.seq, Some(61));
+
+    // A copy of a later record placed before an earlier one (it was named as reordered).
+    let failure = tamper(90, |lines, i| {
+        let copy = lines[i + 5].clone();
+        lines.insert(i, copy);
+    });
+    assert_eq!(failure.kind, FailureKind::Inserted);
+    assert_eq!(failure.spot.seq, Some(95));
 }
 
 /// Writes 300 records, edits the lines of the segment holding `seq` (given the index of that

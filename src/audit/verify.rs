@@ -598,24 +598,31 @@ impl Checker {
     }
 
     /// A seq that jumps ahead looks like a deletion until the missing record turns up later in
-    /// the same file: then it was moved (reordered), not deleted. Only runs on a failure.
+    /// the same file: then it was moved (reordered), not deleted. A record ahead of its place
+    /// looks moved until its seq turns up again further down: then it is a copy (inserted).
+    /// Only runs on a failure.
     fn moved_not_deleted(
         &self,
         failure: Failure,
         next: Option<OwnedLine>,
         more: &mut dyn FnMut() -> Option<OwnedLine>,
     ) -> Failure {
-        let (FailureKind::Deleted { .. }, Some(missing)) = (&failure.kind, failure.spot.seq) else {
-            return failure;
+        let (sought, kind) = match (&failure.kind, failure.spot.seq) {
+            (FailureKind::Deleted { .. }, Some(missing)) => (missing, FailureKind::Reordered),
+            (FailureKind::Reordered, Some(ahead)) => (ahead, FailureKind::Inserted),
+            _ => return failure,
         };
         let mut candidate = next;
         while let Some(line) = candidate {
-            if LinkView::parse(&line.bytes).is_some_and(|view| view.seq == missing) {
-                let found = self.found_seq(&failure);
+            if LinkView::parse(&line.bytes).is_some_and(|view| view.seq == sought) {
+                let seq = match kind {
+                    FailureKind::Reordered => self.found_seq(&failure),
+                    _ => failure.spot.seq,
+                };
                 return Failure {
-                    kind: FailureKind::Reordered,
+                    kind,
                     spot: Spot {
-                        seq: found,
+                        seq,
                         ..failure.spot
                     },
                 };
