@@ -2502,3 +2502,46 @@ fn a_range_export_before_a_crash_runs_on_to_the_restarts_checkpoint() {
     assert_eq!(report.last_seq, Some(signed.seq));
     assert!(signed.time > at(60_000), "the restart's checkpoint");
 }
+
+/// A checkpoint's time range and line count, which searches and summaries use to skip a
+/// closed segment and which its signature does not cover, must match the segment's records:
+/// a closing checkpoint rewritten (with its line's hash) to a range that hides the segment
+/// from a time-range search passed `verify --pubkey`.
+#[test]
+fn a_checkpoint_stating_another_time_range_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (settings, public) = signed_log(tmp.path(), 50);
+    let last = segments(&settings.dir).pop().unwrap();
+    let text = std::fs::read_to_string(&last).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let closing = Record::parse(lines.last().unwrap().as_bytes()).unwrap();
+    let Entry::Checkpoint(cp) = &closing.entry else {
+        panic!("the segment ends in its closing checkpoint");
+    };
+    assert!(cp.close);
+    let before = Record::parse(lines[lines.len() - 2].as_bytes()).unwrap();
+    let prev = segment::decode_hash(before.hash.as_bytes()).unwrap();
+    let long_ago = "2001-01-01T00:00:00.000000Z";
+    let edited = lines
+        .last()
+        .unwrap()
+        .replace(&cp.min_time.unwrap().to_string(), long_ago)
+        .replace(&cp.max_time.unwrap().to_string(), long_ago);
+    let (body, _) = segment::split_hash(edited.as_bytes()).unwrap();
+    let hash = segment::recompute(&prev, body);
+    let body = String::from_utf8(body.to_vec()).unwrap();
+    *lines.last_mut().unwrap() = format!("{body},\"hash\":\"{}\"}}", hex::encode(hash));
+    std::fs::write(&last, lines.join("\n") + "\n").unwrap();
+    assert!(
+        std::fs::read_to_string(&last).unwrap().contains(long_ago),
+        "edited"
+    );
+
+    let report = audit::verify(&settings.dir, Some(&public)).unwrap();
+    let failure = report.failure.expect("the checkpoint no longer matches");
+    assert_eq!(failure.kind, FailureKind::Modified);
+    assert_eq!(
+        (failure.spot.file, failure.spot.seq),
+        (last, Some(closing.seq))
+    );
+}

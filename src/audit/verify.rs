@@ -415,6 +415,19 @@ struct Checker {
     unsigned: u64,
     /// The records after the last signed checkpoint (all of them, until one is found).
     unsigned_tail: Option<UnsignedTail>,
+    /// What the current segment holds so far, which its checkpoints state (`None` in an export,
+    /// where segments are not told apart).
+    segment_so_far: Option<SegmentSoFar>,
+}
+
+/// The lines of a segment up to a point: what a checkpoint states of its segment. Readers skip
+/// a closed segment by its closing checkpoint's `min_time`/`max_time`, and the signature does
+/// not cover them, so they are checked against the records themselves.
+#[derive(Default)]
+struct SegmentSoFar {
+    lines: u64,
+    min_time: Option<Timestamp>,
+    max_time: Option<Timestamp>,
 }
 
 /// Where the records after the last signed checkpoint begin, and the times they span. The
@@ -454,6 +467,7 @@ impl Checker {
             lines_state_prev: None,
             unsigned: 0,
             unsigned_tail: None,
+            segment_so_far: None,
         }
     }
 
@@ -535,6 +549,7 @@ impl Checker {
                 .prev_hash()
                 .ok_or_else(|| Self::fail(FailureKind::Unreadable, path, None, 0))?;
             export = header.kind == HeaderKind::Export;
+            self.segment_so_far = (!export).then(SegmentSoFar::default);
             // A writer writes a whole segment in one version, so the header's version says
             // how every line is written; an export may hold lines of both.
             self.lines_state_prev = (!export).then_some(header.version == 1);
@@ -810,6 +825,11 @@ impl Checker {
             if view.kind == "checkpoint" {
                 return self.checkpoint(path, line, view.seq, view.time, head_before);
             }
+            if let Some(so_far) = &mut self.segment_so_far {
+                so_far.lines += 1;
+                so_far.min_time = Some(so_far.min_time.map_or(view.time, |t| t.min(view.time)));
+                so_far.max_time = Some(so_far.max_time.map_or(view.time, |t| t.max(view.time)));
+            }
             match &mut self.unsigned_tail {
                 Some(tail) => {
                     tail.earliest = tail.earliest.min(view.time);
@@ -883,6 +903,14 @@ impl Checker {
         let Some(head) = head else {
             return Err(fail(FailureKind::Modified));
         };
+        if let Some(so_far) = &mut self.segment_so_far {
+            if (cp.records, cp.min_time, cp.max_time)
+                != (so_far.lines, so_far.min_time, so_far.max_time)
+            {
+                return Err(fail(FailureKind::Modified));
+            }
+            so_far.lines += 1;
+        }
         match (&cp.sig, &self.key) {
             (Some(sig), key) => {
                 let embedded = cp
