@@ -254,14 +254,35 @@ fn audit(path: &std::path::Path, command: AuditCommand) -> ExitCode {
         }
     };
     let mut stdout = std::io::stdout().lock();
-    match dnsward::audit::cli::run(command, &settings, &mut stdout) {
+    match dnsward::audit::cli::run_to(command, &settings, &mut stdout, &stdout_reader_gone) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
+        // The reader took what it wanted (`| head`): a normal end, as for other tools that
+        // write to a pipe.
+        Err(dnsward::audit::AuditError::Output(error))
+            if error.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("dnsward audit: {error}");
             ExitCode::from(1)
         }
     }
+}
+
+/// Whether standard output is a pipe or socket whose reader has gone (poll reports an error or
+/// a hang-up on it).
+fn stdout_reader_gone() -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let stdout = std::io::stdout();
+    let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    poll(&mut fds, Some(&now)).is_ok()
+        && fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP)
 }
 
 /// `audit search --list NAME` for a name that no list of the configuration has: the search

@@ -2545,3 +2545,51 @@ fn a_checkpoint_stating_another_time_range_is_named() {
         (last, Some(closing.seq))
     );
 }
+
+/// `audit search` into a pipe whose reader has gone (`| head -1`) ends as a normal end: a
+/// plain search exits 0 without an error message (it said "Broken pipe" and exited 1), and
+/// `--follow` with a filter that matches nothing more ends when it is next idle (it waited for
+/// a match to write, forever).
+#[test]
+fn search_ends_quietly_when_its_reader_goes() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 500);
+    let dir = tmp.path().to_str().unwrap();
+    let search = |extra: &[&str]| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dnsward"))
+            .args(["audit", "search", "--dir", dir])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Gone before anything could be written.
+        drop(child.stdout.take());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("`audit search {extra:?}` did not end when its reader went");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    };
+    for extra in [
+        &["--json"][..],
+        &["--follow", "--json", "--domain", "=nothing.example"][..],
+    ] {
+        let output = search(extra);
+        assert!(
+            output.status.success(),
+            "{extra:?}: {:?} {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

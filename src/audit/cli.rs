@@ -260,6 +260,18 @@ pub fn run(
     settings: &AuditSettings,
     out: &mut dyn Write,
 ) -> Result<bool, AuditError> {
+    run_to(command, settings, out, &|| false)
+}
+
+/// [`run`], where `out_closed` says whether the reader of `out` has gone (a pipe's other end
+/// closed): `search --follow` then ends when it is next idle, instead of waiting for a match
+/// to write.
+pub fn run_to(
+    command: AuditCommand,
+    settings: &AuditSettings,
+    out: &mut dyn Write,
+    out_closed: &dyn Fn() -> bool,
+) -> Result<bool, AuditError> {
     let audit_dir = settings.dir.as_path();
     match command {
         AuditCommand::Search {
@@ -297,7 +309,7 @@ pub fn run(
             };
             let dir = pick(&dir, audit_dir);
             if follow {
-                super::follow::follow(dir, &filter, format, out)?;
+                super::follow::follow(dir, &filter, format, out, out_closed)?;
             } else {
                 let shown = query::write_hits(query::search(dir, &filter)?, format, out)?;
                 if shown == 0

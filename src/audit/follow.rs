@@ -1,6 +1,6 @@
 //! `dnsward audit search --follow`: the search, then every matching record as the writer
 //! appends it (as `tail -f` on the log, with the search's filters), until the process is
-//! stopped.
+//! stopped or its output's reader has gone.
 //!
 //! The log is append-only: new records are new lines at the end of the newest segment, or a new
 //! segment after it. The follower notes where the log ends before the search begins (the
@@ -37,12 +37,15 @@ const HEADER_MAX: usize = 4096;
 const READ_CHUNK: u64 = 4 << 20;
 
 /// Runs the search, then follows the log forever, writing each match to `out` (flushed per
-/// batch). Returns only on an error (the output closed, the log unreadable).
+/// batch). Returns when `out_closed` says the output's reader has gone (checked while idle, as
+/// `tail -f` does: a filter that matches nothing more would otherwise never find out), or on
+/// an error (the output failed, the log unreadable).
 pub fn follow(
     dir: &Path,
     filter: &Filter,
     format: OutputFormat,
     out: &mut dyn Write,
+    out_closed: &dyn Fn() -> bool,
 ) -> Result<(), AuditError> {
     let (mut tail, end_seq) = Tail::at_end(dir)?;
     let mut writer = HitWriter::new(format).following();
@@ -59,6 +62,9 @@ pub fn follow(
             continue;
         }
         let Some(later) = tail.later_segment(dir)? else {
+            if out_closed() {
+                return Ok(());
+            }
             std::thread::sleep(POLL);
             continue;
         };
@@ -301,7 +307,15 @@ mod tests {
         let printed = Printed::default();
         let mut out = printed.clone();
         let dir = dir.to_owned();
-        std::thread::spawn(move || follow(&dir, &Filter::default(), OutputFormat::Jsonl, &mut out));
+        std::thread::spawn(move || {
+            follow(
+                &dir,
+                &Filter::default(),
+                OutputFormat::Jsonl,
+                &mut out,
+                &|| false,
+            )
+        });
         printed
     }
 
