@@ -2593,3 +2593,57 @@ fn search_ends_quietly_when_its_reader_goes() {
         );
     }
 }
+
+/// A segment's stated time range covers the losses its gap records count (they began before
+/// the gap record could be written), so a range search or summary of that time reads the
+/// segment; `verify` accepts a stated range wider than the records' own times.
+#[test]
+fn a_segment_range_covers_the_losses_of_its_gap_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = AuditSettings {
+        queue_capacity: 2,
+        segment_max_bytes: 64 * 1024 * 1024,
+        ..settings(tmp.path())
+    };
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    // Timed an hour ahead, so only the losses and the writer's own records are timed now.
+    let ahead = std::time::SystemTime::now() + Duration::from_secs(3600);
+    for _ in 0..20_000 {
+        handle.record(query_record(
+            ahead,
+            "192.0.2.1:5300".parse().unwrap(),
+            "udp",
+            "burst.example.",
+            RecordType::A,
+            false,
+            100,
+        ));
+    }
+    writer.shutdown().unwrap();
+    assert!(handle.dropped() > 0, "the burst overflowed the queue");
+    for path in segments(tmp.path()) {
+        let records = all_records_of(&path);
+        let Some(Entry::Checkpoint(closing)) = records.last().map(|r| &r.entry) else {
+            panic!("a closed segment");
+        };
+        for record in &records {
+            if let Entry::Gap { first, .. } = &record.entry {
+                assert!(
+                    closing.min_time.is_some_and(|min| min <= *first),
+                    "{:?} does not cover a gap from {first}",
+                    closing.min_time
+                );
+            }
+        }
+    }
+    assert!(audit::verify(tmp.path(), None).unwrap().ok());
+}
+
+fn all_records_of(path: &Path) -> Vec<Record> {
+    std::fs::read(path)
+        .unwrap()
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| Record::parse(line).ok())
+        .collect()
+}

@@ -354,8 +354,8 @@ struct Quick<'a> {
 
 enum Scan<'a> {
     Query(Quick<'a>),
-    /// Not a query record (service or checkpoint), with its time.
-    Other(&'a [u8]),
+    /// Not a query record (service or checkpoint).
+    Other,
     /// Not in the writer's exact layout (escapes, or written by other software): parse fully.
     Unsure,
 }
@@ -416,7 +416,7 @@ fn scan(line: &[u8]) -> Scan<'_> {
         c.string()?;
         c.key(b",\"type\":\"")?;
         if c.string()? != b"query" {
-            return Some(Scan::Other(time));
+            return Some(Scan::Other);
         }
         c.key(b",\"generation\":")?;
         c.digits()?;
@@ -660,7 +660,7 @@ fn scan_segment(path: &Path, compiled: &Compiled<'_>) -> Batch {
                 }
             }
             Scan::Unsure => found.push(line.to_vec()),
-            Scan::Query(_) | Scan::Other(_) => {}
+            Scan::Query(_) | Scan::Other => {}
         }
     }
     Ok(found)
@@ -728,10 +728,11 @@ pub struct Summary {
     pub per_list: BTreeMap<String, u64>,
     /// Queries per UTC hour (`2025-01-31T12`).
     pub per_hour: BTreeMap<String, u64>,
-    /// Records lost to a full queue, from gap records in range.
+    /// Queries without a record of their own (queue full, log not writable, abandoned at a
+    /// stop), from gap records whose losses meet the range.
     pub dropped: u64,
     /// Queries from outside `server.allow` answered but not recorded one by one (over
-    /// `outsider_records_per_sec`), from suppressed records in range.
+    /// `outsider_records_per_sec`), from suppressed records whose span meets the range.
     pub suppressed: u64,
 }
 
@@ -771,10 +772,20 @@ fn bump(map: &mut CountMap, key: &[u8], by: u64) {
 
 impl Tally {
     /// Queries answered without a record of their own: lost (gap) or over the outsider limit.
-    fn count_losses(&mut self, entry: &Entry) {
+    /// Counted when the time they span (not when they were written, which is after an outage
+    /// ended) meets the range.
+    fn count_losses(&mut self, entry: &Entry, range: &TimeRange) {
         match entry {
-            Entry::Gap { dropped, .. } => self.dropped += dropped,
-            Entry::Suppressed { records, .. } => self.suppressed += records,
+            Entry::Gap {
+                dropped,
+                first,
+                last,
+            } if range.overlaps(*first, *last) => self.dropped += dropped,
+            Entry::Suppressed {
+                records,
+                first,
+                last,
+            } if range.overlaps(*first, *last) => self.suppressed += records,
             _ => {}
         }
     }
@@ -901,25 +912,19 @@ impl Tally {
                         self.add(q.time, q.client, q.qname, q.decision, q.list);
                     }
                 }
-                Scan::Other(time) => {
+                Scan::Other => {
                     let counted = memchr::memmem::find(line, b"\"type\":\"gap\"").is_some()
                         || memchr::memmem::find(line, b"\"type\":\"suppressed\"").is_some();
-                    if bytes.contains(time)
-                        && counted
-                        && let Ok(record) = Record::parse(line)
-                    {
-                        self.count_losses(&record.entry);
+                    if counted && let Ok(record) = Record::parse(line) {
+                        self.count_losses(&record.entry, range);
                     }
                 }
                 Scan::Unsure => {
                     let Ok(record) = Record::parse(line) else {
                         continue;
                     };
-                    if !range.contains(record.time) {
-                        continue;
-                    }
                     match &record.entry {
-                        Entry::Query(q) => {
+                        Entry::Query(q) if range.contains(record.time) => {
                             let time = record.time.to_string();
                             self.add(
                                 time.as_bytes(),
@@ -929,7 +934,7 @@ impl Tally {
                                 q.rule.as_ref().map(|r| r.list.as_bytes()),
                             );
                         }
-                        entry => self.count_losses(entry),
+                        entry => self.count_losses(entry, range),
                     }
                 }
             }
@@ -1104,7 +1109,12 @@ impl fmt::Display for Summary {
             show(self.last)
         )?;
         if self.dropped > 0 {
-            writeln!(f, "dropped (queue full, see gap records): {}", self.dropped)?;
+            writeln!(
+                f,
+                "lost, not recorded one by one (queue full, log not writable, or abandoned at a \
+                 stop; see gap records): {}",
+                self.dropped
+            )?;
         }
         if self.suppressed > 0 {
             writeln!(
@@ -1867,6 +1877,59 @@ mod tests {
         assert!(segment_data(&path, &all).unwrap().is_none());
         let range = TimeRange::parse(Some("1h"), None, None).unwrap();
         assert!(segment_data(&path, &range).unwrap().is_none());
+    }
+
+    /// A gap record is written when the log can be written again, after the losses it counts:
+    /// a summary counts it in the range its losses span, not where it was written (an outage
+    /// from 10:50 to 11:10 showed in 11:00-12:00 and not at all in 10:00-11:00).
+    #[test]
+    fn summary_counts_losses_when_they_happened() {
+        use crate::audit::record::Checkpoint;
+        use crate::audit::segment::{GENESIS, Header, HeaderKind, encode_record};
+        let at = |text: &str| Timestamp::parse_rfc3339(text).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        Header::new(HeaderKind::Segment, 1, &GENESIS, "i1")
+            .encode(&mut bytes)
+            .unwrap();
+        let gap = Entry::Gap {
+            dropped: 5000,
+            first: at("2026-12-02T10:50:00Z"),
+            last: at("2026-12-02T11:09:59Z"),
+        };
+        let written = at("2026-12-02T11:10:00Z");
+        let head = encode_record(&mut bytes, 1, &GENESIS, written, "i1", &gap).unwrap();
+        let close = Entry::Checkpoint(Checkpoint {
+            head_seq: 1,
+            head: hex::encode(head),
+            key: None,
+            sig: None,
+            close: true,
+            min_time: Some(at("2026-12-02T10:50:00Z")),
+            max_time: Some(written),
+            records: 1,
+        });
+        encode_record(&mut bytes, 2, &head, written, "i1", &close).unwrap();
+        std::fs::write(dir.path().join("seg-00000000000000000001.dwlog"), &bytes).unwrap();
+        assert!(crate::audit::verify(dir.path(), None).unwrap().ok());
+
+        let dropped = |from: &str, to: &str| {
+            let range = TimeRange {
+                from: Some(at(from)),
+                to: Some(at(to)),
+            };
+            summary(dir.path(), &range).unwrap().dropped
+        };
+        assert_eq!(
+            dropped("2026-12-02T10:00:00Z", "2026-12-02T11:00:00Z"),
+            5000
+        );
+        assert_eq!(
+            dropped("2026-12-02T11:00:00Z", "2026-12-02T11:05:00Z"),
+            5000
+        );
+        assert_eq!(dropped("2026-12-02T11:30:00Z", "2026-12-02T12:00:00Z"), 0);
+        assert_eq!(dropped("2026-12-02T09:00:00Z", "2026-12-02T10:00:00Z"), 0);
     }
 
     #[test]

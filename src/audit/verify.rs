@@ -904,9 +904,17 @@ impl Checker {
             return Err(fail(FailureKind::Modified));
         };
         if let Some(so_far) = &mut self.segment_so_far {
-            if (cp.records, cp.min_time, cp.max_time)
-                != (so_far.lines, so_far.min_time, so_far.max_time)
-            {
+            // The stated range may be wider (a gap record's losses began before it was
+            // written), never narrower: that would hide records from a range search.
+            let min_holds = match (cp.min_time, so_far.min_time) {
+                (Some(stated), Some(found)) => stated <= found,
+                (stated, found) => stated.is_none() && found.is_none(),
+            };
+            let max_holds = match (cp.max_time, so_far.max_time) {
+                (Some(stated), Some(found)) => stated >= found,
+                (stated, found) => stated.is_none() && found.is_none(),
+            };
+            if cp.records != so_far.lines || !min_holds || !max_holds {
                 return Err(fail(FailureKind::Modified));
             }
             so_far.lines += 1;

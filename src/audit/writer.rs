@@ -1369,17 +1369,13 @@ impl Store {
         let mut client = std::mem::take(&mut self.client_text);
         client.clear();
         self.anonymizer.write_client(record.client, &mut client);
-        let result = self.append_with(
-            Timestamp::from_system_time(record.time),
-            Origin::Query,
-            false,
-            |buf| {
-                // The anonymiser writes ASCII only.
-                let client = std::str::from_utf8(&client).unwrap_or_default();
-                record::write_query_members(buf, record, client);
-                Ok(())
-            },
-        );
+        let time = Timestamp::from_system_time(record.time);
+        let result = self.append_with(time, Origin::Query, Some((time, time)), |buf| {
+            // The anonymiser writes ASCII only.
+            let client = std::str::from_utf8(&client).unwrap_or_default();
+            record::write_query_members(buf, record, client);
+            Ok(())
+        });
         self.client_text = client;
         result
     }
@@ -1514,7 +1510,16 @@ impl Store {
             | Entry::Recovered { .. }
             | Entry::Checkpoint(_) => Origin::Writer,
         };
-        self.append(time, entry, origin, matches!(entry, Entry::Checkpoint(_)))
+        // What a range search must find this record for: a count of losses, the time they
+        // span, though it is written when the log can be written again.
+        let covers = match entry {
+            Entry::Checkpoint(_) => None,
+            Entry::Gap { first, last, .. } | Entry::Suppressed { first, last, .. } => {
+                Some(((*first).min(time), (*last).max(time)))
+            }
+            _ => Some((time, time)),
+        };
+        self.append(time, entry, origin, covers)
     }
 
     fn append<E: serde::Serialize + ?Sized>(
@@ -1522,23 +1527,25 @@ impl Store {
         time: Timestamp,
         entry: &E,
         origin: Origin,
-        checkpoint: bool,
+        covers: Option<(Timestamp, Timestamp)>,
     ) -> Result<(), AuditError> {
-        self.append_with(time, origin, checkpoint, |buf| {
+        self.append_with(time, origin, covers, |buf| {
             let start = buf.len();
             serde_json::to_writer(&mut *buf, entry).map_err(AuditError::Encode)?;
             segment::unwrap_object(buf, start)
         })
     }
 
-    /// Encodes one record into the batch; closes the segment when it is full. Checkpoints do
-    /// not count toward the segment's time range and never trigger a close (a closing
-    /// checkpoint may push a segment slightly past its size limit).
+    /// Encodes one record into the batch; closes the segment when it is full. `covers`: the
+    /// times the record speaks for, which the segment's time range must include (its own time;
+    /// a gap's, the losses it counts); `None` for a checkpoint, which does not count toward the
+    /// range and never triggers a close (a closing checkpoint may push a segment slightly past
+    /// its size limit).
     fn append_with(
         &mut self,
         time: Timestamp,
         origin: Origin,
-        checkpoint: bool,
+        covers: Option<(Timestamp, Timestamp)>,
         members: impl FnOnce(&mut Vec<u8>) -> Result<(), AuditError>,
     ) -> Result<(), AuditError> {
         if self.segment.is_none() {
@@ -1563,12 +1570,13 @@ impl Store {
             return Ok(());
         };
         segment.records += 1;
-        if !checkpoint {
-            segment.min_time = Some(segment.min_time.map_or(time, |t| t.min(time)));
-            segment.max_time = Some(segment.max_time.map_or(time, |t| t.max(time)));
-        }
+        let Some((earliest, latest)) = covers else {
+            return Ok(());
+        };
+        segment.min_time = Some(segment.min_time.map_or(earliest, |t| t.min(earliest)));
+        segment.max_time = Some(segment.max_time.map_or(latest, |t| t.max(latest)));
         let full = segment.bytes + self.buf.len() as u64 >= self.settings.segment_max_bytes;
-        if full && !checkpoint {
+        if full {
             self.close_segment()?;
         }
         Ok(())
