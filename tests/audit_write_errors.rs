@@ -26,6 +26,7 @@ static TURN: Mutex<()> = Mutex::new(());
 
 #[allow(unsafe_code)]
 fn limit_file_size(bytes: u64) {
+    outputs_through_a_pipe();
     // SAFETY: plain libc calls with valid arguments. Without SIGXFSZ ignored, the first write
     // past the limit would kill the process instead of failing.
     unsafe {
@@ -35,6 +36,39 @@ fn limit_file_size(bytes: u64) {
         limit.rlim_cur = bytes.min(limit.rlim_max);
         assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
     }
+}
+
+/// The limit is the whole process's, and the test harness prints each result to standard
+/// output: where that is a file (`cargo test > log`), a print while a test holds a limit of a
+/// byte fails, and the harness dies without a word. Standard output and error go through a pipe
+/// to a `cat` started before any limit instead (a child keeps the limits it started with).
+#[allow(unsafe_code)]
+fn outputs_through_a_pipe() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+            // SAFETY: fstat of a descriptor number into a zeroed buffer of its type.
+            let mut stat = unsafe { std::mem::zeroed::<libc::stat>() };
+            let is_file = unsafe { libc::fstat(fd, &mut stat) } == 0
+                && stat.st_mode & libc::S_IFMT == libc::S_IFREG;
+            if !is_file {
+                continue;
+            }
+            // SAFETY: `fd` is open (fstat said so); the copy is owned by `file` alone.
+            let file = unsafe { OwnedFd::from_raw_fd(libc::dup(fd)) };
+            let mut cat = std::process::Command::new("cat")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::from(file))
+                .spawn()
+                .expect("cat runs");
+            let pipe = cat.stdin.take().expect("cat's stdin is a pipe");
+            // SAFETY: both descriptors are open; `fd` now names the pipe.
+            assert_eq!(unsafe { libc::dup2(pipe.as_raw_fd(), fd) }, fd);
+            // It ends when this process exits and the pipe's last write end closes.
+            std::mem::forget(cat);
+        }
+    });
 }
 
 fn settings(dir: &Path) -> AuditSettings {
