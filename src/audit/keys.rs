@@ -68,23 +68,63 @@ pub fn key_paths(prefix: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// Generates a key pair and writes it; never overwrites an existing file (a lost private key
-/// makes every past checkpoint unverifiable against a new public key).
+/// makes every past checkpoint unverifiable against a new public key). Both files are written
+/// under temporary names and linked into place, so a failure (a file in the way, a full disk)
+/// leaves neither: a private key without its public one would block every retry.
 pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf), AuditError> {
     let (secret_path, public_path) = key_paths(prefix);
     for path in [&secret_path, &public_path] {
-        if path.exists() {
+        if path.symlink_metadata().is_ok() {
             return Err(AuditError::KeyExists { path: path.clone() });
         }
     }
     let seed: [u8; 32] = rand::random();
     let key = SigningKey::from_bytes(&seed);
-    write_new(&secret_path, &hex::encode(key.to_bytes()), 0o600)?;
-    write_new(
-        &public_path,
-        &hex::encode(key.verifying_key().as_bytes()),
-        0o644,
-    )?;
+    let partial = |path: &Path| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".partial-{}", std::process::id()));
+        PathBuf::from(name)
+    };
+    let (secret_partial, public_partial) = (partial(&secret_path), partial(&public_path));
+    let written = write_new(&secret_partial, &hex::encode(key.to_bytes()), 0o600)
+        .and_then(|()| {
+            write_new(
+                &public_partial,
+                &hex::encode(key.verifying_key().as_bytes()),
+                0o644,
+            )
+        })
+        .and_then(|()| link_new(&secret_partial, &secret_path))
+        .and_then(|()| {
+            link_new(&public_partial, &public_path).inspect_err(|_| {
+                let _ = std::fs::remove_file(&secret_path);
+            })
+        });
+    let _ = std::fs::remove_file(&secret_partial);
+    let _ = std::fs::remove_file(&public_partial);
+    written?;
+    if let Some(dir) = secret_path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+    {
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(AuditError::io(dir))?;
+    }
     Ok((secret_path, public_path))
+}
+
+/// Gives `from` the name `to` too, unless something already has it (a link never replaces).
+fn link_new(from: &Path, to: &Path) -> Result<(), AuditError> {
+    std::fs::hard_link(from, to).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::AlreadyExists {
+            AuditError::KeyExists {
+                path: to.to_owned(),
+            }
+        } else {
+            AuditError::io(to)(error)
+        }
+    })
 }
 
 fn write_new(path: &Path, hex_text: &str, mode: u32) -> Result<(), AuditError> {
@@ -115,7 +155,10 @@ fn read_hex32(path: &Path) -> Result<[u8; 32], AuditError> {
 /// Loads the private key. Refuses a `.pub` file: also 64 hex digits, so it would load, and
 /// checkpoints signed with it could be forged by anyone who has the public key.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, AuditError> {
-    if path.extension().is_some_and(|ext| ext == "pub") {
+    if path
+        .extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("pub"))
+    {
         return Err(AuditError::Key {
             path: path.to_owned(),
             reason: "this is the public key; signing needs the .key file that keygen wrote \
@@ -214,6 +257,30 @@ mod tests {
                 assert_eq!(exposure(&secret), None, "{private:o}");
             }
         }
+    }
+
+    /// A file in the way of the public key (here a dangling symbolic link) fails keygen and
+    /// leaves no private key behind (it did, and blocked every retry); `.PUB` is a public key.
+    #[test]
+    fn keygen_writes_both_files_or_neither() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("b");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join("b.pub")).unwrap();
+        assert!(matches!(
+            keygen(&prefix),
+            Err(AuditError::KeyExists { ref path }) if path.ends_with("b.pub")
+        ));
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["b.pub"], "nothing but the link");
+        std::fs::remove_file(dir.path().join("b.pub")).unwrap();
+        let (_, public) = keygen(&prefix).unwrap();
+        let upper = dir.path().join("b.PUB");
+        std::fs::copy(&public, &upper).unwrap();
+        let error = load_signing_key(&upper).unwrap_err().to_string();
+        assert!(error.contains("this is the public key"), "{error}");
     }
 
     #[test]
