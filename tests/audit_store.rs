@@ -577,14 +577,19 @@ fn records_sent_during_the_stop_are_written_or_counted() {
     }
 }
 
+/// A log in `dir` whose queue holds two records (a burst overflows it), in one segment.
+fn two_slot_queue(dir: &Path) -> AuditSettings {
+    AuditSettings {
+        queue_capacity: 2,
+        segment_max_bytes: 64 * 1024 * 1024,
+        ..settings(dir)
+    }
+}
+
 #[test]
 fn full_queue_is_recorded_as_a_gap_with_the_right_count() {
     let tmp = tempfile::tempdir().unwrap();
-    let settings = AuditSettings {
-        queue_capacity: 2,
-        segment_max_bytes: 64 * 1024 * 1024,
-        ..settings(tmp.path())
-    };
+    let settings = two_slot_queue(tmp.path());
     let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
     let burst = 20_000;
     for i in 0..burst {
@@ -1840,6 +1845,57 @@ fn export_to_a_file_is_all_or_nothing_and_never_inside_the_log() {
     );
 }
 
+/// A signing log's settings under `tmp/log` (keys under `tmp/keys`), one segment, and the
+/// public key file.
+fn signed_settings(tmp: &Path, checkpoint_interval_secs: u64) -> (AuditSettings, PathBuf) {
+    let keydir = tmp.join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let (secret, public) = keys::keygen(&keydir).unwrap();
+    let settings = AuditSettings {
+        signing_key: Some(secret),
+        checkpoint_interval_secs,
+        segment_max_bytes: 64 * 1024 * 1024,
+        ..settings(&tmp.join("log"))
+    };
+    (settings, public)
+}
+
+/// An allowed `A` query for `qname` from 192.0.2.1, arrived at `time`.
+fn query_timed(time: std::time::SystemTime, qname: &str) -> DecisionRecord {
+    query_record(
+        time,
+        "192.0.2.1:5300".parse().unwrap(),
+        "udp",
+        qname,
+        RecordType::A,
+        false,
+        100,
+    )
+}
+
+/// How many query records the log holds.
+fn query_records_in(dir: &Path) -> usize {
+    all_records(dir)
+        .iter()
+        .filter(|r| matches!(r.entry, Entry::Query(_)))
+        .count()
+}
+
+/// Waits for the first signed checkpoint after the log's first query record.
+fn wait_for_signed_checkpoint_after_a_query(dir: &Path) -> Record {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(checkpoint) = signed_checkpoint_after_a_query(dir) {
+            return checkpoint;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no periodic checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The first signed checkpoint after the log's first query record.
 fn signed_checkpoint_after_a_query(dir: &Path) -> Option<Record> {
     all_records(dir)
@@ -1855,40 +1911,12 @@ fn signed_checkpoint_after_a_query(dir: &Path) -> Option<Record> {
 #[test]
 fn the_unsigned_tail_is_the_span_of_the_records_after_the_last_signed_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let keydir = tmp.path().join("keys");
-    std::fs::create_dir_all(&keydir).unwrap();
-    let (secret, public) = keys::keygen(&keydir).unwrap();
-    let settings = AuditSettings {
-        signing_key: Some(secret),
-        checkpoint_interval_secs: 1,
-        segment_max_bytes: 64 * 1024 * 1024,
-        ..settings(&tmp.path().join("log"))
-    };
+    let (settings, public) = signed_settings(tmp.path(), 1);
     let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
     let now = std::time::SystemTime::now();
-    let query_at = |secs: u64| {
-        query_record(
-            now + Duration::from_secs(secs),
-            "192.0.2.1:5300".parse().unwrap(),
-            "udp",
-            "quiet.example.",
-            RecordType::A,
-            false,
-            100,
-        )
-    };
+    let query_at = |secs: u64| query_timed(now + Duration::from_secs(secs), "quiet.example.");
     handle.record(query_at(0));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let signed_seq = loop {
-        if let Some(checkpoint) = signed_checkpoint_after_a_query(&settings.dir) {
-            break checkpoint.seq;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no periodic checkpoint"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let signed_seq = wait_for_signed_checkpoint_after_a_query(&settings.dir).seq;
     // The next queries come after 40 s and 80 s of quiet (their arrival times say so); one
     // hand-over, so no timed checkpoint falls between them.
     handle.record_batch(&mut vec![query_at(40), query_at(80)]);
@@ -1931,17 +1959,7 @@ fn the_unsigned_tail_is_the_span_of_the_records_after_the_last_signed_checkpoint
     };
     let (handle, writer) = AuditLog::open(&held, InstanceId::random()).unwrap();
     handle.record(query_at(0));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let signed_seq = loop {
-        if let Some(checkpoint) = signed_checkpoint_after_a_query(&held.dir) {
-            break checkpoint.seq;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no periodic checkpoint"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let signed_seq = wait_for_signed_checkpoint_after_a_query(&held.dir).seq;
     let mut late = query_at(1);
     late.time = now - Duration::from_secs(60);
     handle.record_batch(&mut vec![late, query_at(1)]);
@@ -2129,40 +2147,12 @@ fn verify_names_the_signing_keys_and_warns_when_signing_changes_or_stops() {
 #[test]
 fn a_range_export_runs_on_to_the_next_signed_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let keydir = tmp.path().join("keys");
-    std::fs::create_dir_all(&keydir).unwrap();
-    let (secret, public) = keys::keygen(&keydir).unwrap();
-    let settings = AuditSettings {
-        signing_key: Some(secret),
-        checkpoint_interval_secs: 1,
-        segment_max_bytes: 64 * 1024 * 1024,
-        ..settings(&tmp.path().join("log"))
-    };
+    let (settings, public) = signed_settings(tmp.path(), 1);
     let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
     let start = std::time::SystemTime::now();
-    let query_at = |ms: u64| {
-        query_record(
-            start + Duration::from_millis(ms),
-            "192.0.2.1:5300".parse().unwrap(),
-            "udp",
-            "range.example.",
-            RecordType::A,
-            false,
-            100,
-        )
-    };
+    let query_at = |ms: u64| query_timed(start + Duration::from_millis(ms), "range.example.");
     handle.record_batch(&mut (0..5).map(query_at).collect());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let checkpoint = loop {
-        if let Some(found) = signed_checkpoint_after_a_query(&settings.dir) {
-            break found;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no periodic checkpoint"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let checkpoint = wait_for_signed_checkpoint_after_a_query(&settings.dir);
     handle.record_batch(&mut (5..10).map(query_at).collect());
     writer.shutdown().unwrap();
 
@@ -2206,34 +2196,10 @@ fn copy_log(from: &Path, to: &Path) {
 #[test]
 fn a_signing_writer_signs_the_head_it_starts_from() {
     let tmp = tempfile::tempdir().unwrap();
-    let keydir = tmp.path().join("keys");
-    std::fs::create_dir_all(&keydir).unwrap();
-    let (secret, public) = keys::keygen(&keydir).unwrap();
-    let settings = AuditSettings {
-        signing_key: Some(secret),
-        // No periodic checkpoint during the test.
-        checkpoint_interval_secs: 20,
-        segment_max_bytes: 64 * 1024 * 1024,
-        ..settings(&tmp.path().join("log"))
-    };
+    // No periodic checkpoint during the test.
+    let (settings, public) = signed_settings(tmp.path(), 20);
     let now = std::time::SystemTime::now();
-    let query_at = |secs: u64| {
-        query_record(
-            now + Duration::from_secs(secs),
-            "192.0.2.1:5300".parse().unwrap(),
-            "udp",
-            "crash.example.",
-            RecordType::A,
-            false,
-            100,
-        )
-    };
-    let queries_in = |dir: &Path| {
-        all_records(dir)
-            .iter()
-            .filter(|r| matches!(r.entry, Entry::Query(_)))
-            .count()
-    };
+    let query_at = |secs: u64| query_timed(now + Duration::from_secs(secs), "crash.example.");
     // Runs a writer on `dir`, records one query timed `secs` from now, and copies the log to
     // `crashed` as soon as the query is written: what a kill -9 then would leave.
     let run_and_crash = |dir: &Path, secs: u64, crashed: &Path| {
@@ -2245,10 +2211,10 @@ fn a_signing_writer_signs_the_head_it_starts_from() {
             InstanceId::random(),
         )
         .unwrap();
-        let before = queries_in(dir);
+        let before = query_records_in(dir);
         handle.record(query_at(secs));
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while queries_in(dir) == before {
+        while query_records_in(dir) == before {
             assert!(std::time::Instant::now() < deadline, "the query is written");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -2265,7 +2231,7 @@ fn a_signing_writer_signs_the_head_it_starts_from() {
     run_and_crash(&first, 40, &second);
     let report = audit::verify(&second, Some(&public)).unwrap();
     assert!(report.ok(), "{report}");
-    assert_eq!(queries_in(&second), 2);
+    assert_eq!(query_records_in(&second), 2);
 }
 
 /// Pages of `path` in the page cache not yet written to disk (Linux `cachestat`, 6.5 and
@@ -2440,38 +2406,14 @@ fn a_segment_that_cannot_be_read_at_start_is_a_refusal() {
 #[test]
 fn a_range_export_before_a_crash_runs_on_to_the_restarts_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let keydir = tmp.path().join("keys");
-    std::fs::create_dir_all(&keydir).unwrap();
-    let (secret, public) = keys::keygen(&keydir).unwrap();
-    let settings = AuditSettings {
-        signing_key: Some(secret),
-        checkpoint_interval_secs: 20,
-        segment_max_bytes: 64 * 1024 * 1024,
-        ..settings(&tmp.path().join("log"))
-    };
+    let (settings, public) = signed_settings(tmp.path(), 20);
     // Timed two minutes ago: the restart's checkpoint comes long after them.
     let start = std::time::SystemTime::now() - Duration::from_secs(120);
-    let query_at = |ms: u64| {
-        query_record(
-            start + Duration::from_millis(ms),
-            "192.0.2.1:5300".parse().unwrap(),
-            "udp",
-            "crash.example.",
-            RecordType::A,
-            false,
-            100,
-        )
-    };
-    let queries_in = |dir: &Path| {
-        all_records(dir)
-            .iter()
-            .filter(|r| matches!(r.entry, Entry::Query(_)))
-            .count()
-    };
+    let query_at = |ms: u64| query_timed(start + Duration::from_millis(ms), "crash.example.");
     let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
     handle.record_batch(&mut (0..4).map(query_at).collect());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while queries_in(&settings.dir) < 4 {
+    while query_records_in(&settings.dir) < 4 {
         assert!(
             std::time::Instant::now() < deadline,
             "the queries are written"
@@ -2600,24 +2542,12 @@ fn search_ends_quietly_when_its_reader_goes() {
 #[test]
 fn a_segment_range_covers_the_losses_of_its_gap_records() {
     let tmp = tempfile::tempdir().unwrap();
-    let settings = AuditSettings {
-        queue_capacity: 2,
-        segment_max_bytes: 64 * 1024 * 1024,
-        ..settings(tmp.path())
-    };
+    let settings = two_slot_queue(tmp.path());
     let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
     // Timed an hour ahead, so only the losses and the writer's own records are timed now.
     let ahead = std::time::SystemTime::now() + Duration::from_secs(3600);
     for _ in 0..20_000 {
-        handle.record(query_record(
-            ahead,
-            "192.0.2.1:5300".parse().unwrap(),
-            "udp",
-            "burst.example.",
-            RecordType::A,
-            false,
-            100,
-        ));
+        handle.record(query_timed(ahead, "burst.example."));
     }
     writer.shutdown().unwrap();
     assert!(handle.dropped() > 0, "the burst overflowed the queue");
