@@ -253,16 +253,25 @@ fn audit(path: &std::path::Path, command: AuditCommand) -> ExitCode {
             }
         }
     };
+    // Search and summary output is for reading: a reader that took what it wanted (`| head`)
+    // ends it normally, as for other tools that write to a pipe. An export cut short is not
+    // whole (exit 1, quietly); verify's answer is its exit status, whoever stops reading.
+    let reading = matches!(
+        command,
+        AuditCommand::Search { .. } | AuditCommand::Summary { .. }
+    );
     let mut stdout = std::io::stdout().lock();
     match dnsward::audit::cli::run_to(command, &settings, &mut stdout, &stdout_reader_gone) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
-        // The reader took what it wanted (`| head`): a normal end, as for other tools that
-        // write to a pipe.
         Err(dnsward::audit::AuditError::Output(error))
             if error.kind() == std::io::ErrorKind::BrokenPipe =>
         {
-            ExitCode::SUCCESS
+            if reading {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Err(error) => {
             eprintln!("dnsward audit: {error}");

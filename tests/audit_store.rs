@@ -2577,3 +2577,78 @@ fn all_records_of(path: &Path) -> Vec<Record> {
         .filter_map(|line| Record::parse(line).ok())
         .collect()
 }
+
+/// Runs `dnsward audit ARGS` with standard output `stdout`; returns its output once it ends.
+fn run_audit(args: &[&str], stdout: std::process::Stdio) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dnsward"))
+        .arg("audit")
+        .args(args)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+/// `export --output /dev/stdout` is the export and nothing else, into a pipe or a file given
+/// as standard output (written into, never replaced); `verify` whose reader has gone still
+/// answers by its exit status.
+#[test]
+fn exports_to_standard_output_and_verify_into_a_closed_pipe() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 50);
+    let dir = tmp.path().to_str().unwrap();
+    let export = ["export", "--dir", dir, "--output", "/dev/stdout"];
+
+    let piped = run_audit(&export, std::process::Stdio::piped());
+    assert!(piped.status.success(), "{piped:?}");
+    let exports = tempfile::tempdir().unwrap();
+    let copy = exports.path().join("copy.jsonl");
+    std::fs::write(&copy, &piped.stdout).unwrap();
+    let report = audit::verify(&copy, None).unwrap();
+    assert!(report.ok(), "nothing after the end line: {report}");
+
+    let log = exports.path().join("session.log");
+    std::fs::write(&log, "earlier output\n").unwrap();
+    let into_file = run_audit(
+        &export,
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .into(),
+    );
+    assert!(into_file.status.success(), "{into_file:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.starts_with("earlier output\n{\"format\":\"dnsward-audit\""),
+        "{text:.200}"
+    );
+
+    let dangling = exports.path().join("dangling.jsonl");
+    std::os::unix::fs::symlink(exports.path().join("nowhere"), &dangling).unwrap();
+    let refused = run_audit(
+        &[
+            "export",
+            "--dir",
+            dir,
+            "--output",
+            dangling.to_str().unwrap(),
+        ],
+        std::process::Stdio::piped(),
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("symbolic link to nothing"));
+
+    // Damaged, and its reader gone before the verdict was printed: still exit 1.
+    let (path, mut lines, i) = find_line(tmp.path(), 20);
+    lines.remove(i);
+    write_lines(&path, &lines);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dnsward"))
+        .args(["audit", "verify", "--dir", dir])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+}

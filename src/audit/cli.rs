@@ -162,16 +162,18 @@ fn optional<T>(
 /// Exports into `path` by way of a new file beside it, renamed over `path` only once the export
 /// is complete and synced: an export that fails (a range with no records, a damaged log, a
 /// full disk) leaves whatever was at `path` as it was, and a reader never sees half an export.
-/// The new file takes the permissions of the one it replaces; a symbolic link is followed (the
-/// file it names is replaced). Anything but a regular file (a pipe, `/dev/stdout`) is written
+/// The new file is made with the permissions of the one it replaces; a symbolic link is
+/// followed (the file it names is replaced). Anything but a regular file (a pipe,
+/// `/dev/stdout`), and this process's own standard output even when that is a file, is written
 /// into directly. The log's own directory is refused: a file there could be taken for, or
-/// replace, a segment.
+/// replace, a segment. Returns whether a file was made whole (renamed into place).
 fn export_to_file(
     dir: &Path,
     format: ExportFormat,
     range: &TimeRange,
     path: &Path,
-) -> Result<query::ExportStats, AuditError> {
+) -> Result<(query::ExportStats, bool), AuditError> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
     let output_error = |path: &Path, reason: String| {
         AuditError::for_flag("--output")(AuditError::io(path)(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -179,20 +181,31 @@ fn export_to_file(
         )))
     };
     let existing = std::fs::metadata(path).ok();
+    if existing.is_none() && std::fs::symlink_metadata(path).is_ok() {
+        return Err(output_error(
+            path,
+            "a symbolic link to nothing: give the file itself".into(),
+        ));
+    }
+    let is_stdout = existing.as_ref().is_some_and(|meta| {
+        rustix::fs::fstat(std::io::stdout())
+            .is_ok_and(|out| out.st_dev == meta.dev() && out.st_ino == meta.ino())
+    });
     if let Some(meta) = &existing
-        && !meta.is_file()
+        && (!meta.is_file() || is_stdout)
     {
         if meta.is_dir() {
             return Err(output_error(path, "a directory, not a file".into()));
         }
         let file = std::fs::OpenOptions::new()
+            .append(is_stdout)
             .write(true)
             .open(path)
             .map_err(AuditError::io(path))?;
         let mut writer = std::io::BufWriter::new(file);
         let stats = query::export_range(dir, format, range, &mut writer)?;
         writer.flush().map_err(AuditError::io(path))?;
-        return Ok(stats);
+        return Ok((stats, false));
     }
     let target = match &existing {
         Some(_) => path.canonicalize().map_err(AuditError::io(path))?,
@@ -223,18 +236,20 @@ fn export_to_file(
     partial_name.push(file_name);
     partial_name.push(format!(".partial-{}", std::process::id()));
     let partial = target_dir.join(partial_name);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&partial)
-        .map_err(AuditError::io(&partial))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    if let Some(meta) = &existing {
+        // An export holds client addresses: a file kept private is private from the start.
+        options.mode(meta.permissions().mode() & 0o7777);
+    }
+    let file = options.open(&partial).map_err(AuditError::io(&partial))?;
     let mut writer = std::io::BufWriter::new(file);
     let written = query::export_range(dir, format, range, &mut writer).and_then(|stats| {
         let file = writer
             .into_inner()
             .map_err(|error| AuditError::io(&partial)(error.into_error()))?;
         if let Some(meta) = &existing {
-            // An export holds client addresses: a file kept private stays private.
+            // Exactly its mode, whatever the umask took away at creation.
             file.set_permissions(meta.permissions())
                 .map_err(AuditError::io(&partial))?;
         }
@@ -246,7 +261,7 @@ fn export_to_file(
         // Only the file this export made; `path` was never touched.
         let _ = std::fs::remove_file(&partial);
     }
-    written
+    written.map(|stats| (stats, true))
 }
 
 fn pick<'a>(dir: &'a DirArg, configured: &'a Path) -> &'a Path {
@@ -345,15 +360,20 @@ pub fn run_to(
             let range = range.parse()?;
             match output {
                 Some(path) => {
-                    let stats = export_to_file(dir, format, &range, &path)?;
-                    writeln!(
-                        out,
-                        "exported {} records from {} segments to {}",
-                        stats.records,
-                        stats.segments,
-                        path.display()
-                    )
-                    .map_err(AuditError::Output)?;
+                    let (stats, replaced) = export_to_file(dir, format, &range, &path)?;
+                    // Only about a file made whole: a pipe or standard output given as the
+                    // file (`-o /dev/stdout | ssh ...`) would get the line after the export's
+                    // end line, and fail `verify` as inserted.
+                    if replaced {
+                        writeln!(
+                            out,
+                            "exported {} records from {} segments to {}",
+                            stats.records,
+                            stats.segments,
+                            path.display()
+                        )
+                        .map_err(AuditError::Output)?;
+                    }
                 }
                 None => {
                     let mut writer = std::io::BufWriter::new(&mut *out);
@@ -366,7 +386,12 @@ pub fn run_to(
         AuditCommand::Verify { dir, pubkey, path } => {
             let target = path.unwrap_or_else(|| pick(&dir, audit_dir).to_owned());
             let report = verify::verify(&target, pubkey.as_deref())?;
-            write!(out, "{report}").map_err(AuditError::Output)?;
+            match write!(out, "{report}") {
+                // The verdict stands whoever stopped reading (`verify | head -1`): the exit
+                // status is the answer.
+                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
+                written => written.map_err(AuditError::Output)?,
+            }
             Ok(report.ok())
         }
         AuditCommand::Keygen { out: prefix } => {
