@@ -65,10 +65,35 @@ fn outputs_through_a_pipe() {
             let pipe = cat.stdin.take().expect("cat's stdin is a pipe");
             // SAFETY: both descriptors are open; `fd` now names the pipe.
             assert_eq!(unsafe { libc::dup2(pipe.as_raw_fd(), fd) }, fd);
-            // It ends when this process exits and the pipe's last write end closes.
+            CATS[usize::from(fd == libc::STDERR_FILENO)]
+                .store(cat.id() as i32, std::sync::atomic::Ordering::SeqCst);
+            // Waited for at exit (`drain_cats`), so all the output is out when the process ends.
             std::mem::forget(cat);
         }
+        // SAFETY: registers a function without arguments that only closes and waits.
+        assert_eq!(unsafe { libc::atexit(drain_cats) }, 0);
     });
+}
+
+/// The `cat`s copying standard output and error (0: none).
+static CATS: [std::sync::atomic::AtomicI32; 2] = [
+    std::sync::atomic::AtomicI32::new(0),
+    std::sync::atomic::AtomicI32::new(0),
+];
+
+/// At exit: closes the pipes to the `cat`s and waits until they have written everything.
+#[allow(unsafe_code)]
+extern "C" fn drain_cats() {
+    for (cat, fd) in CATS.iter().zip([libc::STDOUT_FILENO, libc::STDERR_FILENO]) {
+        let pid = cat.load(std::sync::atomic::Ordering::SeqCst);
+        if pid > 0 {
+            // SAFETY: closing our end of the pipe and waiting for our own child.
+            unsafe {
+                libc::close(fd);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
 }
 
 fn settings(dir: &Path) -> AuditSettings {

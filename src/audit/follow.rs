@@ -55,7 +55,16 @@ pub fn follow(
         out,
     )?;
     out.flush().map_err(AuditError::Output)?;
+    let mut checked = std::time::Instant::now();
     loop {
+        // Also while busy: a filter that matches nothing writes nothing, and would never find
+        // out from a failed write.
+        if checked.elapsed() >= POLL {
+            if out_closed() {
+                return Ok(());
+            }
+            checked = std::time::Instant::now();
+        }
         let lines = tail.read_new()?;
         if !lines.is_empty() {
             write_matches(lines, filter, &mut writer, out)?;

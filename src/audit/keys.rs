@@ -73,8 +73,9 @@ pub fn key_paths(prefix: &Path) -> (PathBuf, PathBuf) {
 /// leaves neither: a private key without its public one would block every retry.
 pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf), AuditError> {
     let (secret_path, public_path) = key_paths(prefix);
+    // A first look, for a clear message; the links below are what never replace a file.
     for path in [&secret_path, &public_path] {
-        if path.symlink_metadata().is_ok() {
+        if path.exists() {
             return Err(AuditError::KeyExists { path: path.clone() });
         }
     }
@@ -86,17 +87,13 @@ pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf), AuditError> {
         PathBuf::from(name)
     };
     let (secret_partial, public_partial) = (partial(&secret_path), partial(&public_path));
-    let written = write_new(&secret_partial, &hex::encode(key.to_bytes()), 0o600)
+    let secret_hex = hex::encode(key.to_bytes());
+    let public_hex = hex::encode(key.verifying_key().as_bytes());
+    let written = write_new(&secret_partial, &secret_hex, 0o600)
+        .and_then(|()| write_new(&public_partial, &public_hex, 0o644))
+        .and_then(|()| place(&secret_partial, &secret_path, &secret_hex, 0o600))
         .and_then(|()| {
-            write_new(
-                &public_partial,
-                &hex::encode(key.verifying_key().as_bytes()),
-                0o644,
-            )
-        })
-        .and_then(|()| link_new(&secret_partial, &secret_path))
-        .and_then(|()| {
-            link_new(&public_partial, &public_path).inspect_err(|_| {
+            place(&public_partial, &public_path, &public_hex, 0o644).inspect_err(|_| {
                 let _ = std::fs::remove_file(&secret_path);
             })
         });
@@ -114,17 +111,26 @@ pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf), AuditError> {
     Ok((secret_path, public_path))
 }
 
-/// Gives `from` the name `to` too, unless something already has it (a link never replaces).
-fn link_new(from: &Path, to: &Path) -> Result<(), AuditError> {
-    std::fs::hard_link(from, to).map_err(|error| {
-        if error.kind() == std::io::ErrorKind::AlreadyExists {
-            AuditError::KeyExists {
+/// Gives the written file `from` the name `to` too, unless something already has it (a link
+/// never replaces). Where links are not supported (vfat, exFAT, some network file systems),
+/// writes `text` to `to` as a new file instead.
+fn place(from: &Path, to: &Path, text: &str, mode: u32) -> Result<(), AuditError> {
+    match std::fs::hard_link(from, to) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(AuditError::KeyExists {
                 path: to.to_owned(),
-            }
-        } else {
-            AuditError::io(to)(error)
+            })
         }
-    })
+        Err(_) => write_new(to, text, mode).map_err(|error| match error {
+            AuditError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                AuditError::KeyExists {
+                    path: to.to_owned(),
+                }
+            }
+            other => other,
+        }),
+    }
 }
 
 fn write_new(path: &Path, hex_text: &str, mode: u32) -> Result<(), AuditError> {

@@ -1450,8 +1450,20 @@ fn export_start(
     }
 }
 
-/// The first and last `seq` of records timed inside `range`, and the last one's time, or
-/// `None` if there are none.
+/// Whether a line is a `gap` or `suppressed` record whose losses (written when the log could be
+/// written again) fall in `range`: it belongs to that range's export, as to its summary.
+fn counts_losses_in(line: &[u8], view: &segment::LinkView<'_>, range: &TimeRange) -> bool {
+    (view.kind == "gap" || view.kind == "suppressed")
+        && Record::parse(line).is_ok_and(|record| match record.entry {
+            Entry::Gap { first, last, .. } | Entry::Suppressed { first, last, .. } => {
+                range.overlaps(first, last)
+            }
+            _ => false,
+        })
+}
+
+/// The first and last `seq` of records timed inside `range` (a loss count, by the time of its
+/// losses), and the last one's time, or `None` if there are none.
 fn seq_bounds(
     segments: &[segment::SegmentFile],
     range: &TimeRange,
@@ -1467,7 +1479,7 @@ fn seq_bounds(
                 break;
             }
             if let Some(view) = segment::LinkView::parse(line.bytes)
-                && range.contains(view.time)
+                && (range.contains(view.time) || counts_losses_in(line.bytes, &view, range))
             {
                 bounds = Some(match bounds {
                     None => (view.seq, view.seq, view.time),
@@ -1958,6 +1970,16 @@ mod tests {
         );
         assert_eq!(dropped("2026-12-02T11:30:00Z", "2026-12-02T12:00:00Z"), 0);
         assert_eq!(dropped("2026-12-02T09:00:00Z", "2026-12-02T10:00:00Z"), 0);
+
+        // An export of the outage's hour holds the gap record, as the summary counts it.
+        let range = TimeRange {
+            from: Some(at("2026-12-02T10:00:00Z")),
+            to: Some(at("2026-12-02T11:00:00Z")),
+        };
+        let mut out = Vec::new();
+        export_range(dir.path(), ExportFormat::Jsonl, &range, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\"type\":\"gap\""), "{text}");
     }
 
     #[test]
