@@ -336,23 +336,45 @@ pub fn verify_with(
     options: &VerifyOptions,
 ) -> Result<VerifyReport, AuditError> {
     let key = pubkey.map(keys::load_verifying_key).transpose()?;
-    let mut checker = Checker::new(path, key, options.clone());
-    let outcome = if path.is_dir() {
+    if path.is_dir() {
         let segments = segment::existing_segments(path)?;
-        let count = segments.len();
-        let mut outcome = Ok(());
-        for (i, seg) in segments.iter().enumerate() {
-            outcome = checker.file(&seg.path, Some(seg.first_seq), false, i + 1 == count);
-            if outcome.is_err() {
-                break;
-            }
-        }
-        outcome
-    } else {
-        let csv = query::is_csv_export(path)?;
-        checker.file(path, None, csv, true)
-    };
+        return Ok(verify_segments(path, key, options, &segments));
+    }
+    let mut checker = Checker::new(path, key, options.clone());
+    let csv = query::is_csv_export(path)?;
+    let outcome = checker.file(path, None, csv, true);
     Ok(checker.finish(outcome.err()))
+}
+
+/// Verifies the segments of a log directory, as listed. A live log's retention may remove the
+/// oldest of them between the listing and their reading: one gone before the chain has
+/// started is skipped as removed (retention removes only the oldest), and the chain starts at
+/// the first that is still there.
+fn verify_segments(
+    dir: &Path,
+    key: Option<VerifyingKey>,
+    options: &VerifyOptions,
+    segments: &[segment::SegmentFile],
+) -> VerifyReport {
+    let mut checker = Checker::new(dir, key, options.clone());
+    let count = segments.len();
+    let mut outcome = Ok(());
+    for (i, seg) in segments.iter().enumerate() {
+        let removed = checker.expected.is_none()
+            && i + 1 < count
+            && matches!(
+                std::fs::symlink_metadata(&seg.path),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound
+            );
+        if removed {
+            continue;
+        }
+        outcome = checker.file(&seg.path, Some(seg.first_seq), false, i + 1 == count);
+        if outcome.is_err() {
+            break;
+        }
+    }
+    checker.finish(outcome.err())
 }
 
 struct OwnedLine {
@@ -1037,4 +1059,47 @@ impl Checker {
 /// The hash an end line states, or `fallback` if it states none that decodes.
 fn stated_or(end: &ExportEnd, fallback: Hash) -> Hash {
     segment::decode_hash(end.last_hash.as_bytes()).unwrap_or(fallback)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{
+        record::Entry,
+        segment::{GENESIS, Header, HeaderKind, SegmentFile, encode_record},
+    };
+
+    /// Retention removing the oldest segment of a live log after `verify` listed it: the chain
+    /// starts at the next one (it was reported as an unreadable segment).
+    #[test]
+    fn a_segment_removed_after_the_listing_is_skipped_as_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = Entry::Stop {
+            records: 0,
+            dropped: 0,
+        };
+        let mut head = GENESIS;
+        let mut listed = Vec::new();
+        for first_seq in [1u64, 3] {
+            let mut bytes = Vec::new();
+            Header::new(HeaderKind::Segment, first_seq, &head, "i1")
+                .encode(&mut bytes)
+                .unwrap();
+            for seq in first_seq..first_seq + 2 {
+                head =
+                    encode_record(&mut bytes, seq, &head, Timestamp::now(), "i1", &stop).unwrap();
+            }
+            let path = dir.path().join(segment::segment_name(first_seq));
+            std::fs::write(&path, &bytes).unwrap();
+            listed.push(SegmentFile { path, first_seq });
+        }
+        std::fs::remove_file(&listed[0].path).unwrap();
+        let report = verify_segments(dir.path(), None, &VerifyOptions::default(), &listed);
+        assert!(report.ok(), "{report}");
+        assert_eq!(report.chain_start, ChainStart::After { seq: 2 });
+        // The newest one gone is not retention's doing.
+        std::fs::remove_file(&listed[1].path).unwrap();
+        let report = verify_segments(dir.path(), None, &VerifyOptions::default(), &listed);
+        assert!(!report.ok(), "{report}");
+    }
 }
