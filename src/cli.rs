@@ -385,8 +385,20 @@ fn seen_names(
         range: TimeRange::since(window),
         ..Filter::default()
     };
+    let hits = match dnsward::audit::query::search(audit_dir, &filter) {
+        Ok(hits) => hits,
+        // The directory without a segment yet: a resolver that has only just started.
+        Err(dnsward::audit::AuditError::NoLog { .. }) => {
+            eprintln!(
+                "note: no audit records in {} yet; only rule changes are shown",
+                audit_dir.display()
+            );
+            return Ok(Vec::new());
+        }
+        Err(error) => return Err(error.into()),
+    };
     let mut seen = Vec::new();
-    for hit in dnsward::audit::query::search(audit_dir, &filter)? {
+    for hit in hits {
         let hit = hit?;
         if let Entry::Query(query) = hit.record.entry {
             // Anonymised clients (`192.0.2.0/24`, hashes) still count as one client each.

@@ -94,6 +94,32 @@ fn diff_sees_settings_and_lists_added_or_removed() {
     assert!(report.contains("added"), "{report}");
 }
 
+/// An audit directory without a segment yet (the resolver has only just started, and its
+/// writer has not written its first record) holds no names: the diff shows the rule changes
+/// (it failed with "no audit log here", exit 2, now and then in CI).
+#[test]
+fn diff_of_a_log_without_segments_shows_the_rule_changes() {
+    let upstream = Upstream::start();
+    let config = config_text(
+        &[upstream.addr],
+        "[reload]\nwatch = false\n[[list]]\nname = \"exchanges\"\npath = \"block.txt\"\n",
+    );
+    let mut dnsward = Dnsward::start(&config, &[("block.txt", "blocked.test\n")]);
+    assert!(dnsward.terminate());
+    let audit_dir = dnsward.dir.path().join("data/audit");
+    for entry in std::fs::read_dir(&audit_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "dwlog") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    std::fs::write(dnsward.dir.path().join("block.txt"), "other.test\n").unwrap();
+    let output = diff(&dnsward, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no audit records"), "{stderr}");
+}
+
 #[test]
 fn diff_reports_outcome_changes_for_names_in_the_audit_log() {
     use hickory_proto::rr::RecordType;
