@@ -72,6 +72,9 @@ pub fn key_paths(prefix: &Path) -> (PathBuf, PathBuf) {
 /// under temporary names and linked into place, so a failure (a file in the way, a full disk)
 /// leaves neither: a private key without its public one would block every retry.
 pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf), AuditError> {
+    if prefix.is_dir() {
+        refuse_foreign_dir(prefix)?;
+    }
     let (secret_path, public_path) = key_paths(prefix);
     // A first look, for a clear message; the links below are what never replace a file.
     for path in [&secret_path, &public_path] {
@@ -109,6 +112,31 @@ pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf), AuditError> {
             .map_err(AuditError::io(dir))?;
     }
     Ok((secret_path, public_path))
+}
+
+/// A directory given as `--out` holds the private key: one that another user owns, or that others
+/// may write to, would let them swap the key file for one they know (the file's own 0600 mode
+/// does not stop a rename in its directory).
+fn refuse_foreign_dir(dir: &Path) -> Result<(), AuditError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(dir).map_err(AuditError::io(dir))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(AuditError::Key {
+            path: dir.to_owned(),
+            reason: "another user owns this directory, who could replace the private key in \
+                     it; give a directory of your own",
+        });
+    }
+    // The sticky bit (`/tmp`) keeps others from renaming or removing what they do not own.
+    if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+        return Err(AuditError::Key {
+            path: dir.to_owned(),
+            reason: "others may write to this directory, and so replace the private key in \
+                     it; give one only you can write to",
+        });
+    }
+    Ok(())
 }
 
 /// Gives the written file `from` the name `to` too, unless something already has it (a link
@@ -287,6 +315,28 @@ mod tests {
         std::fs::copy(&public, &upper).unwrap();
         let error = load_signing_key(&upper).unwrap_err().to_string();
         assert!(error.contains("this is the public key"), "{error}");
+    }
+
+    /// A directory given as `--out` must be the caller's (or root's) and written by nobody else.
+    #[test]
+    fn keygen_refuses_a_directory_others_can_change() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = keygen(&shared).unwrap_err().to_string();
+        assert!(error.contains("others may write"), "{error}");
+        assert!(!shared.join("audit.key").exists());
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        keygen(&shared).unwrap();
+        if rustix::process::geteuid().is_root() {
+            let theirs = dir.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let error = keygen(&theirs).unwrap_err().to_string();
+            assert!(error.contains("another user owns"), "{error}");
+        }
     }
 
     #[test]
