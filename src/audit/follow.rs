@@ -37,9 +37,9 @@ const HEADER_MAX: usize = 4096;
 const READ_CHUNK: u64 = 4 << 20;
 
 /// Runs the search, then follows the log forever, writing each match to `out` (flushed per
-/// batch). Returns when `out_closed` says the output's reader has gone (checked while idle, as
-/// `tail -f` does: a filter that matches nothing more would otherwise never find out), or on
-/// an error (the output failed, the log unreadable).
+/// batch). Returns when `out_closed` says the output's reader has gone (checked every `POLL`,
+/// as `tail -f` does: a filter that matches nothing more would otherwise never find out), or
+/// on an error (the output failed, the log unreadable).
 pub fn follow(
     dir: &Path,
     filter: &Filter,
@@ -55,15 +55,15 @@ pub fn follow(
         out,
     )?;
     out.flush().map_err(AuditError::Output)?;
-    let mut checked = std::time::Instant::now();
+    let mut next_check = std::time::Instant::now();
     loop {
-        // Also while busy: a filter that matches nothing writes nothing, and would never find
-        // out from a failed write.
-        if checked.elapsed() >= POLL {
+        // Busy or idle: a filter that matches nothing writes nothing, and would never find out
+        // from a failed write.
+        if std::time::Instant::now() >= next_check {
             if out_closed() {
                 return Ok(());
             }
-            checked = std::time::Instant::now();
+            next_check = std::time::Instant::now() + POLL;
         }
         let lines = tail.read_new()?;
         if !lines.is_empty() {
@@ -71,9 +71,6 @@ pub fn follow(
             continue;
         }
         let Some(later) = tail.later_segment(dir)? else {
-            if out_closed() {
-                return Ok(());
-            }
             std::thread::sleep(POLL);
             continue;
         };

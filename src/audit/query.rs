@@ -1257,8 +1257,7 @@ pub fn export_range(
             }
             if bounded {
                 // A line that does not decode is inside the exported piece if it sits there.
-                let view = segment::LinkView::parse(line.bytes);
-                let seq = view.as_ref().map(|view| view.seq);
+                let seq = segment::LinkView::parse(line.bytes).map(|view| view.seq);
                 if seq.is_some_and(|seq| seq > high) {
                     break 'segments;
                 }

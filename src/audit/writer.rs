@@ -1002,17 +1002,16 @@ impl Store {
         // records, which may come any time later (`verify --pubkey` allows a tail of 30 s).
         let sign_head = store.signer.is_some() && !store.head_signed;
         if sign_head || recovered.is_some() {
-            let written = (if sign_head {
-                store.checkpoint(false)
-            } else {
-                Ok(())
-            })
-            .and_then(|()| match &recovered {
-                Some(entry) => store.append_entry(Timestamp::now(), entry),
-                None => Ok(()),
-            })
-            .and_then(|()| store.flush(true));
-            match written {
+            let mut write_first = || {
+                if sign_head {
+                    store.checkpoint(false)?;
+                }
+                if let Some(entry) = &recovered {
+                    store.append_entry(Timestamp::now(), entry)?;
+                }
+                store.flush(true)
+            };
+            match write_first() {
                 Ok(()) => {}
                 // At start (a restart after a crash, onto a full disk): an outage like any
                 // failed write, retried every second, not a refusal to start;
