@@ -91,13 +91,29 @@ fn register(socket: UdpSocket, interest: Interest) -> std::io::Result<AsyncFd<Ud
 /// answers sent in batches (`mmsg`); the rest go through the request chain one by one.
 /// Queries that must wait are spawned on the current runtime and tracked by `in_flight`, so
 /// a stopping worker can let them finish.
+///
+/// `siblings`: the other workers' sockets on the same address (duplicates of their
+/// descriptors). When `socket` runs dry, the loop takes a batch from a sibling that has
+/// queries waiting before it goes to sleep, and answers them from `socket` (same address and
+/// port, so the client cannot tell). SO_REUSEPORT spreads clients over the sockets by a hash
+/// of their address, not by load: without this, a worker whose core is busy with something
+/// else (the audit writer, another process) falls behind while its sibling idles. The bench
+/// kit saw a tenth of the machine idle under full load with the audit log on.
 pub async fn serve(
     socket: Arc<ListenSocket>,
+    siblings: Vec<UdpSocket>,
     handler: Arc<Handler>,
     shutdown: CancellationToken,
     in_flight: TaskTracker,
 ) {
     let fd = socket.socket().as_raw_fd();
+    let sibling_fds: Vec<RawFd> = siblings.iter().map(AsRawFd::as_raw_fd).collect();
+    // Where the next steal looks first, so that one sibling is not always preferred.
+    let mut next_sibling = 0;
+    // Whether the last batch was taken from a sibling: then the own socket is tried without
+    // waiting for readiness (it may have had none to report while this loop was busy), and
+    // the siblings again, before going to sleep.
+    let mut stolen_last = false;
     let mut received = RecvBatch::new(MAX_QUERY);
     let mut answers = SendBatch::new(MAX_QUERY);
     let mut scratch = vec![0u8; MAX_QUERY];
@@ -116,12 +132,35 @@ pub async fn serve(
         // One batch per wake-up, then back to `readable`. `try_io` re-arms readiness when the
         // kernel says WouldBlock.
         let batch = match &mut drain_left {
+            None if stolen_last && !shutdown.is_cancelled() => {
+                stolen_last = false;
+                match received.recv(fd) {
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        match steal(&mut received, &sibling_fds, &mut next_sibling) {
+                            Some(count) => {
+                                stolen_last = true;
+                                Ok(count)
+                            }
+                            None => continue,
+                        }
+                    }
+                    batch => batch,
+                }
+            }
             None => {
                 tokio::select! {
                     ready = socket.0.readable() => match ready {
                         Ok(mut guard) => match guard.try_io(|_| received.recv(fd)) {
                             Ok(batch) => batch,
-                            Err(_would_block) => continue,
+                            Err(_would_block) => {
+                                match steal(&mut received, &sibling_fds, &mut next_sibling) {
+                                    Some(count) => {
+                                        stolen_last = true;
+                                        Ok(count)
+                                    }
+                                    None => continue,
+                                }
+                            }
                         },
                         Err(error) => {
                             tracing::warn!(%error, "udp socket failed");
@@ -178,6 +217,20 @@ pub async fn serve(
         // the timers and the other listen addresses' loops on this worker need their turns.
         tokio::task::coop::consume_budget().await;
     }
+}
+
+/// One non-blocking receive batch from the first of `siblings` (from `next` on) that has
+/// datagrams waiting; `None` if none has. Errors count as nothing waiting: they are the
+/// owner's to see and report.
+fn steal(received: &mut RecvBatch, siblings: &[RawFd], next: &mut usize) -> Option<usize> {
+    for offset in 0..siblings.len() {
+        let index = (*next + offset) % siblings.len();
+        if let Ok(count @ 1..) = received.recv(siblings[index]) {
+            *next = (index + 1) % siblings.len();
+            return Some(count);
+        }
+    }
+    None
 }
 
 /// Sends the fast path's answers of one receive batch, then hands its records to the audit
@@ -514,6 +567,95 @@ mod tests {
         socket.peek_from(&mut byte).is_ok()
     }
 
+    /// Two SO_REUSEPORT sockets sharing one loopback port, as `bind_pair` makes for two workers.
+    fn reuseport_pair() -> (UdpSocket, UdpSocket) {
+        let first = crate::server::udp_socket(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .expect("first socket");
+        let bound = first.local_addr().expect("address");
+        let second = crate::server::udp_socket(bound).expect("second socket");
+        (first, second)
+    }
+
+    /// Which of `pair` the kernel steers datagrams from `client` to: 0 or 1 (it hashes the
+    /// addresses, so it is the same for every datagram of that client).
+    fn steered_to(client: &UdpSocket, pair: [&UdpSocket; 2]) -> usize {
+        let address = pair[0].local_addr().expect("address");
+        client.send_to(b"probe", address).expect("probe");
+        let mut buf = [0u8; 16];
+        for _ in 0..10_000 {
+            for (index, socket) in pair.iter().enumerate() {
+                if socket.recv_from(&mut buf).is_ok() {
+                    return index;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("the probe reached neither socket");
+    }
+
+    /// A worker whose socket runs dry answers the queries waiting on a sibling's socket (that
+    /// worker busy elsewhere): here the sibling has no loop at all, so without the steal its
+    /// clients would never be answered.
+    #[test]
+    fn a_loop_whose_socket_runs_dry_answers_its_siblings_queries() {
+        let (ours, theirs) = reuseport_pair();
+        let address = ours.local_addr().expect("address");
+        let mut to_theirs = Vec::new();
+        let mut to_ours = None;
+        while to_theirs.len() < 4 || to_ours.is_none() {
+            let client = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("client");
+            match steered_to(&client, [&ours, &theirs]) {
+                0 => to_ours = Some(client),
+                _ => to_theirs.push(client),
+            }
+        }
+        let to_ours = to_ours.expect("a client steered to ours");
+        // A header promising a question that is not there: answered FORMERR at once.
+        let query = |id: u8| [0, id, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for (id, client) in (1..).zip(&to_theirs) {
+            client.send_to(&query(id), address).expect("send");
+        }
+        test_support::runtime().block_on(async {
+            let sibling = theirs.try_clone().expect("dup");
+            let socket = Arc::new(ListenSocket::new(ours).expect("register"));
+            let shutdown = CancellationToken::new();
+            let serving = tokio::spawn(serve(
+                socket,
+                vec![sibling],
+                handler(),
+                shutdown.clone(),
+                TaskTracker::new(),
+            ));
+            // Wakes the loop: it answers this, finds its socket dry and looks at the sibling's.
+            to_ours.send_to(&query(100), address).expect("send");
+            let answered = tokio::task::spawn_blocking(move || {
+                (1..)
+                    .zip(to_theirs.iter().chain([&to_ours]))
+                    .map(|(id, client)| {
+                        let id = if id > 4 { 100 } else { id };
+                        client
+                            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                            .expect("timeout");
+                        let mut buf = [0u8; 512];
+                        match client.recv_from(&mut buf) {
+                            Ok((len, _)) => len >= 12 && buf[1] == id && buf[3] & 0x0f == 1,
+                            Err(_) => false,
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .expect("clients");
+            shutdown.cancel();
+            serving.await.expect("serve");
+            assert_eq!(
+                answered, [true; 5],
+                "FORMERR for each of the four clients steered to the sibling, then ours"
+            );
+        });
+        drop(theirs);
+    }
+
     /// A socket that never runs dry must not keep its worker thread: queries waiting on
     /// upstreams, timers and the worker's other sockets share that thread. The flood here is
     /// queued up front, so whether another task ran before it was drained is exact, not a
@@ -529,6 +671,7 @@ mod tests {
             let shutdown = CancellationToken::new();
             let serving = tokio::spawn(serve(
                 socket,
+                Vec::new(),
                 handler.clone(),
                 shutdown.clone(),
                 TaskTracker::new(),

@@ -63,7 +63,8 @@ impl UdpWorkers {
         // Until the end of this function, any early return stops the threads already started.
         let stop_on_drop = shutdown.clone().drop_guard();
         let mut finished = Vec::with_capacity(sockets.len());
-        for sockets in sockets {
+        let siblings = sibling_sockets(&sockets)?;
+        for (sockets, siblings) in sockets.into_iter().zip(siblings) {
             let (ready_tx, ready_rx) = oneshot::channel();
             let (finished_tx, finished_rx) = oneshot::channel();
             let handler = handler.clone();
@@ -71,7 +72,7 @@ impl UdpWorkers {
             std::thread::Builder::new()
                 .name("udp-worker".into())
                 .spawn(move || {
-                    run(sockets, handler, thread_shutdown, grace, ready_tx);
+                    run(sockets, siblings, handler, thread_shutdown, grace, ready_tx);
                     let _ = finished_tx.send(());
                 })?;
             match ready_rx.await {
@@ -100,9 +101,31 @@ impl UdpWorkers {
     }
 }
 
+/// For each worker, for each of its listen addresses: duplicates of the other workers'
+/// sockets on that address, which its receive loop may take queries from (see `udp::serve`).
+/// Duplicates, so that each worker owns every descriptor it reads, whichever thread ends first.
+fn sibling_sockets(sockets: &[Vec<UdpSocket>]) -> io::Result<Vec<Vec<Vec<UdpSocket>>>> {
+    (0..sockets.len())
+        .map(|worker| {
+            (0..sockets[worker].len())
+                .map(|address| {
+                    sockets
+                        .iter()
+                        .enumerate()
+                        .filter(|&(other, _)| other != worker)
+                        .filter_map(|(_, theirs)| theirs.get(address))
+                        .map(UdpSocket::try_clone)
+                        .collect()
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// One worker thread's life: its runtime, its receive loops, then the in-flight grace.
 fn run(
     sockets: Vec<UdpSocket>,
+    siblings: Vec<Vec<UdpSocket>>,
     handler: Arc<Handler>,
     shutdown: CancellationToken,
     grace: Duration,
@@ -135,9 +158,11 @@ fn run(
         let in_flight = TaskTracker::new();
         let loops: Vec<_> = listening
             .into_iter()
-            .map(|socket| {
+            .zip(siblings)
+            .map(|(socket, siblings)| {
                 tokio::spawn(udp::serve(
                     socket,
+                    siblings,
                     handler.clone(),
                     shutdown.clone(),
                     in_flight.clone(),
