@@ -10,14 +10,19 @@
 //! here, and 1.28–1.33M against 1.39–1.49M answers in 10 s. TCP, reloads and the rest stay on
 //! the shared runtime.
 
-use std::{io, net::UdpSocket, sync::Arc, time::Duration};
+use std::{
+    io,
+    net::UdpSocket,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use tokio::sync::oneshot;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
     Handler,
-    udp::{self, ListenSocket},
+    udp::{self, ListenSocket, SiblingSockets},
 };
 
 /// The longest a stopping worker waits for queries in flight, whatever the configured
@@ -63,16 +68,27 @@ impl UdpWorkers {
         // Until the end of this function, any early return stops the threads already started.
         let stop_on_drop = shutdown.clone().drop_guard();
         let mut finished = Vec::with_capacity(sockets.len());
-        let siblings = sibling_sockets(&sockets)?;
-        for (sockets, siblings) in sockets.into_iter().zip(siblings) {
+        let siblings = sibling_tables(&sockets);
+        for (me, sockets) in sockets.into_iter().enumerate() {
             let (ready_tx, ready_rx) = oneshot::channel();
             let (finished_tx, finished_rx) = oneshot::channel();
             let handler = handler.clone();
             let thread_shutdown = shutdown.clone();
+            let siblings = siblings.clone();
             std::thread::Builder::new()
                 .name("udp-worker".into())
                 .spawn(move || {
-                    run(sockets, siblings, handler, thread_shutdown, grace, ready_tx);
+                    run(
+                        Sockets {
+                            own: sockets,
+                            siblings,
+                            me,
+                        },
+                        handler,
+                        thread_shutdown,
+                        grace,
+                        ready_tx,
+                    );
                     let _ = finished_tx.send(());
                 })?;
             match ready_rx.await {
@@ -101,31 +117,28 @@ impl UdpWorkers {
     }
 }
 
-/// For each worker, for each of its listen addresses: duplicates of the other workers'
-/// sockets on that address, which its receive loop may take queries from (see `udp::serve`).
-/// Duplicates, so that each worker owns every descriptor it reads, whichever thread ends first.
-fn sibling_sockets(sockets: &[Vec<UdpSocket>]) -> io::Result<Vec<Vec<Vec<UdpSocket>>>> {
-    (0..sockets.len())
-        .map(|worker| {
-            (0..sockets[worker].len())
-                .map(|address| {
-                    sockets
-                        .iter()
-                        .enumerate()
-                        .filter(|&(other, _)| other != worker)
-                        .filter_map(|(_, theirs)| theirs.get(address))
-                        .map(UdpSocket::try_clone)
-                        .collect()
-                })
-                .collect()
-        })
+/// For each listen address, a slot per worker for its socket there (see `udp::serve`).
+fn sibling_tables(sockets: &[Vec<UdpSocket>]) -> Vec<SiblingSockets> {
+    let addresses = sockets.first().map_or(0, Vec::len);
+    (0..addresses)
+        .map(|_| (0..sockets.len()).map(|_| OnceLock::new()).collect())
         .collect()
 }
 
 /// One worker thread's life: its runtime, its receive loops, then the in-flight grace.
+/// A worker's sockets, one per listen address, and every worker's (see `udp::serve`).
+struct Sockets {
+    own: Vec<UdpSocket>,
+    siblings: Vec<SiblingSockets>,
+    me: usize,
+}
+
 fn run(
-    sockets: Vec<UdpSocket>,
-    siblings: Vec<Vec<UdpSocket>>,
+    Sockets {
+        own: sockets,
+        siblings,
+        me,
+    }: Sockets,
     handler: Arc<Handler>,
     shutdown: CancellationToken,
     grace: Duration,
@@ -145,9 +158,13 @@ fn run(
         // Registration needs this thread's runtime: the socket's readiness comes from its
         // reactor.
         let mut listening = Vec::with_capacity(sockets.len());
-        for socket in sockets {
+        for (socket, table) in sockets.into_iter().zip(&siblings) {
             match ListenSocket::new(socket) {
-                Ok(socket) => listening.push(Arc::new(socket)),
+                Ok(socket) => {
+                    let socket = Arc::new(socket);
+                    let _ = table[me].set(Arc::downgrade(&socket));
+                    listening.push(socket);
+                }
                 Err(error) => {
                     let _ = ready.send(Err(error));
                     return;
@@ -163,6 +180,7 @@ fn run(
                 tokio::spawn(udp::serve(
                     socket,
                     siblings,
+                    me,
                     handler.clone(),
                     shutdown.clone(),
                     in_flight.clone(),
