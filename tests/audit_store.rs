@@ -654,6 +654,41 @@ fn retention_removes_old_segments_and_the_rest_verifies() {
     );
 }
 
+/// Segments closed more than `retention_max_age_days` ago are removed when the writer next
+/// starts (or closes a segment), the newer ones stay, and the rest still verifies.
+#[test]
+fn age_retention_removes_segments_older_than_the_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = AuditSettings {
+        retention_max_age_days: 30,
+        ..settings(tmp.path())
+    };
+    write_log(&settings, 0, 300);
+    let old = segments(tmp.path());
+    assert!(old.len() >= 3, "{old:?}");
+    let day = std::time::Duration::from_secs(86_400);
+    let aged = |path: &Path, days: u32| {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - day * days)
+            .unwrap();
+    };
+    // The oldest two past the limit, the third just inside it.
+    aged(&old[0], 45);
+    aged(&old[1], 31);
+    aged(&old[2], 29);
+    write_log(&settings, 300, 10);
+    let now = segments(tmp.path());
+    assert!(!old[0].exists() && !old[1].exists(), "{now:?}");
+    assert_eq!(now[0], old[2], "the segment inside the limit is kept");
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert!(report.ok(), "{report}");
+    let first_seq = segment::list_segments(tmp.path()).unwrap()[0].first_seq;
+    assert_eq!(report.chain_start, ChainStart::After { seq: first_seq - 1 });
+}
+
 #[test]
 fn restart_continues_the_chain() {
     let tmp = tempfile::tempdir().unwrap();

@@ -853,6 +853,56 @@ struct Store {
     /// record once the log can be written again: the start and load records tie every later
     /// answer to its lists, and a restart onto a full disk would otherwise lose them.
     held: Vec<(Timestamp, ServiceEvent)>,
+    /// What age retention takes for now (kept across reopens after an outage).
+    retention_clock: RetentionClock,
+}
+
+/// The wall clock as age retention reads it: never ahead of the wall time at the writer's
+/// start plus the monotonic time since. A forward step of the system clock (a bad NTP source,
+/// a mistyped `date`) would otherwise make every closed segment look old at once and have
+/// retention delete the log it is there to keep; a backward step only keeps segments longer.
+/// The price: after a legitimate forward correction (a clock set late after boot), segments
+/// are kept that much longer, until the next start.
+#[derive(Debug, Clone, Copy)]
+struct RetentionClock {
+    wall_at_start: SystemTime,
+    at_start: Instant,
+    /// Whether a forward step has been reported (once per run).
+    step_reported: bool,
+}
+
+/// A wall clock this far ahead of the monotonic one is taken for a step (NTP slews smaller
+/// differences away; it steps only past 128 ms, and by the whole offset).
+const CLOCK_STEP: Duration = Duration::from_secs(60);
+
+impl RetentionClock {
+    fn start() -> Self {
+        Self {
+            wall_at_start: SystemTime::now(),
+            at_start: Instant::now(),
+            step_reported: false,
+        }
+    }
+
+    fn now(&mut self) -> SystemTime {
+        let wall = SystemTime::now();
+        let read = Self::reading(wall, self.wall_at_start, self.at_start.elapsed());
+        let ahead = wall.duration_since(read).unwrap_or_default();
+        if ahead > CLOCK_STEP && !std::mem::replace(&mut self.step_reported, true) {
+            tracing::warn!(
+                ahead_secs = ahead.as_secs(),
+                "the system clock stepped forward since the audit writer started; age retention \
+                 counts from the writer's start on its monotonic clock until the next start"
+            );
+        }
+        read
+    }
+
+    fn reading(wall: SystemTime, wall_at_start: SystemTime, since_start: Duration) -> SystemTime {
+        wall_at_start
+            .checked_add(since_start)
+            .map_or(wall, |expected| wall.min(expected))
+    }
 }
 
 /// Service events kept during an outage, at most: they are a handful (start, load, a reload
@@ -982,6 +1032,7 @@ impl Store {
             last_suppressed: Instant::now(),
             suppressing: false,
             held: Vec::new(),
+            retention_clock: RetentionClock::start(),
         };
         let recovered = match store.recover() {
             Ok(recovered) => recovered,
@@ -1360,6 +1411,7 @@ impl Store {
         );
         fresh.query_records = self.query_records;
         fresh.held = std::mem::take(&mut self.held);
+        fresh.retention_clock = self.retention_clock;
         *self = fresh;
     }
 
@@ -1704,14 +1756,15 @@ impl Store {
     /// Removes the oldest closed segments beyond the age and size limits. Only a prefix of the
     /// chain is ever removed (never a hole), and never the segment being written; the first
     /// remaining segment's header then carries the chain start.
-    fn apply_retention(&self) {
+    fn apply_retention(&mut self) {
+        let now = self.retention_clock.now();
         // Old segments left behind are a disk-space problem, not a reason to stop logging.
-        if let Err(error) = self.remove_expired_segments() {
+        if let Err(error) = self.remove_expired_segments(now) {
             tracing::warn!(%error, "audit retention could not remove old segments");
         }
     }
 
-    fn remove_expired_segments(&self) -> Result<(), AuditError> {
+    fn remove_expired_segments(&self, now: SystemTime) -> Result<(), AuditError> {
         let segments = segment::list_segments(&self.dir)?;
         let current = self.segment.as_ref().map(|s| s.path.as_path());
         let mut sizes = Vec::with_capacity(segments.len());
@@ -1723,7 +1776,6 @@ impl Store {
         }
         let max_age = self.settings.retention_max_age();
         let max_total = self.settings.retention_max_total_bytes;
-        let now = SystemTime::now();
         // The newest segment is kept even when closed: it carries the chain head that the next
         // run continues from.
         let removable = segments.len().saturating_sub(1);
@@ -1764,6 +1816,72 @@ mod tests {
             self.write_client(addr, &mut out);
             String::from_utf8(out).unwrap()
         }
+    }
+
+    #[test]
+    fn age_retention_does_not_follow_a_forward_clock_step() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let year = Duration::from_secs(365 * 86_400);
+        let ten = Duration::from_secs(10);
+        assert_eq!(
+            RetentionClock::reading(start + year, start, ten),
+            start + ten,
+            "a year's step forward ten seconds after start"
+        );
+        assert_eq!(
+            RetentionClock::reading(start + ten, start, ten),
+            start + ten,
+            "no step"
+        );
+        assert_eq!(
+            RetentionClock::reading(start, start, ten),
+            start,
+            "a step back keeps segments longer"
+        );
+    }
+
+    /// Closed segments 100 days old, a 90-day limit, and a wall clock 200 days ahead of where
+    /// the monotonic clock puts it: they are kept; read without the step, they go.
+    #[test]
+    fn age_retention_keeps_segments_when_the_clock_stepped_forward() {
+        let tmp = tempfile::tempdir().unwrap();
+        let settings = AuditSettings {
+            dir: tmp.path().to_owned(),
+            fsync_interval_ms: 0,
+            ..AuditSettings::default()
+        };
+        for _ in 0..3 {
+            let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+            handle.service(ServiceEvent::ReloadRefused {
+                errors: vec!["x".into()],
+            });
+            writer.shutdown().unwrap();
+        }
+        let day = Duration::from_secs(86_400);
+        let segments = || segment::list_segments(tmp.path()).unwrap().len();
+        assert_eq!(segments(), 3);
+        let mut store = Store::open(
+            &settings,
+            InstanceId::random(),
+            Arc::default(),
+            Arc::default(),
+            true,
+        )
+        .unwrap();
+        for seg in segment::list_segments(tmp.path()).unwrap() {
+            File::options()
+                .write(true)
+                .open(&seg.path)
+                .unwrap()
+                .set_modified(SystemTime::now() - 100 * day)
+                .unwrap();
+        }
+        store.retention_clock.wall_at_start = SystemTime::now() - 200 * day;
+        store.apply_retention();
+        assert_eq!(segments(), 3, "nothing removed after a forward step");
+        store.retention_clock = RetentionClock::start();
+        store.apply_retention();
+        assert_eq!(segments(), 1, "the newest segment is always kept");
     }
 
     #[test]
