@@ -51,7 +51,7 @@ done
 {
     echo "# dnsward audit log cost, $STAMP"
     echo
-    echo "- machine: $(nproc) CPU, $(uname -r); dnsward $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (uncommitted changes)')"
+    echo "- machine: $(nproc) CPU, $(uname -r); dnsward $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (uncommitted changes)')${BIN_ARGS[1]:+, binary ${BIN_ARGS[1]} (not necessarily built from it)}"
     echo "- $ROUNDS rounds of bench/threads.sh, $DURATION s each way (dnsperf -c 20 -T 2 on the same cores), inputs of the kept run in ${BENCH_WORK:-/tmp/dnsward-bench}/run"
     echo "- cost of a round = 1 - QPS(on) / QPS(off); server CPU = all dnsward threads, user + system"
     echo "- load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

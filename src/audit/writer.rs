@@ -632,6 +632,7 @@ impl AuditLog {
             Arc::clone(&writable),
             Arc::clone(&outsiders.suppressed),
             true,
+            RetentionClock::start(),
         )?;
         let (tx, rx) = channel();
         let tx = QueueTx {
@@ -853,46 +854,58 @@ struct Store {
     /// record once the log can be written again: the start and load records tie every later
     /// answer to its lists, and a restart onto a full disk would otherwise lose them.
     held: Vec<(Timestamp, ServiceEvent)>,
-    /// What age retention takes for now (kept across reopens after an outage).
+    /// What age retention takes for now (handed to the store that reopens after an outage).
     retention_clock: RetentionClock,
 }
 
 /// The wall clock as age retention reads it: never ahead of the wall time at the writer's
-/// start plus the monotonic time since. A forward step of the system clock (a bad NTP source,
-/// a mistyped `date`) would otherwise make every closed segment look old at once and have
-/// retention delete the log it is there to keep; a backward step only keeps segments longer.
-/// The price: after a legitimate forward correction (a clock set late after boot), segments
-/// are kept that much longer, until the next start.
+/// start plus the time since on the boot clock (`CLOCK_BOOTTIME`: monotonic, and counting a
+/// suspend, so one does not hold retention back). A forward step of the system clock (a bad
+/// NTP source, a mistyped `date`) would otherwise make every closed segment look old at once
+/// and have retention delete the log it is there to keep; a backward step only keeps
+/// segments longer. It guards a running writer only: a clock already wrong when it starts is
+/// taken as it is. The price: after a legitimate forward correction (a clock set late after
+/// boot), segments are kept that much longer, until the next start.
 #[derive(Debug, Clone, Copy)]
 struct RetentionClock {
     wall_at_start: SystemTime,
-    at_start: Instant,
+    boot_at_start: Duration,
     /// Whether a forward step has been reported (once per run).
     step_reported: bool,
 }
 
-/// A wall clock this far ahead of the monotonic one is taken for a step (NTP slews smaller
+/// A wall clock this far ahead of the boot clock is taken for a step (NTP slews smaller
 /// differences away; it steps only past 128 ms, and by the whole offset).
 const CLOCK_STEP: Duration = Duration::from_secs(60);
+
+/// Time since boot, suspend included.
+fn since_boot() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or_default(),
+        u32::try_from(now.tv_nsec).unwrap_or_default(),
+    )
+}
 
 impl RetentionClock {
     fn start() -> Self {
         Self {
             wall_at_start: SystemTime::now(),
-            at_start: Instant::now(),
+            boot_at_start: since_boot(),
             step_reported: false,
         }
     }
 
     fn now(&mut self) -> SystemTime {
         let wall = SystemTime::now();
-        let read = Self::reading(wall, self.wall_at_start, self.at_start.elapsed());
+        let since_start = since_boot().saturating_sub(self.boot_at_start);
+        let read = Self::reading(wall, self.wall_at_start, since_start);
         let ahead = wall.duration_since(read).unwrap_or_default();
         if ahead > CLOCK_STEP && !std::mem::replace(&mut self.step_reported, true) {
             tracing::warn!(
                 ahead_secs = ahead.as_secs(),
                 "the system clock stepped forward since the audit writer started; age retention \
-                 counts from the writer's start on its monotonic clock until the next start"
+                 counts from the writer's start on the boot clock until the next start"
             );
         }
         read
@@ -990,6 +1003,7 @@ impl Store {
         writable: Arc<AtomicBool>,
         suppressed: Arc<Drops>,
         at_start: bool,
+        retention_clock: RetentionClock,
     ) -> Result<Self, AuditError> {
         let dir = settings.dir.clone();
         std::fs::create_dir_all(&dir).map_err(AuditError::io(&dir))?;
@@ -1032,7 +1046,7 @@ impl Store {
             last_suppressed: Instant::now(),
             suppressing: false,
             held: Vec::new(),
-            retention_clock: RetentionClock::start(),
+            retention_clock,
         };
         let recovered = match store.recover() {
             Ok(recovered) => recovered,
@@ -1395,6 +1409,8 @@ impl Store {
             Arc::clone(&self.writable),
             Arc::clone(&self.suppressed),
             false,
+            // Retention runs in `open`: with the clock of this run, not one started now.
+            self.retention_clock,
         ) {
             Ok(fresh) => fresh,
             Err(error) => {
@@ -1411,7 +1427,6 @@ impl Store {
         );
         fresh.query_records = self.query_records;
         fresh.held = std::mem::take(&mut self.held);
-        fresh.retention_clock = self.retention_clock;
         *self = fresh;
     }
 
@@ -1866,6 +1881,7 @@ mod tests {
             Arc::default(),
             Arc::default(),
             true,
+            RetentionClock::start(),
         )
         .unwrap();
         for seg in segment::list_segments(tmp.path()).unwrap() {
@@ -1879,6 +1895,19 @@ mod tests {
         store.retention_clock.wall_at_start = SystemTime::now() - 200 * day;
         store.apply_retention();
         assert_eq!(segments(), 3, "nothing removed after a forward step");
+        // An outage, and the store that reopens the log after it (which applies retention
+        // as it opens): still this run's clock.
+        let drops = Drops::default();
+        store.fail(
+            &AuditError::io(tmp.path())(std::io::Error::other("disk")),
+            &drops,
+        );
+        store.retry_if_due(&drops, true);
+        assert!(store.outage.is_none(), "reopened");
+        assert!(
+            segments() >= 3,
+            "nothing removed by the reopen after an outage"
+        );
         store.retention_clock = RetentionClock::start();
         store.apply_retention();
         assert_eq!(segments(), 1, "the newest segment is always kept");
