@@ -273,6 +273,16 @@ fn audit(path: &std::path::Path, command: AuditCommand) -> ExitCode {
                 ExitCode::from(1)
             }
         }
+        // A bad argument (a flag's value, a key file given with --pubkey that cannot be read,
+        // an empty range) is a wrong command line, exit 2 as for clap's own refusals: exit 1
+        // is verify's "the log failed", and a typo must not read as tampering.
+        Err(
+            error @ (dnsward::audit::AuditError::Argument { .. }
+            | dnsward::audit::AuditError::EmptyRange { .. }),
+        ) => {
+            eprintln!("dnsward audit: {error}");
+            ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("dnsward audit: {error}");
             ExitCode::from(1)
@@ -354,7 +364,7 @@ fn command_has_dir(command: &AuditCommand) -> bool {
 /// `lists diff`; returns whether anything would change.
 fn lists_diff(path: &std::path::Path, since: &str, json: bool) -> anyhow::Result<bool> {
     let config = config::load(path)?;
-    let window = parse_window(since)
+    let window = dnsward::audit::query::parse_window(since)
         .with_context(|| format!("--since {since:?}: expected a duration like 30m, 24h or 7d"))?;
     let audit_dir = config.audit.dir.clone();
     let comparison = Comparison::load(config)?;
@@ -412,19 +422,6 @@ fn seen_names(
         }
     }
     Ok(seen)
-}
-
-fn parse_window(text: &str) -> Option<Duration> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
-    let number: u64 = number.parse().ok()?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
-    };
-    Some(Duration::from_secs(number.checked_mul(seconds)?))
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {

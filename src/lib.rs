@@ -18,6 +18,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod lists;
 pub mod logging;

@@ -137,7 +137,9 @@ impl Snapshot {
         let Ok(entries) = std::fs::read_dir(self.lists_dir()) else {
             return;
         };
-        let now = SystemTime::now();
+        // Not the raw wall clock: a forward step would make every copy look old at once, and
+        // they are what ties older audit records to the list content that decided.
+        let (now, _) = crate::clock::process().now();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let referenced = manifest

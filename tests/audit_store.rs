@@ -2671,7 +2671,7 @@ fn exports_to_standard_output_and_verify_into_a_closed_pipe() {
         ],
         std::process::Stdio::piped(),
     );
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("symbolic link to nothing"));
 
     // Damaged, and its reader gone before the verdict was printed: still exit 1.
@@ -2686,4 +2686,78 @@ fn exports_to_standard_output_and_verify_into_a_closed_pipe() {
         .unwrap();
     drop(child.stdout.take());
     assert_eq!(child.wait().unwrap().code(), Some(1));
+}
+
+/// A wrong command line exits 2 with a message naming the argument, never 1 (verify's "the log
+/// failed"); `--limit 0`, a `--since` outside the documented units (`30M` would be months to a
+/// general parser) and `--since` with `--from` are refused; `-o -` is standard output.
+#[test]
+fn bad_arguments_exit_2_naming_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 20);
+    let dir = tmp.path().to_str().unwrap();
+    let missing_key = tmp.path().join("typo.pub");
+    let refused: [(&[&str], &str); 7] = [
+        (
+            &[
+                "verify",
+                "--dir",
+                dir,
+                "--pubkey",
+                missing_key.to_str().unwrap(),
+            ],
+            "--pubkey",
+        ),
+        (&["search", "--dir", dir, "--limit", "0"], "--limit"),
+        (&["search", "--dir", dir, "--since", "30M"], "--since"),
+        (&["search", "--dir", dir, "--since", "1.5h"], "--since"),
+        (&["summary", "--dir", dir, "--since", "-1h"], "--since"),
+        (
+            &[
+                "search",
+                "--dir",
+                dir,
+                "--since",
+                "2h",
+                "--from",
+                "2026-01-01T00:00:00Z",
+            ],
+            "--since",
+        ),
+        (
+            &[
+                "search",
+                "--dir",
+                dir,
+                "--from",
+                "2026-01-02T00:00:00Z",
+                "--to",
+                "2026-01-01T00:00:00Z",
+            ],
+            "--from",
+        ),
+    ];
+    for (args, flag) in refused {
+        let output = run_audit(args, std::process::Stdio::piped());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?} names {flag}: {stderr}");
+    }
+    // Weeks are a documented unit (the records here are from long ago: none in the window).
+    let weeks = run_audit(
+        &["search", "--dir", dir, "--since", "2w"],
+        std::process::Stdio::piped(),
+    );
+    assert!(weeks.status.success(), "{weeks:?}");
+
+    let export = run_audit(
+        &["export", "--dir", dir, "-o", "-"],
+        std::process::Stdio::piped(),
+    );
+    assert!(export.status.success(), "{export:?}");
+    assert!(!tmp.path().join("-").exists() && !std::path::Path::new("-").exists());
+    let file = tmp.path().join("stdout.jsonl");
+    std::fs::write(&file, &export.stdout).unwrap();
+    let report = audit::verify(&file, None).unwrap();
+    assert!(report.ok(), "{report}");
 }

@@ -45,8 +45,8 @@ pub enum AuditCommand {
         /// The name of the list whose rule decided.
         #[arg(long)]
         list: Option<String>,
-        /// Stop after this many records.
-        #[arg(long, allow_negative_numbers = true)]
+        /// Stop after this many records (at least 1).
+        #[arg(long, allow_negative_numbers = true, value_parser = at_least_one)]
         limit: Option<usize>,
         /// After the matches so far, print each new match as it is logged, until stopped
         /// (Ctrl-C).
@@ -87,7 +87,7 @@ pub enum AuditCommand {
         /// jsonl (stored lines) or csv (flattened columns plus the stored line).
         #[arg(long, value_enum, default_value = "jsonl")]
         format: ExportFormat,
-        /// Write here instead of standard output.
+        /// Write here instead of standard output (`-`: standard output).
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
@@ -102,6 +102,7 @@ pub enum AuditCommand {
         #[arg(long)]
         pubkey: Option<PathBuf>,
         /// A log directory, a segment, or an export file (default: the audit directory).
+        #[arg(conflicts_with = "dir")]
         path: Option<PathBuf>,
     },
     /// Write a new Ed25519 key pair: PREFIX.key (private, mode 0600) and PREFIX.pub.
@@ -126,8 +127,9 @@ pub struct DirArg {
 /// Time range flags.
 #[derive(Debug, Clone, Args)]
 pub struct RangeArgs {
-    /// Only the last period: `90s`, `15m`, `2h`, `7d`.
-    #[arg(long, allow_hyphen_values = true)]
+    /// Only the last period: a whole number and s, m, h, d or w (`90s`, `15m`, `2h`, `7d`).
+    /// Not with --from: give one start.
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "from")]
     pub since: Option<String>,
     /// From this time (RFC 3339, inclusive).
     #[arg(long)]
@@ -144,6 +146,15 @@ impl RangeArgs {
             self.from.as_deref(),
             self.to.as_deref(),
         )
+    }
+}
+
+/// `--limit`: a count of records to show; 0 would show none, which is never what was meant.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(count) => Ok(count),
+        Err(error) => Err(format!("{error} (expected a whole number, at least 1)")),
     }
 }
 
@@ -358,6 +369,8 @@ pub fn run_to(
         } => {
             let dir = pick(&dir, audit_dir);
             let range = range.parse()?;
+            // `-o -`: standard output, as for most tools that take an output file.
+            let output = output.filter(|path| path.as_os_str() != "-");
             match output {
                 Some(path) => {
                     let (stats, replaced) = export_to_file(dir, format, &range, &path)?;
@@ -452,6 +465,20 @@ mod tests {
             }
         ));
         assert!(Probe::try_parse_from(["audit", "verify", "--pubkey", "k.pub", "dir"]).is_ok());
+        // One place to verify: a --dir beside a path would be ignored.
+        assert!(Probe::try_parse_from(["audit", "verify", "--dir", "a", "b"]).is_err());
+        assert!(Probe::try_parse_from(["audit", "search", "--limit", "0"]).is_err());
+        assert!(
+            Probe::try_parse_from([
+                "audit",
+                "search",
+                "--since",
+                "1h",
+                "--from",
+                "2026-01-01T00:00:00Z"
+            ])
+            .is_err()
+        );
         assert!(Probe::try_parse_from(["audit", "search", "--json", "--csv"]).is_err());
         // Following has no end: no limit, no end time.
         assert!(Probe::try_parse_from(["audit", "search", "-f", "--since", "1h"]).is_ok());

@@ -67,12 +67,11 @@ pub enum AuditError {
         #[source]
         source: time::error::Parse,
     },
-    #[error("invalid duration {value:?} (expected e.g. 90s, 15m, 2h, 7d): {source}")]
-    InvalidDuration {
-        value: String,
-        #[source]
-        source: humantime::DurationError,
-    },
+    #[error(
+        "invalid duration {value:?}: expected a whole number and a unit s, m, h, d or w \
+         (90s, 15m, 2h, 7d)"
+    )]
+    InvalidDuration { value: String },
     #[error("invalid client {value:?}: expected an IP address or a CIDR network")]
     InvalidClient { value: String },
     #[error("invalid decision {value:?}: expected allowed, blocked, logged, refused or error")]

@@ -107,7 +107,11 @@ impl Timestamp {
                     value: text.to_owned(),
                     source,
                 })?;
-        let micros = parsed.unix_timestamp_nanos() / 1000;
+        // Rounded up to the microsecond: stored times are whole microseconds, so a bound
+        // between two of them must fall after the earlier one, whichever side it limits
+        // (`--from` inclusive, `--to` exclusive); truncating let `--from ….0000005Z` take a
+        // record stamped before it.
+        let micros = (parsed.unix_timestamp_nanos() + 999).div_euclid(1000);
         Ok(Self(i64::try_from(micros).unwrap_or(0).max(0)))
     }
 
@@ -608,6 +612,15 @@ mod tests {
             "1970-01-01T00:00:00.000000Z"
         );
         assert!(Timestamp::parse_rfc3339("yesterday").is_err());
+        // A bound between two stored microseconds falls after the earlier one.
+        assert_eq!(
+            Timestamp::parse_rfc3339("2025-01-31T12:00:00.0001225Z").unwrap(),
+            stamp
+        );
+        assert_eq!(
+            Timestamp::parse_rfc3339("2025-01-31T12:00:00.000123000Z").unwrap(),
+            stamp
+        );
         // Days past the month's end and seconds past 59 are not times, in the stored form as
         // in any other (the stored form is parsed by its own fast path).
         for bad in [

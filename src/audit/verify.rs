@@ -326,16 +326,21 @@ impl fmt::Display for VerifyReport {
 }
 
 /// Verifies a log directory, a segment file, or an export (JSON lines or CSV).
+/// A key file that cannot be read is an error about the `--pubkey` argument, not a verdict on
+/// the log.
 pub fn verify(path: &Path, pubkey: Option<&Path>) -> Result<VerifyReport, AuditError> {
-    verify_with(path, pubkey, &VerifyOptions::default())
+    let key = pubkey
+        .map(keys::load_verifying_key)
+        .transpose()
+        .map_err(AuditError::for_flag("--pubkey"))?;
+    verify_with(path, key, &VerifyOptions::default())
 }
 
 pub fn verify_with(
     path: &Path,
-    pubkey: Option<&Path>,
+    key: Option<VerifyingKey>,
     options: &VerifyOptions,
 ) -> Result<VerifyReport, AuditError> {
-    let key = pubkey.map(keys::load_verifying_key).transpose()?;
     if path.is_dir() {
         let segments = segment::existing_segments(path)?;
         return Ok(verify_segments(path, key, options, &segments));

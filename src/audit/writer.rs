@@ -31,7 +31,10 @@ use super::{
     segment::{self, GENESIS, Hash, Header, HeaderKind, TornTail},
     settings::{Anonymize, AuditSettings, WhenUnwritable},
 };
-use crate::policy::decision::DecisionRecord;
+use crate::{
+    clock::{CLOCK_STEP, SteadyWall},
+    policy::decision::DecisionRecord,
+};
 
 /// Messages drained per wake-up before the batch is written: large enough to amortise the
 /// `write` syscall, small enough that checkpoints and fsyncs are not delayed under load.
@@ -858,49 +861,24 @@ struct Store {
     retention_clock: RetentionClock,
 }
 
-/// The wall clock as age retention reads it: never ahead of the wall time at the writer's
-/// start plus the time since on the boot clock (`CLOCK_BOOTTIME`: monotonic, and counting a
-/// suspend, so one does not hold retention back). A forward step of the system clock (a bad
-/// NTP source, a mistyped `date`) would otherwise make every closed segment look old at once
-/// and have retention delete the log it is there to keep; a backward step only keeps
-/// segments longer. It guards a running writer only: a clock already wrong when it starts is
-/// taken as it is. The price: after a legitimate forward correction (a clock set late after
-/// boot), segments are kept that much longer, until the next start.
+/// The wall clock as age retention reads it (see `crate::clock`), from the writer's start.
 #[derive(Debug, Clone, Copy)]
 struct RetentionClock {
-    wall_at_start: SystemTime,
-    boot_at_start: Duration,
+    steady: SteadyWall,
     /// Whether a forward step has been reported (once per run).
     step_reported: bool,
-}
-
-/// A wall clock this far ahead of the boot clock is taken for a step (NTP slews smaller
-/// differences away; it steps only past 128 ms, and by the whole offset).
-const CLOCK_STEP: Duration = Duration::from_secs(60);
-
-/// Time since boot, suspend included.
-fn since_boot() -> Duration {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-    Duration::new(
-        u64::try_from(now.tv_sec).unwrap_or_default(),
-        u32::try_from(now.tv_nsec).unwrap_or_default(),
-    )
 }
 
 impl RetentionClock {
     fn start() -> Self {
         Self {
-            wall_at_start: SystemTime::now(),
-            boot_at_start: since_boot(),
+            steady: SteadyWall::start(),
             step_reported: false,
         }
     }
 
     fn now(&mut self) -> SystemTime {
-        let wall = SystemTime::now();
-        let since_start = since_boot().saturating_sub(self.boot_at_start);
-        let read = Self::reading(wall, self.wall_at_start, since_start);
-        let ahead = wall.duration_since(read).unwrap_or_default();
+        let (read, ahead) = self.steady.now();
         if ahead > CLOCK_STEP && !std::mem::replace(&mut self.step_reported, true) {
             tracing::warn!(
                 ahead_secs = ahead.as_secs(),
@@ -909,12 +887,6 @@ impl RetentionClock {
             );
         }
         read
-    }
-
-    fn reading(wall: SystemTime, wall_at_start: SystemTime, since_start: Duration) -> SystemTime {
-        wall_at_start
-            .checked_add(since_start)
-            .map_or(wall, |expected| wall.min(expected))
     }
 }
 
@@ -1833,28 +1805,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn age_retention_does_not_follow_a_forward_clock_step() {
-        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let year = Duration::from_secs(365 * 86_400);
-        let ten = Duration::from_secs(10);
-        assert_eq!(
-            RetentionClock::reading(start + year, start, ten),
-            start + ten,
-            "a year's step forward ten seconds after start"
-        );
-        assert_eq!(
-            RetentionClock::reading(start + ten, start, ten),
-            start + ten,
-            "no step"
-        );
-        assert_eq!(
-            RetentionClock::reading(start, start, ten),
-            start,
-            "a step back keeps segments longer"
-        );
-    }
-
     /// Closed segments 100 days old, a 90-day limit, and a wall clock 200 days ahead of where
     /// the monotonic clock puts it: they are kept; read without the step, they go.
     #[test]
@@ -1892,7 +1842,7 @@ mod tests {
                 .set_modified(SystemTime::now() - 100 * day)
                 .unwrap();
         }
-        store.retention_clock.wall_at_start = SystemTime::now() - 200 * day;
+        store.retention_clock.steady.wall_at_start = SystemTime::now() - 200 * day;
         store.apply_retention();
         assert_eq!(segments(), 3, "nothing removed after a forward step");
         // An outage, and the store that reopens the log after it (which applies retention
