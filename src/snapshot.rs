@@ -117,10 +117,27 @@ impl Snapshot {
                 })
                 .collect(),
         };
+        self.replace_manifest(&manifest)
+    }
+
+    /// Writes `manifest` over the one serving until now, then prunes. The copies the old one
+    /// named are touched first: a copy's age is what `prune` goes by, and it must count from
+    /// when the copy stopped serving, not from when it was first loaded (a list that served
+    /// unchanged for months would otherwise go the moment a reload replaced it).
+    fn replace_manifest(&self, manifest: &Manifest) -> Result<(), SnapshotError> {
+        if let Ok(previous) = self.read_manifest() {
+            for list in &previous.lists {
+                // Best effort: a copy that cannot be touched only ages from its last write.
+                let _ = std::fs::File::options()
+                    .write(true)
+                    .open(self.list_path(&list.sha256))
+                    .and_then(|file| file.set_modified(SystemTime::now()));
+            }
+        }
         // Serialising plain strings and numbers cannot fail.
-        let text = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+        let text = serde_json::to_vec_pretty(manifest).unwrap_or_default();
         write_atomically(&self.manifest_path(), &text)?;
-        self.prune(&manifest);
+        self.prune(manifest);
         Ok(())
     }
 
@@ -173,4 +190,66 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&temporary, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(generation: u64, hashes: &[&str]) -> Manifest {
+        Manifest {
+            generation,
+            loaded_at_ms: 0,
+            config_path: "dnsward.toml".into(),
+            lists: hashes
+                .iter()
+                .map(|sha256| ManifestList {
+                    name: "exchanges".into(),
+                    path: "lists/exchanges.txt".into(),
+                    sha256: (*sha256).into(),
+                    kind: ListKind::Block,
+                    mode: ListMode::Enforce,
+                    action: BlockAction::Nxdomain,
+                    ede: 15,
+                    rules: 1,
+                })
+                .collect(),
+        }
+    }
+
+    /// A list that served unchanged for 200 days, then replaced by a reload: its copy is kept
+    /// (it is what ties those 200 days of audit records to their rules); one that stopped
+    /// serving long ago goes.
+    #[test]
+    fn a_copy_ages_from_when_it_stopped_serving() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snapshot = Snapshot::new(tmp.path());
+        let (served_long, replaced_long_ago, new) =
+            ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        for hash in [&served_long, &replaced_long_ago, &new] {
+            let path = snapshot.list_path(hash);
+            write_atomically(&path, b"binance.com\n").unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(SystemTime::now() - Duration::from_secs(200 * 86_400))
+                .unwrap();
+        }
+        write_atomically(
+            &snapshot.manifest_path(),
+            &serde_json::to_vec(&manifest(1, &[&served_long])).unwrap(),
+        )
+        .unwrap();
+        snapshot.replace_manifest(&manifest(2, &[&new])).unwrap();
+        assert!(
+            snapshot.list_path(&served_long).exists(),
+            "served until now"
+        );
+        assert!(snapshot.list_path(&new).exists(), "serving");
+        assert!(
+            !snapshot.list_path(&replaced_long_ago).exists(),
+            "unreferenced for 200 days"
+        );
+    }
 }

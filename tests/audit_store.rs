@@ -175,24 +175,21 @@ fn signatures_verify_against_the_right_key_only() {
             .contains("none verified before the failure"),
         "{report}"
     );
-    // The private key file given where the public one belongs: named as such, whether its 32
-    // bytes happen to decode as a public key (then it is another key) or not.
+    // The private key file given where the public one belongs: an error about --pubkey that
+    // names it as such (exit 2, not a failed log), whether its 32 bytes happen to decode as a
+    // public key (then it would be another key) or not.
     let secret = settings.signing_key.clone().unwrap();
-    match audit::verify(&settings.dir, Some(&secret)) {
-        Ok(report) => {
-            assert_eq!(
-                report.failure.as_ref().unwrap().kind,
-                FailureKind::OtherKey {
-                    private_key_given: true
-                }
-            );
-            assert!(
-                report.to_string().contains("give the .pub file"),
-                "{report}"
-            );
-        }
-        Err(error) => assert!(error.to_string().contains("give the .pub file"), "{error}"),
-    }
+    let error = audit::verify(&settings.dir, Some(&secret)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            audit::AuditError::Argument {
+                flag: "--pubkey",
+                ..
+            }
+        ) && error.to_string().contains("give the .pub file"),
+        "{error}"
+    );
 
     // An unsigned log checked with a key.
     let unsigned = tmp.path().join("unsigned");

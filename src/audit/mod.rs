@@ -49,6 +49,11 @@ pub enum AuditError {
     Output(#[source] std::io::Error),
     #[error("{path}: not a key file: {reason}")]
     Key { path: PathBuf, reason: &'static str },
+    #[error(
+        "{path}: this is the private signing key of the key that signed the log: give the \
+         .pub file that keygen wrote, and keep the .key secret"
+    )]
+    PrivateKeyGiven { path: PathBuf },
     #[error("{path}: refusing to overwrite an existing key file")]
     KeyExists { path: PathBuf },
     #[error("{path}: {reason}")]

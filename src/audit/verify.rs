@@ -333,7 +333,27 @@ pub fn verify(path: &Path, pubkey: Option<&Path>) -> Result<VerifyReport, AuditE
         .map(keys::load_verifying_key)
         .transpose()
         .map_err(AuditError::for_flag("--pubkey"))?;
-    verify_with(path, key, &VerifyOptions::default())
+    let report = verify_with(path, key, &VerifyOptions::default())?;
+    // The signing key's secret given as the public key (both files hold 32 bytes of hex, and
+    // half of all secrets also decode as a public key): a wrong argument, not a log that
+    // failed, whichever way its bytes happen to read.
+    if let (
+        Some(Failure {
+            kind: FailureKind::OtherKey {
+                private_key_given: true,
+            },
+            ..
+        }),
+        Some(pubkey),
+    ) = (&report.failure, pubkey)
+    {
+        return Err(AuditError::for_flag("--pubkey")(
+            AuditError::PrivateKeyGiven {
+                path: pubkey.to_owned(),
+            },
+        ));
+    }
+    Ok(report)
 }
 
 pub fn verify_with(
