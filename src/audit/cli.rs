@@ -335,7 +335,9 @@ pub fn run_to(
             };
             let dir = pick(&dir, audit_dir);
             if follow {
-                super::follow::follow(dir, &filter, format, out, out_closed)?;
+                super::follow::follow(dir, &filter, format, out, out_closed, &mut |text| {
+                    eprintln!("dnsward audit: note: {text}");
+                })?;
             } else {
                 let shown = query::write_hits(query::search(dir, &filter)?, format, out)?;
                 if shown == 0

@@ -19,7 +19,7 @@ use std::{
 use super::{
     AuditError,
     query::{Filter, Hit, HitWriter, OutputFormat, search},
-    segment::{self, Header, Record},
+    segment::{self, Header, LinkView, Record},
 };
 
 /// How often the newest segment is looked at when nothing new was found.
@@ -39,13 +39,16 @@ const READ_CHUNK: u64 = 4 << 20;
 /// Runs the search, then follows the log forever, writing each match to `out` (flushed per
 /// batch). Returns when `out_closed` says the output's reader has gone (checked every `POLL`,
 /// as `tail -f` does: a filter that matches nothing more would otherwise never find out), or
-/// on an error (the output failed, the log unreadable).
+/// on an error (the output failed, the log unreadable). `note` gets what the reader should
+/// know beside the matches: records that went before they could be read (retention removed
+/// segments while the follower was behind), which would otherwise pass unseen.
 pub fn follow(
     dir: &Path,
     filter: &Filter,
     format: OutputFormat,
     out: &mut dyn Write,
     out_closed: &dyn Fn() -> bool,
+    note: &mut dyn FnMut(&str),
 ) -> Result<(), AuditError> {
     let (mut tail, end_seq) = Tail::at_end(dir)?;
     let mut writer = HitWriter::new(format).following();
@@ -66,6 +69,12 @@ pub fn follow(
             next_check = std::time::Instant::now() + POLL;
         }
         let lines = tail.read_new()?;
+        if let Some((first, last)) = tail.skipped.take() {
+            note(&format!(
+                "records {first} to {last} were removed (by retention) before they could be \
+                 read; matches among them are not shown"
+            ));
+        }
         if !lines.is_empty() {
             write_matches(lines, filter, &mut writer, out)?;
             continue;
@@ -107,6 +116,11 @@ struct Tail {
     /// same name (the writer's recovery removes an emptied one and starts it again; the file
     /// may even get the same inode) has another header, and is read from its start.
     header: Vec<u8>,
+    /// The seq after the last record read, when known.
+    next_seq: Option<u64>,
+    /// Seqs that a segment read from its start began after (`next_seq` to its first seq - 1),
+    /// until reported: records that were gone before they could be read.
+    skipped: Option<(u64, u64)>,
 }
 
 impl Tail {
@@ -146,6 +160,8 @@ impl Tail {
             path,
             offset: from + whole as u64,
             header: Vec::new(),
+            next_seq: end_seq.checked_add(1),
+            skipped: None,
         };
         tail.header = tail.read_header(&file);
         Ok((tail, end_seq))
@@ -182,14 +198,30 @@ impl Tail {
         if at_start {
             self.header =
                 data[..data.iter().position(|&byte| byte == b'\n').unwrap_or(end) + 1].to_vec();
+            let first_seq = Header::parse(self.header.trim_ascii_end()).map(|h| h.first_seq);
+            // A later start than expected: what came between is gone. An earlier one is the
+            // writer's recovery reusing the seqs of lines it withdrew, not a loss.
+            if let (Some(expected), Some(first)) = (self.next_seq, first_seq)
+                && first > expected
+            {
+                self.skipped = Some((expected, first - 1));
+            }
         }
-        Ok(data[..end]
+        let lines: Vec<Vec<u8>> = data[..end]
             .split(|&byte| byte == b'\n')
             // A segment's first line is its header, not a record.
             .skip(usize::from(at_start))
             .filter(|line| !line.is_empty())
             .map(<[u8]>::to_vec)
-            .collect())
+            .collect();
+        if let Some(seq) = lines
+            .last()
+            .and_then(|line| LinkView::parse(line))
+            .and_then(|link| link.seq.checked_add(1))
+        {
+            self.next_seq = Some(seq);
+        }
+        Ok(lines)
     }
 
     /// The segment after this one, if the writer has started it.
@@ -310,9 +342,16 @@ mod tests {
     }
 
     fn start(dir: &Path) -> Printed {
+        start_with_notes(dir).0
+    }
+
+    /// Also returns the follower's notes.
+    fn start_with_notes(dir: &Path) -> (Printed, Arc<Mutex<Vec<String>>>) {
         let printed = Printed::default();
+        let notes = Arc::new(Mutex::new(Vec::new()));
         let mut out = printed.clone();
         let dir = dir.to_owned();
+        let noted = notes.clone();
         std::thread::spawn(move || {
             follow(
                 &dir,
@@ -320,9 +359,41 @@ mod tests {
                 OutputFormat::Jsonl,
                 &mut out,
                 &|| false,
+                &mut |text| noted.lock().unwrap().push(text.to_owned()),
             )
         });
-        printed
+        (printed, notes)
+    }
+
+    /// Retention removed segments the follower had not read yet (it was behind): the records
+    /// it missed are named in a note, not passed over in silence. Seqs a new segment reuses
+    /// after the writer's recovery are no loss, and get none (`a_cut_back_segment_…`).
+    #[test]
+    fn records_removed_before_they_were_read_are_noted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut head = GENESIS;
+        let first = segment(1, &mut head, &[query("a."), query("b.")]);
+        std::fs::write(dir.path().join(segment_name(1)), first).unwrap();
+        let (printed, notes) = start_with_notes(dir.path());
+        printed.wait_for(&["a.", "b."]);
+        // Seqs 3 and 4 were in a segment that came and went between two looks.
+        let mut gone = Vec::new();
+        for seq in [3, 4] {
+            head =
+                encode_record(&mut gone, seq, &head, Timestamp::now(), "i1", &query("x.")).unwrap();
+        }
+        std::fs::write(
+            dir.path().join(segment_name(5)),
+            segment(5, &mut head, &[query("e.")]),
+        )
+        .unwrap();
+        printed.wait_for(&["a.", "b.", "e."]);
+        let notes = notes.lock().unwrap().clone();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with("records 3 to 4 were removed"),
+            "{notes:?}"
+        );
     }
 
     fn append(path: &Path, bytes: &[u8]) {
@@ -343,7 +414,7 @@ mod tests {
         let mut head = GENESIS;
         let bytes = segment(1, &mut head, &[query("a."), query("b.")]);
         std::fs::write(&first, &bytes).unwrap();
-        let printed = start(dir.path());
+        let (printed, notes) = start_with_notes(dir.path());
         printed.wait_for(&["a.", "b."]);
         let kept = head;
         let mut lost = Vec::new();
@@ -368,6 +439,7 @@ mod tests {
         );
         std::fs::write(dir.path().join(segment_name(3)), next).unwrap();
         printed.wait_for(&["a.", "b.", "lost3.", "lost4.", "new3.", "new4.", "new5."]);
+        assert!(notes.lock().unwrap().is_empty(), "reused seqs are no loss");
     }
 
     /// More than a read's worth appended between a poll and the look at the directory, then a
