@@ -128,10 +128,15 @@ impl Snapshot {
         if let Ok(previous) = self.read_manifest() {
             for list in &previous.lists {
                 // Best effort: a copy that cannot be touched only ages from its last write.
+                // Never backwards: a clock far behind (a board without a real-time clock,
+                // before its time sync) would make the copy look decades old.
                 let _ = std::fs::File::options()
                     .write(true)
                     .open(self.list_path(&list.sha256))
-                    .and_then(|file| file.set_modified(SystemTime::now()));
+                    .and_then(|file| {
+                        let modified = file.metadata()?.modified()?;
+                        file.set_modified(modified.max(SystemTime::now()))
+                    });
             }
         }
         // Serialising plain strings and numbers cannot fail.
@@ -251,5 +256,18 @@ mod tests {
             !snapshot.list_path(&replaced_long_ago).exists(),
             "unreferenced for 200 days"
         );
+
+        // A touch never moves a copy's time back (a clock far behind at that moment).
+        let later = SystemTime::now() + Duration::from_secs(10 * 86_400);
+        let path = snapshot.list_path(&new);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        snapshot.replace_manifest(&manifest(3, &[])).unwrap();
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert!(modified >= later - Duration::from_secs(1), "{modified:?}");
     }
 }

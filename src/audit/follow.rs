@@ -204,7 +204,13 @@ impl Tail {
             if let (Some(expected), Some(first)) = (self.next_seq, first_seq)
                 && first > expected
             {
-                self.skipped = Some((expected, first - 1));
+                // Two such starts before a report: one range, from the first gap's start.
+                let from = self.skipped.map_or(expected, |(from, _)| from);
+                self.skipped = Some((from, first - 1));
+            }
+            if first_seq.is_some() {
+                // From the header on, not only from a record line that may not come.
+                self.next_seq = first_seq;
             }
         }
         let lines: Vec<Vec<u8>> = data[..end]
@@ -214,9 +220,12 @@ impl Tail {
             .filter(|line| !line.is_empty())
             .map(<[u8]>::to_vec)
             .collect();
+        // The last line that parses: one that does not (`verify`'s business) must not leave
+        // an older seq here, which a later segment would take for a gap.
         if let Some(seq) = lines
-            .last()
-            .and_then(|line| LinkView::parse(line))
+            .iter()
+            .rev()
+            .find_map(|line| LinkView::parse(line))
             .and_then(|link| link.seq.checked_add(1))
         {
             self.next_seq = Some(seq);
@@ -475,6 +484,34 @@ mod tests {
         .unwrap();
         assert_eq!(read, count, "every record of the first segment's rest");
         assert_eq!(tail.read_new().unwrap().len(), 1, "then the next segment");
+    }
+
+    /// A line that does not parse (damage is `verify`'s business) after the last record read:
+    /// the next segment, which starts right after that record, is no gap.
+    #[test]
+    fn a_damaged_last_line_is_no_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join(segment_name(1));
+        let mut head = GENESIS;
+        std::fs::write(&first, segment(1, &mut head, &[query("a.")])).unwrap();
+        let (printed, notes) = start_with_notes(dir.path());
+        printed.wait_for(&["a."]);
+        let mut more = Vec::new();
+        head = encode_record(&mut more, 2, &head, Timestamp::now(), "i1", &query("b.")).unwrap();
+        more.extend_from_slice(b"{damaged\n");
+        append(&first, &more);
+        printed.wait_for(&["a.", "b."]);
+        std::fs::write(
+            dir.path().join(segment_name(3)),
+            segment(3, &mut head, &[query("c.")]),
+        )
+        .unwrap();
+        printed.wait_for(&["a.", "b.", "c."]);
+        assert!(
+            notes.lock().unwrap().is_empty(),
+            "{:?}",
+            notes.lock().unwrap()
+        );
     }
 
     /// A new segment whose first write fails is emptied, removed and started again under the
