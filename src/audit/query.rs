@@ -284,6 +284,16 @@ impl DomainFilter {
     }
 
     fn matches(&self, qname: &[u8]) -> bool {
+        if qname.contains(&b'\\') {
+            // Compared as the policy looked the name up: its labels' bytes joined with dots. A
+            // label holding a dot (`www.binance\.cc.`) was decided under `binance.cc`, and an
+            // auditor asking for `binance.cc` must find it (rare: the common path is untouched).
+            return self.matches_plain(&unescape_presentation(qname));
+        }
+        self.matches_plain(qname)
+    }
+
+    fn matches_plain(&self, qname: &[u8]) -> bool {
         let qname = qname.strip_suffix(b".").unwrap_or(qname);
         let name = self.name.as_bytes();
         if qname.eq_ignore_ascii_case(name) {
@@ -297,6 +307,34 @@ impl DomainFilter {
             && qname[qname.len() - name.len()..].eq_ignore_ascii_case(name)
             && qname[qname.len() - name.len() - 1] == b'.'
     }
+}
+
+/// A name in RFC 1035 presentation form (as stored: `\X` for a printable byte, `\DDD` for
+/// any other) back to its bytes, the label separators and the escaped dots alike.
+fn unescape_presentation(text: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text;
+    while let Some((&byte, tail)) = rest.split_first() {
+        rest = tail;
+        if byte != b'\\' {
+            bytes.push(byte);
+            continue;
+        }
+        match rest {
+            [a, b, c, tail @ ..] if [a, b, c].iter().all(|d| d.is_ascii_digit()) => {
+                let value =
+                    u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0');
+                bytes.push(u8::try_from(value).unwrap_or(u8::MAX));
+                rest = tail;
+            }
+            [escaped, tail @ ..] => {
+                bytes.push(*escaped);
+                rest = tail;
+            }
+            [] => bytes.push(byte),
+        }
+    }
+    bytes
 }
 
 /// `--qtype` as stored: the mnemonic (`AAAA`) or `TYPE<n>` (RFC 3597) for types without one.
@@ -2133,6 +2171,13 @@ mod tests {
         let exact = DomainFilter::parse("=binance.com").unwrap();
         assert!(exact.matches(b"binance.com"));
         assert!(!exact.matches(b"www.binance.com."));
+        // A label holding a dot is found where the policy decided it (its bytes joined with
+        // dots), in either escape form; not by the exact name it only resembles.
+        assert!(suffix.matches(b"www.binance\\.com."));
+        assert!(suffix.matches(b"www.binance\\046com."));
+        assert!(suffix.matches(b"\\098inance.com."));
+        assert!(!suffix.matches(b"www.binance\\.com\\.evil."));
+        assert!(!exact.matches(b"www.binance\\.com."));
         // A final ideographic full stop is a root dot once converted.
         let ideographic = DomainFilter::parse("bücher.example。").unwrap();
         assert!(ideographic.matches(b"www.xn--bcher-kva.example."));
