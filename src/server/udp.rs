@@ -133,35 +133,16 @@ pub async fn serve(
         // One batch per wake-up, then back to `readable`. `try_io` re-arms readiness when the
         // kernel says WouldBlock.
         let batch = match &mut drain_left {
-            None if stolen_last && !shutdown.is_cancelled() => {
-                stolen_last = false;
-                match received.recv(fd) {
-                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                        match steal(&mut received, &siblings, me, &mut next_sibling) {
-                            Some(count) => {
-                                stolen_last = true;
-                                Ok(count)
-                            }
-                            None => continue,
-                        }
-                    }
-                    batch => batch,
-                }
+            None if std::mem::take(&mut stolen_last) && !shutdown.is_cancelled() => {
+                received.recv(fd)
             }
             None => {
                 tokio::select! {
                     ready = socket.0.readable() => match ready {
                         Ok(mut guard) => match guard.try_io(|_| received.recv(fd)) {
                             Ok(batch) => batch,
-                            Err(_would_block) => {
-                                match steal(&mut received, &siblings, me, &mut next_sibling) {
-                                    Some(count) => {
-                                        stolen_last = true;
-                                        Ok(count)
-                                    }
-                                    None => continue,
-                                }
-                            }
+                            // Readiness is re-armed; the dry socket is handled below.
+                            Err(_would_block) => Err(std::io::ErrorKind::WouldBlock.into()),
                         },
                         Err(error) => {
                             tracing::warn!(%error, "udp socket failed");
@@ -187,7 +168,16 @@ pub async fn serve(
         };
         let count = match batch {
             Ok(count) => count,
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+            // Our socket is dry (never while draining at a stop: that returns above first).
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                match steal(&mut received, &siblings, me, &mut next_sibling) {
+                    Some(count) => {
+                        stolen_last = true;
+                        count
+                    }
+                    None => continue,
+                }
+            }
             Err(error) => {
                 // ICMP errors from earlier sends surface here on some systems; not fatal. A
                 // stream of them must not keep the thread either (see the end of the loop).
