@@ -259,7 +259,7 @@ fn search_filters_and_output_formats() {
             &["--since", "1h", "--to", "2020-01-01T00:00:00Z"],
             "--since ",
         ),
-        (&["--dir", missing], "no audit log here"),
+        (&["--dir", missing], "--dir: "),
     ] {
         let mut all = vec!["search"];
         all.extend_from_slice(args);

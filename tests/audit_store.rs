@@ -2694,7 +2694,21 @@ fn bad_arguments_exit_2_naming_the_flag() {
     write_log(&settings(tmp.path()), 0, 20);
     let dir = tmp.path().to_str().unwrap();
     let missing_key = tmp.path().join("typo.pub");
-    let refused: [(&[&str], &str); 7] = [
+    // A path named on the command line that is not there is a typo, not a failed log.
+    let missing = tmp.path().join("typo.jsonl");
+    let missing = missing.to_str().unwrap();
+    let missing_dir = tmp.path().join("no-such-dir");
+    let missing_dir = missing_dir.to_str().unwrap();
+    let into_missing_dir = format!("{missing_dir}/export.jsonl");
+    let refused: [(&[&str], &str); 12] = [
+        (&["verify", missing], "PATH: "),
+        (&["verify", "--dir", missing_dir], "--dir: "),
+        (&["search", "--dir", missing_dir], "--dir: "),
+        (&["summary", "--dir", missing_dir], "--dir: "),
+        (
+            &["export", "--dir", dir, "-o", &into_missing_dir],
+            "--output: ",
+        ),
         (
             &[
                 "verify",
@@ -2740,6 +2754,14 @@ fn bad_arguments_exit_2_naming_the_flag() {
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(flag), "{args:?} names {flag}: {stderr}");
     }
+    // The configured directory gone missing is no typo: the log failed (exit 1).
+    let config = tmp.path().join("gone.toml");
+    std::fs::write(&config, format!("[audit]\ndir = \"{missing_dir}\"\n")).unwrap();
+    let gone = std::process::Command::new(env!("CARGO_BIN_EXE_dnsward"))
+        .args(["audit", "verify", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(gone.status.code(), Some(1), "{gone:?}");
     // Weeks are a documented unit (the records here are from long ago: none in the window).
     let weeks = run_audit(
         &["search", "--dir", dir, "--since", "2w"],

@@ -229,9 +229,10 @@ fn export_to_file(
     let file_name = target
         .file_name()
         .ok_or_else(|| output_error(path, "not a file name".into()))?;
+    // A directory that is not there is a wrong `--output`, not a failed export.
     let canonical_target = target_dir
         .canonicalize()
-        .map_err(AuditError::io(target_dir))?;
+        .map_err(|error| AuditError::for_flag("--output")(AuditError::io(target_dir)(error)))?;
     if let Ok(canonical_log) = dir.canonicalize()
         && canonical_target.starts_with(&canonical_log)
     {
@@ -275,8 +276,28 @@ fn export_to_file(
     written.map(|stats| (stats, true))
 }
 
-fn pick<'a>(dir: &'a DirArg, configured: &'a Path) -> &'a Path {
-    dir.dir.as_deref().unwrap_or(configured)
+fn pick<'a>(dir: &'a DirArg, configured: &'a Path) -> Result<&'a Path, AuditError> {
+    match dir.dir.as_deref() {
+        Some(given) => given_path("--dir", given).map(|()| given),
+        None => Ok(configured),
+    }
+}
+
+/// A path named on the command line that is not there is a wrong argument (exit 2), not a log
+/// that failed: `verify typo.jsonl` must not read as tampering. The configured `[audit] dir`
+/// gone missing is not a typo, and stays a failure of the log.
+fn given_path(flag: &'static str, path: &Path) -> Result<(), AuditError> {
+    match std::fs::symlink_metadata(path) {
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Err(AuditError::for_flag(flag)(AuditError::io(path)(error)))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Runs one command, printing to `out`. `Ok(false)` means the command ran and the answer is
@@ -333,7 +354,7 @@ pub fn run_to(
                 (_, true) => OutputFormat::Csv,
                 _ => OutputFormat::Table,
             };
-            let dir = pick(&dir, audit_dir);
+            let dir = pick(&dir, audit_dir)?;
             if follow {
                 super::follow::follow(dir, &filter, format, out, out_closed, &mut |text| {
                     eprintln!("dnsward audit: note: {text}");
@@ -354,7 +375,7 @@ pub fn run_to(
             Ok(true)
         }
         AuditCommand::Summary { dir, range, json } => {
-            let summary = query::summary(pick(&dir, audit_dir), &range.parse()?)?;
+            let summary = query::summary(pick(&dir, audit_dir)?, &range.parse()?)?;
             if json {
                 serde_json::to_writer_pretty(&mut *out, &summary).map_err(AuditError::Encode)?;
                 writeln!(out).map_err(AuditError::Output)?;
@@ -369,7 +390,7 @@ pub fn run_to(
             format,
             output,
         } => {
-            let dir = pick(&dir, audit_dir);
+            let dir = pick(&dir, audit_dir)?;
             let range = range.parse()?;
             // `-o -`: standard output, as for most tools that take an output file.
             let output = output.filter(|path| path.as_os_str() != "-");
@@ -399,7 +420,13 @@ pub fn run_to(
             Ok(true)
         }
         AuditCommand::Verify { dir, pubkey, path } => {
-            let target = path.unwrap_or_else(|| pick(&dir, audit_dir).to_owned());
+            let target = match path {
+                Some(path) => {
+                    given_path("PATH", &path)?;
+                    path
+                }
+                None => pick(&dir, audit_dir)?.to_owned(),
+            };
             let report = verify::verify(&target, pubkey.as_deref())?;
             match write!(out, "{report}") {
                 // The verdict stands whoever stopped reading (`verify | head -1`): the exit
