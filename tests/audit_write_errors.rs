@@ -427,6 +427,163 @@ fn service_records_held_in_an_outage_are_capped_and_the_rest_counted() {
     assert!(report.ok(), "{report}");
 }
 
+/// An outage that began with a write of the writer's own (a quiet log's segment closed for its
+/// age) loses no record, so a retry has nothing to write: it must still show the disk takes a
+/// write before the log counts as writable, or `when_unwritable = "refuse"` answers queries
+/// again onto a disk that takes nothing.
+#[test]
+fn the_log_is_writable_again_only_once_a_write_succeeds() {
+    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = AuditSettings {
+        segment_max_age_secs: 1,
+        when_unwritable: audit::WhenUnwritable::Refuse,
+        ..settings(tmp.path())
+    };
+    limit_file_size(FILE_LIMIT);
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    send(&handle, 0, 5);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while all_records(tmp.path()).len() < 5 {
+        assert!(Instant::now() < deadline, "the records were not written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Nothing fits any more: the age close's checkpoint fails.
+    limit_file_size(1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !handle.refusing() {
+        assert!(Instant::now() < deadline, "the segment close did not fail");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Through three retries (one a second), each of which can reopen the log.
+    for _ in 0..35 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            handle.refusing(),
+            "writable again without a write that succeeded"
+        );
+    }
+    limit_file_size(FILE_LIMIT);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while handle.refusing() {
+        assert!(
+            Instant::now() < deadline,
+            "not writable again once the disk takes writes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats = writer.shutdown().unwrap();
+    assert_eq!((stats.records, stats.dropped), (5, 0), "{stats:?}");
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert!(report.ok(), "{report}");
+}
+
+/// A restart after a crash onto a full disk, with every segment past the retention age (the
+/// server was down for months): the failed first write leaves an empty new segment, and
+/// retention must not take that for the newest segment and remove the one the chain continues
+/// from (the chain would restart at seq 1, and the torn line go unreported).
+#[test]
+fn an_outage_at_start_keeps_the_segment_the_chain_continues_from() {
+    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    limit_file_size(FILE_LIMIT);
+    let settings = settings(tmp.path());
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    send(&handle, 0, 10);
+    let first_run = writer.shutdown().unwrap();
+    let months_ago = std::time::SystemTime::now() - Duration::from_secs(200 * 86_400);
+    for path in audit_common::segments(tmp.path()) {
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut &file, b"{\"seq\":99,\"ti").unwrap();
+        file.set_modified(months_ago).unwrap();
+    }
+
+    limit_file_size(1);
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    limit_file_size(FILE_LIMIT);
+    let mut sent = 10;
+    send(&handle, sent, sent + 10);
+    sent += 10;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while all_records(tmp.path())
+        .iter()
+        .filter(|record| matches!(record.entry, Entry::Query(_)))
+        .count()
+        < 10
+    {
+        assert!(Instant::now() < deadline, "the log did not resume");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    writer.shutdown().unwrap();
+    let records = all_records(tmp.path());
+    // Retention removed the old segment once the log resumed; what is left continues its chain.
+    let first = records.first().unwrap();
+    assert!(
+        first.seq > first_run.last_seq,
+        "the chain restarted at seq {} after {}",
+        first.seq,
+        first_run.last_seq
+    );
+    assert!(
+        records
+            .iter()
+            .any(|record| matches!(record.entry, Entry::Recovered { .. })),
+        "the torn line is reported: {records:?}"
+    );
+    assert_eq!(sent, 20);
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert!(report.ok(), "{report}");
+}
+
+/// Records lost during an outage are dated by their queries, not by when the writer let them
+/// go: a gap's span must hold the times of the queries it counts.
+#[test]
+fn records_lost_in_an_outage_are_dated_by_their_queries() {
+    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    // Not even a segment header fits: the first write fails and starts an outage.
+    limit_file_size(1);
+    let (handle, writer) = AuditLog::open(&settings(tmp.path()), InstanceId::random()).unwrap();
+    handle.record(decision(0));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while handle.dropped() == 0 {
+        assert!(Instant::now() < deadline, "the first write did not fail");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Taken by the writer during the outage (queries of 2025: `decision` dates them so).
+    for i in 1..10 {
+        handle.record(decision(i));
+    }
+    while handle.dropped() < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the outage's records were not counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    limit_file_size(FILE_LIMIT);
+    wait_for_gap_record(tmp.path());
+    writer.shutdown().unwrap();
+    let newest = audit::Timestamp::from_system_time(decision(9).time);
+    let oldest = audit::Timestamp::from_system_time(decision(0).time);
+    let gaps: Vec<_> = all_records(tmp.path())
+        .into_iter()
+        .filter_map(|record| match record.entry {
+            Entry::Gap {
+                dropped,
+                first,
+                last,
+            } => Some((dropped, first, last)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gaps, [(10, oldest, newest)]);
+}
+
 /// Sets or clears the append-only attribute (`chattr +a`): writes go on, `ftruncate` fails.
 fn append_only(path: &Path, on: bool) {
     let status = std::process::Command::new("chattr")

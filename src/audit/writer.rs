@@ -216,6 +216,17 @@ impl Drops {
         self.last_us.fetch_max(last.as_micros(), Ordering::AcqRel);
     }
 
+    /// Notes query records lost with their own times (when the queries arrived), not the time
+    /// the writer let them go: those can be seconds apart behind a slow write that failed.
+    fn note_records(&self, records: &[DecisionRecord]) {
+        let mut times = records
+            .iter()
+            .map(|record| Timestamp::from_system_time(record.time));
+        let Some(first) = times.next() else { return };
+        let (first, last) = times.fold((first, first), |(lo, hi), t| (lo.min(t), hi.max(t)));
+        self.note_span(records.len() as u64, first, last);
+    }
+
     /// Returns a run taken for a gap record that could not be written; `total` already has it.
     fn restore(&self, (count, first, last): (u64, Timestamp, Timestamp)) {
         self.note_span(count, first, last);
@@ -1038,9 +1049,14 @@ impl Store {
         // unsigned, and without this they would share one unsigned tail with this run's first
         // records, which may come any time later (`verify --pubkey` allows a tail of 30 s).
         let sign_head = store.signer.is_some() && !store.head_signed;
-        if sign_head || recovered.is_some() {
+        // A retry must show the disk takes a write before the log counts as writable again
+        // (`when_unwritable = "refuse"` answers queries again then): a checkpoint over the
+        // head it continues from, also when nothing was lost and nothing else is to be written
+        // (an outage that began with a write of the writer's own, a quiet log's segment close).
+        let prove = !at_start;
+        if sign_head || prove || recovered.is_some() {
             let mut write_first = || {
-                if sign_head {
+                if sign_head || prove {
                     store.checkpoint(false)?;
                 }
                 if let Some(entry) = &recovered {
@@ -1055,7 +1071,14 @@ impl Store {
                 // `when_unwritable` says what queries get meanwhile. The record is the
                 // writer's own, so nothing is counted as lost; a retry finds the torn tail
                 // again.
-                Err(error) if at_start => store.fail(&error, &Drops::default()),
+                Err(error) if at_start => {
+                    store.fail(&error, &Drops::default());
+                    // Not retention now: the failed segment is left empty, and as the newest
+                    // it would be kept in place of the one the chain continues from, which
+                    // retention could then remove (the retry would restart the chain at seq
+                    // 1). The retry that ends the outage applies it.
+                    return Ok(store);
+                }
                 Err(error) => {
                     // A retry: the outage goes on. Cut back what the write left of the new
                     // segment, as `fail` does, or the next retry would take those bytes for a
@@ -1259,8 +1282,16 @@ impl Store {
                     self.held.push((Timestamp::now(), event));
                     false
                 }
-                message => {
-                    drops.note_many(message.weight() as u64);
+                Message::Query(record) => {
+                    drops.note_records(std::slice::from_ref(&record));
+                    false
+                }
+                Message::Queries(records) => {
+                    drops.note_records(&records);
+                    false
+                }
+                Message::Service(_) => {
+                    drops.note();
                     false
                 }
             };
@@ -1299,7 +1330,7 @@ impl Store {
             let seq = self.next_seq;
             self.append_query(record).inspect_err(|_| {
                 let encoded = usize::from(self.next_seq > seq);
-                drops.note_many((records.len() - index - encoded) as u64);
+                drops.note_records(&records[index + encoded..]);
             })?;
         }
         Ok(false)
