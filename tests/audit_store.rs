@@ -2780,3 +2780,95 @@ fn bad_arguments_exit_2_naming_the_flag() {
     let report = audit::verify(&file, None).unwrap();
     assert!(report.ok(), "{report}");
 }
+
+/// The attack: cut the first records of the oldest segment, restate its header's chain start,
+/// and call the file an export with an end line (all computable without the key). As an
+/// export, its checkpoints' record counts were not checked, and `verify --pubkey` passed. A
+/// file of a log directory is a segment.
+#[test]
+fn a_segment_that_calls_itself_an_export_is_modified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, public) = keys::keygen(&tmp.path().join("k")).unwrap();
+    let log = tmp.path().join("log");
+    let settings = AuditSettings {
+        signing_key: Some(key),
+        ..settings(&log)
+    };
+    write_log(&settings, 0, 300);
+    assert!(audit::verify(&log, Some(&public)).unwrap().ok());
+    let oldest = segments(&log).remove(0);
+    let data = std::fs::read(&oldest).unwrap();
+    let mut lines: Vec<Vec<u8>> = data
+        .split_inclusive(|&b| b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect();
+    let cut = 5;
+    let (_, last_cut) = segment::split_hash(lines[cut].strip_suffix(b"\n").unwrap()).unwrap();
+    let mut header = segment::Header::parse(lines[0].strip_suffix(b"\n").unwrap()).unwrap();
+    header.kind = segment::HeaderKind::Export;
+    header.first_seq += cut as u64;
+    header.prev_segment_last_hash = hex::encode(last_cut);
+    let mut header_line = Vec::new();
+    header.encode(&mut header_line).unwrap();
+    lines.drain(..=cut);
+    let records = lines.len() as u64;
+    let last = Record::parse(lines.last().unwrap()).unwrap();
+    let (_, last_hash) =
+        segment::split_hash(lines.last().unwrap().strip_suffix(b"\n").unwrap()).unwrap();
+    let end = segment::ExportEnd::new(records, last.seq, &last_hash).to_line();
+    lines.insert(0, header_line);
+    lines.push(format!("{end}\n").into_bytes());
+    std::fs::remove_file(&oldest).unwrap();
+    let renamed = log.join(segment::segment_name(header.first_seq));
+    write_lines(&renamed, &lines);
+    let report = audit::verify(&log, Some(&public)).unwrap();
+    let failure = report.failure.clone().expect("the cut is found");
+    assert_eq!(failure.kind, FailureKind::Modified, "{report}");
+    assert_eq!((failure.spot.file, failure.spot.offset), (renamed, 0));
+}
+
+/// A record's seq edited in place (nothing deleted or inserted: the next record follows it)
+/// is a modified record at that place, not "20 records deleted" or "inserted".
+#[test]
+fn an_edited_seq_is_a_modified_record() {
+    for edited in ["125", "104"] {
+        let failure = tamper(105, |lines, i| {
+            let line = String::from_utf8(lines[i].clone()).unwrap();
+            lines[i] = line
+                .replace("\"seq\":105,", &format!("\"seq\":{edited},"))
+                .into_bytes();
+        });
+        assert_eq!(
+            failure.kind,
+            FailureKind::Modified,
+            "seq 105 edited to {edited}"
+        );
+        assert_eq!(failure.spot.seq, Some(105), "seq 105 edited to {edited}");
+    }
+}
+
+/// A CSV export whose first record row has a rendered column edited is modified there, as any
+/// later row is (it was reported as not an export at all).
+#[test]
+fn an_edited_first_csv_row_is_modified() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 20);
+    let exports = tempfile::tempdir().unwrap();
+    let csv = exports.path().join("all.csv");
+    export_file(tmp.path(), ExportFormat::Csv, &TimeRange::default(), &csv);
+    assert!(audit::verify(&csv, None).unwrap().ok());
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut rows: Vec<String> = text.lines().map(str::to_owned).collect();
+    for row in [1, 2] {
+        let mut fields: Vec<&str> = rows[row].splitn(3, ',').collect();
+        let time = fields[1].replacen("20", "19", 1);
+        fields[1] = &time;
+        let edited = fields.join(",");
+        let original = std::mem::replace(&mut rows[row], edited);
+        std::fs::write(&csv, rows.join("\n") + "\n").unwrap();
+        let report = audit::verify(&csv, None).unwrap();
+        let failure = report.failure.clone().expect("the edit is found");
+        assert_eq!(failure.kind, FailureKind::Modified, "row {row}: {report}");
+        rows[row] = original;
+    }
+}

@@ -28,12 +28,17 @@ pub const UNSIGNED_TAIL_TOLERANCE: Duration = Duration::from_secs(30);
 pub struct VerifyOptions {
     /// See `UNSIGNED_TAIL_TOLERANCE`.
     pub unsigned_tail_tolerance: Duration,
+    /// Called after each segment of a directory is read: where a test lets retention run.
+    #[cfg(test)]
+    after_segment: Option<fn(&Path)>,
 }
 
 impl Default for VerifyOptions {
     fn default() -> Self {
         Self {
             unsigned_tail_tolerance: UNSIGNED_TAIL_TOLERANCE,
+            #[cfg(test)]
+            after_segment: None,
         }
     }
 }
@@ -325,6 +330,9 @@ impl fmt::Display for VerifyReport {
     }
 }
 
+/// Times `verify` starts over when retention removed segments under it (see `verify_with`).
+const RETENTION_RACE_RETRIES: usize = 3;
+
 /// Verifies a log directory, a segment file, or an export (JSON lines or CSV).
 /// A key file that cannot be read is an error about the `--pubkey` argument, not a verdict on
 /// the log.
@@ -362,8 +370,32 @@ pub fn verify_with(
     options: &VerifyOptions,
 ) -> Result<VerifyReport, AuditError> {
     if path.is_dir() {
-        let segments = segment::existing_segments(path)?;
-        return Ok(verify_segments(path, key, options, &segments));
+        let mut segments = segment::existing_segments(path)?;
+        let mut report = verify_segments(path, key, options, &segments);
+        // Retention removes a prefix of the chain, and may remove several segments at once
+        // (after downtime, or a lowered limit) while verify is past the first: a segment gone
+        // midway, with every segment before it gone too, is retention's doing, not a hole.
+        // Verify again from what is there now.
+        for _ in 0..RETENTION_RACE_RETRIES {
+            let gone = |file: &Path| {
+                matches!(std::fs::symlink_metadata(file),
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound)
+            };
+            let raced = report.failure.as_ref().is_some_and(|failure| {
+                failure.kind == FailureKind::Unreadable
+                    && gone(&failure.spot.file)
+                    && segments
+                        .iter()
+                        .take_while(|seg| seg.path != failure.spot.file)
+                        .all(|seg| gone(&seg.path))
+            });
+            if !raced {
+                break;
+            }
+            segments = segment::existing_segments(path)?;
+            report = verify_segments(path, key, options, &segments);
+        }
+        return Ok(report);
     }
     let mut checker = Checker::new(path, key, options.clone());
     let csv = query::is_csv_export(path)?;
@@ -397,6 +429,10 @@ fn verify_segments(
         outcome = checker.file(&seg.path, Some(seg.first_seq), false, i + 1 == count);
         if outcome.is_err() {
             break;
+        }
+        #[cfg(test)]
+        if let Some(hook) = options.after_segment {
+            hook(&seg.path);
         }
     }
     checker.finish(outcome.err())
@@ -596,6 +632,12 @@ impl Checker {
                 .prev_hash()
                 .ok_or_else(|| Self::fail(FailureKind::Unreadable, path, None, 0))?;
             export = header.kind == HeaderKind::Export;
+            // A file of a log directory is a segment: one that calls itself an export would be
+            // read without its checkpoints' record counts and time ranges, and with an end line
+            // anyone can compute instead, so records cut from its start would pass.
+            if export && named_seq.is_some() {
+                return Err(Self::fail(FailureKind::Modified, path, None, 0));
+            }
             self.segment_so_far = (!export).then(SegmentSoFar::default);
             // A writer writes a whole segment in one version, so the header's version says
             // how every line is written; an export may hold lines of both.
@@ -637,9 +679,16 @@ impl Checker {
             }
             if self.expected.is_none() {
                 // CSV: take the chain start from the first record's `prev` column.
+                // A CSV row that does not render from its own `record` column was edited (a
+                // rendered column changed): as on any later row, not an unreadable file.
+                let unreadable = if csv {
+                    FailureKind::Modified
+                } else {
+                    FailureKind::Unreadable
+                };
                 let start = LinkView::parse(&line.bytes)
                     .and_then(|view| Some((view.seq, line.stated_hash(&view)?)))
-                    .ok_or_else(|| Self::fail(FailureKind::Unreadable, path, None, line.offset))?;
+                    .ok_or_else(|| Self::fail(unreadable, path, None, line.offset))?;
                 self.start_chain(start.0, start.1);
             }
             let lookahead = next.as_ref().filter(|n| n.complete);
@@ -908,10 +957,20 @@ impl Checker {
             && next_view
                 .as_ref()
                 .is_some_and(|(n, view)| n.links_to(view, &self.head).is_some());
+        // This line stands where `expected` belongs (the next one is `expected + 1` and links
+        // to this line's stored hash) but states another seq: its seq was edited, nothing was
+        // deleted or inserted.
+        let seq_edited = seq != Some(expected)
+            && next_view.as_ref().is_some_and(|(n, view)| {
+                view.seq == expected.wrapping_add(1)
+                    && segment::split_hash(&line.bytes)
+                        .is_some_and(|(_, stored)| n.links_to(view, &stored).is_some())
+            });
         let kind = match seq {
             // The next line is the one expected here, and this one comes later: a swap.
             Some(seq) if seq > expected && next_is_expected => FailureKind::Reordered,
             _ if next_fits => FailureKind::Inserted,
+            _ if seq_edited => FailureKind::Modified,
             Some(seq) if seq == expected => FailureKind::Modified,
             Some(seq) if seq > expected => FailureKind::Deleted {
                 missing: seq - expected,
@@ -922,6 +981,7 @@ impl Checker {
         // A deletion is named by the first missing seq; anything else by the line found.
         let spot_seq = match kind {
             FailureKind::Deleted { .. } => expected,
+            _ if seq_edited => expected,
             _ => seq.unwrap_or(expected),
         };
         Err(Self::fail(kind, path, Some(spot_seq), line.offset))
@@ -1126,5 +1186,48 @@ mod tests {
         std::fs::remove_file(&listed[1].path).unwrap();
         let report = verify_segments(dir.path(), None, &VerifyOptions::default(), &listed);
         assert!(!report.ok(), "{report}");
+    }
+
+    /// Retention removing two segments at once while verify reads the first: the second is
+    /// gone when verify comes to it, with the chain already started (it was reported as an
+    /// unreadable segment: a false alarm). Verify starts again from what is there.
+    #[test]
+    fn segments_removed_while_verify_reads_them_are_retention() {
+        std::thread_local! {
+            static REMOVE: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let stop = Entry::Stop {
+            records: 0,
+            dropped: 0,
+        };
+        let mut head = GENESIS;
+        let mut paths = Vec::new();
+        for first_seq in [1u64, 3, 5] {
+            let mut bytes = Vec::new();
+            Header::new(HeaderKind::Segment, first_seq, &head, "i1")
+                .encode(&mut bytes)
+                .unwrap();
+            for seq in first_seq..first_seq + 2 {
+                head =
+                    encode_record(&mut bytes, seq, &head, Timestamp::now(), "i1", &stop).unwrap();
+            }
+            let path = dir.path().join(segment::segment_name(first_seq));
+            std::fs::write(&path, &bytes).unwrap();
+            paths.push(path);
+        }
+        REMOVE.with(|remove| remove.borrow_mut().extend_from_slice(&paths[..2]));
+        let options = VerifyOptions {
+            after_segment: Some(|_| {
+                for path in REMOVE.with(|remove| std::mem::take(&mut *remove.borrow_mut())) {
+                    std::fs::remove_file(path).unwrap();
+                }
+            }),
+            ..VerifyOptions::default()
+        };
+        let report = verify_with(dir.path(), None, &options).unwrap();
+        assert!(report.ok(), "{report}");
+        assert_eq!(report.chain_start, ChainStart::After { seq: 4 });
+        assert_eq!(report.records, 2);
     }
 }
