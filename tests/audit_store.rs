@@ -1936,12 +1936,21 @@ fn signed_checkpoint_after_a_query(dir: &Path) -> Option<Record> {
         .find(|r| matches!(&r.entry, Entry::Checkpoint(cp) if cp.sig.is_some()))
 }
 
-/// With `--pubkey`, the unsigned tail is the records after the last signed checkpoint, measured
-/// by the span of their own times: a log cut by a crash just after the first query of a quiet
-/// spell verifies (before, the spell counted, and it failed as unsigned), while a tail whose
-/// records span more than the tolerance fails, named at its first record.
+/// Whether line `at` of `lines` is a signed checkpoint.
+fn is_signed_checkpoint(lines: &[Vec<u8>], at: usize) -> bool {
+    matches!(
+        Record::parse(&lines[at]),
+        Ok(Record { entry: Entry::Checkpoint(cp), .. }) if cp.sig.is_some()
+    )
+}
+
+/// With `--pubkey`, the records after the last signed checkpoint (what a live log, or one a
+/// crash cut, ends in) must be timed within 30 s of it, either way. The writer keeps to that:
+/// a record timed far after its last signature (the first query after a quiet spell; here
+/// arrival times in the future stand for it) gets a signed checkpoint before it, and one timed
+/// far before (a late answer, a clock set back) one after it, ending its batch.
 #[test]
-fn the_unsigned_tail_is_the_span_of_the_records_after_the_last_signed_checkpoint() {
+fn the_unsigned_tail_is_the_records_within_the_tolerance_of_the_last_signature() {
     let tmp = tempfile::tempdir().unwrap();
     let (settings, public) = signed_settings(tmp.path(), 1);
     let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
@@ -1949,21 +1958,24 @@ fn the_unsigned_tail_is_the_span_of_the_records_after_the_last_signed_checkpoint
     let query_at = |secs: u64| query_timed(now + Duration::from_secs(secs), "quiet.example.");
     handle.record(query_at(0));
     let signed_seq = wait_for_signed_checkpoint_after_a_query(&settings.dir).seq;
-    // The next queries come after 40 s and 80 s of quiet (their arrival times say so); one
-    // hand-over, so no timed checkpoint falls between them.
+    // One hand-over, so no timed checkpoint falls between them.
     handle.record_batch(&mut vec![query_at(40), query_at(80)]);
     writer.shutdown().unwrap();
     let report = audit::verify(&settings.dir, Some(&public)).unwrap();
     assert!(report.ok(), "{report}");
-
-    let (first, second) = (signed_seq + 1, signed_seq + 2);
-    let (path, lines, at_first) = find_line(&settings.dir, first);
+    // Each is signed for before it is written.
+    let (path, lines, at) = find_line(&settings.dir, signed_seq + 2);
     assert!(
-        String::from_utf8_lossy(&lines[at_first + 1]).starts_with(&format!("{{\"seq\":{second},")),
-        "the two queries follow the checkpoint"
+        is_signed_checkpoint(&lines, at - 1),
+        "a signature before the first"
     );
-    // A crash after both: their times span 40 s.
-    write_lines(&path, &lines[..at_first + 2]);
+    assert!(
+        String::from_utf8_lossy(&lines[at + 1]).contains("\"type\":\"checkpoint\""),
+        "and before the second"
+    );
+    // Cut after the first (a crash): it is timed 40 s after the signature just before it
+    // (in this test's future), past the tolerance.
+    write_lines(&path, &lines[..at + 1]);
     let report = audit::verify(&settings.dir, Some(&public)).unwrap();
     let failure = report.failure.expect("an unsigned tail");
     assert_eq!(
@@ -1972,19 +1984,14 @@ fn the_unsigned_tail_is_the_span_of_the_records_after_the_last_signed_checkpoint
             reason: MissingSignature::UnsignedTail
         }
     );
-    let offset: usize = lines[..at_first].iter().map(Vec::len).sum();
+    let offset: usize = lines[..at].iter().map(Vec::len).sum();
     assert_eq!(
         (failure.spot.file, failure.spot.seq, failure.spot.offset),
-        (path.clone(), Some(first), offset as u64)
+        (path.clone(), Some(signed_seq + 2), offset as u64)
     );
-    // A crash after the first: one record, 40 s after the last signed checkpoint.
-    write_lines(&path, &lines[..at_first + 1]);
-    let report = audit::verify(&settings.dir, Some(&public)).unwrap();
-    assert!(report.ok(), "{report}");
-    assert_eq!(report.last_seq, Some(first));
 
-    // A tail record timed a minute before the signature it follows (a service record held
-    // through an outage, a query whose upstream answered late) does not make the tail long.
+    // A record timed a minute before the last signature (a query whose upstream answered
+    // late): its batch ends in a signature; left unsigned, it fails as backdated.
     let held = AuditSettings {
         dir: tmp.path().join("held"),
         ..settings.clone()
@@ -1996,11 +2003,23 @@ fn the_unsigned_tail_is_the_span_of_the_records_after_the_last_signed_checkpoint
     late.time = now - Duration::from_secs(60);
     handle.record_batch(&mut vec![late, query_at(1)]);
     writer.shutdown().unwrap();
-    let (path, lines, at_late) = find_line(&held.dir, signed_seq + 1);
-    write_lines(&path, &lines[..at_late + 2]);
     let report = audit::verify(&held.dir, Some(&public)).unwrap();
     assert!(report.ok(), "{report}");
-    assert_eq!(report.last_seq, Some(signed_seq + 2));
+    let (path, lines, at_late) = find_line(&held.dir, signed_seq + 1);
+    assert!(
+        is_signed_checkpoint(&lines, at_late + 2),
+        "the batch ends signed"
+    );
+    write_lines(&path, &lines[..at_late + 2]);
+    let report = audit::verify(&held.dir, Some(&public)).unwrap();
+    let failure = report.failure.expect("a backdated unsigned record");
+    assert_eq!(
+        failure.kind,
+        FailureKind::MissingSignature {
+            reason: MissingSignature::BackdatedTail
+        }
+    );
+    assert_eq!(failure.spot.seq, Some(signed_seq + 1));
 }
 
 /// What `search` shows on a terminal cannot move its cursor or start a row of its own: control
@@ -2220,11 +2239,9 @@ fn copy_log(from: &Path, to: &Path) {
     }
 }
 
-/// A signing writer starts by signing the head it continues from, unless the log ends in a
-/// signed checkpoint: a log that crashed in its first seconds, and one that crashed again
-/// after a restart a while later, verify with `--pubkey`. Before, the first failed as unsigned
-/// (no checkpoint yet), the second as an unsigned tail (the first run's last records and the
-/// second run's first ones, 40 s apart, had no signature between them).
+/// A signing writer signs the head it continues from before it writes a record: a log that
+/// crashed in its first seconds, and one that crashed again after a restart, verify with
+/// `--pubkey`. Before it signed at start, the first failed as unsigned (no checkpoint yet).
 #[test]
 fn a_signing_writer_signs_the_head_it_starts_from() {
     let tmp = tempfile::tempdir().unwrap();
@@ -2260,7 +2277,7 @@ fn a_signing_writer_signs_the_head_it_starts_from() {
     assert!(report.ok(), "{report}");
 
     let second = tmp.path().join("second");
-    run_and_crash(&first, 40, &second);
+    run_and_crash(&first, 1, &second);
     let report = audit::verify(&second, Some(&public)).unwrap();
     assert!(report.ok(), "{report}");
     assert_eq!(query_records_in(&second), 2);
@@ -2871,4 +2888,110 @@ fn an_edited_first_csv_row_is_modified() {
         assert_eq!(failure.kind, FailureKind::Modified, "row {row}: {report}");
         rows[row] = original;
     }
+}
+
+/// A query record appended after the last signed checkpoint without the key, dated a week
+/// back so that a search of that week finds it: within the 30 s an unsigned tail may span
+/// (it is before the signature), it passed `verify --pubkey`.
+#[test]
+fn a_backdated_record_after_the_last_signature_fails_with_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, public) = keys::keygen(&tmp.path().join("k")).unwrap();
+    let log = tmp.path().join("log");
+    let settings = AuditSettings {
+        signing_key: Some(key),
+        ..settings(&log)
+    };
+    write_log(&settings, 0, 50);
+    assert!(audit::verify(&log, Some(&public)).unwrap().ok());
+    let last_segment = segments(&log).pop().unwrap();
+    let data = std::fs::read(&last_segment).unwrap();
+    let last_line = data[..data.len() - 1]
+        .rsplit(|&b| b == b'\n')
+        .next()
+        .unwrap();
+    let (_, head) = segment::split_hash(last_line).unwrap();
+    let next_seq = Record::parse(last_line).unwrap().seq + 1;
+    let mut bytes = Vec::new();
+    segment::Header::new(segment::HeaderKind::Segment, next_seq, &head, "forged")
+        .encode(&mut bytes)
+        .unwrap();
+    let week_ago = std::time::SystemTime::now() - Duration::from_secs(7 * 86_400);
+    let forged = query_record(
+        week_ago,
+        "192.0.2.66:5353".parse().unwrap(),
+        "udp",
+        "innocent.example.",
+        RecordType::A,
+        false,
+        7,
+    );
+    segment::encode_line(
+        &mut bytes,
+        next_seq,
+        &head,
+        Timestamp::from_system_time(week_ago),
+        "forged",
+        |out| {
+            audit::record::write_query_members(out, &forged, "192.0.2.66:5353");
+            Ok(())
+        },
+    )
+    .unwrap();
+    let path = log.join(segment::segment_name(next_seq));
+    std::fs::write(&path, &bytes).unwrap();
+    let report = audit::verify(&log, Some(&public)).unwrap();
+    let failure = report.failure.clone().expect("the forged record is found");
+    assert_eq!(
+        failure.kind,
+        FailureKind::MissingSignature {
+            reason: MissingSignature::BackdatedTail
+        },
+        "{report}"
+    );
+    assert_eq!(
+        (failure.spot.file, failure.spot.seq),
+        (path, Some(next_seq))
+    );
+    // Without the key it is the chain's word alone: it verifies (and says the log is signed
+    // up to a checkpoint before it).
+    assert!(audit::verify(&log, None).unwrap().ok());
+}
+
+/// The writer signs a batch holding a record timed far from its last signature at once (here
+/// queries of 2025, as a late answer or a clock set back would give): a copy of the live log
+/// taken right after they are written verifies with the key. Left unsigned until the next
+/// periodic checkpoint, they failed as backdated.
+#[test]
+fn records_timed_far_from_the_last_signature_are_signed_with_their_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, public) = keys::keygen(&tmp.path().join("k")).unwrap();
+    let log = tmp.path().join("log");
+    let settings = AuditSettings {
+        signing_key: Some(key),
+        checkpoint_interval_secs: 20,
+        ..settings(&log)
+    };
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    for i in 0..10 {
+        handle.record(decision(i));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while all_records(&log)
+        .iter()
+        .filter(|record| matches!(record.entry, Entry::Query(_)))
+        .count()
+        < 10
+    {
+        assert!(std::time::Instant::now() < deadline, "not written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let copy = tmp.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for path in segments(&log) {
+        std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+    }
+    writer.shutdown().unwrap();
+    let report = audit::verify(&copy, Some(&public)).unwrap();
+    assert!(report.ok(), "{report}");
 }

@@ -230,9 +230,10 @@ fn export_to_file(
         .file_name()
         .ok_or_else(|| output_error(path, "not a file name".into()))?;
     // A directory that is not there is a wrong `--output`, not a failed export.
+    given_path("--output", target_dir)?;
     let canonical_target = target_dir
         .canonicalize()
-        .map_err(|error| AuditError::for_flag("--output")(AuditError::io(target_dir)(error)))?;
+        .map_err(AuditError::io(target_dir))?;
     if let Ok(canonical_log) = dir.canonicalize()
         && canonical_target.starts_with(&canonical_log)
     {

@@ -103,6 +103,9 @@ pub enum MissingSignature {
     /// Records after the last signed checkpoint span more than the tolerance (the spot is the
     /// first of them).
     UnsignedTail,
+    /// A record after the last signed checkpoint is timed more than the tolerance before it
+    /// (the spot is the first such record).
+    BackdatedTail,
 }
 
 impl fmt::Display for FailureKind {
@@ -131,7 +134,9 @@ impl fmt::Display for FailureKind {
             ),
             Self::BadSignature => f.write_str("bad checkpoint signature"),
             Self::OtherKey { private_key_given } => {
-                f.write_str("bad checkpoint signature: signed by another key than the --pubkey given")?;
+                f.write_str(
+                    "bad checkpoint signature: signed by another key than the --pubkey given",
+                )?;
                 if *private_key_given {
                     f.write_str(
                         " (that file is the private signing key of the key that signed: give the \
@@ -148,7 +153,13 @@ impl fmt::Display for FailureKind {
                     f.write_str("missing signature: unsigned checkpoint")
                 }
                 MissingSignature::UnsignedTail => f.write_str(
-                    "missing signature: records after the last signed checkpoint exceed the tolerance",
+                    "missing signature: records after the last signed checkpoint go on past the \
+                     tolerance (30 s)",
+                ),
+                MissingSignature::BackdatedTail => f.write_str(
+                    "missing signature: a record after the last signed checkpoint is timed more \
+                     than the tolerance (30 s) before it (the writer signs such a record at once; \
+                     a crash that cut that write leaves it so until the restart signs the head)",
                 ),
             },
             Self::Unreadable => f.write_str(
@@ -521,6 +532,13 @@ struct UnsignedTail {
     start: Spot,
     earliest: Timestamp,
     latest: Timestamp,
+    /// The first record in it timed more than the tolerance before or after the last signed
+    /// checkpoint, and which way. The writer signs before a record timed far after its last
+    /// signature and right after one timed far before it, so an intact log leaves none
+    /// unsigned (but for a crash that cuts the write signing a record of the second kind, until
+    /// the restart signs the head): one is a record appended without the key and dated where a
+    /// search of that period would find it.
+    outside: Option<(Spot, MissingSignature)>,
 }
 
 impl Checker {
@@ -926,21 +944,29 @@ impl Checker {
                 so_far.min_time = Some(so_far.min_time.map_or(view.time, |t| t.min(view.time)));
                 so_far.max_time = Some(so_far.max_time.map_or(view.time, |t| t.max(view.time)));
             }
-            match &mut self.unsigned_tail {
-                Some(tail) => {
-                    tail.earliest = tail.earliest.min(view.time);
-                    tail.latest = tail.latest.max(view.time);
-                }
-                None => {
-                    self.unsigned_tail = Some(UnsignedTail {
-                        start: Spot {
-                            file: path.to_owned(),
-                            seq: Some(view.seq),
-                            offset: line.offset,
-                        },
-                        earliest: view.time,
-                        latest: view.time,
-                    });
+            let spot = || Spot {
+                file: path.to_owned(),
+                seq: Some(view.seq),
+                offset: line.offset,
+            };
+            let tail = self.unsigned_tail.get_or_insert_with(|| UnsignedTail {
+                start: spot(),
+                earliest: view.time,
+                latest: view.time,
+                outside: None,
+            });
+            tail.earliest = tail.earliest.min(view.time);
+            tail.latest = tail.latest.max(view.time);
+            if tail.outside.is_none()
+                && let Some(signed) = self.report.last_signed_checkpoint
+            {
+                let tolerance = i64::try_from(self.options.unsigned_tail_tolerance.as_micros())
+                    .unwrap_or(i64::MAX);
+                let (time, signed) = (view.time.as_micros(), signed.time.as_micros());
+                if time < signed.saturating_sub(tolerance) {
+                    tail.outside = Some((spot(), MissingSignature::BackdatedTail));
+                } else if time > signed.saturating_add(tolerance) {
+                    tail.outside = Some((spot(), MissingSignature::UnsignedTail));
                 }
             }
             self.report.time_range = Some(match self.report.time_range {
@@ -1117,6 +1143,14 @@ impl Checker {
                 ));
             };
             let tail = self.unsigned_tail.take()?;
+            if let Some((spot, reason)) = tail.outside {
+                return Some(Self::fail(
+                    FailureKind::MissingSignature { reason },
+                    &spot.file,
+                    spot.seq,
+                    spot.offset,
+                ));
+            }
             // From the signature on, or from the first record if it came later (after a quiet
             // spell): a record may be timed before the signature that does not cover it (a
             // query written when its upstream answered, up to 30 s after it arrived; a service

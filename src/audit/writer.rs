@@ -646,6 +646,7 @@ impl AuditLog {
             Arc::clone(&writable),
             Arc::clone(&outsiders.suppressed),
             true,
+            false,
             RetentionClock::start(),
         )?;
         let (tx, rx) = channel();
@@ -845,6 +846,11 @@ struct Store {
     buf: Vec<u8>,
     since_checkpoint: u64,
     last_checkpoint: Instant,
+    /// The time of the last signed checkpoint this store wrote.
+    last_signed: Option<Timestamp>,
+    /// A record of this batch is timed far before `last_signed` (`SIGN_AFTER_BEHIND_US`):
+    /// sign before the batch is written.
+    sign_soon: bool,
     unsynced: bool,
     last_sync: Instant,
     query_records: u64,
@@ -970,6 +976,16 @@ impl Counted {
     }
 }
 
+/// `verify --pubkey` accepts the unsigned records at the end of a log (live, or cut by a
+/// crash) only within 30 s of the last signature, either way; these keep the writer well
+/// inside that. A record timed this far (µs) after the last signature (the first records after
+/// a quiet spell, the clock set forward) gets a signed checkpoint before it, at the time it is
+/// written: that covers it whether or not its own write reaches the disk.
+const SIGN_BEFORE_AHEAD_US: i64 = 15_000_000;
+/// A record timed this far before the last signature (a query answered late, a service record
+/// held through an outage, the clock set back) gets one after it, ending its batch.
+const SIGN_AFTER_BEHIND_US: i64 = 15_000_000;
+
 /// The log could not be written. `fail` has counted what the failed write lost; until a retry
 /// reopens the log, arriving records are counted as dropped.
 #[derive(Debug)]
@@ -986,6 +1002,7 @@ impl Store {
         writable: Arc<AtomicBool>,
         suppressed: Arc<Drops>,
         at_start: bool,
+        prove_write: bool,
         retention_clock: RetentionClock,
     ) -> Result<Self, AuditError> {
         let dir = settings.dir.clone();
@@ -1017,6 +1034,8 @@ impl Store {
             buf: Vec::with_capacity(1 << 20),
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
+            last_signed: None,
+            sign_soon: false,
             unsynced: false,
             last_sync: Instant::now(),
             query_records: 0,
@@ -1050,10 +1069,12 @@ impl Store {
         // records, which may come any time later (`verify --pubkey` allows a tail of 30 s).
         let sign_head = store.signer.is_some() && !store.head_signed;
         // A retry must show the disk takes a write before the log counts as writable again
-        // (`when_unwritable = "refuse"` answers queries again then): a checkpoint over the
-        // head it continues from, also when nothing was lost and nothing else is to be written
-        // (an outage that began with a write of the writer's own, a quiet log's segment close).
-        let prove = !at_start;
+        // (`when_unwritable = "refuse"` answers queries again then). When nothing was lost and
+        // nothing is held (an outage that began with a write of the writer's own, a quiet
+        // log's segment close), nothing else would be written: a checkpoint over the head it
+        // continues from. Otherwise the gap record is that write, and a retry that fails on it
+        // leaves no segment behind.
+        let prove = prove_write;
         if sign_head || prove || recovered.is_some() {
             let mut write_first = || {
                 if sign_head || prove {
@@ -1192,6 +1213,7 @@ impl Store {
                     .write_gap(drops)
                     .and_then(|()| self.write_held())
                     .and_then(|()| self.write_suppressed(drops, false))
+                    .and_then(|()| self.sign_if_soon())
                     .and_then(|()| self.flush(sync))
                     .and_then(|()| self.tick());
                 match written {
@@ -1412,6 +1434,9 @@ impl Store {
             Arc::clone(&self.writable),
             Arc::clone(&self.suppressed),
             false,
+            drops.pending.load(Ordering::Acquire) == 0
+                && self.suppressed.pending.load(Ordering::Acquire) == 0
+                && self.held.is_empty(),
             // Retention runs in `open`: with the clock of this run, not one started now.
             self.retention_clock,
         ) {
@@ -1617,6 +1642,14 @@ impl Store {
         covers: Option<(Timestamp, Timestamp)>,
         members: impl FnOnce(&mut Vec<u8>) -> Result<(), AuditError>,
     ) -> Result<(), AuditError> {
+        let signs = covers.is_some() && self.signer.is_some();
+        if signs
+            && self.last_signed.is_none_or(|signed| {
+                time.as_micros() > signed.as_micros().saturating_add(SIGN_BEFORE_AHEAD_US)
+            })
+        {
+            self.checkpoint(false)?;
+        }
         if self.segment.is_none() {
             self.open_segment()?;
         }
@@ -1629,6 +1662,11 @@ impl Store {
             members,
         )?;
         self.next_seq += 1;
+        if signs && !self.sign_soon {
+            self.sign_soon = self.last_signed.is_some_and(|signed| {
+                time.as_micros() < signed.as_micros().saturating_sub(SIGN_AFTER_BEHIND_US)
+            });
+        }
         // Counted when encoded: a failure after this (closing a full segment) leaves it in
         // `unwritten`, which is where a lost record is subtracted again.
         self.query_records += u64::from(origin == Origin::Query);
@@ -1714,6 +1752,21 @@ impl Store {
         self.append_entry(time, &entry)?;
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
+        if self.signer.is_some() {
+            self.last_signed = Some(time);
+            self.sign_soon = false;
+        }
+        Ok(())
+    }
+
+    /// Ends the batch with a signed checkpoint when one of its records is timed far before the
+    /// last signature (`SIGN_AFTER_BEHIND_US`): such a record must not be left among the
+    /// unsigned records a log ends in.
+    fn sign_if_soon(&mut self) -> Result<(), AuditError> {
+        if self.sign_soon && self.since_checkpoint > 0 {
+            self.checkpoint(false)?;
+        }
+        self.sign_soon = false;
         Ok(())
     }
 
@@ -1862,6 +1915,7 @@ mod tests {
             Arc::default(),
             Arc::default(),
             true,
+            false,
             RetentionClock::start(),
         )
         .unwrap();
