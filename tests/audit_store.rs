@@ -1946,35 +1946,54 @@ fn is_signed_checkpoint(lines: &[Vec<u8>], at: usize) -> bool {
 
 /// With `--pubkey`, the records after the last signed checkpoint (what a live log, or one a
 /// crash cut, ends in) must be timed within 30 s of it, either way. The writer keeps to that:
-/// a record timed far after its last signature (the first query after a quiet spell; here
-/// arrival times in the future stand for it) gets a signed checkpoint before it, and one timed
-/// far before (a late answer, a clock set back) one after it, ending its batch.
+/// a record timed far after its last signature gets a signed checkpoint before it (here the
+/// first query of a run on a log that ends signed: this run has signed nothing yet), and one
+/// timed far before it (a late answer), or after the clock itself (queued before the clock
+/// was set back; arrival times in the future stand for it), one ending its batch.
 #[test]
 fn the_unsigned_tail_is_the_records_within_the_tolerance_of_the_last_signature() {
     let tmp = tempfile::tempdir().unwrap();
     let (settings, public) = signed_settings(tmp.path(), 1);
-    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
     let now = std::time::SystemTime::now();
     let query_at = |secs: u64| query_timed(now + Duration::from_secs(secs), "quiet.example.");
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
     handle.record(query_at(0));
-    let signed_seq = wait_for_signed_checkpoint_after_a_query(&settings.dir).seq;
+    writer.shutdown().unwrap();
+    let before = all_records(&settings.dir).len() as u64;
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    handle.record(query_at(0));
+    // The periodic checkpoint after it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let signed_seq = loop {
+        let signed = all_records(&settings.dir).into_iter().find(|r| {
+            r.seq > before + 2 && matches!(&r.entry, Entry::Checkpoint(cp) if cp.sig.is_some())
+        });
+        if let Some(signed) = signed {
+            break signed.seq;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no periodic checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (_, lines, at) = find_line(&settings.dir, before + 2);
+    assert!(
+        String::from_utf8_lossy(&lines[at]).contains("\"type\":\"query\""),
+        "the second run's query"
+    );
+    assert!(is_signed_checkpoint(&lines, at - 1), "signed for before it");
     // One hand-over, so no timed checkpoint falls between them.
     handle.record_batch(&mut vec![query_at(40), query_at(80)]);
     writer.shutdown().unwrap();
     let report = audit::verify(&settings.dir, Some(&public)).unwrap();
     assert!(report.ok(), "{report}");
-    // Each is signed for before it is written.
-    let (path, lines, at) = find_line(&settings.dir, signed_seq + 2);
+    let (path, lines, at) = find_line(&settings.dir, signed_seq + 1);
     assert!(
-        is_signed_checkpoint(&lines, at - 1),
-        "a signature before the first"
+        is_signed_checkpoint(&lines, at + 2),
+        "their batch ends signed"
     );
-    assert!(
-        String::from_utf8_lossy(&lines[at + 1]).contains("\"type\":\"checkpoint\""),
-        "and before the second"
-    );
-    // Cut after the first (a crash): it is timed 40 s after the signature just before it
-    // (in this test's future), past the tolerance.
+    // Cut after the first (a crash): it is timed 40 s after the last signature.
     write_lines(&path, &lines[..at + 1]);
     let report = audit::verify(&settings.dir, Some(&public)).unwrap();
     let failure = report.failure.expect("an unsigned tail");
@@ -1987,7 +2006,7 @@ fn the_unsigned_tail_is_the_records_within_the_tolerance_of_the_last_signature()
     let offset: usize = lines[..at].iter().map(Vec::len).sum();
     assert_eq!(
         (failure.spot.file, failure.spot.seq, failure.spot.offset),
-        (path.clone(), Some(signed_seq + 2), offset as u64)
+        (path.clone(), Some(signed_seq + 1), offset as u64)
     );
 
     // A record timed a minute before the last signature (a query whose upstream answered
@@ -2994,4 +3013,39 @@ fn records_timed_far_from_the_last_signature_are_signed_with_their_batch() {
     writer.shutdown().unwrap();
     let report = audit::verify(&copy, Some(&public)).unwrap();
     assert!(report.ok(), "{report}");
+}
+
+/// A range export runs on to the signed checkpoint after its last record whatever the times of
+/// the records between: here that checkpoint ends a batch of records timed 100 s and 40 s
+/// before it was written (a writer that fell behind). The export stopped short of it when a
+/// record between was timed over 50 s after the range, and then failed `verify --pubkey`.
+#[test]
+fn a_range_export_runs_on_to_the_signature_after_a_late_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (settings, public) = signed_settings(tmp.path(), 1);
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    let now = std::time::SystemTime::now();
+    handle.record(query_timed(now, "now.example."));
+    wait_for_signed_checkpoint_after_a_query(&settings.dir);
+    handle.record_batch(&mut vec![
+        query_timed(now - Duration::from_secs(100), "late.example."),
+        query_timed(now - Duration::from_secs(40), "later.example."),
+    ]);
+    writer.shutdown().unwrap();
+    let at = |secs: u64| Timestamp::from_system_time(now - Duration::from_secs(secs));
+    let range = TimeRange {
+        from: Some(at(101)),
+        to: Some(at(99)),
+    };
+    let exports = tempfile::tempdir().unwrap();
+    for format in [ExportFormat::Jsonl, ExportFormat::Csv] {
+        let path = exports.path().join(format!("{format:?}"));
+        export_file(&settings.dir, format, &range, &path);
+        let report = audit::verify(&path, Some(&public)).unwrap();
+        assert!(report.ok(), "{format:?}: {report}");
+        assert_eq!(
+            report.records, 3,
+            "the two queries and the signature: {report}"
+        );
+    }
 }

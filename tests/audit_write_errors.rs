@@ -478,6 +478,103 @@ fn the_log_is_writable_again_only_once_a_write_succeeds() {
     assert!(report.ok(), "{report}");
 }
 
+/// A quiet signed log whose segment close fails on a full disk (nothing lost), then, during
+/// the outage, a service record to hold (`held`) or only outsider queries over their budget
+/// (`suppressed`). Returns the log's records once the disk takes writes again, having checked
+/// that no retry counted the log writable before a write succeeded.
+fn quiet_outage_with(
+    held: bool,
+    suppressed: bool,
+) -> (Vec<Record>, WriterStats, tempfile::TempDir) {
+    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let keydir = tmp.path().join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let (secret, public) = keys::keygen(&keydir).unwrap();
+    let dir = tmp.path().join("log");
+    let settings = AuditSettings {
+        segment_max_age_secs: 1,
+        when_unwritable: audit::WhenUnwritable::Refuse,
+        signing_key: Some(secret),
+        outsider_records_per_sec: 1,
+        ..settings(&dir)
+    };
+    limit_file_size(FILE_LIMIT);
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    send(&handle, 0, 5);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while all_records(&dir).len() < 7 {
+        assert!(Instant::now() < deadline, "the records were not written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    limit_file_size(1);
+    while !handle.refusing() {
+        assert!(Instant::now() < deadline, "the segment close did not fail");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if held {
+        handle.service(ServiceEvent::Start {
+            version: "held".into(),
+            config: "dnsward.toml".into(),
+        });
+    }
+    if suppressed {
+        let now = std::time::SystemTime::now();
+        while handle.suppressed() < 2 {
+            handle.admits_outsider(now);
+        }
+    }
+    for _ in 0..35 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            handle.refusing(),
+            "writable again without a write that succeeded"
+        );
+    }
+    limit_file_size(FILE_LIMIT);
+    while handle.refusing() {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(10),
+            "not writable again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats = writer.shutdown().unwrap();
+    let report = audit::verify(&dir, Some(&public)).unwrap();
+    assert!(report.ok(), "{report}");
+    (all_records(&dir), stats, tmp)
+}
+
+/// A service record held through an outage that is written, then lost again with a failed
+/// retry, is held again, not also counted lost (the retry's signature before it took its
+/// place in the account of what the write held).
+#[test]
+fn a_held_record_is_held_again_not_counted_lost() {
+    let (records, stats, _tmp) = quiet_outage_with(true, false);
+    let held = records
+        .iter()
+        .filter(|r| matches!(&r.entry, Entry::Start { version, .. } if version == "held"))
+        .count();
+    assert_eq!(held, 1, "{records:?}");
+    assert_eq!(lost_in_gaps(&records), 0, "{records:?}");
+    assert_eq!(stats.dropped, 0);
+}
+
+/// Outsider queries counted during an outage wait for their interval to be written: a retry
+/// with only those pending must still prove the disk before the log counts as writable.
+#[test]
+fn suppressed_counts_alone_do_not_end_an_outage() {
+    let (records, _stats, _tmp) = quiet_outage_with(false, true);
+    let suppressed: u64 = records
+        .iter()
+        .map(|r| match r.entry {
+            Entry::Suppressed { records, .. } => records,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(suppressed, 2, "{records:?}");
+}
+
 /// A restart after a crash onto a full disk, with every segment past the retention age (the
 /// server was down for months): the failed first write leaves an empty new segment, and
 /// retention must not take that for the newest segment and remove the one the chain continues

@@ -1257,9 +1257,8 @@ pub fn export(
 /// As [`export`], for the records of a time range: every record from the first to the last
 /// one timed inside it, by `seq`, so the export is one unbroken piece of the chain (records are
 /// written in nearly, not strictly, time order, so a few at the edges may lie just outside).
-/// The piece goes on through the checkpoint after it if that is signed and the records
-/// between were timed within `EXTENSION_MAX_SECS` of its last (see `signed_cover`), so that
-/// every exported record is covered by a signature `verify --pubkey` can check.
+/// The piece goes on through the checkpoint after it if that is signed (see `signed_cover`),
+/// so that every exported record is covered by a signature `verify --pubkey` can check.
 pub fn export_range(
     dir: &Path,
     format: ExportFormat,
@@ -1269,12 +1268,9 @@ pub fn export_range(
     let segments = segment::existing_segments(dir)?;
     let bounded = range.from.is_some() || range.to.is_some();
     let (low, high) = if bounded {
-        let (low, high, high_time) =
+        let (low, high, _) =
             seq_bounds(&segments, range)?.ok_or(AuditError::NothingInRange { range: *range })?;
-        (
-            low,
-            signed_cover(&segments, high, high_time)?.unwrap_or(high),
-        )
+        (low, signed_cover(&segments, high)?.unwrap_or(high))
     } else {
         (0, u64::MAX)
     };
@@ -1370,27 +1366,13 @@ pub fn export_range(
     Ok(stats)
 }
 
-/// How much later than a range's last record the records between it and the checkpoint that
-/// signs them may be timed for the export to run on through that checkpoint: the longest
-/// checkpoint interval, plus the longest a query's record may be written after it arrived
-/// (an upstream's timeouts). Past it, a range export ends with the range.
-const EXTENSION_MAX_SECS: i64 = crate::audit::settings::MAX_CHECKPOINT_INTERVAL_SECS as i64 + 30;
-
-/// The seq of the checkpoint that first covers record `high` (timed `high_time`), if it is
-/// signed and every record between is timed within `EXTENSION_MAX_SECS` of `high_time`: in a
-/// signed log, the periodic or closing checkpoint seconds later, or after a crash the one a
-/// restarted writer signs first (the checkpoint's own time does not matter). `None` in an
+/// The seq of the checkpoint that first covers record `high`, if it is signed: in a signed log
+/// the periodic or closing checkpoint seconds later, the one that ends a batch holding a
+/// record timed long before it (a writer that fell behind, a late answer), or after a crash
+/// the one a restarted writer signs first. The times of the records between do not matter:
+/// the writer signs within a batch or a checkpoint interval of any record. `None` in an
 /// unsigned log, or when the log ends first.
-fn signed_cover(
-    segments: &[segment::SegmentFile],
-    high: u64,
-    high_time: Timestamp,
-) -> Result<Option<u64>, AuditError> {
-    let until = Timestamp::from_micros(
-        high_time
-            .as_micros()
-            .saturating_add(EXTENSION_MAX_SECS * 1_000_000),
-    );
+fn signed_cover(segments: &[segment::SegmentFile], high: u64) -> Result<Option<u64>, AuditError> {
     let start = segments
         .iter()
         .rposition(|seg| seg.first_seq <= high)
@@ -1418,9 +1400,6 @@ fn signed_cover(
                     Ok(Record { entry: Entry::Checkpoint(cp), .. }) if cp.sig.is_some()
                 );
                 return Ok(signed.then_some(view.seq));
-            }
-            if view.time > until {
-                return Ok(None);
             }
         }
     }

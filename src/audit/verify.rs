@@ -18,10 +18,10 @@ use super::{
     segment::{self, ExportEnd, GENESIS, Hash, Header, HeaderKind, LineReader, LinkView, Record},
 };
 
-/// How long the records after the last signed checkpoint may go on, from that checkpoint or
-/// from the first of them if it came later, before `verify` (with a public key) calls them an
-/// unsigned tail. The writer signs a checkpoint within `checkpoint_interval_secs` (at most 20,
-/// default 5) of writing a record, and a record is never timed after it is written.
+/// How far from the last signed checkpoint, either way, each record after it may be timed
+/// before `verify` (with a public key) fails it as unsigned. The writer signs within
+/// `checkpoint_interval_secs` (at most 20, default 5) while records flow, before a record timed
+/// more than 15 s after its last signature, and after one timed more than 15 s before it.
 pub const UNSIGNED_TAIL_TOLERANCE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
@@ -100,8 +100,8 @@ pub enum MissingSignature {
     LogUnsigned,
     /// This checkpoint carries no signature.
     CheckpointUnsigned,
-    /// Records after the last signed checkpoint span more than the tolerance (the spot is the
-    /// first of them).
+    /// A record after the last signed checkpoint is timed more than the tolerance after it
+    /// (the spot is the first such record).
     UnsignedTail,
     /// A record after the last signed checkpoint is timed more than the tolerance before it
     /// (the spot is the first such record).
@@ -524,14 +524,9 @@ struct SegmentSoFar {
     max_time: Option<Timestamp>,
 }
 
-/// Where the records after the last signed checkpoint begin, and the times they span. The
-/// writer signs a checkpoint within `checkpoint_interval_secs` of writing any record, so in an
-/// intact log (live, cut by a crash, or a range export) only the last few seconds' records
-/// follow the last signed checkpoint, however long the log was quiet before them.
+/// The records after the last signed checkpoint (what a live log, one cut by a crash, or a
+/// range export ends in).
 struct UnsignedTail {
-    start: Spot,
-    earliest: Timestamp,
-    latest: Timestamp,
     /// The first record in it timed more than the tolerance before or after the last signed
     /// checkpoint, and which way. The writer signs before a record timed far after its last
     /// signature and right after one timed far before it, so an intact log leaves none
@@ -949,14 +944,9 @@ impl Checker {
                 seq: Some(view.seq),
                 offset: line.offset,
             };
-            let tail = self.unsigned_tail.get_or_insert_with(|| UnsignedTail {
-                start: spot(),
-                earliest: view.time,
-                latest: view.time,
-                outside: None,
-            });
-            tail.earliest = tail.earliest.min(view.time);
-            tail.latest = tail.latest.max(view.time);
+            let tail = self
+                .unsigned_tail
+                .get_or_insert(UnsignedTail { outside: None });
             if tail.outside.is_none()
                 && let Some(signed) = self.report.last_signed_checkpoint
             {
@@ -1132,7 +1122,7 @@ impl Checker {
         let source = self.report.source.clone();
         let failure = failure.or_else(|| {
             self.key.as_ref()?;
-            let Some(signed) = self.report.last_signed_checkpoint else {
+            if self.report.last_signed_checkpoint.is_none() {
                 return Some(Self::fail(
                     FailureKind::MissingSignature {
                         reason: MissingSignature::LogUnsigned,
@@ -1141,7 +1131,7 @@ impl Checker {
                     None,
                     0,
                 ));
-            };
+            }
             let tail = self.unsigned_tail.take()?;
             if let Some((spot, reason)) = tail.outside {
                 return Some(Self::fail(
@@ -1151,24 +1141,7 @@ impl Checker {
                     spot.offset,
                 ));
             }
-            // From the signature on, or from the first record if it came later (after a quiet
-            // spell): a record may be timed before the signature that does not cover it (a
-            // query written when its upstream answered, up to 30 s after it arrived; a service
-            // record held through an outage), and that is no reason to call the tail long.
-            let start = tail.earliest.max(signed.time);
-            let span = tail.latest.as_micros().saturating_sub(start.as_micros());
-            let tolerance =
-                i64::try_from(self.options.unsigned_tail_tolerance.as_micros()).unwrap_or(i64::MAX);
-            (span > tolerance).then(|| {
-                Self::fail(
-                    FailureKind::MissingSignature {
-                        reason: MissingSignature::UnsignedTail,
-                    },
-                    &tail.start.file,
-                    tail.start.seq,
-                    tail.start.offset,
-                )
-            })
+            None
         });
         self.report.failure = failure;
         self.report

@@ -1434,9 +1434,8 @@ impl Store {
             Arc::clone(&self.writable),
             Arc::clone(&self.suppressed),
             false,
-            drops.pending.load(Ordering::Acquire) == 0
-                && self.suppressed.pending.load(Ordering::Acquire) == 0
-                && self.held.is_empty(),
+            // (Suppressed counts do not count here: their record waits for its interval.)
+            drops.pending.load(Ordering::Acquire) == 0 && self.held.is_empty(),
             // Retention runs in `open`: with the clock of this run, not one started now.
             self.retention_clock,
         ) {
@@ -1490,6 +1489,11 @@ impl Store {
     fn write_held(&mut self) -> Result<(), AuditError> {
         let mut held = std::mem::take(&mut self.held).into_iter();
         while let Some((time, event)) = held.next() {
+            if let Err(error) = self.sign_before(time) {
+                self.held.push((time, event));
+                self.held.extend(held);
+                return Err(error);
+            }
             let seq = self.next_seq;
             let index = self.unwritten.len();
             let appended = self.append_entry(time, &event.clone().into_entry());
@@ -1540,9 +1544,14 @@ impl Store {
         run: Run,
         drops: &Drops,
     ) -> Result<(), AuditError> {
+        let time = Timestamp::now();
+        if let Err(error) = self.sign_before(time) {
+            counted.put_back(run, drops, &self.suppressed);
+            return Err(error);
+        }
         let seq = self.next_seq;
         let index = self.unwritten.len();
-        let written = self.append_entry(Timestamp::now(), &counted.entry(run));
+        let written = self.append_entry(time, &counted.entry(run));
         if self.next_seq == seq {
             counted.put_back(run, drops, &self.suppressed);
         } else if let Some(slot) = self.unwritten.get_mut(index) {
@@ -1643,12 +1652,8 @@ impl Store {
         members: impl FnOnce(&mut Vec<u8>) -> Result<(), AuditError>,
     ) -> Result<(), AuditError> {
         let signs = covers.is_some() && self.signer.is_some();
-        if signs
-            && self.last_signed.is_none_or(|signed| {
-                time.as_micros() > signed.as_micros().saturating_add(SIGN_BEFORE_AHEAD_US)
-            })
-        {
-            self.checkpoint(false)?;
+        if signs {
+            self.sign_before(time)?;
         }
         if self.segment.is_none() {
             self.open_segment()?;
@@ -1756,6 +1761,34 @@ impl Store {
             self.last_signed = Some(time);
             self.sign_soon = false;
         }
+        Ok(())
+    }
+
+    /// Before a record timed `time` is encoded: a signed checkpoint if the record is timed
+    /// more than `SIGN_BEFORE_AHEAD_US` after the last signature (or this store has signed
+    /// nothing yet). Callers that note the record's `unwritten` slot call it first, so that
+    /// the slot is the record's, not the checkpoint's; a second call is a no-op.
+    fn sign_before(&mut self, time: Timestamp) -> Result<(), AuditError> {
+        if self.signer.is_none() {
+            return Ok(());
+        }
+        let time = time.as_micros();
+        let ahead = self
+            .last_signed
+            .is_none_or(|signed| time > signed.as_micros().saturating_add(SIGN_BEFORE_AHEAD_US));
+        if !ahead {
+            return Ok(());
+        }
+        if time
+            <= Timestamp::now()
+                .as_micros()
+                .saturating_add(SIGN_BEFORE_AHEAD_US)
+        {
+            return self.checkpoint(false);
+        }
+        // Timed after the clock itself (set back since the query arrived): a checkpoint now
+        // would not be near it either. Sign after it, ending its batch, once per batch.
+        self.sign_soon = true;
         Ok(())
     }
 
