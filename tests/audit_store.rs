@@ -2824,13 +2824,8 @@ fn bad_arguments_exit_2_naming_the_flag() {
 #[test]
 fn a_segment_that_calls_itself_an_export_is_modified() {
     let tmp = tempfile::tempdir().unwrap();
-    let (key, public) = keys::keygen(&tmp.path().join("k")).unwrap();
-    let log = tmp.path().join("log");
-    let settings = AuditSettings {
-        signing_key: Some(key),
-        ..settings(&log)
-    };
-    write_log(&settings, 0, 300);
+    let (settings, public) = signed_log(tmp.path(), 300);
+    let log = settings.dir;
     assert!(audit::verify(&log, Some(&public)).unwrap().ok());
     let oldest = segments(&log).remove(0);
     let data = std::fs::read(&oldest).unwrap();
@@ -2915,13 +2910,8 @@ fn an_edited_first_csv_row_is_modified() {
 #[test]
 fn a_backdated_record_after_the_last_signature_fails_with_the_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let (key, public) = keys::keygen(&tmp.path().join("k")).unwrap();
-    let log = tmp.path().join("log");
-    let settings = AuditSettings {
-        signing_key: Some(key),
-        ..settings(&log)
-    };
-    write_log(&settings, 0, 50);
+    let (settings, public) = signed_log(tmp.path(), 50);
+    let log = settings.dir;
     assert!(audit::verify(&log, Some(&public)).unwrap().ok());
     let last_segment = segments(&log).pop().unwrap();
     let data = std::fs::read(&last_segment).unwrap();

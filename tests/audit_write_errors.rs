@@ -230,16 +230,21 @@ fn a_gap_record_that_cannot_be_written_is_counted_once() {
     });
 }
 
+/// A key pair in `tmp/keys` (secret, public) and the log directory `tmp/log`.
+fn key_and_log_dir(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let keydir = tmp.join("keys");
+    std::fs::create_dir_all(&keydir).unwrap();
+    let (secret, public) = keys::keygen(&keydir).unwrap();
+    (secret, public, tmp.join("log"))
+}
+
 /// Segments that fill up at the limit: the write that closes them (the closing checkpoint)
 /// fails, with signed checkpoints flowing; the writer's own records are not counted as lost.
 #[test]
 fn a_segment_close_that_fails_with_signed_checkpoints() {
     let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let keydir = tmp.path().join("keys");
-    std::fs::create_dir_all(&keydir).unwrap();
-    let (secret, public) = keys::keygen(&keydir).unwrap();
-    let dir = tmp.path().join("log");
+    let (secret, public, dir) = key_and_log_dir(tmp.path());
     let settings = AuditSettings {
         segment_max_bytes: FILE_LIMIT,
         checkpoint_interval_secs: 1,
@@ -300,6 +305,14 @@ fn an_outage_that_outlasts_the_writer_is_in_its_counts() {
     assert!(report.ok(), "{report}");
 }
 
+/// A first run that writes queries 0..10 and stops cleanly, under the usual file size limit.
+fn ten_queries_and_a_clean_stop(settings: &AuditSettings) -> WriterStats {
+    limit_file_size(FILE_LIMIT);
+    let (handle, writer) = AuditLog::open(settings, InstanceId::random()).unwrap();
+    send(&handle, 0, 10);
+    writer.shutdown().unwrap()
+}
+
 /// A restart after a crash (a torn last line) onto a full disk: the `recovered` record cannot
 /// be written. The writer starts anyway, in an outage (counting what it cannot write), and
 /// carries on once there is room, the torn line declared and every loss in a gap record.
@@ -307,11 +320,8 @@ fn an_outage_that_outlasts_the_writer_is_in_its_counts() {
 fn a_restart_onto_a_full_disk_after_a_crash_starts_in_an_outage() {
     let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    limit_file_size(FILE_LIMIT);
     let settings = settings(tmp.path());
-    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
-    send(&handle, 0, 10);
-    writer.shutdown().unwrap();
+    ten_queries_and_a_clean_stop(&settings);
     let last = audit_common::segments(tmp.path()).pop().unwrap();
     let torn_at = std::fs::metadata(&last).unwrap().len();
     let mut file = std::fs::OpenOptions::new()
@@ -383,6 +393,20 @@ fn a_restart_onto_a_full_disk_after_a_crash_starts_in_an_outage() {
     assert!(report.ok(), "{report}");
 }
 
+/// A writer on `dir` whose first write (of `decision(0)`) fails, as nothing fits: in an
+/// outage from the start.
+fn start_in_an_outage(dir: &Path) -> (AuditHandle, audit::AuditWriter) {
+    limit_file_size(1);
+    let (handle, writer) = AuditLog::open(&settings(dir), InstanceId::random()).unwrap();
+    handle.record(decision(0));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while handle.dropped() == 0 {
+        assert!(Instant::now() < deadline, "the first write did not fail");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (handle, writer)
+}
+
 /// Service records that arrive during an outage are held for after it, up to 64 (a reload
 /// loop must not grow the writer's memory without bound); the rest are counted in the gap
 /// record like lost queries. (Those in the write that failed are lost with it, as queries.)
@@ -390,15 +414,7 @@ fn a_restart_onto_a_full_disk_after_a_crash_starts_in_an_outage() {
 fn service_records_held_in_an_outage_are_capped_and_the_rest_counted() {
     let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    // Not even a segment header fits: the first write fails and starts an outage.
-    limit_file_size(1);
-    let (handle, writer) = AuditLog::open(&settings(tmp.path()), InstanceId::random()).unwrap();
-    handle.record(decision(0));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while handle.dropped() == 0 {
-        assert!(Instant::now() < deadline, "the first write did not fail");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (handle, writer) = start_in_an_outage(tmp.path());
     for i in 0..70 {
         handle.service(ServiceEvent::Start {
             version: format!("held {i}"),
@@ -433,49 +449,9 @@ fn service_records_held_in_an_outage_are_capped_and_the_rest_counted() {
 /// again onto a disk that takes nothing.
 #[test]
 fn the_log_is_writable_again_only_once_a_write_succeeds() {
-    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let tmp = tempfile::tempdir().unwrap();
-    let settings = AuditSettings {
-        segment_max_age_secs: 1,
-        when_unwritable: audit::WhenUnwritable::Refuse,
-        ..settings(tmp.path())
-    };
-    limit_file_size(FILE_LIMIT);
-    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
-    send(&handle, 0, 5);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while all_records(tmp.path()).len() < 5 {
-        assert!(Instant::now() < deadline, "the records were not written");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Nothing fits any more: the age close's checkpoint fails.
-    limit_file_size(1);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !handle.refusing() {
-        assert!(Instant::now() < deadline, "the segment close did not fail");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Through three retries (one a second), each of which can reopen the log.
-    for _ in 0..35 {
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            handle.refusing(),
-            "writable again without a write that succeeded"
-        );
-    }
-    limit_file_size(FILE_LIMIT);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while handle.refusing() {
-        assert!(
-            Instant::now() < deadline,
-            "not writable again once the disk takes writes"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let stats = writer.shutdown().unwrap();
+    let (records, stats, _tmp) = quiet_outage_with(false, false);
     assert_eq!((stats.records, stats.dropped), (5, 0), "{stats:?}");
-    let report = audit::verify(tmp.path(), None).unwrap();
-    assert!(report.ok(), "{report}");
+    assert_eq!(lost_in_gaps(&records), 0);
 }
 
 /// A quiet signed log whose segment close fails on a full disk (nothing lost), then, during
@@ -488,10 +464,7 @@ fn quiet_outage_with(
 ) -> (Vec<Record>, WriterStats, tempfile::TempDir) {
     let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let keydir = tmp.path().join("keys");
-    std::fs::create_dir_all(&keydir).unwrap();
-    let (secret, public) = keys::keygen(&keydir).unwrap();
-    let dir = tmp.path().join("log");
+    let (secret, public, dir) = key_and_log_dir(tmp.path());
     let settings = AuditSettings {
         segment_max_age_secs: 1,
         when_unwritable: audit::WhenUnwritable::Refuse,
@@ -583,11 +556,8 @@ fn suppressed_counts_alone_do_not_end_an_outage() {
 fn an_outage_at_start_keeps_the_segment_the_chain_continues_from() {
     let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    limit_file_size(FILE_LIMIT);
     let settings = settings(tmp.path());
-    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
-    send(&handle, 0, 10);
-    let first_run = writer.shutdown().unwrap();
+    let first_run = ten_queries_and_a_clean_stop(&settings);
     let months_ago = std::time::SystemTime::now() - Duration::from_secs(200 * 86_400);
     for path in audit_common::segments(tmp.path()) {
         let file = std::fs::OpenOptions::new()
@@ -642,15 +612,8 @@ fn an_outage_at_start_keeps_the_segment_the_chain_continues_from() {
 fn records_lost_in_an_outage_are_dated_by_their_queries() {
     let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    // Not even a segment header fits: the first write fails and starts an outage.
-    limit_file_size(1);
-    let (handle, writer) = AuditLog::open(&settings(tmp.path()), InstanceId::random()).unwrap();
-    handle.record(decision(0));
+    let (handle, writer) = start_in_an_outage(tmp.path());
     let deadline = Instant::now() + Duration::from_secs(20);
-    while handle.dropped() == 0 {
-        assert!(Instant::now() < deadline, "the first write did not fail");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     // Taken by the writer during the outage (queries of 2025: `decision` dates them so).
     for i in 1..10 {
         handle.record(decision(i));

@@ -1161,18 +1161,15 @@ mod tests {
         segment::{GENESIS, Header, HeaderKind, SegmentFile, encode_record},
     };
 
-    /// Retention removing the oldest segment of a live log after `verify` listed it: the chain
-    /// starts at the next one (it was reported as an unreadable segment).
-    #[test]
-    fn a_segment_removed_after_the_listing_is_skipped_as_retention() {
-        let dir = tempfile::tempdir().unwrap();
+    /// Segments starting at `firsts`, two chained records each, written into `dir`.
+    fn two_record_segments(dir: &Path, firsts: &[u64]) -> Vec<SegmentFile> {
         let stop = Entry::Stop {
             records: 0,
             dropped: 0,
         };
         let mut head = GENESIS;
         let mut listed = Vec::new();
-        for first_seq in [1u64, 3] {
+        for &first_seq in firsts {
             let mut bytes = Vec::new();
             Header::new(HeaderKind::Segment, first_seq, &head, "i1")
                 .encode(&mut bytes)
@@ -1181,10 +1178,19 @@ mod tests {
                 head =
                     encode_record(&mut bytes, seq, &head, Timestamp::now(), "i1", &stop).unwrap();
             }
-            let path = dir.path().join(segment::segment_name(first_seq));
+            let path = dir.join(segment::segment_name(first_seq));
             std::fs::write(&path, &bytes).unwrap();
             listed.push(SegmentFile { path, first_seq });
         }
+        listed
+    }
+
+    /// Retention removing the oldest segment of a live log after `verify` listed it: the chain
+    /// starts at the next one (it was reported as an unreadable segment).
+    #[test]
+    fn a_segment_removed_after_the_listing_is_skipped_as_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let listed = two_record_segments(dir.path(), &[1, 3]);
         std::fs::remove_file(&listed[0].path).unwrap();
         let report = verify_segments(dir.path(), None, &VerifyOptions::default(), &listed);
         assert!(report.ok(), "{report}");
@@ -1204,25 +1210,10 @@ mod tests {
             static REMOVE: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         let dir = tempfile::tempdir().unwrap();
-        let stop = Entry::Stop {
-            records: 0,
-            dropped: 0,
-        };
-        let mut head = GENESIS;
-        let mut paths = Vec::new();
-        for first_seq in [1u64, 3, 5] {
-            let mut bytes = Vec::new();
-            Header::new(HeaderKind::Segment, first_seq, &head, "i1")
-                .encode(&mut bytes)
-                .unwrap();
-            for seq in first_seq..first_seq + 2 {
-                head =
-                    encode_record(&mut bytes, seq, &head, Timestamp::now(), "i1", &stop).unwrap();
-            }
-            let path = dir.path().join(segment::segment_name(first_seq));
-            std::fs::write(&path, &bytes).unwrap();
-            paths.push(path);
-        }
+        let paths: Vec<PathBuf> = two_record_segments(dir.path(), &[1, 3, 5])
+            .into_iter()
+            .map(|seg| seg.path)
+            .collect();
         REMOVE.with(|remove| remove.borrow_mut().extend_from_slice(&paths[..2]));
         let options = VerifyOptions {
             after_segment: Some(|_| {
