@@ -3039,3 +3039,40 @@ fn a_range_export_runs_on_to_the_signature_after_a_late_batch() {
         );
     }
 }
+
+/// A range export of a live log's newest records, which no signature covers yet, starts at
+/// the signed checkpoint before them: they are then the unsigned tail a live log ends in, and
+/// `verify --pubkey` takes them. Without it the export held no signature and failed as
+/// unsigned.
+#[test]
+fn a_range_export_of_the_newest_records_starts_at_the_signature_before_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    // No periodic checkpoint during the test.
+    let (settings, public) = signed_settings(tmp.path(), 20);
+    let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    let now = std::time::SystemTime::now();
+    for ms in [0, 1, 2] {
+        handle.record(query_timed(
+            now + Duration::from_millis(ms),
+            "live.example.",
+        ));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while query_records_in(&settings.dir) < 3 {
+        assert!(std::time::Instant::now() < deadline, "not written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let range = TimeRange {
+        from: Some(Timestamp::from_system_time(now + Duration::from_millis(2))),
+        to: Some(Timestamp::from_system_time(now + Duration::from_millis(3))),
+    };
+    let exports = tempfile::tempdir().unwrap();
+    for format in [ExportFormat::Jsonl, ExportFormat::Csv] {
+        let path = exports.path().join(format!("{format:?}"));
+        export_file(&settings.dir, format, &range, &path);
+        let report = audit::verify(&path, Some(&public)).unwrap();
+        assert!(report.ok(), "{format:?}: {report}");
+        assert!(report.last_signed_checkpoint.is_some(), "{report}");
+    }
+    writer.shutdown().unwrap();
+}

@@ -1270,7 +1270,13 @@ pub fn export_range(
     let (low, high) = if bounded {
         let (low, high, _) =
             seq_bounds(&segments, range)?.ok_or(AuditError::NothingInRange { range: *range })?;
-        (low, signed_cover(&segments, high)?.unwrap_or(high))
+        match signed_cover(&segments, high)? {
+            Some(cover) => (low, cover),
+            // The newest records of a live log, not signed yet: from the signed checkpoint
+            // before them instead, which they follow within seconds (`verify --pubkey` takes
+            // them as the unsigned tail a live log ends in).
+            None => (signed_before(&segments, low)?.unwrap_or(low), high),
+        }
     } else {
         (0, u64::MAX)
     };
@@ -1364,6 +1370,32 @@ pub fn export_range(
     }
     .map_err(AuditError::Output)?;
     Ok(stats)
+}
+
+/// The seq of the last signed checkpoint before record `low` in its segment, if any.
+fn signed_before(segments: &[segment::SegmentFile], low: u64) -> Result<Option<u64>, AuditError> {
+    let Some(seg) = segments.iter().rev().find(|seg| seg.first_seq <= low) else {
+        return Ok(None);
+    };
+    let mut reader = LineReader::open(&seg.path)?;
+    let mut found = None;
+    while let Some(line) = reader.next_line().map_err(AuditError::io(&seg.path))? {
+        let Some(view) = segment::LinkView::parse(line.bytes).filter(|_| line.complete) else {
+            continue;
+        };
+        if view.seq >= low {
+            break;
+        }
+        if view.kind == "checkpoint"
+            && matches!(
+                Record::parse(line.bytes),
+                Ok(Record { entry: Entry::Checkpoint(cp), .. }) if cp.sig.is_some()
+            )
+        {
+            found = Some(view.seq);
+        }
+    }
+    Ok(found)
 }
 
 /// The seq of the checkpoint that first covers record `high`, if it is signed: in a signed log
