@@ -2210,6 +2210,26 @@ fn verify_names_the_signing_keys_and_warns_when_signing_changes_or_stops() {
     );
 }
 
+/// Exports `range` of the log in `dir` as JSON lines and as CSV, and verifies each with
+/// `public`: the two reports, each checked to pass.
+fn verified_range_exports(
+    dir: &Path,
+    range: &TimeRange,
+    public: &Path,
+) -> Vec<audit::VerifyReport> {
+    let exports = tempfile::tempdir().unwrap();
+    [ExportFormat::Jsonl, ExportFormat::Csv]
+        .into_iter()
+        .map(|format| {
+            let path = exports.path().join(format!("{format:?}"));
+            export_file(dir, format, range, &path);
+            let report = audit::verify(&path, Some(public)).unwrap();
+            assert!(report.ok(), "{format:?}: {report}");
+            report
+        })
+        .collect()
+}
+
 /// A range export of a signed log runs on through the next signed checkpoint (seconds after
 /// the range), so every record in it is covered by a signature: an export of a range without
 /// a checkpoint inside failed `verify --pubkey` as unsigned, and one ending between two
@@ -2238,12 +2258,7 @@ fn a_range_export_runs_on_to_the_next_signed_checkpoint() {
         .map(|r| r.seq)
         .collect();
     assert_eq!(in_range.len(), 2);
-    let exports = tempfile::tempdir().unwrap();
-    for format in [ExportFormat::Jsonl, ExportFormat::Csv] {
-        let path = exports.path().join(format!("{format:?}"));
-        export_file(&settings.dir, format, &range, &path);
-        let report = audit::verify(&path, Some(&public)).unwrap();
-        assert!(report.ok(), "{report}");
+    for report in verified_range_exports(&settings.dir, &range, &public) {
         assert_eq!(report.first_seq, Some(in_range[0]));
         assert_eq!(report.last_seq, Some(checkpoint.seq), "{report}");
         assert_eq!(report.last_signed_checkpoint.unwrap().seq, checkpoint.seq);
@@ -3027,12 +3042,7 @@ fn a_range_export_runs_on_to_the_signature_after_a_late_batch() {
         from: Some(at(101)),
         to: Some(at(99)),
     };
-    let exports = tempfile::tempdir().unwrap();
-    for format in [ExportFormat::Jsonl, ExportFormat::Csv] {
-        let path = exports.path().join(format!("{format:?}"));
-        export_file(&settings.dir, format, &range, &path);
-        let report = audit::verify(&path, Some(&public)).unwrap();
-        assert!(report.ok(), "{format:?}: {report}");
+    for report in verified_range_exports(&settings.dir, &range, &public) {
         assert_eq!(
             report.records, 3,
             "the two queries and the signature: {report}"
@@ -3066,12 +3076,7 @@ fn a_range_export_of_the_newest_records_starts_at_the_signature_before_them() {
         from: Some(Timestamp::from_system_time(now + Duration::from_millis(2))),
         to: Some(Timestamp::from_system_time(now + Duration::from_millis(3))),
     };
-    let exports = tempfile::tempdir().unwrap();
-    for format in [ExportFormat::Jsonl, ExportFormat::Csv] {
-        let path = exports.path().join(format!("{format:?}"));
-        export_file(&settings.dir, format, &range, &path);
-        let report = audit::verify(&path, Some(&public)).unwrap();
-        assert!(report.ok(), "{format:?}: {report}");
+    for report in verified_range_exports(&settings.dir, &range, &public) {
         assert!(report.last_signed_checkpoint.is_some(), "{report}");
     }
     writer.shutdown().unwrap();
