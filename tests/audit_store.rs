@@ -2751,8 +2751,12 @@ fn bad_arguments_exit_2_naming_the_flag() {
     let missing_dir = tmp.path().join("no-such-dir");
     let missing_dir = missing_dir.to_str().unwrap();
     let into_missing_dir = format!("{missing_dir}/export.jsonl");
-    let refused: [(&[&str], &str); 12] = [
+    let dangling = tmp.path().join("dangling.jsonl");
+    std::os::unix::fs::symlink(tmp.path().join("gone.jsonl"), &dangling).unwrap();
+    let dangling = dangling.to_str().unwrap();
+    let refused: [(&[&str], &str); 13] = [
         (&["verify", missing], "PATH: "),
+        (&["verify", dangling], "PATH: "),
         (&["verify", "--dir", missing_dir], "--dir: "),
         (&["search", "--dir", missing_dir], "--dir: "),
         (&["summary", "--dir", missing_dir], "--dir: "),

@@ -284,11 +284,12 @@ fn pick<'a>(dir: &'a DirArg, configured: &'a Path) -> Result<&'a Path, AuditErro
     }
 }
 
-/// A path named on the command line that is not there is a wrong argument (exit 2), not a log
-/// that failed: `verify typo.jsonl` must not read as tampering. The configured `[audit] dir`
+/// A path named on the command line that is not there (or a symbolic link to nothing) is a
+/// wrong argument (exit 2), not a log that failed: `verify typo.jsonl` must not read as
+/// tampering. The configured `[audit] dir`
 /// gone missing is not a typo, and stays a failure of the log.
 fn given_path(flag: &'static str, path: &Path) -> Result<(), AuditError> {
-    match std::fs::symlink_metadata(path) {
+    match std::fs::metadata(path) {
         Err(error)
             if matches!(
                 error.kind(),
