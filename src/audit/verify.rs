@@ -507,8 +507,14 @@ struct Checker {
     /// or must not (version 2); `None` in exports, which may hold both.
     lines_state_prev: Option<bool>,
     unsigned: u64,
-    /// The records after the last signed checkpoint (all of them, until one is found).
-    unsigned_tail: Option<UnsignedTail>,
+    /// The first record after the last signed checkpoint (what a live log, one cut by a crash,
+    /// or a range export ends in) timed more than the tolerance before or after it, and which
+    /// way. The writer signs before a record timed far after its last signature and right
+    /// after one timed far before it, so an intact log leaves none unsigned (but for a crash
+    /// that cuts the write signing a record of the second kind, until the restart signs the
+    /// head): one is a record appended without the key and dated where a search of that period
+    /// would find it. Cleared by each signed checkpoint.
+    unsigned_outside: Option<(Spot, MissingSignature)>,
     /// What the current segment holds so far, which its checkpoints state (`None` in an export,
     /// where segments are not told apart).
     segment_so_far: Option<SegmentSoFar>,
@@ -522,18 +528,6 @@ struct SegmentSoFar {
     lines: u64,
     min_time: Option<Timestamp>,
     max_time: Option<Timestamp>,
-}
-
-/// The records after the last signed checkpoint (what a live log, one cut by a crash, or a
-/// range export ends in).
-struct UnsignedTail {
-    /// The first record in it timed more than the tolerance before or after the last signed
-    /// checkpoint, and which way. The writer signs before a record timed far after its last
-    /// signature and right after one timed far before it, so an intact log leaves none
-    /// unsigned (but for a crash that cuts the write signing a record of the second kind, until
-    /// the restart signs the head): one is a record appended without the key and dated where a
-    /// search of that period would find it.
-    outside: Option<(Spot, MissingSignature)>,
 }
 
 impl Checker {
@@ -562,7 +556,7 @@ impl Checker {
             signed: 0,
             lines_state_prev: None,
             unsigned: 0,
-            unsigned_tail: None,
+            unsigned_outside: None,
             segment_so_far: None,
         }
     }
@@ -944,19 +938,16 @@ impl Checker {
                 seq: Some(view.seq),
                 offset: line.offset,
             };
-            let tail = self
-                .unsigned_tail
-                .get_or_insert(UnsignedTail { outside: None });
-            if tail.outside.is_none()
+            if self.unsigned_outside.is_none()
                 && let Some(signed) = self.report.last_signed_checkpoint
             {
                 let tolerance = i64::try_from(self.options.unsigned_tail_tolerance.as_micros())
                     .unwrap_or(i64::MAX);
                 let (time, signed) = (view.time.as_micros(), signed.time.as_micros());
                 if time < signed.saturating_sub(tolerance) {
-                    tail.outside = Some((spot(), MissingSignature::BackdatedTail));
+                    self.unsigned_outside = Some((spot(), MissingSignature::BackdatedTail));
                 } else if time > signed.saturating_add(tolerance) {
-                    tail.outside = Some((spot(), MissingSignature::UnsignedTail));
+                    self.unsigned_outside = Some((spot(), MissingSignature::UnsignedTail));
                 }
             }
             self.report.time_range = Some(match self.report.time_range {
@@ -1064,7 +1055,7 @@ impl Checker {
                     return Err(fail(FailureKind::BadSignature));
                 }
                 self.signed += 1;
-                self.unsigned_tail = None;
+                self.unsigned_outside = None;
                 let key_hex = hex::encode(key.as_bytes());
                 match self.report.signing_keys.last_mut() {
                     Some(last) if last.key == key_hex => last.last_seq = seq,
@@ -1132,16 +1123,13 @@ impl Checker {
                     0,
                 ));
             }
-            let tail = self.unsigned_tail.take()?;
-            if let Some((spot, reason)) = tail.outside {
-                return Some(Self::fail(
-                    FailureKind::MissingSignature { reason },
-                    &spot.file,
-                    spot.seq,
-                    spot.offset,
-                ));
-            }
-            None
+            let (spot, reason) = self.unsigned_outside.take()?;
+            Some(Self::fail(
+                FailureKind::MissingSignature { reason },
+                &spot.file,
+                spot.seq,
+                spot.offset,
+            ))
         });
         self.report.failure = failure;
         self.report

@@ -848,8 +848,8 @@ struct Store {
     last_checkpoint: Instant,
     /// The time of the last signed checkpoint this store wrote.
     last_signed: Option<Timestamp>,
-    /// A record of this batch is timed far before `last_signed` (`SIGN_AFTER_BEHIND_US`):
-    /// sign before the batch is written.
+    /// A record of this batch is timed far before `last_signed` (`SIGN_AFTER_BEHIND_US`), or
+    /// after the clock itself: sign before the batch is written (`sign_if_soon`).
     sign_soon: bool,
     unsynced: bool,
     last_sync: Instant,
@@ -1002,7 +1002,7 @@ impl Store {
         writable: Arc<AtomicBool>,
         suppressed: Arc<Drops>,
         at_start: bool,
-        prove_write: bool,
+        prove: bool,
         retention_clock: RetentionClock,
     ) -> Result<Self, AuditError> {
         let dir = settings.dir.clone();
@@ -1068,13 +1068,12 @@ impl Store {
         // unsigned, and without this they would share one unsigned tail with this run's first
         // records, which may come any time later (`verify --pubkey` allows a tail of 30 s).
         let sign_head = store.signer.is_some() && !store.head_signed;
-        // A retry must show the disk takes a write before the log counts as writable again
-        // (`when_unwritable = "refuse"` answers queries again then). When nothing was lost and
-        // nothing is held (an outage that began with a write of the writer's own, a quiet
-        // log's segment close), nothing else would be written: a checkpoint over the head it
-        // continues from. Otherwise the gap record is that write, and a retry that fails on it
-        // leaves no segment behind.
-        let prove = prove_write;
+        // `prove`: a retry must show the disk takes a write before the log counts as writable
+        // again (`when_unwritable = "refuse"` answers queries again then). When nothing was
+        // lost and nothing is held (an outage that began with a write of the writer's own, a
+        // quiet log's segment close), nothing else would be written: a checkpoint over the head
+        // it continues from. Otherwise the gap record or the held records are that write, and
+        // a retry that fails on them leaves no segment behind.
         if sign_head || prove || recovered.is_some() {
             let mut write_first = || {
                 if sign_head || prove {
