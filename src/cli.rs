@@ -552,7 +552,7 @@ fn open_audit(state: &State) -> anyhow::Result<Option<(AuditHandle, AuditWriter)
         version: env!("CARGO_PKG_VERSION").to_owned(),
         config: state.config.path.clone(),
     });
-    handle.service(load_event(state));
+    handle.service(load_event(state, Vec::new()));
     tracing::info!(dir = %settings.dir.display(), signed = settings.signing_key.is_some(), "audit log open");
     Ok(Some((handle, writer)))
 }

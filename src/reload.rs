@@ -55,6 +55,12 @@ pub struct Reloader {
     in_progress: tokio::sync::Mutex<()>,
     /// Accepted and refused reloads are audit records.
     audit: Option<AuditHandle>,
+    /// The config the process started with: what its restart-only settings (listeners,
+    /// threads, the audit writer, ...) still run on. Each reload compares against this, not
+    /// against the last reload's config, which already holds an edit that did not take effect:
+    /// otherwise the warning came once and later reloads, whose `load` records cite a config
+    /// that is not what runs, said nothing (and reverting the edit warned).
+    running: Arc<Config>,
 }
 
 impl Reloader {
@@ -63,8 +69,10 @@ impl Reloader {
         state: Arc<ArcSwap<State>>,
         audit: Option<AuditHandle>,
     ) -> Self {
+        let running = state.load().config.clone();
         Self {
             config_path,
+            running,
             state,
             counters: ReloadCounters::default(),
             in_progress: tokio::sync::Mutex::new(()),
@@ -95,7 +103,7 @@ impl Reloader {
                 for warning in &warnings.skipped {
                     tracing::warn!("{warning} (skipped)");
                 }
-                let restart_needed = restart_needed(&current.config, &next.config);
+                let restart_needed = restart_needed(&self.running, &next.config);
                 for setting in &restart_needed {
                     tracing::warn!(
                         setting,
@@ -117,7 +125,7 @@ impl Reloader {
                     tracing::warn!(%error, "cannot record the serving generation for `lists diff`");
                 }
                 if let Some(audit) = &self.audit {
-                    audit.service(load_event(&next));
+                    audit.service(load_event(&next, restart_needed.clone()));
                 }
                 let previous = self.state.swap(Arc::new(next));
                 // The old state (possibly a million rules) is freed off the query path once the
@@ -286,9 +294,10 @@ fn in_background<T: Send + 'static>(
 }
 
 /// The audit record of a generation going into service: each list's file, hash and rule count.
-pub fn load_event(state: &State) -> ServiceEvent {
+pub fn load_event(state: &State, waiting_for_restart: Vec<&'static str>) -> ServiceEvent {
     ServiceEvent::Load {
         generation: state.generation,
+        waiting_for_restart,
         config: Some((state.config.path.clone(), hex::encode(state.config.sha256))),
         lists: state
             .policy
@@ -306,38 +315,38 @@ pub fn load_event(state: &State) -> ServiceEvent {
 
 /// Settings a running server cannot change: they are bound into sockets, the cache or the log
 /// subscriber at start.
-fn restart_needed(current: &Config, next: &Config) -> Vec<&'static str> {
+fn restart_needed(running: &Config, next: &Config) -> Vec<&'static str> {
     let mut settings = Vec::new();
-    if current.server.listen != next.server.listen {
+    if running.server.listen != next.server.listen {
         settings.push("server.listen");
     }
-    if current.server.threads != next.server.threads {
+    if running.server.threads != next.server.threads {
         settings.push("server.threads");
     }
-    if current.server.tcp_idle_timeout != next.server.tcp_idle_timeout {
+    if running.server.tcp_idle_timeout != next.server.tcp_idle_timeout {
         settings.push("server.tcp_idle_timeout_secs");
     }
-    if current.server.tcp_max_connections != next.server.tcp_max_connections {
+    if running.server.tcp_max_connections != next.server.tcp_max_connections {
         settings.push("server.tcp_max_connections");
     }
-    if current.server.tcp_max_connections_per_client != next.server.tcp_max_connections_per_client {
+    if running.server.tcp_max_connections_per_client != next.server.tcp_max_connections_per_client {
         settings.push("server.tcp_max_connections_per_client");
     }
-    if current.cache != next.cache {
+    if running.cache != next.cache {
         settings.push("cache");
     }
-    if current.log != next.log {
+    if running.log != next.log {
         settings.push("log");
     }
-    if current.reload != next.reload {
+    if running.reload != next.reload {
         settings.push("reload");
     }
     // The writer is opened with these at start.
-    if current.audit != next.audit {
+    if running.audit != next.audit {
         settings.push("audit");
     }
     // The recursor (and its cache) is built once at start.
-    if current.recursion != next.recursion || current.forward_zones != next.forward_zones {
+    if running.recursion != next.recursion || running.forward_zones != next.forward_zones {
         settings.push("recursion");
     }
     settings

@@ -796,6 +796,40 @@ fn reloads_are_audit_records_and_queries_name_their_generation() {
     assert_eq!(blocked_www["generation"], 2);
 }
 
+/// A reload whose config changes a setting that only a restart applies says so in its `load`
+/// record, and so does every later one while the process runs on the old setting: the config
+/// hash a load cites is otherwise a claim about settings that are not in force.
+#[test]
+fn load_records_name_the_settings_waiting_for_a_restart() {
+    let upstream = Upstream::start();
+    let mut dnsward = served(&upstream, "");
+    let config_path = dnsward.config_path();
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let allow = "allow = [\"127.0.0.1/32\", \"::1/128\"]";
+    assert!(config.contains(allow));
+    let edited = config.replace(allow, &format!("{allow}\ntcp_idle_timeout_secs = 7"));
+    std::fs::write(&config_path, edited).unwrap();
+    dnsward
+        .wait_for_log(|line| line.contains("reload applied") && line.contains("generation=2"))
+        .expect("config edit applied");
+    std::fs::write(dnsward.dir.path().join("block.txt"), "blocked.test\nwww.test\n").unwrap();
+    dnsward
+        .wait_for_log(|line| line.contains("reload applied") && line.contains("generation=3"))
+        .expect("list edit applied");
+    assert!(dnsward.terminate());
+    let all = json_lines(&audit(&config_path, &["export", "--format", "jsonl"]));
+    let loads: Vec<&Value> = all.iter().filter(|r| r["type"] == "load").collect();
+    assert_eq!(loads.len(), 3, "{loads:#?}");
+    assert!(loads[0].get("waiting_for_restart").is_none(), "{}", loads[0]);
+    for load in &loads[1..] {
+        assert_eq!(
+            load["waiting_for_restart"],
+            serde_json::json!(["server.tcp_idle_timeout_secs"]),
+            "{load}"
+        );
+    }
+}
+
 /// Sets the file size limit of process `pid` (as `prlimit --fsize` does).
 #[allow(unsafe_code)]
 fn limit_file_size(pid: u32, bytes: u64) {

@@ -167,7 +167,8 @@ fn listen_change_needs_restart_but_the_rest_applies() {
     let config_path = dnsward.config_path();
     // Never the number it runs with (one thread per core).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
-    let edited = std::fs::read_to_string(&config_path).unwrap().replace(
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    let edited = original.replace(
         "listen = [\"127.0.0.1:0\"]",
         &format!("listen = [\"127.0.0.1:0\", \"[::1]:0\"]\nthreads = {threads}"),
     );
@@ -185,6 +186,30 @@ fn listen_change_needs_restart_but_the_rest_applies() {
     assert!(eventually(
         || rcode(&dnsward, "www.test.") == ResponseCode::Refused
     ));
+
+    // A later reload still runs on the start's settings: it warns again (its `load` record
+    // cites a config whose audit settings are not the writer's), and undoing the edit does not.
+    let audit_warnings = |dnsward: &Dnsward| {
+        dnsward
+            .log()
+            .iter()
+            .filter(|line| line.contains("needs a restart") && line.contains("audit"))
+            .count()
+    };
+    dnsward
+        .wait_for_log(|line| line.contains("reload applied") && line.contains("generation=2"))
+        .expect("first reload applied");
+    assert_eq!(audit_warnings(&dnsward), 1);
+    std::fs::write(dnsward.dir.path().join("watch.txt"), "mail.test\n").unwrap();
+    dnsward
+        .wait_for_log(|line| line.contains("reload applied") && line.contains("generation=3"))
+        .expect("list edit applied");
+    assert_eq!(audit_warnings(&dnsward), 2, "{:#?}", dnsward.log());
+    std::fs::write(&config_path, original).unwrap();
+    dnsward
+        .wait_for_log(|line| line.contains("reload applied") && line.contains("generation=4"))
+        .expect("undo applied");
+    assert_eq!(audit_warnings(&dnsward), 2, "{:#?}", dnsward.log());
 }
 
 /// 50 reloads of a 100k-rule list while clients query over UDP and TCP: no query fails or

@@ -501,6 +501,11 @@ pub enum Entry {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         config: Option<ConfigLoad>,
         lists: Vec<ListLoad>,
+        /// Settings of `config` that do not run yet: they take effect at a restart, and until
+        /// then the process runs on those it started with (absent when none; written since
+        /// 2026-12-02). Without it the file hash cited here would claim more than is in force.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        waiting_for_restart: Vec<String>,
     },
     /// A reload was refused; the previous generation stays in service.
     ReloadRefused {

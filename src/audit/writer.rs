@@ -102,6 +102,8 @@ pub enum ServiceEvent {
         /// The configuration file and the hex SHA-256 of the text it was parsed from.
         config: Option<(PathBuf, String)>,
         lists: Vec<ListFile>,
+        /// Settings this config changes that take effect only at a restart (see `reload`).
+        waiting_for_restart: Vec<&'static str>,
     },
     /// A reload was refused; the previous generation stays in service.
     ReloadRefused { errors: Vec<String> },
@@ -118,8 +120,13 @@ impl ServiceEvent {
                 generation,
                 config,
                 lists,
+                waiting_for_restart,
             } => Entry::Load {
                 generation,
+                waiting_for_restart: waiting_for_restart
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
                 config: config.map(|(path, sha256)| ConfigLoad {
                     path: absolute(&path),
                     sha256,
