@@ -561,6 +561,52 @@ fn signed_log_verifies_and_tampering_is_named() {
     );
     let verify_export = audit(&config, &["verify", "--pubkey", &public_arg, &export_arg]);
     assert!(verify_export.status.success(), "{}", stdout(&verify_export));
+    // An export made whole is a success whoever stops reading the line that says so
+    // (`export -o x.jsonl | true`).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let unread_path = dnsward.dir.path().join("unread.jsonl");
+    let unread = dnsward_command()
+        .args(["audit", "export", "--format", "jsonl", "--output"])
+        .arg(&unread_path)
+        .arg("--config")
+        .arg(&config)
+        .stdout(writer)
+        .status()
+        .unwrap();
+    assert!(unread.success(), "{unread}");
+    let unread_arg = unread_path.to_string_lossy().into_owned();
+    let verify_unread = audit(&config, &["verify", "--pubkey", &public_arg, &unread_arg]);
+    assert!(verify_unread.status.success(), "{}", stdout(&verify_unread));
+    // Through a pipe, as `ssh host dnsward audit export | dnsward audit verify /dev/stdin`,
+    // both formats: the file is read once.
+    let csv_path = dnsward.dir.path().join("export.csv");
+    let csv_arg = csv_path.to_string_lossy().into_owned();
+    let csv_export = audit(&config, &["export", "--format", "csv", "--output", &csv_arg]);
+    assert!(csv_export.status.success());
+    for path in [&export_path, &csv_path] {
+        let mut verify = dnsward_command()
+            .args(["audit", "verify", "--pubkey", &public_arg, "/dev/stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = verify.stdin.take().unwrap();
+        let bytes = std::fs::read(path).unwrap();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write as _;
+            // The reader may stop early on a failure: a broken pipe is its answer, not ours.
+            let _ = pipe.write_all(&bytes);
+        });
+        let verified = verify.wait_with_output().unwrap();
+        writer.join().unwrap();
+        assert!(
+            verified.status.success(),
+            "{}: {}",
+            path.display(),
+            stdout(&verified)
+        );
+    }
 
     // Change one byte of a stored record: verify fails and names the segment and sequence.
     let segment = segments(&audit_dir(&dnsward)).pop().unwrap();

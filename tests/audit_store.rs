@@ -1087,6 +1087,21 @@ fn a_cut_export_is_named() {
         let half = &text[..text.len() - lines.last().unwrap().len() / 2 - 1];
         let failure = verify_text(half).failure.unwrap();
         assert_eq!(failure.kind, FailureKind::TruncatedExport, "{format:?}");
+        // Cut before its first record (nothing, or part of the first line): without a key
+        // too, where no missing signature would fail it.
+        for cut in ["", &text[..3], &text[..40]] {
+            std::fs::write(&path, cut).unwrap();
+            for key in [None, Some(public.as_path())] {
+                let report = audit::verify(&path, key).unwrap();
+                let failure = report.failure.as_ref().map(|f| f.kind.clone());
+                assert_eq!(
+                    failure,
+                    Some(FailureKind::TruncatedExport),
+                    "{format:?}, {} bytes: {report}",
+                    cut.len()
+                );
+            }
+        }
         // Ten records cut before the end line.
         let n = lines.len();
         let mut cut: Vec<&str> = lines[..n - 11].to_vec();

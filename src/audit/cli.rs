@@ -403,14 +403,19 @@ pub fn run_to(
                     // file (`-o /dev/stdout | ssh ...`) would get the line after the export's
                     // end line, and fail `verify` as inserted.
                     if replaced {
-                        writeln!(
+                        let written = writeln!(
                             out,
                             "exported {} records from {} segments to {}",
                             stats.records,
                             stats.segments,
                             path.display()
-                        )
-                        .map_err(AuditError::Output)?;
+                        );
+                        match written {
+                            // The file is whole and in place whoever stopped reading this
+                            // line (`export -o x.jsonl | true`): the export succeeded.
+                            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
+                            written => written.map_err(AuditError::Output)?,
+                        }
                     }
                 }
                 None => {

@@ -1763,14 +1763,9 @@ pub fn csv_row_to_line(row: &[u8]) -> Option<(Vec<u8>, String)> {
         .then_some((line, prev))
 }
 
-/// Whether a file is a CSV export (it starts with the column names).
-pub fn is_csv_export(path: &Path) -> Result<bool, AuditError> {
-    use std::io::Read as _;
-    let mut start = [0u8; 4];
-    let mut file = std::fs::File::open(path).map_err(AuditError::io(path))?;
-    let read = file.read(&mut start).map_err(AuditError::io(path))?;
-    Ok(&start[..read] == b"seq,")
-}
+/// How a CSV export starts (its first column's name); a JSON file starts with `{`.
+pub const CSV_EXPORT_START: &[u8] = b"seq,";
+
 
 /// Output style of `search`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -409,8 +409,7 @@ pub fn verify_with(
         return Ok(report);
     }
     let mut checker = Checker::new(path, key, options.clone());
-    let csv = query::is_csv_export(path)?;
-    let outcome = checker.file(path, None, csv, true);
+    let outcome = checker.file(path, None, true);
     Ok(checker.finish(outcome.err()))
 }
 
@@ -437,7 +436,7 @@ fn verify_segments(
         if removed {
             continue;
         }
-        outcome = checker.file(&seg.path, Some(seg.first_seq), false, i + 1 == count);
+        outcome = checker.file(&seg.path, Some(seg.first_seq), i + 1 == count);
         if outcome.is_err() {
             break;
         }
@@ -574,15 +573,32 @@ impl Checker {
 
     /// Checks one file. `named_seq`: the first seq a segment's file name says; `csv`: rows of
     /// a CSV export; `last`: the last file of the log (a torn line there is a truncated tail).
-    fn file(
-        &mut self,
-        path: &Path,
-        named_seq: Option<u64>,
-        csv: bool,
-        last: bool,
-    ) -> Result<(), Failure> {
+    /// Checks one file: a segment of a log directory (`named_seq`: the first seq its name
+    /// says) or, alone, an export or a segment copied out. The file is read once, front to
+    /// back, so a pipe (`verify /dev/stdin`) is read like a file.
+    fn file(&mut self, path: &Path, named_seq: Option<u64>, last: bool) -> Result<(), Failure> {
         let mut reader = LineReader::open(path)
             .map_err(|_| Self::fail(FailureKind::Unreadable, path, None, 0))?;
+        // The header (or a CSV export's column row), as it is: never a CSV record row.
+        let first = reader
+            .next_line()
+            .map_err(|_| Self::fail(FailureKind::Unreadable, path, None, 0))?
+            .map(|l| OwnedLine {
+                offset: l.offset,
+                bytes: l.bytes.to_vec(),
+                complete: l.complete,
+                stated_prev: None,
+            });
+        let Some(first) = first else {
+            // An empty segment holds nothing of the chain (a crash as it was created); an
+            // empty file given alone is a copy that got nothing, not a log that verifies.
+            if named_seq.is_none() {
+                return Err(Self::fail(FailureKind::TruncatedExport, path, None, 0));
+            }
+            return self.end_file(path, false, None, last);
+        };
+        // A CSV export starts with its column names; a segment or JSON export with a header.
+        let csv = named_seq.is_none() && first.bytes.starts_with(query::CSV_EXPORT_START);
         let next_owned = |reader: &mut LineReader<_>| -> Result<Option<OwnedLine>, Failure> {
             let line = reader
                 .next_line()
@@ -604,20 +620,6 @@ impl Checker {
                 }
             }))
         };
-        // The header (or a CSV export's column row), as it is: never a CSV record row.
-        let first = reader
-            .next_line()
-            .map_err(|_| Self::fail(FailureKind::Unreadable, path, None, 0))?
-            .map(|l| OwnedLine {
-                offset: l.offset,
-                bytes: l.bytes.to_vec(),
-                complete: l.complete,
-                stated_prev: None,
-            });
-        let Some(first) = first else {
-            // An empty file holds nothing of the chain.
-            return self.end_file(path, false, None, last);
-        };
         let export;
         let mut current = if csv {
             export = true;
@@ -625,12 +627,20 @@ impl Checker {
             // The column-name row, exactly (LF or CRLF); the chain start is the first record's
             // `prev`.
             let columns = first.bytes.strip_suffix(b"\r").unwrap_or(&first.bytes);
+            if !first.complete && query::CSV_COLUMNS.as_bytes().starts_with(columns) {
+                return Err(Self::fail(FailureKind::TruncatedExport, path, None, 0));
+            }
             if !first.complete || columns != query::CSV_COLUMNS.as_bytes() {
                 return Err(Self::fail(FailureKind::Modified, path, None, 0));
             }
             next_owned(&mut reader)?
         } else {
             if !first.complete {
+                // A torn header: in a log directory a crash as the segment was created; alone,
+                // a copy cut short before its first record.
+                if named_seq.is_none() {
+                    return Err(Self::fail(FailureKind::TruncatedExport, path, None, 0));
+                }
                 return self.end_file(path, false, Some(0), last);
             }
             let header = Header::parse(&first.bytes)
