@@ -582,7 +582,10 @@ fn signed_log_verifies_and_tampering_is_named() {
     // both formats: the file is read once.
     let csv_path = dnsward.dir.path().join("export.csv");
     let csv_arg = csv_path.to_string_lossy().into_owned();
-    let csv_export = audit(&config, &["export", "--format", "csv", "--output", &csv_arg]);
+    let csv_export = audit(
+        &config,
+        &["export", "--format", "csv", "--output", &csv_arg],
+    );
     assert!(csv_export.status.success());
     for path in [&export_path, &csv_path] {
         let mut verify = dnsward_command()
@@ -858,7 +861,11 @@ fn load_records_name_the_settings_waiting_for_a_restart() {
     dnsward
         .wait_for_log(|line| line.contains("reload applied") && line.contains("generation=2"))
         .expect("config edit applied");
-    std::fs::write(dnsward.dir.path().join("block.txt"), "blocked.test\nwww.test\n").unwrap();
+    std::fs::write(
+        dnsward.dir.path().join("block.txt"),
+        "blocked.test\nwww.test\n",
+    )
+    .unwrap();
     dnsward
         .wait_for_log(|line| line.contains("reload applied") && line.contains("generation=3"))
         .expect("list edit applied");
@@ -866,7 +873,11 @@ fn load_records_name_the_settings_waiting_for_a_restart() {
     let all = json_lines(&audit(&config_path, &["export", "--format", "jsonl"]));
     let loads: Vec<&Value> = all.iter().filter(|r| r["type"] == "load").collect();
     assert_eq!(loads.len(), 3, "{loads:#?}");
-    assert!(loads[0].get("waiting_for_restart").is_none(), "{}", loads[0]);
+    assert!(
+        loads[0].get("waiting_for_restart").is_none(),
+        "{}",
+        loads[0]
+    );
     for load in &loads[1..] {
         assert_eq!(
             load["waiting_for_restart"],

@@ -1766,7 +1766,6 @@ pub fn csv_row_to_line(row: &[u8]) -> Option<(Vec<u8>, String)> {
 /// How a CSV export starts (its first column's name); a JSON file starts with `{`.
 pub const CSV_EXPORT_START: &[u8] = b"seq,";
 
-
 /// Output style of `search`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {

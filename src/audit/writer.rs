@@ -123,10 +123,7 @@ impl ServiceEvent {
                 waiting_for_restart,
             } => Entry::Load {
                 generation,
-                waiting_for_restart: waiting_for_restart
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect(),
+                waiting_for_restart: waiting_for_restart.into_iter().map(str::to_owned).collect(),
                 config: config.map(|(path, sha256)| ConfigLoad {
                     path: absolute(&path),
                     sha256,
