@@ -149,6 +149,24 @@ fn check(path: &std::path::Path) -> ExitCode {
             }
         }
     }
+    if config.audit.enabled && config.audit.anonymize_key.is_some() {
+        match dnsward::audit::writer::check_anonymize_key(&config.audit) {
+            Err(error) => problems.push(format!(
+                "{}: audit.anonymize_key: {error}",
+                config.path.display()
+            )),
+            Ok(()) => {
+                if let Some(warning) = config
+                    .audit
+                    .anonymize_key
+                    .as_deref()
+                    .and_then(dnsward::audit::keys::anonymize_key_exposure)
+                {
+                    eprintln!("warning: audit.anonymize_key: {warning}");
+                }
+            }
+        }
+    }
     if config.recursion.enabled {
         let checked = tokio::runtime::Builder::new_current_thread()
             .enable_all()

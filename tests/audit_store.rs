@@ -651,6 +651,24 @@ fn retention_removes_old_segments_and_the_rest_verifies() {
     );
 }
 
+/// The smallest size limit the config takes, three segments, keeps a closed segment besides the
+/// newest: the newest counts, and each closed one ends past `segment_max_bytes`.
+#[test]
+fn the_smallest_size_limit_keeps_a_closed_segment_besides_the_newest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = AuditSettings {
+        segment_max_bytes: 8 * 1024,
+        retention_max_total_bytes: 3 * 8 * 1024,
+        ..settings(tmp.path())
+    };
+    assert_eq!(settings.invalid_value(), None);
+    write_log(&settings, 0, 1000);
+    let segs = segment::list_segments(tmp.path()).unwrap();
+    assert!(segs.len() >= 2, "{segs:?}");
+    assert!(segs[0].first_seq > 1, "the oldest segments are gone");
+    assert!(audit::verify(tmp.path(), None).unwrap().ok());
+}
+
 /// Segments closed more than `retention_max_age_days` ago are removed when the writer next
 /// starts (or closes a segment), the newer ones stay, and the rest still verifies.
 #[test]

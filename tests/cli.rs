@@ -313,6 +313,41 @@ fn check_validates_the_audit_key_and_recursion_files() {
         stderr(&output)
     );
 
+    // The anonymize key as `serve` reads it: missing, or too short to be a secret; one others
+    // can read is a warning (with the log, it undoes the hashing).
+    use std::os::unix::fs::PermissionsExt;
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[forward]\nupstreams = [\"{UPSTREAM}\"]\n[audit]\nanonymize = \"hash\"\nanonymize_key = \"anon.key\"\n"
+    );
+    let (dir, path) = setup(&config, &[]);
+    let key = dir.path().join("anon.key");
+    for (contents, expected) in [(None, "anon.key"), (Some("short\n"), "at least 16 bytes")] {
+        if let Some(contents) = contents {
+            std::fs::write(&key, contents).unwrap();
+        }
+        let output = run(&["check", "--config", &path]);
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        let message = stderr(&output);
+        assert!(
+            message.contains("audit.anonymize_key") && message.contains(expected),
+            "{message}"
+        );
+    }
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let output = run(&["check", "--config", &path]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("warning"), "{}", stderr(&output));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = run(&["check", "--config", &path]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("warning: audit.anonymize_key: ")
+            && stderr(&output).contains("mode 644"),
+        "{}",
+        stderr(&output)
+    );
+
     let config = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n[forward]\nupstreams = [\"{UPSTREAM}\"]\n[recursion]\nenabled = true\nroot_hints = \"nope.hints\"\n"
     );

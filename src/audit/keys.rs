@@ -207,19 +207,33 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, AuditError> {
 /// refusal: secret mounts (Kubernetes 0644, Docker 0444) are often read-only and
 /// world-readable inside a container that runs nothing else.
 pub fn exposure(path: &Path) -> Option<String> {
+    let mode = loose_mode(path)?;
+    Some(format!(
+        "{}: mode {mode:o} lets other users read the audit signing key (or its group change \
+         it), and whoever reads it can sign checkpoints; chmod 600 it (640 for a service group)",
+        path.display(),
+    ))
+}
+
+/// [`exposure`] for the `anonymize = "hash"` key: whoever reads it can undo the hashing of an
+/// IPv4 client by hashing all 2³² addresses, which takes minutes.
+pub fn anonymize_key_exposure(path: &Path) -> Option<String> {
+    let mode = loose_mode(path)?;
+    Some(format!(
+        "{}: mode {mode:o} lets other users read the audit anonymize key (or its group change \
+         it), and whoever reads it with the log can recover hashed client addresses by trying \
+         every address; chmod 600 it (640 for a service group)",
+        path.display(),
+    ))
+}
+
+/// The file's permission bits if others may read it or its group change it.
+fn loose_mode(path: &Path) -> Option<u32> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path).ok()?.permissions().mode();
-        (mode & 0o027 != 0).then(|| {
-            format!(
-                "{}: mode {:o} lets other users read the audit signing key (or its group \
-                 change it), and whoever reads it can sign checkpoints; chmod 600 it (640 for \
-                 a service group)",
-                path.display(),
-                mode & 0o777
-            )
-        })
+        (mode & 0o027 != 0).then_some(mode & 0o777)
     }
     #[cfg(not(unix))]
     {

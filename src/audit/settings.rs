@@ -90,6 +90,16 @@ pub enum Anonymize {
     Hash,
 }
 
+impl Anonymize {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Truncate => "truncate",
+            Self::Hash => "hash",
+        }
+    }
+}
+
 impl Default for AuditSettings {
     fn default() -> Self {
         Self {
@@ -110,6 +120,11 @@ impl Default for AuditSettings {
         }
     }
 }
+
+/// `retention_max_total_bytes` in segments, at least: the segment being written (up to one
+/// segment) plus one closed segment (a little over one, with its closing lines) must fit, and
+/// three is the round number above that.
+const MIN_RETAINED_SEGMENTS: u64 = 3;
 
 impl AuditSettings {
     /// The first value that makes no sense, as (field, why); the caller names the file and
@@ -134,14 +149,17 @@ impl AuditSettings {
             return Some(("segment_max_age_secs", "must be at least 1".into()));
         }
         if self.retention_max_total_bytes != 0
-            && self.retention_max_total_bytes < self.segment_max_bytes
+            && self.retention_max_total_bytes
+                < self.segment_max_bytes.saturating_mul(MIN_RETAINED_SEGMENTS)
         {
             return Some((
                 "retention_max_total_bytes",
                 format!(
-                    "must be at least segment_max_bytes ({}), or 0 for no size limit: below \
-                     one segment, every close would remove all older segments",
-                    self.segment_max_bytes
+                    "must be at least {MIN_RETAINED_SEGMENTS} × segment_max_bytes ({}), or 0 \
+                     for no size limit: the limit counts the segment being written, and each \
+                     closed segment ends a little past segment_max_bytes, so a smaller limit \
+                     would remove every closed segment at each close",
+                    self.segment_max_bytes.saturating_mul(MIN_RETAINED_SEGMENTS)
                 ),
             ));
         }
@@ -165,6 +183,30 @@ impl AuditSettings {
         }
         if self.queue_capacity == 0 {
             return Some(("queue_capacity", "must be at least 1".into()));
+        }
+        match (self.anonymize, &self.anonymize_key) {
+            // Named at the anonymize line: that is the line the operator wrote.
+            (Anonymize::Hash, None) => {
+                return Some((
+                    "anonymize",
+                    "\"hash\" needs anonymize_key: a file of at least 16 secret random bytes \
+                     the client addresses are hashed with"
+                        .into(),
+                ));
+            }
+            // Refused rather than ignored: an operator who sets a key believes addresses are
+            // hashed, and with `none` they would be stored whole.
+            (Anonymize::None | Anonymize::Truncate, Some(_)) => {
+                return Some((
+                    "anonymize_key",
+                    format!(
+                        "is used only with anonymize = \"hash\", and anonymize is \"{}\": set \
+                         anonymize = \"hash\" or remove the key",
+                        self.anonymize.as_str()
+                    ),
+                ));
+            }
+            _ => {}
         }
         None
     }

@@ -48,6 +48,10 @@ const MAX_IDLE: Duration = Duration::from_millis(500);
 const BATCH_PAUSE: Duration = Duration::from_millis(10);
 /// How often a writer that cannot write (disk full, I/O error) tries again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How often retention runs besides at segment closes: a resolver that gets no queries closes
+/// no segment, and its old segments must still go when they pass `retention_max_age_days`
+/// (the README promises it; it is what anonymised or not, a privacy policy relies on).
+const RETENTION_INTERVAL: Duration = Duration::from_secs(15 * 60);
 /// How often, at most, a `suppressed` record reports the outsider records over the limit: a
 /// flood is summed up once a second, not once per writer wake-up.
 const SUPPRESSED_INTERVAL: Duration = Duration::from_secs(1);
@@ -646,12 +650,11 @@ impl AuditLog {
         });
         let mut store = Store::open(
             settings,
-            instance,
+            WriterRun::start(settings, instance)?,
             Arc::clone(&writable),
             Arc::clone(&outsiders.suppressed),
             true,
             false,
-            RetentionClock::start(),
         )?;
         let (tx, rx) = channel();
         let tx = QueueTx {
@@ -713,7 +716,66 @@ pub fn hashed_client(settings: &AuditSettings, ip: IpAddr) -> Result<Option<Stri
     }
 }
 
+/// The secrets the writer works with, read once when the log opens at start. A retry after an
+/// outage reuses them: a key file gone since (an unmounted secret) would otherwise keep the log
+/// unwritable for good, and one replaced since (a rotated secret) would switch the hashing of
+/// clients, or the signing key, in the middle of a run with nothing in the chain to say so.
+#[derive(Clone)]
+struct Keys {
+    signer: Option<(SigningKey, String)>,
+    anonymizer: Anonymizer,
+}
+
+impl Keys {
+    fn load(settings: &AuditSettings) -> Result<Self, AuditError> {
+        let signer = match &settings.signing_key {
+            Some(path) => {
+                let key = keys::load_signing_key(path)
+                    .map_err(AuditError::for_setting("audit.signing_key"))?;
+                if let Some(warning) = keys::exposure(path) {
+                    tracing::warn!("audit.signing_key: {warning}");
+                }
+                let public = hex::encode(key.verifying_key().as_bytes());
+                Some((key, public))
+            }
+            None => None,
+        };
+        let anonymizer = Anonymizer::from_settings(settings)
+            .map_err(AuditError::for_setting("audit.anonymize_key"))?;
+        if let (Anonymizer::Hash(_), Some(path)) = (&anonymizer, &settings.anonymize_key)
+            && let Some(warning) = keys::anonymize_key_exposure(path)
+        {
+            tracing::warn!("audit.anonymize_key: {warning}");
+        }
+        Ok(Self { signer, anonymizer })
+    }
+}
+
+/// What a writer keeps for its whole run, from start through every retry after an outage.
+struct WriterRun {
+    keys: Keys,
+    instance: InstanceId,
+    /// Retention ages segments against the clock of this run, not one restarted at a retry.
+    retention_clock: RetentionClock,
+}
+
+impl WriterRun {
+    fn start(settings: &AuditSettings, instance: InstanceId) -> Result<Self, AuditError> {
+        Ok(Self {
+            keys: Keys::load(settings)?,
+            instance,
+            retention_clock: RetentionClock::start(),
+        })
+    }
+}
+
+/// Checks the anonymize key as the writer will read it (for `dnsward check`).
+pub fn check_anonymize_key(settings: &AuditSettings) -> Result<(), AuditError> {
+    Anonymizer::from_settings(settings).map(drop)
+}
+
 /// How client addresses are reduced before they enter the chain.
+#[derive(Clone)]
 enum Anonymizer {
     None,
     Truncate,
@@ -880,6 +942,8 @@ struct Store {
     held: Vec<(Timestamp, ServiceEvent)>,
     /// What age retention takes for now (handed to the store that reopens after an outage).
     retention_clock: RetentionClock,
+    /// When retention runs next if no segment close runs it first (see `RETENTION_INTERVAL`).
+    next_retention: Instant,
 }
 
 /// The wall clock as age retention reads it (see `crate::clock`), from the writer's start.
@@ -1002,34 +1066,25 @@ impl Store {
     /// during an outage.
     fn open(
         settings: &AuditSettings,
-        instance: InstanceId,
+        run: WriterRun,
         writable: Arc<AtomicBool>,
         suppressed: Arc<Drops>,
         at_start: bool,
         prove: bool,
-        retention_clock: RetentionClock,
     ) -> Result<Self, AuditError> {
+        let WriterRun {
+            keys,
+            instance,
+            retention_clock,
+        } = run;
         let dir = settings.dir.clone();
         std::fs::create_dir_all(&dir).map_err(AuditError::io(&dir))?;
-        let signer = match &settings.signing_key {
-            Some(path) => {
-                let key = keys::load_signing_key(path)
-                    .map_err(AuditError::for_setting("audit.signing_key"))?;
-                if at_start && let Some(warning) = keys::exposure(path) {
-                    tracing::warn!("audit.signing_key: {warning}");
-                }
-                let public = hex::encode(key.verifying_key().as_bytes());
-                Some((key, public))
-            }
-            None => None,
-        };
         let mut store = Self {
             dir,
             settings: settings.clone(),
             instance,
-            signer,
-            anonymizer: Anonymizer::from_settings(settings)
-                .map_err(AuditError::for_setting("audit.anonymize_key"))?,
+            signer: keys.signer,
+            anonymizer: keys.anonymizer,
             segment: None,
             pending_torn: None,
             next_seq: 1,
@@ -1053,6 +1108,7 @@ impl Store {
             suppressing: false,
             held: Vec::new(),
             retention_clock,
+            next_retention: Instant::now() + RETENTION_INTERVAL,
         };
         let recovered = match store.recover() {
             Ok(recovered) => recovered,
@@ -1433,14 +1489,19 @@ impl Store {
         }
         let mut fresh = match Self::open(
             &self.settings,
-            self.instance.clone(),
+            WriterRun {
+                keys: Keys {
+                    signer: self.signer.clone(),
+                    anonymizer: self.anonymizer.clone(),
+                },
+                instance: self.instance.clone(),
+                retention_clock: self.retention_clock,
+            },
             Arc::clone(&self.writable),
             Arc::clone(&self.suppressed),
             false,
             // (Suppressed counts do not count here: their record waits for its interval.)
             drops.pending.load(Ordering::Acquire) == 0 && self.held.is_empty(),
-            // Retention runs in `open`: with the clock of this run, not one started now.
-            self.retention_clock,
         ) {
             Ok(fresh) => fresh,
             Err(error) => {
@@ -1600,6 +1661,9 @@ impl Store {
         });
         if aged {
             self.close_segment()?;
+        }
+        if Instant::now() >= self.next_retention {
+            self.apply_retention();
         }
         Ok(())
     }
@@ -1864,6 +1928,7 @@ impl Store {
     /// chain is ever removed (never a hole), and never the segment being written; the first
     /// remaining segment's header then carries the chain start.
     fn apply_retention(&mut self) {
+        self.next_retention = Instant::now() + RETENTION_INTERVAL;
         let now = self.retention_clock.now();
         // Old segments left behind are a disk-space problem, not a reason to stop logging.
         if let Err(error) = self.remove_expired_segments(now) {
@@ -1947,12 +2012,11 @@ mod tests {
         assert_eq!(segments(), 3);
         let mut store = Store::open(
             &settings,
-            InstanceId::random(),
+            WriterRun::start(&settings, InstanceId::random()).unwrap(),
             Arc::default(),
             Arc::default(),
             true,
             false,
-            RetentionClock::start(),
         )
         .unwrap();
         for seg in segment::list_segments(tmp.path()).unwrap() {
@@ -1982,6 +2046,91 @@ mod tests {
         store.retention_clock = RetentionClock::start();
         store.apply_retention();
         assert_eq!(segments(), 1, "the newest segment is always kept");
+    }
+
+    /// An idle writer (no query, so no segment closes) still removes segments that have
+    /// passed the age limit, at its next tick after `RETENTION_INTERVAL`.
+    #[test]
+    fn age_retention_runs_while_the_log_is_idle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let settings = AuditSettings {
+            dir: tmp.path().to_owned(),
+            fsync_interval_ms: 0,
+            ..AuditSettings::default()
+        };
+        for _ in 0..3 {
+            let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+            handle.service(ServiceEvent::ReloadRefused {
+                errors: vec!["x".into()],
+            });
+            writer.shutdown().unwrap();
+        }
+        let segments = || segment::list_segments(tmp.path()).unwrap().len();
+        let mut store = Store::open(
+            &settings,
+            WriterRun::start(&settings, InstanceId::random()).unwrap(),
+            Arc::default(),
+            Arc::default(),
+            true,
+            false,
+        )
+        .unwrap();
+        assert_eq!(segments(), 3, "young segments are kept at open");
+        let day = Duration::from_secs(86_400);
+        for seg in segment::list_segments(tmp.path()).unwrap() {
+            File::options()
+                .write(true)
+                .open(&seg.path)
+                .unwrap()
+                .set_modified(SystemTime::now() - 100 * day)
+                .unwrap();
+        }
+        store.tick().unwrap();
+        assert_eq!(segments(), 3, "not before the interval");
+        store.next_retention = Instant::now();
+        store.tick().unwrap();
+        assert_eq!(segments(), 1, "the old ones removed, the newest kept");
+    }
+
+    /// The keys are read once: a retry after an outage reopens the log with them though both
+    /// files are gone (an unmounted secret), and hashes clients as before.
+    #[test]
+    fn an_outage_retry_keeps_the_keys_read_at_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let keys_dir = tempfile::tempdir().unwrap();
+        let (secret, _public) = keys::keygen(&keys_dir.path().join("audit")).unwrap();
+        let hash_key = keys_dir.path().join("anon.key");
+        std::fs::write(&hash_key, [7u8; 32]).unwrap();
+        let settings = AuditSettings {
+            dir: tmp.path().to_owned(),
+            fsync_interval_ms: 0,
+            signing_key: Some(secret.clone()),
+            anonymize: Anonymize::Hash,
+            anonymize_key: Some(hash_key.clone()),
+            ..AuditSettings::default()
+        };
+        let mut store = Store::open(
+            &settings,
+            WriterRun::start(&settings, InstanceId::random()).unwrap(),
+            Arc::default(),
+            Arc::default(),
+            true,
+            false,
+        )
+        .unwrap();
+        let client: SocketAddr = "192.0.2.7:53".parse().unwrap();
+        let hashed = store.anonymizer.client(client);
+        let drops = Drops::default();
+        store.fail(
+            &AuditError::io(tmp.path())(std::io::Error::other("disk")),
+            &drops,
+        );
+        std::fs::remove_file(&secret).unwrap();
+        std::fs::remove_file(&hash_key).unwrap();
+        store.retry_if_due(&drops, true);
+        assert!(store.outage.is_none(), "reopened without the key files");
+        assert!(store.signer.is_some());
+        assert_eq!(store.anonymizer.client(client), hashed);
     }
 
     #[test]

@@ -518,7 +518,7 @@ mod tests {
             ),
             (
                 "retention_max_total_bytes = 1000",
-                "audit.retention_max_total_bytes: must be at least segment_max_bytes",
+                "audit.retention_max_total_bytes: must be at least 3 × segment_max_bytes",
             ),
             (
                 "retention_max_age_days = 213503982334602",
@@ -536,6 +536,14 @@ mod tests {
                 "queue_capacity = 0",
                 "audit.queue_capacity: must be at least 1",
             ),
+            (
+                "anonymize = \"hash\"",
+                "audit.anonymize: \"hash\" needs anonymize_key",
+            ),
+            (
+                "anonymize_key = \"anon.key\"",
+                "audit.anonymize_key: is used only with anonymize = \"hash\", and anonymize is \"none\"",
+            ),
         ];
         for (line, expected) in cases {
             let error = parse_str(&format!(
@@ -550,12 +558,24 @@ mod tests {
         }
         // The limits themselves, and 0 for "no limit" where it means that, are accepted.
         parse_str(
-            "[audit]\nsegment_max_bytes = 4096\nretention_max_total_bytes = 4096\n\
+            "[audit]\nsegment_max_bytes = 4096\nretention_max_total_bytes = 12288\n\
              retention_max_age_days = 0\ncheckpoint_interval_secs = 20\nqueue_capacity = 1\n",
         )
         .unwrap();
         parse_str("[audit]\nretention_max_total_bytes = 0\nretention_max_age_days = 36500\n")
             .unwrap();
+        // Two segments' worth keeps only the one being written: each closed segment ends past
+        // segment_max_bytes, so with the newest counted no closed one fits.
+        let error =
+            parse_str("[audit]\nsegment_max_bytes = 4096\nretention_max_total_bytes = 12287\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            error.contains(
+                "audit.retention_max_total_bytes: must be at least 3 × segment_max_bytes (12288)"
+            ),
+            "{error}"
+        );
         // A default at fault (retention under a raised segment size): the section's line.
         let error = parse_str("# site\n[audit]\nsegment_max_bytes = 20000000000\n")
             .unwrap_err()
