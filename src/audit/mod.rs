@@ -73,6 +73,11 @@ pub enum AuditError {
         source: time::error::Parse,
     },
     #[error(
+        "time {value:?} is past 9999-12-31T23:59:59.999999Z, the last time the log's stored \
+         form can hold"
+    )]
+    TimeOutOfRange { value: String },
+    #[error(
         "invalid duration {value:?}: expected a whole number and a unit s, m, h, d or w \
          (90s, 15m, 2h, 7d)"
     )]

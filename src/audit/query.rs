@@ -233,7 +233,8 @@ impl ClientFilter {
 /// matches only that name. Case and a trailing dot are ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainFilter {
-    name: String,
+    /// Lowercase, without the final dot, escapes undone (so not always UTF-8).
+    name: Vec<u8>,
     exact: bool,
 }
 
@@ -266,16 +267,25 @@ impl DomainFilter {
             return Err(invalid("empty label"));
         }
         // Names are stored as asked on the wire (`xn--` for internationalised labels), so a
-        // name typed in Unicode is converted the way a resolver's client would have.
-        let name = if name.is_ascii() {
-            name.to_ascii_lowercase()
+        // name typed in Unicode is converted the way a resolver's client would have. One
+        // copied from the log in its presentation form (`www.binance\.cc`) is compared as the
+        // stored one is: its labels' bytes joined with dots.
+        let name = if name.contains('\\') {
+            let mut bytes = unescape_presentation(name.as_bytes());
+            bytes.make_ascii_lowercase();
+            if bytes.last() == Some(&b'.') {
+                bytes.pop();
+            }
+            bytes
+        } else if name.is_ascii() {
+            name.to_ascii_lowercase().into_bytes()
         } else {
             let ascii = idna::domain_to_ascii(name)
                 .map_err(|_| invalid("not a valid internationalised domain name"))?;
             // A final full stop of another script (`。`) is one only after the conversion.
             match ascii.strip_suffix('.') {
-                Some(name) => name.to_owned(),
-                None => ascii,
+                Some(name) => name.as_bytes().to_vec(),
+                None => ascii.into_bytes(),
             }
         };
         Ok(Self { name, exact })
@@ -293,7 +303,7 @@ impl DomainFilter {
 
     fn matches_plain(&self, qname: &[u8]) -> bool {
         let qname = qname.strip_suffix(b".").unwrap_or(qname);
-        let name = self.name.as_bytes();
+        let name = &self.name[..];
         if qname.eq_ignore_ascii_case(name) {
             return true;
         }
@@ -2181,6 +2191,15 @@ mod tests {
         assert!(suffix.matches(b"\\098inance.com."));
         assert!(!suffix.matches(b"www.binance\\.com\\.evil."));
         assert!(!exact.matches(b"www.binance\\.com."));
+        // The name as search shows it, escapes and all, finds the record it was copied from.
+        let shown = DomainFilter::parse("=www.binance\\.com").unwrap();
+        assert!(shown.matches(b"www.binance\\.com."));
+        assert!(shown.matches(b"www.binance\\046com."));
+        assert!(
+            DomainFilter::parse("\\098inance.com")
+                .unwrap()
+                .matches(b"binance.com.")
+        );
         // A final ideographic full stop is a root dot once converted.
         let ideographic = DomainFilter::parse("bücher.example。").unwrap();
         assert!(ideographic.matches(b"www.xn--bcher-kva.example."));

@@ -61,6 +61,9 @@ impl Timestamp {
         Self(self.0.saturating_sub(micros).max(0))
     }
 
+    /// 9999-12-31T23:59:59.999999Z, the last time the stored form can hold.
+    pub const LAST: Self = Self(253_402_300_799_999_999);
+
     /// Parses the stored form exactly (fast, no allocation); `None` for anything else.
     pub fn parse_stored(text: &[u8]) -> Option<Self> {
         if text.len() != TIMESTAMP_LEN
@@ -112,6 +115,13 @@ impl Timestamp {
         // (`--from` inclusive, `--to` exclusive); truncating let `--from ….0000005Z` take a
         // record stamped before it.
         let micros = (parsed.unix_timestamp_nanos() + 999).div_euclid(1000);
+        // An offset can carry 9999-12-31 past the year 9999 in UTC; the stored form has four
+        // year digits, so such a bound would be written as year 0000 and compared as that.
+        if micros > i128::from(Self::LAST.0) {
+            return Err(crate::audit::AuditError::TimeOutOfRange {
+                value: text.to_owned(),
+            });
+        }
         Ok(Self(i64::try_from(micros).unwrap_or(0).max(0)))
     }
 
@@ -640,6 +650,19 @@ mod tests {
         assert!(Timestamp::parse_stored(b"2024-02-29T00:00:00.000000Z").is_some());
         assert!(Timestamp::parse_stored(b"2000-02-29T00:00:00.000000Z").is_some());
         assert!(Timestamp::parse_stored(b"1900-02-29T00:00:00.000000Z").is_none());
+        // The last time the stored form holds, and an offset that carries a bound past it.
+        assert_eq!(Timestamp::LAST.to_string(), "9999-12-31T23:59:59.999999Z");
+        assert_eq!(
+            Timestamp::parse_rfc3339("9999-12-31T23:59:59.999999Z").unwrap(),
+            Timestamp::LAST
+        );
+        let error = Timestamp::parse_rfc3339("9999-12-31T23:00:00-02:00").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("past 9999-12-31T23:59:59.999999Z"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -819,6 +819,14 @@ impl Anonymizer {
                 IpAddr::V4(v4) => {
                     let _ = write!(out, "{}/24", Ipv4Trunc(v4));
                 }
+                // A 6to4 address (2002::/16) holds its site's IPv4 address in bits 16-47, all
+                // of it inside the /48: cut it as that IPv4 address would be cut, to /24.
+                IpAddr::V6(v6) if v6.segments()[0] == 0x2002 => {
+                    let mut segments = v6.segments();
+                    segments[2] &= 0xff00;
+                    segments[3..].fill(0);
+                    let _ = write!(out, "{}/40", std::net::Ipv6Addr::from(segments));
+                }
                 IpAddr::V6(v6) => {
                     let mut segments = v6.segments();
                     segments[3..].fill(0);
@@ -2166,6 +2174,12 @@ mod tests {
         assert_eq!(Anonymizer::Truncate.client(v4), "192.0.2.0/24");
         assert_eq!(Anonymizer::Truncate.client(v6), "2001:db8:1::/48");
         assert_eq!(Anonymizer::Truncate.client(mapped), "198.51.100.0/24");
+        // 6to4: the /48 is the whole embedded IPv4 address (192.0.2.77), so /40 (its /24).
+        let six_to_four: SocketAddr = "[2002:c000:24d:1::5]:53".parse().unwrap();
+        assert_eq!(
+            Anonymizer::Truncate.client(six_to_four),
+            "2002:c000:200::/40"
+        );
         let hash = Anonymizer::Hash(b"0123456789abcdef".to_vec());
         let other: SocketAddr = "192.0.2.77:1".parse().unwrap();
         assert_eq!(
