@@ -469,6 +469,28 @@ fn a_second_instance_on_the_same_log_is_refused() {
     assert!(verify.status.success(), "{}", stdout(&verify));
 }
 
+/// With the audit log anonymised, the diagnostic log's decision lines show the client as the
+/// audit log stores it, never the whole address it leaves out.
+#[test]
+fn diagnostics_show_clients_as_the_anonymised_log_does() {
+    let upstream = Upstream::start();
+    let dnsward = served(&upstream, "[audit]\nanonymize = \"truncate\"\n");
+    ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
+    ask(
+        dnsward.addr,
+        Transport::Tcp,
+        "www.blocked.test.",
+        RecordType::A,
+    );
+    for name in ["www.test.", "www.blocked.test."] {
+        let line = dnsward
+            .wait_for_log(|line| line.contains(" decision ") && line.contains(name))
+            .expect("a decision line");
+        assert!(line.contains("client=127.0.0.0/24"), "{line}");
+        assert!(!line.contains("client=127.0.0.1"), "{line}");
+    }
+}
+
 /// A hashed log (anonymize = "hash") read without the configuration that wrote it: a search
 /// by address cannot match, and says why instead of just finding nothing.
 #[test]
@@ -503,6 +525,14 @@ fn a_hashed_log_searched_without_its_key_says_why_nothing_matches() {
     // With its configuration the address is hashed with the key and found.
     let found = search(&dnsward.config_path());
     assert_eq!(json_lines(&found).len(), 1);
+    // The diagnostic log shows the client as that hash, not the address.
+    let hash = json_lines(&found)[0]["client"].as_str().unwrap().to_owned();
+    let line = dnsward
+        .log()
+        .into_iter()
+        .find(|line| line.contains(" decision ") && line.contains("www.test."))
+        .expect("a decision line");
+    assert!(line.contains(&format!("client={hash}")), "{hash}: {line}");
     assert!(
         found.stderr.is_empty(),
         "{}",

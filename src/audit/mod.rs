@@ -33,7 +33,9 @@ pub use query::{ExportFormat, Filter, Summary, TimeRange, export, search, summar
 pub use record::{Entry, QueryEntry, Timestamp};
 pub use settings::{Anonymize, AuditSettings, WhenUnwritable};
 pub use verify::{VerifyReport, verify};
-pub use writer::{AuditHandle, AuditLog, AuditWriter, InstanceId, ListFile, ServiceEvent};
+pub use writer::{
+    AuditHandle, AuditLog, AuditWriter, InstanceId, ListFile, ServiceEvent, ShownClient,
+};
 
 /// Everything that can go wrong in the audit library. Tampering found by `verify` is not an error
 /// (it is the answer, in `VerifyReport`); these are failures to do the work at all.

@@ -648,9 +648,12 @@ impl AuditLog {
             per_sec: settings.outsider_records_per_sec,
             ..OutsiderLimit::default()
         });
+        let run = WriterRun::start(settings, instance)?;
+        // The process's first log sets how diagnostics show clients (one log per process).
+        let _ = DIAGNOSTIC_ANONYMIZER.set(run.keys.anonymizer.clone());
         let mut store = Store::open(
             settings,
-            WriterRun::start(settings, instance)?,
+            run,
             Arc::clone(&writable),
             Arc::clone(&outsiders.suppressed),
             true,
@@ -772,6 +775,27 @@ impl WriterRun {
 /// Checks the anonymize key as the writer will read it (for `dnsward check`).
 pub fn check_anonymize_key(settings: &AuditSettings) -> Result<(), AuditError> {
     Anonymizer::from_settings(settings).map(drop)
+}
+
+/// The audit log's anonymiser, for the diagnostic log: an operator who anonymises the audit
+/// log must not find the addresses it leaves out written to stderr (the journal) instead.
+static DIAGNOSTIC_ANONYMIZER: std::sync::OnceLock<Anonymizer> = std::sync::OnceLock::new();
+
+/// A client address as the diagnostic log shows it: as the audit log stores it (a truncated
+/// network, or the keyed hash) once a log that anonymises is open, else whole.
+pub struct ShownClient(pub SocketAddr);
+
+impl std::fmt::Display for ShownClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match DIAGNOSTIC_ANONYMIZER.get() {
+            Some(anonymizer @ (Anonymizer::Truncate | Anonymizer::Hash(_))) => {
+                let mut text = Vec::with_capacity(64);
+                anonymizer.write_client(self.0, &mut text);
+                f.write_str(std::str::from_utf8(&text).unwrap_or_default())
+            }
+            Some(Anonymizer::None) | None => write!(f, "{}", self.0),
+        }
+    }
 }
 
 /// How client addresses are reduced before they enter the chain.

@@ -429,7 +429,7 @@ impl DecisionRecord {
                     $level,
                     decision = self.decision.as_str(),
                     generation = self.generation,
-                    client = %self.client,
+                    client = %crate::audit::ShownClient(self.client),
                     transport = self.transport,
                     qname = %self.qname,
                     qtype = %TypeText(self.qtype),

@@ -1008,11 +1008,11 @@ async fn send<R: ResponseHandler>(
             // On TCP this is a client that went away or stopped reading, which any client can
             // do at will: not worth a warning.
             if request.protocol() == Protocol::Tcp {
-                tracing::debug!(%error, client = %request.src(), "failed to send response");
+                tracing::debug!(%error, client = %crate::audit::ShownClient(request.src()), "failed to send response");
             } else if let Some(not_shown) = SEND_FAILED.admit() {
                 tracing::warn!(
                     %error,
-                    client = %request.src(),
+                    client = %crate::audit::ShownClient(request.src()),
                     similar_not_shown = not_shown,
                     "failed to send response"
                 );

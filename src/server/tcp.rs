@@ -175,7 +175,10 @@ async fn accept(listener: TcpListener, connection: Connection, connections: Task
                         .counters()
                         .tcp_refused
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%client, "TCP connections per client at the limit; closed");
+                    tracing::debug!(
+                        client = %crate::audit::ShownClient(client),
+                        "TCP connections per client at the limit; closed"
+                    );
                     continue;
                 };
                 let connection = connection.clone();
@@ -468,7 +471,7 @@ async fn answer(handler: &Handler, message: Vec<u8>, arrival: Arrival, responder
         Ok(request) => request,
         Err(error) => {
             handler.counters().malformed.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%error, client = %arrival.client, "malformed query");
+            tracing::debug!(%error, client = %crate::audit::ShownClient(arrival.client), "malformed query");
             if let Some(formerr) = header.and_then(|header| super::formerr_for(&header)) {
                 let sent = responder.send(formerr).await.is_ok();
                 let mut record = Vec::with_capacity(1);
