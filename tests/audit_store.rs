@@ -166,7 +166,7 @@ fn signatures_verify_against_the_right_key_only() {
     assert_eq!(
         report.failure.as_ref().unwrap().kind,
         FailureKind::OtherKey {
-            private_key_given: false
+            private_key_given: None
         }
     );
     assert!(
@@ -2241,6 +2241,66 @@ fn verify_names_the_signing_keys_and_warns_when_signing_changes_or_stops() {
         )),
         "{text}"
     );
+}
+
+/// A key change: the auditor who holds both public keys verifies the whole log by giving both;
+/// with either one alone, the checkpoints of the other fail as signed by another key.
+#[test]
+fn a_log_signed_by_two_keys_verifies_with_both_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key_a, public_a) = keys::keygen(&tmp.path().join("a")).unwrap();
+    let (key_b, public_b) = keys::keygen(&tmp.path().join("b")).unwrap();
+    let log = tmp.path().join("log");
+    let signed_by = |key: &PathBuf| AuditSettings {
+        signing_key: Some(key.clone()),
+        ..settings(&log)
+    };
+    write_log(&signed_by(&key_a), 0, 10);
+    write_log(&signed_by(&key_b), 10, 10);
+    let report = audit::verify_signed_by(&log, &[&public_a, &public_b]).unwrap();
+    assert!(report.ok(), "{report}");
+    assert!(matches!(report.signatures, Signatures::Verified { .. }));
+    assert_eq!(report.signing_keys.len(), 2);
+    let text = report.to_string();
+    assert!(
+        text.contains("note: the signing key changed at seq"),
+        "{text}"
+    );
+    assert!(!text.contains("warning"), "{text}");
+    // Given in the other order, the same.
+    assert!(
+        audit::verify_signed_by(&log, &[&public_b, &public_a])
+            .unwrap()
+            .ok()
+    );
+    for (alone, other) in [(&public_a, 1), (&public_b, 0)] {
+        let report = audit::verify_signed_by(&log, &[alone]).unwrap();
+        let failure = report.failure.as_ref().expect("a failure");
+        assert_eq!(
+            failure.kind,
+            FailureKind::OtherKey {
+                private_key_given: None
+            },
+            "{report}"
+        );
+        // The first checkpoint of the key not given.
+        let spot = failure.spot.seq.unwrap();
+        let first_of_other = report_keys_first_seq(&log, other);
+        assert_eq!(spot, first_of_other, "{report}");
+    }
+    // A secret given among the public keys is named as that argument.
+    let error = audit::verify_signed_by(&log, &[&public_a, &key_b])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("--pubkey") && error.contains(&key_b.display().to_string()),
+        "{error}"
+    );
+}
+
+/// The first checkpoint seq signed by the `index`-th key in chain order.
+fn report_keys_first_seq(log: &Path, index: usize) -> u64 {
+    audit::verify(log, None).unwrap().signing_keys[index].first_seq
 }
 
 /// Exports `range` of the log in `dir` as JSON lines and as CSV, and verifies each with

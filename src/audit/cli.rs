@@ -98,9 +98,10 @@ pub enum AuditCommand {
     Verify {
         #[command(flatten)]
         dir: DirArg,
-        /// The public key written by `keygen`; without it signatures are not trusted.
+        /// The public key written by `keygen`; without it signatures are not trusted. Give it
+        /// once per key when the log's key was changed: each checkpoint must be signed by one.
         #[arg(long)]
-        pubkey: Option<PathBuf>,
+        pubkey: Vec<PathBuf>,
         /// A log directory, a segment, or an export file (default: the audit directory).
         #[arg(conflicts_with = "dir")]
         path: Option<PathBuf>,
@@ -434,7 +435,8 @@ pub fn run_to(
                 }
                 None => pick(&dir, audit_dir)?.to_owned(),
             };
-            let report = verify::verify(&target, pubkey.as_deref())?;
+            let pubkeys: Vec<&std::path::Path> = pubkey.iter().map(PathBuf::as_path).collect();
+            let report = verify::verify_signed_by(&target, &pubkeys)?;
             match write!(out, "{report}") {
                 // The verdict stands whoever stopped reading (`verify | head -1`): the exit
                 // status is the answer.
@@ -501,6 +503,13 @@ mod tests {
             }
         ));
         assert!(Probe::try_parse_from(["audit", "verify", "--pubkey", "k.pub", "dir"]).is_ok());
+        // Once per key after a key change.
+        assert!(
+            Probe::try_parse_from([
+                "audit", "verify", "--pubkey", "a.pub", "--pubkey", "b.pub", "dir"
+            ])
+            .is_ok()
+        );
         // One place to verify: a --dir beside a path would be ignored.
         assert!(Probe::try_parse_from(["audit", "verify", "--dir", "a", "b"]).is_err());
         assert!(Probe::try_parse_from(["audit", "search", "--limit", "0"]).is_err());

@@ -32,7 +32,7 @@ use std::path::PathBuf;
 pub use query::{ExportFormat, Filter, Summary, TimeRange, export, search, summary};
 pub use record::{Entry, QueryEntry, Timestamp};
 pub use settings::{Anonymize, AuditSettings, WhenUnwritable};
-pub use verify::{VerifyReport, verify};
+pub use verify::{VerifyReport, verify, verify_signed_by};
 pub use writer::{
     AuditHandle, AuditLog, AuditWriter, InstanceId, ListFile, ServiceEvent, ShownClient,
 };

@@ -83,9 +83,9 @@ pub enum FailureKind {
     RenamedSegment { name_seq: u64, header_seq: u64 },
     /// A checkpoint signature does not verify.
     BadSignature,
-    /// A checkpoint is signed by another key than the `--pubkey` given; `private_key_given`:
-    /// the file given is the secret key of the one that signed.
-    OtherKey { private_key_given: bool },
+    /// A checkpoint is signed by another key than any `--pubkey` given; `private_key_given`:
+    /// which file given (in order) is the secret key of the one that signed.
+    OtherKey { private_key_given: Option<usize> },
     /// A public key was given but the log, a checkpoint, or its newest records are unsigned.
     MissingSignature { reason: MissingSignature },
     /// Not a dnsward audit file of a version this program reads.
@@ -137,7 +137,7 @@ impl fmt::Display for FailureKind {
                 f.write_str(
                     "bad checkpoint signature: signed by another key than the --pubkey given",
                 )?;
-                if *private_key_given {
+                if private_key_given.is_some() {
                     f.write_str(
                         " (that file is the private signing key of the key that signed: give the \
                          .pub file that keygen wrote, and keep the .key secret)",
@@ -308,13 +308,23 @@ impl fmt::Display for VerifyReport {
                 used.key, used.first_seq, used.last_seq
             )?;
         }
+        let keys_trusted = matches!(self.signatures, Signatures::Verified { .. });
         for pair in self.signing_keys.windows(2) {
-            writeln!(
-                f,
-                "warning: the signing key changed at seq {}: compare each key above with the \
-                 one you hold (--pubkey checks one key)",
-                pair[1].first_seq
-            )?;
+            if keys_trusted {
+                writeln!(
+                    f,
+                    "note: the signing key changed at seq {}; both keys are among those given \
+                     with --pubkey",
+                    pair[1].first_seq
+                )?;
+            } else {
+                writeln!(
+                    f,
+                    "warning: the signing key changed at seq {}: compare each key above with \
+                     the ones you hold (give --pubkey once for each)",
+                    pair[1].first_seq
+                )?;
+            }
         }
         if let Some(seq) = self.unsigned_after_signed {
             writeln!(
@@ -348,27 +358,32 @@ const RETENTION_RACE_RETRIES: usize = 3;
 /// A key file that cannot be read is an error about the `--pubkey` argument, not a verdict on
 /// the log.
 pub fn verify(path: &Path, pubkey: Option<&Path>) -> Result<VerifyReport, AuditError> {
-    let key = pubkey
-        .map(keys::load_verifying_key)
-        .transpose()
+    verify_signed_by(path, pubkey.as_slice())
+}
+
+/// [`verify`] trusting several public keys (`--pubkey` given more than once: the log's key was
+/// changed, and the auditor holds each): every signed checkpoint must be signed by one of them.
+pub fn verify_signed_by(path: &Path, pubkeys: &[&Path]) -> Result<VerifyReport, AuditError> {
+    let keys = pubkeys
+        .iter()
+        .map(|path| keys::load_verifying_key(path))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(AuditError::for_flag("--pubkey"))?;
-    let report = verify_with(path, key, &VerifyOptions::default())?;
+    let report = verify_with(path, &keys, &VerifyOptions::default())?;
     // The signing key's secret given as the public key (both files hold 32 bytes of hex, and
     // half of all secrets also decode as a public key): a wrong argument, not a log that
     // failed, whichever way its bytes happen to read.
-    if let (
-        Some(Failure {
-            kind: FailureKind::OtherKey {
-                private_key_given: true,
-            },
-            ..
-        }),
-        Some(pubkey),
-    ) = (&report.failure, pubkey)
+    if let Some(Failure {
+        kind: FailureKind::OtherKey {
+            private_key_given: Some(index),
+        },
+        ..
+    }) = &report.failure
+        && let Some(pubkey) = pubkeys.get(*index)
     {
         return Err(AuditError::for_flag("--pubkey")(
             AuditError::PrivateKeyGiven {
-                path: pubkey.to_owned(),
+                path: (*pubkey).to_owned(),
             },
         ));
     }
@@ -377,12 +392,12 @@ pub fn verify(path: &Path, pubkey: Option<&Path>) -> Result<VerifyReport, AuditE
 
 pub fn verify_with(
     path: &Path,
-    key: Option<VerifyingKey>,
+    keys: &[VerifyingKey],
     options: &VerifyOptions,
 ) -> Result<VerifyReport, AuditError> {
     if path.is_dir() {
         let mut segments = segment::existing_segments(path)?;
-        let mut report = verify_segments(path, key, options, &segments);
+        let mut report = verify_segments(path, keys, options, &segments);
         // Retention removes a prefix of the chain, and may remove several segments at once
         // (after downtime, or a lowered limit) while verify is past the first: a segment gone
         // midway, with every segment before it gone too, is retention's doing, not a hole.
@@ -404,11 +419,11 @@ pub fn verify_with(
                 break;
             }
             segments = segment::existing_segments(path)?;
-            report = verify_segments(path, key, options, &segments);
+            report = verify_segments(path, keys, options, &segments);
         }
         return Ok(report);
     }
-    let mut checker = Checker::new(path, key, options.clone());
+    let mut checker = Checker::new(path, keys, options.clone());
     let outcome = checker.file(path, None, true);
     Ok(checker.finish(outcome.err()))
 }
@@ -419,11 +434,11 @@ pub fn verify_with(
 /// the first that is still there.
 fn verify_segments(
     dir: &Path,
-    key: Option<VerifyingKey>,
+    keys: &[VerifyingKey],
     options: &VerifyOptions,
     segments: &[segment::SegmentFile],
 ) -> VerifyReport {
-    let mut checker = Checker::new(dir, key, options.clone());
+    let mut checker = Checker::new(dir, keys, options.clone());
     let count = segments.len();
     let mut outcome = Ok(());
     for (i, seg) in segments.iter().enumerate() {
@@ -494,7 +509,9 @@ impl OwnedLine {
 
 struct Checker {
     report: VerifyReport,
-    key: Option<VerifyingKey>,
+    /// The keys given with `--pubkey` (several across a key change); none: signatures are
+    /// checked against the key each checkpoint names, which proves nothing about who signed.
+    keys: Vec<VerifyingKey>,
     options: VerifyOptions,
     expected: Option<u64>,
     head: Hash,
@@ -530,7 +547,7 @@ struct SegmentSoFar {
 }
 
 impl Checker {
-    fn new(source: &Path, key: Option<VerifyingKey>, options: VerifyOptions) -> Self {
+    fn new(source: &Path, keys: &[VerifyingKey], options: VerifyOptions) -> Self {
         Self {
             report: VerifyReport {
                 source: source.to_owned(),
@@ -547,7 +564,7 @@ impl Checker {
                 recovered: Vec::new(),
                 failure: None,
             },
-            key,
+            keys: keys.to_vec(),
             options,
             expected: None,
             head: GENESIS,
@@ -1043,25 +1060,33 @@ impl Checker {
             }
             so_far.lines += 1;
         }
-        match (&cp.sig, &self.key) {
-            (Some(sig), key) => {
+        match (&cp.sig, self.keys.is_empty()) {
+            (Some(sig), _) => {
                 let embedded = cp
                     .key
                     .as_deref()
                     .and_then(|k| segment::decode_hash(k.as_bytes()))
                     .and_then(|k| VerifyingKey::from_bytes(&k).ok());
-                let key = match key {
-                    Some(given) if let Some(embedded) = embedded.filter(|e| e != given) => {
-                        // The two key files both hold 32 bytes of hex: say so when the file
+                let verifies =
+                    |key: &VerifyingKey| keys::verify_signature(key, cp.head_seq, &head, time, sig);
+                let key = match embedded {
+                    Some(embedded) if !self.keys.is_empty() && !self.keys.contains(&embedded) => {
+                        // The two key files both hold 32 bytes of hex: say so when a file
                         // given as public is the signing key's secret.
-                        let private_key_given =
-                            SigningKey::from_bytes(given.as_bytes()).verifying_key() == embedded;
+                        let private_key_given = self.keys.iter().position(|given| {
+                            SigningKey::from_bytes(given.as_bytes()).verifying_key() == embedded
+                        });
                         return Err(fail(FailureKind::OtherKey { private_key_given }));
                     }
-                    Some(given) => *given,
-                    None => embedded.ok_or_else(|| fail(FailureKind::BadSignature))?,
+                    Some(embedded) => embedded,
+                    // A checkpoint that names no key is checked against those given.
+                    None => *self
+                        .keys
+                        .iter()
+                        .find(|key| verifies(key))
+                        .ok_or_else(|| fail(FailureKind::BadSignature))?,
                 };
-                if !keys::verify_signature(&key, cp.head_seq, &head, time, sig) {
+                if !verifies(&key) {
                     return Err(fail(FailureKind::BadSignature));
                 }
                 self.signed += 1;
@@ -1081,7 +1106,7 @@ impl Checker {
                     time,
                 });
             }
-            (None, Some(_)) if self.signed > 0 => {
+            (None, false) if self.signed > 0 => {
                 return Err(fail(FailureKind::MissingSignature {
                     reason: MissingSignature::CheckpointUnsigned,
                 }));
@@ -1115,14 +1140,16 @@ impl Checker {
     }
 
     fn finish(mut self, failure: Option<Failure>) -> VerifyReport {
-        self.report.signatures = match (self.signed, &self.key) {
+        self.report.signatures = match (self.signed, self.keys.is_empty()) {
             (0, _) => Signatures::Unsigned,
-            (n, Some(_)) => Signatures::Verified { checkpoints: n },
-            (n, None) => Signatures::NotChecked { checkpoints: n },
+            (n, false) => Signatures::Verified { checkpoints: n },
+            (n, true) => Signatures::NotChecked { checkpoints: n },
         };
         let source = self.report.source.clone();
         let failure = failure.or_else(|| {
-            self.key.as_ref()?;
+            if self.keys.is_empty() {
+                return None;
+            }
             if self.report.last_signed_checkpoint.is_none() {
                 return Some(Self::fail(
                     FailureKind::MissingSignature {
@@ -1190,12 +1217,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let listed = two_record_segments(dir.path(), &[1, 3]);
         std::fs::remove_file(&listed[0].path).unwrap();
-        let report = verify_segments(dir.path(), None, &VerifyOptions::default(), &listed);
+        let report = verify_segments(dir.path(), &[], &VerifyOptions::default(), &listed);
         assert!(report.ok(), "{report}");
         assert_eq!(report.chain_start, ChainStart::After { seq: 2 });
         // The newest one gone is not retention's doing.
         std::fs::remove_file(&listed[1].path).unwrap();
-        let report = verify_segments(dir.path(), None, &VerifyOptions::default(), &listed);
+        let report = verify_segments(dir.path(), &[], &VerifyOptions::default(), &listed);
         assert!(!report.ok(), "{report}");
     }
 
@@ -1221,7 +1248,7 @@ mod tests {
             }),
             ..VerifyOptions::default()
         };
-        let report = verify_with(dir.path(), None, &options).unwrap();
+        let report = verify_with(dir.path(), &[], &options).unwrap();
         assert!(report.ok(), "{report}");
         assert_eq!(report.chain_start, ChainStart::After { seq: 4 });
         assert_eq!(report.records, 2);
