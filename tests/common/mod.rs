@@ -519,10 +519,7 @@ pub fn exchange_raw(
             let socket = UdpSocket::bind((source, 0)).unwrap();
             socket.set_read_timeout(Some(IO_GUARD)).unwrap();
             socket.send_to(bytes, server).unwrap();
-            let mut buffer = vec![0u8; 65535];
-            let (length, _) = socket.recv_from(&mut buffer).expect("no UDP reply");
-            buffer.truncate(length);
-            buffer
+            recv_reply(&socket, server, bytes).expect("no UDP reply")
         }
         Transport::Tcp => {
             // Bind first so the connection comes from `source` (ACL tests use 127.0.0.2).
@@ -531,6 +528,23 @@ pub fn exchange_raw(
             socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
             socket.connect_timeout(&server.into(), IO_GUARD).unwrap();
             tcp_exchange(socket.into(), bytes)
+        }
+    }
+}
+
+/// The reply to `query` on `socket`, as a stub resolver takes it (RFC 5452 9.1): from the
+/// server asked, with the query's ID. Anything else is a stray: tests in one process bind and
+/// close many ephemeral ports, and a late answer to another test's abandoned query can reach a
+/// port reused since.
+fn recv_reply(socket: &UdpSocket, server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut buffer = vec![0u8; 65535];
+    loop {
+        let (length, from) = socket.recv_from(&mut buffer)?;
+        let from_server = server.ip().is_unspecified() || from == server;
+        let same_id = query.len() < 2 || buffer[..length.min(2)] == query[..2];
+        if from_server && same_id {
+            buffer.truncate(length);
+            return Ok(buffer);
         }
     }
 }
@@ -590,12 +604,7 @@ pub fn try_query_with(
                 .set_read_timeout(Some(timeout))
                 .map_err(|e| e.to_string())?;
             socket.send_to(&bytes, server).map_err(|e| e.to_string())?;
-            let mut buffer = vec![0u8; 65535];
-            let (length, _) = socket
-                .recv_from(&mut buffer)
-                .map_err(|e| format!("udp: {e}"))?;
-            buffer.truncate(length);
-            buffer
+            recv_reply(&socket, server, &bytes).map_err(|e| format!("udp: {e}"))?
         }
         Transport::Tcp => {
             let socket = TcpStream::connect_timeout(&server, timeout).map_err(|e| e.to_string())?;
