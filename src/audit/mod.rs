@@ -64,6 +64,12 @@ pub enum AuditError {
         offset: u64,
         reason: &'static str,
     },
+    #[error(
+        "{path}: removed while it was being exported (retention, on a log that fills its size \
+         limit faster than the export reads it): the export would have a hole; export again, \
+         or a range that starts later"
+    )]
+    RemovedDuringExport { path: PathBuf },
     #[error("audit.anonymize = \"hash\" needs audit.anonymize_key")]
     MissingAnonymizeKey,
     #[error("{path}: the anonymize key must be at least 16 bytes, found {len}")]

@@ -1275,17 +1275,51 @@ pub fn export_range(
     range: &TimeRange,
     out: &mut dyn Write,
 ) -> Result<ExportStats, AuditError> {
-    let segments = segment::existing_segments(dir)?;
+    export_listed(dir, segment::existing_segments(dir)?, format, range, out)
+}
+
+/// Whether an error is a segment file not found: retention removed it after the listing.
+fn removed(error: &AuditError) -> bool {
+    matches!(error, AuditError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// Times the seq bounds of a range export are looked up again, from a fresh listing, when
+/// retention removed a segment under the lookup (nothing has been written yet then).
+const EXPORT_LISTING_RETRIES: usize = 3;
+
+/// [`export_range`] over `segments`, the directory's listing. Retention may remove the oldest
+/// of them before they are read: the export then starts at the oldest still there, as if it
+/// had started a moment later (search and summary do the same). One removed after the export
+/// has started, so that the export would have a hole, fails it.
+fn export_listed(
+    dir: &Path,
+    mut segments: Vec<segment::SegmentFile>,
+    format: ExportFormat,
+    range: &TimeRange,
+    out: &mut dyn Write,
+) -> Result<ExportStats, AuditError> {
     let bounded = range.from.is_some() || range.to.is_some();
-    let (low, high) = if bounded {
+    let bounds = |segments: &[segment::SegmentFile]| -> Result<(u64, u64), AuditError> {
         let (low, high, _) =
-            seq_bounds(&segments, range)?.ok_or(AuditError::NothingInRange { range: *range })?;
-        match signed_cover(&segments, high)? {
+            seq_bounds(segments, range)?.ok_or(AuditError::NothingInRange { range: *range })?;
+        Ok(match signed_cover(segments, high)? {
             Some(cover) => (low, cover),
             // The newest records of a live log, not signed yet: from the signed checkpoint
             // before them instead, which they follow within seconds (`verify --pubkey` takes
             // them as the unsigned tail a live log ends in).
-            None => (signed_before(&segments, low)?.unwrap_or(low), high),
+            None => (signed_before(segments, low)?.unwrap_or(low), high),
+        })
+    };
+    let (low, high) = if bounded {
+        let mut tries = 0;
+        loop {
+            match bounds(&segments) {
+                Err(error) if removed(&error) && tries < EXPORT_LISTING_RETRIES => {
+                    tries += 1;
+                    segments = segment::existing_segments(dir)?;
+                }
+                result => break result?,
+            }
         }
     } else {
         (0, u64::MAX)
@@ -1302,10 +1336,23 @@ pub fn export_range(
     let mut started = false;
     let mut first_header: Option<Header> = None;
     'segments: for (index, seg) in segments.iter().enumerate() {
-        if !started && bounded && !wanted(&seg.path, range)? {
-            continue;
-        }
-        let mut reader = LineReader::open(&seg.path)?;
+        let opened = if !started && bounded {
+            wanted(&seg.path, range)
+                .and_then(|wanted| wanted.then(|| LineReader::open(&seg.path)).transpose())
+        } else {
+            LineReader::open(&seg.path).map(Some)
+        };
+        let mut reader = match opened {
+            Ok(Some(reader)) => reader,
+            Ok(None) => continue,
+            Err(error) if removed(&error) && !started => continue,
+            Err(error) if removed(&error) => {
+                return Err(AuditError::RemovedDuringExport {
+                    path: seg.path.clone(),
+                });
+            }
+            Err(error) => return Err(error),
+        };
         let mut first = true;
         while let Some(line) = reader.next_line().map_err(AuditError::io(&seg.path))? {
             if !line.complete {
@@ -1931,6 +1978,79 @@ fn table_row(row: &[String], widths: &[usize; 9], out: &mut dyn Write) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A log of several segments written by the real writer (service records only).
+    fn segmented_log(dir: &Path) -> Vec<segment::SegmentFile> {
+        use crate::audit::{AuditLog, AuditSettings, InstanceId, ServiceEvent};
+        let settings = AuditSettings {
+            dir: dir.to_owned(),
+            segment_max_bytes: 4096,
+            fsync_interval_ms: 0,
+            ..AuditSettings::default()
+        };
+        let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+        for _ in 0..120 {
+            handle.service(ServiceEvent::ReloadRefused {
+                errors: vec!["x".repeat(60)],
+            });
+        }
+        writer.shutdown().unwrap();
+        let segments = segment::existing_segments(dir).unwrap();
+        assert!(segments.len() >= 4, "{segments:?}");
+        segments
+    }
+
+    /// Retention removing the oldest segments between the listing and their reading: the
+    /// export starts at the oldest still there, and verifies; one removed after the export has
+    /// started (a hole) fails it, naming the file.
+    #[test]
+    fn an_export_starts_after_segments_removed_under_it_and_fails_on_a_hole() {
+        for range in [
+            TimeRange::default(),
+            TimeRange::parse(Some("1h"), None, None).unwrap(),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let listed = segmented_log(dir.path());
+            std::fs::remove_file(&listed[0].path).unwrap();
+            std::fs::remove_file(&listed[1].path).unwrap();
+            let mut out = Vec::new();
+            let stats = export_listed(
+                dir.path(),
+                listed.clone(),
+                ExportFormat::Jsonl,
+                &range,
+                &mut out,
+            )
+            .unwrap();
+            assert!(stats.records > 0);
+            let exports = tempfile::tempdir().unwrap();
+            let file = exports.path().join("export.jsonl");
+            std::fs::write(&file, &out).unwrap();
+            let report = crate::audit::verify(&file, None).unwrap();
+            assert!(report.ok(), "{report}");
+            assert_eq!(
+                report.chain_start,
+                crate::audit::verify::ChainStart::After {
+                    seq: listed[2].first_seq - 1
+                }
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let listed = segmented_log(dir.path());
+        std::fs::remove_file(&listed[1].path).unwrap();
+        let error = export_listed(
+            dir.path(),
+            listed.clone(),
+            ExportFormat::Jsonl,
+            &TimeRange::default(),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&error, AuditError::RemovedDuringExport { path } if *path == listed[1].path),
+            "{error}"
+        );
+    }
 
     #[test]
     fn only_closed_segments_are_mapped_and_a_removed_one_is_skipped() {
