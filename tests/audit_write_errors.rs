@@ -393,6 +393,54 @@ fn a_restart_onto_a_full_disk_after_a_crash_starts_in_an_outage() {
     assert!(report.ok(), "{report}");
 }
 
+/// Retention runs at start even when the first write then fails: a restart after a crash onto
+/// a disk filled by the log's own expired segments removes them (before, retention waited for
+/// the write that ends the outage, which never came while they filled the disk).
+#[test]
+fn retention_runs_at_a_start_whose_first_write_fails() {
+    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = AuditSettings {
+        retention_max_age_days: 90,
+        ..settings(tmp.path())
+    };
+    for _ in 0..3 {
+        ten_queries_and_a_clean_stop(&settings);
+    }
+    let segments = audit_common::segments(tmp.path());
+    assert_eq!(segments.len(), 3, "{segments:?}");
+    let hundred_days_ago = std::time::SystemTime::now() - Duration::from_secs(100 * 86_400);
+    for segment in &segments {
+        std::fs::File::options()
+            .write(true)
+            .open(segment)
+            .unwrap()
+            .set_modified(hundred_days_ago)
+            .unwrap();
+    }
+    // A crash's torn line: the restart must write first (the `recovered` record).
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(segments.last().unwrap())
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"{\"seq\":99,\"ti").unwrap();
+    drop(file);
+
+    limit_file_size(1);
+    // Nothing fits: the first write fails, and the writer starts in an outage.
+    let (_handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
+    // (Besides them, the empty file of the failed write.)
+    let now = audit_common::segments(tmp.path());
+    assert!(
+        !now.contains(&segments[0]) && !now.contains(&segments[1]) && now.contains(&segments[2]),
+        "the expired closed segments are gone, the one the chain continues from kept: {now:?}"
+    );
+    limit_file_size(FILE_LIMIT);
+    writer.shutdown().unwrap();
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert!(report.ok(), "{report}");
+}
+
 /// A writer on `dir` whose first write (of `decision(0)`) fails, as nothing fits: in an
 /// outage from the start.
 fn start_in_an_outage(dir: &Path) -> (AuditHandle, audit::AuditWriter) {

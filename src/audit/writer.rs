@@ -760,6 +760,10 @@ struct WriterRun {
     instance: InstanceId,
     /// Retention ages segments against the clock of this run, not one restarted at a retry.
     retention_clock: RetentionClock,
+    /// When retention is due: at start at once, then carried through the retries of an
+    /// outage, which run it when due before their first write (that write may fail again, and
+    /// the outage last for days; a disk filled by expired segments would never recover).
+    next_retention: Instant,
 }
 
 impl WriterRun {
@@ -768,6 +772,7 @@ impl WriterRun {
             keys: Keys::load(settings)?,
             instance,
             retention_clock: RetentionClock::start(),
+            next_retention: Instant::now(),
         })
     }
 }
@@ -1108,6 +1113,7 @@ impl Store {
             keys,
             instance,
             retention_clock,
+            next_retention,
         } = run;
         let dir = settings.dir.clone();
         std::fs::create_dir_all(&dir).map_err(AuditError::io(&dir))?;
@@ -1140,7 +1146,7 @@ impl Store {
             suppressing: false,
             held: Vec::new(),
             retention_clock,
-            next_retention: Instant::now() + RETENTION_INTERVAL,
+            next_retention,
         };
         let recovered = match store.recover() {
             Ok(recovered) => recovered,
@@ -1155,6 +1161,12 @@ impl Store {
                 return Err(error);
             }
         };
+        // Before the first write, which may fail: `recover` has removed any leftover of a
+        // failed write, so the newest segment is the one the chain continues from, and
+        // retention keeps it.
+        if Instant::now() >= store.next_retention {
+            store.apply_retention();
+        }
         // A signing writer starts by signing the head it continues from, unless the log ends
         // in a signed checkpoint already (a clean stop): a crash leaves its last records
         // unsigned, and without this they would share one unsigned tail with this run's first
@@ -1184,11 +1196,9 @@ impl Store {
                 // writer's own, so nothing is counted as lost; a retry finds the torn tail
                 // again.
                 Err(error) if at_start => {
+                    // (No retention after this: the failed segment is left empty, and as the
+                    // newest it would be kept in place of the one the chain continues from.)
                     store.fail(&error, &Drops::default());
-                    // Not retention now: the failed segment is left empty, and as the newest
-                    // it would be kept in place of the one the chain continues from, which
-                    // retention could then remove (the retry would restart the chain at seq
-                    // 1). The retry that ends the outage applies it.
                     return Ok(store);
                 }
                 Err(error) => {
@@ -1202,7 +1212,6 @@ impl Store {
                 }
             }
         }
-        store.apply_retention();
         Ok(store)
     }
 
@@ -1519,6 +1528,12 @@ impl Store {
         if !due {
             return;
         }
+        // The open runs retention when it is due; if the open then fails, the next retry must
+        // not run it again before its interval.
+        let next_retention = self.next_retention;
+        if Instant::now() >= next_retention {
+            self.next_retention = Instant::now() + RETENTION_INTERVAL;
+        }
         let mut fresh = match Self::open(
             &self.settings,
             WriterRun {
@@ -1528,6 +1543,7 @@ impl Store {
                 },
                 instance: self.instance.clone(),
                 retention_clock: self.retention_clock,
+                next_retention,
             },
             Arc::clone(&self.writable),
             Arc::clone(&self.suppressed),
