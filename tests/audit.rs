@@ -491,6 +491,55 @@ fn diagnostics_show_clients_as_the_anonymised_log_does() {
     }
 }
 
+/// A segment removed from the middle of the log: search and summary warn where records are
+/// missing (their figures would pass for the whole log), and export fails, leaving the file
+/// it would have replaced as it was (before: exit 0, and an export that does not verify).
+#[test]
+fn a_missing_segment_is_warned_of_and_stops_an_export() {
+    let upstream = Upstream::start();
+    let mut dnsward = served(&upstream, "[audit]\nsegment_max_bytes = 4096\n");
+    for i in 0..40 {
+        ask(
+            dnsward.addr,
+            Transport::Udp,
+            &format!("host{i}.test."),
+            RecordType::A,
+        );
+    }
+    assert!(dnsward.terminate());
+    let segs = segments(&audit_dir(&dnsward));
+    assert!(segs.len() >= 3, "{segs:?}");
+    std::fs::remove_file(&segs[1]).unwrap();
+    let config = dnsward.config_path();
+    for command in [&["search"][..], &["summary"]] {
+        let output = audit(&config, command);
+        assert!(output.status.success(), "{command:?}");
+        let warning = String::from_utf8_lossy(&output.stderr);
+        let before = segs[2].file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            warning.contains("warning: records seq")
+                && warning.contains(&format!("are missing before {before}")),
+            "{command:?}: {warning}"
+        );
+    }
+    let file = dnsward.dir.path().join("old.jsonl");
+    std::fs::write(&file, "the last good export\n").unwrap();
+    let export = audit(&config, &["export", "-o", file.to_str().unwrap()]);
+    assert_eq!(export.status.code(), Some(1));
+    let error = String::from_utf8_lossy(&export.stderr);
+    assert!(error.contains("nothing exported: records seq"), "{error}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "the last good export\n"
+    );
+    // The intact log has no warning.
+    std::fs::remove_dir_all(audit_dir(&dnsward)).unwrap();
+    dnsward.restart();
+    ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
+    assert!(dnsward.terminate());
+    assert!(audit(&config, &["summary"]).stderr.is_empty());
+}
+
 /// A hashed log (anonymize = "hash") read without the configuration that wrote it: a search
 /// by address cannot match, and says why instead of just finding nothing.
 #[test]

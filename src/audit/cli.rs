@@ -117,6 +117,15 @@ pub enum AuditCommand {
     },
 }
 
+/// Says on standard error where records are missing between segments: search and summary
+/// read what is there, and their results would otherwise pass for the whole log.
+fn warn_of_holes(dir: &Path) -> Result<(), AuditError> {
+    for hole in query::holes(dir)? {
+        eprintln!("dnsward audit: warning: {hole}");
+    }
+    Ok(())
+}
+
 /// `--dir`: overrides the configured audit directory.
 #[derive(Debug, Clone, Args)]
 pub struct DirArg {
@@ -363,6 +372,7 @@ pub fn run_to(
                     eprintln!("dnsward audit: note: {text}");
                 })?;
             } else {
+                warn_of_holes(dir)?;
                 let shown = query::write_hits(query::search(dir, &filter)?, format, out)?;
                 if shown == 0
                     && matches!(filter.client, Some(ClientFilter::Net(_)))
@@ -378,7 +388,10 @@ pub fn run_to(
             Ok(true)
         }
         AuditCommand::Summary { dir, range, json } => {
-            let summary = query::summary(pick(&dir, audit_dir)?, &range.parse()?)?;
+            let dir = pick(&dir, audit_dir)?;
+            let range = range.parse()?;
+            warn_of_holes(dir)?;
+            let summary = query::summary(dir, &range)?;
             if json {
                 serde_json::to_writer_pretty(&mut *out, &summary).map_err(AuditError::Encode)?;
                 writeln!(out).map_err(AuditError::Output)?;

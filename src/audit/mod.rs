@@ -64,6 +64,8 @@ pub enum AuditError {
         offset: u64,
         reason: &'static str,
     },
+    #[error("nothing exported: {0}")]
+    ExportHole(query::Hole),
     #[error(
         "{path}: removed while it was being exported (retention, on a log that fills its size \
          limit faster than the export reads it): the export would have a hole; export again, \

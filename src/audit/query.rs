@@ -615,6 +615,61 @@ fn wanted(path: &Path, range: &TimeRange) -> Result<bool, AuditError> {
     })
 }
 
+/// Records missing between two segments of a log: a segment removed (not by retention, which
+/// removes only the oldest) or lost. Search and summary read what is there and say so; export
+/// refuses (an export is one unbroken piece of the chain); `verify` names the spot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hole {
+    pub from_seq: u64,
+    pub to_seq: u64,
+    /// The segment the missing records would come before.
+    pub before: PathBuf,
+}
+
+impl fmt::Display for Hole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self
+            .before
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        write!(
+            f,
+            "records seq {}..={} are missing before {name} (a segment was removed or lost; \
+             `dnsward audit verify` checks the log): the results leave them out",
+            self.from_seq, self.to_seq
+        )
+    }
+}
+
+/// The holes between the segments of `dir`, from each segment's last line and the next one's
+/// first seq (its name): two small reads per segment. A segment ending in a torn line (a
+/// crash) is not checked, nor one retention removes meanwhile.
+pub fn holes(dir: &Path) -> Result<Vec<Hole>, AuditError> {
+    let segments = segment::existing_segments(dir)?;
+    let mut holes = Vec::new();
+    for pair in segments.windows(2) {
+        let last = match segment::read_last_line(&pair[0].path) {
+            Ok(Some(line)) => line,
+            Ok(None) => continue,
+            Err(error) if removed(&error) => continue,
+            Err(error) => return Err(error),
+        };
+        let Some(view) = segment::LinkView::parse(&last) else {
+            continue;
+        };
+        let expected = view.seq.saturating_add(1);
+        if pair[1].first_seq > expected {
+            holes.push(Hole {
+                from_seq: expected,
+                to_seq: pair[1].first_seq - 1,
+                before: pair[1].path.clone(),
+            });
+        }
+    }
+    Ok(holes)
+}
+
 /// One search result: the stored line (with its chain members) and its decoded form.
 #[derive(Debug, Clone)]
 pub struct Hit {
@@ -1335,6 +1390,8 @@ fn export_listed(
     };
     let mut started = false;
     let mut first_header: Option<Header> = None;
+    // The seq of the last record read, to find a hole at the next segment's header.
+    let mut last_seq: Option<u64> = None;
     'segments: for (index, seg) in segments.iter().enumerate() {
         let opened = if !started && bounded {
             wanted(&seg.path, range)
@@ -1367,8 +1424,23 @@ fn export_listed(
                 if !started {
                     sink.prev = Some(header.prev_segment_last_hash.clone());
                 }
+                if let Some(last) = last_seq
+                    && header.first_seq > last + 1
+                    && (started || !bounded)
+                {
+                    return Err(AuditError::ExportHole(Hole {
+                        from_seq: last + 1,
+                        to_seq: header.first_seq - 1,
+                        before: seg.path.clone(),
+                    }));
+                }
                 first_header.get_or_insert(header);
                 continue;
+            }
+            if line.complete
+                && let Some(view) = segment::LinkView::parse(line.bytes)
+            {
+                last_seq = Some(view.seq);
             }
             if bounded {
                 // A line that does not decode is inside the exported piece if it sits there.
