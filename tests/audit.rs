@@ -587,6 +587,19 @@ fn a_hashed_log_searched_without_its_key_says_why_nothing_matches() {
         "{}",
         String::from_utf8_lossy(&found.stderr)
     );
+    // A network cannot be searched by hash: said plainly, as a wrong argument.
+    let network = audit(
+        &dnsward.config_path(),
+        &["search", "--client", "127.0.0.0/24"],
+    );
+    assert_eq!(network.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&network.stderr);
+    assert!(
+        message.contains(
+            "--client: 127.0.0.0/24: a network cannot be searched in a log whose clients are hashed"
+        ) && !message.contains("expected an IP address or a CIDR network"),
+        "{message}"
+    );
     // With another one it cannot be.
     let other = dnsward.dir.path().join("other.toml");
     std::fs::write(&other, "").unwrap();

@@ -349,6 +349,48 @@ fn truncated_tail_is_a_warning_not_tampering() {
     assert!(report.to_string().contains("truncated tail after seq"));
 }
 
+/// An empty segment file takes nothing from the file before it: bytes appended to a middle
+/// segment, with an empty file named after it, fail verify (they passed); and where the empty
+/// file is last (a restart cut short as it created its segment, after a crash), the crash's
+/// torn line before it is the log's truncated tail (no warning was given).
+#[test]
+fn an_empty_segment_file_does_not_hide_a_torn_line_before_it() {
+    let empty_after = |segment: &Path| {
+        let first: u64 = file_name(segment)[4..24].parse().unwrap();
+        let empty = segment.with_file_name(format!("seg-{:020}.dwlog", first + 1));
+        std::fs::write(&empty, b"").unwrap();
+    };
+    let append = |segment: &Path, bytes: &[u8]| {
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(segment)
+            .unwrap();
+        std::io::Write::write_all(&mut file, bytes).unwrap();
+        std::fs::metadata(segment).unwrap().len() - bytes.len() as u64
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 500);
+    let segs = segments(tmp.path());
+    assert!(segs.len() >= 3);
+    append(&segs[1], b"{\"seq\":5,\"note\":\"appended\"");
+    empty_after(&segs[1]);
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert!(!report.ok(), "{report}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 500);
+    let last = segments(tmp.path()).pop().unwrap();
+    let torn_at = append(&last, b"{\"seq\":9999,\"ti");
+    empty_after(&last);
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert!(report.ok(), "{report}");
+    let spot = report
+        .truncated_tail
+        .clone()
+        .expect("the torn line reported");
+    assert_eq!((spot.file, spot.offset), (last, torn_at));
+}
+
 #[test]
 fn missing_middle_segment_is_named() {
     let tmp = tempfile::tempdir().unwrap();

@@ -56,6 +56,12 @@ pub fn verify_signature(
 pub fn key_paths(prefix: &Path) -> (PathBuf, PathBuf) {
     let base = if prefix.is_dir() {
         prefix.join("audit")
+    } else if prefix
+        .extension()
+        .is_some_and(|ext| ext == "key" || ext == "pub")
+    {
+        // `--out site1.key` names the key file itself, not a prefix for `site1.key.key`.
+        prefix.with_extension("")
     } else {
         prefix.to_owned()
     };
@@ -72,10 +78,12 @@ pub fn key_paths(prefix: &Path) -> (PathBuf, PathBuf) {
 /// under temporary names and linked into place, so a failure (a file in the way, a full disk)
 /// leaves neither: a private key without its public one would block every retry.
 pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf), AuditError> {
-    if prefix.is_dir() {
-        refuse_foreign_dir(prefix)?;
-    }
     let (secret_path, public_path) = key_paths(prefix);
+    // The directory the private key goes into, whether given or the prefix's.
+    match secret_path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => refuse_foreign_dir(dir)?,
+        _ => refuse_foreign_dir(Path::new("."))?,
+    }
     // A first look, for a clear message; the links below are what never replace a file.
     for path in [&secret_path, &public_path] {
         if path.exists() {
@@ -122,7 +130,7 @@ fn refuse_foreign_dir(dir: &Path) -> Result<(), AuditError> {
     let meta = std::fs::metadata(dir).map_err(AuditError::io(dir))?;
     let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
-        return Err(AuditError::Key {
+        return Err(AuditError::KeyDir {
             path: dir.to_owned(),
             reason: "another user owns this directory, who could replace the private key in \
                      it; give a directory of your own",
@@ -130,7 +138,7 @@ fn refuse_foreign_dir(dir: &Path) -> Result<(), AuditError> {
     }
     // The sticky bit (`/tmp`) keeps others from renaming or removing what they do not own.
     if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
-        return Err(AuditError::Key {
+        return Err(AuditError::KeyDir {
             path: dir.to_owned(),
             reason: "others may write to this directory, and so replace the private key in \
                      it; give one only you can write to",
@@ -342,8 +350,14 @@ mod tests {
         let error = keygen(&shared).unwrap_err().to_string();
         assert!(error.contains("others may write"), "{error}");
         assert!(!shared.join("audit.key").exists());
+        // Given as a prefix inside it, the same (the key would be written there all the same).
+        let error = keygen(&shared.join("site1")).unwrap_err().to_string();
+        assert!(error.contains("others may write"), "{error}");
+        assert!(!error.contains("not a key file"), "{error}");
+        assert!(!shared.join("site1.key").exists());
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
         keygen(&shared).unwrap();
+        keygen(&shared.join("site1")).unwrap();
         if rustix::process::geteuid().is_root() {
             let theirs = dir.path().join("theirs");
             std::fs::create_dir(&theirs).unwrap();
@@ -358,5 +372,11 @@ mod tests {
         let (secret, public) = key_paths(Path::new("/nonexistent/site1"));
         assert_eq!(secret, Path::new("/nonexistent/site1.key"));
         assert_eq!(public, Path::new("/nonexistent/site1.pub"));
+        // The key file's own name given: not `site1.key.key`.
+        for given in ["/nonexistent/site1.key", "/nonexistent/site1.pub"] {
+            let (secret, public) = key_paths(Path::new(given));
+            assert_eq!(secret, Path::new("/nonexistent/site1.key"));
+            assert_eq!(public, Path::new("/nonexistent/site1.pub"));
+        }
     }
 }

@@ -51,6 +51,8 @@ pub enum AuditError {
     Output(#[source] std::io::Error),
     #[error("{path}: not a key file: {reason}")]
     Key { path: PathBuf, reason: &'static str },
+    #[error("{path}: {reason}")]
+    KeyDir { path: PathBuf, reason: &'static str },
     #[error(
         "{path}: this is the private signing key of the key that signed the log: give the \
          .pub file that keygen wrote, and keep the .key secret"
@@ -94,6 +96,11 @@ pub enum AuditError {
     InvalidDuration { value: String },
     #[error("invalid client {value:?}: expected an IP address or a CIDR network")]
     InvalidClient { value: String },
+    #[error(
+        "{value}: a network cannot be searched in a log whose clients are hashed (anonymize = \
+         \"hash\"): give one address, or a stored hash"
+    )]
+    HashedNetwork { value: String },
     #[error("invalid decision {value:?}: expected allowed, blocked, logged, refused or error")]
     InvalidDecision { value: String },
     #[error("{}: no audit log here (no segment files); check --dir or [audit] dir", dir.display())]

@@ -185,10 +185,8 @@ impl ClientFilter {
                     None => Ok(Self::Net(net)),
                 }
             }
-            Self::Net(_) => Err(AuditError::InvalidClient {
-                value: format!(
-                    "{text} (clients in this log are hashed: give one address, or a stored hash)"
-                ),
+            Self::Net(_) => Err(AuditError::HashedNetwork {
+                value: text.to_owned(),
             }),
             other => Ok(other),
         }

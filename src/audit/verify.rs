@@ -612,7 +612,7 @@ impl Checker {
             if named_seq.is_none() {
                 return Err(Self::fail(FailureKind::TruncatedExport, path, None, 0));
             }
-            return self.end_file(path, false, None, last);
+            return self.end_empty_file(path, None, last);
         };
         // A CSV export starts with its column names; a segment or JSON export with a header.
         let csv = named_seq.is_none() && first.bytes.starts_with(query::CSV_EXPORT_START);
@@ -658,7 +658,7 @@ impl Checker {
                 if named_seq.is_none() {
                     return Err(Self::fail(FailureKind::TruncatedExport, path, None, 0));
                 }
-                return self.end_file(path, false, Some(0), last);
+                return self.end_empty_file(path, Some(0), last);
             }
             let header = Header::parse(&first.bytes)
                 .ok_or_else(|| Self::fail(FailureKind::Unreadable, path, None, 0))?;
@@ -1137,6 +1137,32 @@ impl Checker {
         }
         self.prev_file = Some((path.to_owned(), closed, torn));
         Ok(())
+    }
+
+    /// A segment file without a single complete line (a crash as it was created). Only the
+    /// last can be one: the restart removes it. Anywhere else it takes nothing from the file
+    /// before it, whose torn last line (if any) the next real header must still declare: an
+    /// empty file put after a segment with bytes appended must not hide them.
+    fn end_empty_file(
+        &mut self,
+        path: &Path,
+        torn: Option<u64>,
+        last: bool,
+    ) -> Result<(), Failure> {
+        if !last {
+            return Ok(());
+        }
+        // A restart cut short as it created its segment: the crash before it left the torn
+        // line, which no header declares yet, and that is the log's truncated tail.
+        if let Some((previous, _, Some(offset))) = &self.prev_file {
+            self.report.truncated_tail = Some(Spot {
+                file: previous.clone(),
+                seq: None,
+                offset: *offset,
+            });
+            return Ok(());
+        }
+        self.end_file(path, false, torn, last)
     }
 
     fn finish(mut self, failure: Option<Failure>) -> VerifyReport {
