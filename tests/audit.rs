@@ -212,6 +212,19 @@ fn search_filters_and_output_formats() {
     );
     assert_eq!(count(&["--domain", "blocked.test"]), 4, "suffix match");
     assert_eq!(count(&["--domain", "=blocked.test"]), 0, "exact match");
+    // Cloaking: promo.shop.test was blocked for its CNAME target trade.binance.com, and an
+    // auditor asking who reached binance.com finds those queries too.
+    assert_eq!(count(&["--domain", "binance.com"]), 2, "via CNAME");
+    assert_eq!(
+        count(&["--domain", "=trade.binance.com"]),
+        2,
+        "via CNAME, exact"
+    );
+    let table = stdout(&audit(&config, &["search", "--domain", "binance.com"]));
+    assert!(
+        table.contains("promo.shop.test.") && table.contains("(via CNAME trade.binance.com.)"),
+        "{table}"
+    );
     assert_eq!(count(&["--qtype", "AAAA"]), 2);
     assert_eq!(count(&["--client", "127.0.0.2"]), 1);
     assert_eq!(count(&["--client", "127.0.0.1/32"]), 10);

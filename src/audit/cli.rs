@@ -33,7 +33,8 @@ pub enum AuditCommand {
         /// A client address or CIDR network (`192.0.2.7`, `192.0.2.0/24`), or a hashed client.
         #[arg(long)]
         client: Option<String>,
-        /// A domain and everything under it; prefix with `=` for that name only.
+        /// A domain and everything under it; prefix with `=` for that name only. Also finds
+        /// queries decided by a CNAME into it.
         #[arg(long)]
         domain: Option<String>,
         /// A query type (`A`, `AAAA`, `HTTPS`, …).

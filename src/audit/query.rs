@@ -414,6 +414,29 @@ struct Quick<'a> {
     qtype: &'a [u8],
     decision: &'a [u8],
     list: Option<&'a [u8]>,
+    /// The line after the list's name (where the rule's trigger follows).
+    after_list: &'a [u8],
+}
+
+/// Whether a line's rule may have matched a CNAME target rather than the question, from the
+/// bytes after the list's name: the rule, file, line and trigger in the writer's order. `true`
+/// when unsure (escapes, another order): the full parse decides.
+fn trigger_may_be_cname(after_list: &[u8]) -> bool {
+    let walk = || -> Option<bool> {
+        let mut c = Cursor {
+            line: after_list,
+            at: 0,
+        };
+        c.key(b",\"rule\":\"")?;
+        c.string()?;
+        c.key(b",\"file\":\"")?;
+        c.string()?;
+        c.key(b",\"line\":")?;
+        c.digits()?;
+        c.key(b",\"trigger\":{\"kind\":\"")?;
+        Some(c.string()? == b"cname")
+    };
+    walk().unwrap_or(true)
 }
 
 enum Scan<'a> {
@@ -517,6 +540,7 @@ fn scan(line: &[u8]) -> Scan<'_> {
             qtype,
             decision,
             list,
+            after_list: &line[c.at..],
         }))
     };
     walk().unwrap_or(Scan::Unsure)
@@ -545,10 +569,18 @@ impl Filter {
                 .list
                 .as_ref()
                 .is_none_or(|l| q.rule.as_ref().is_some_and(|r| &r.list == l))
-            && self
-                .domain
-                .as_ref()
-                .is_none_or(|d| d.matches(q.qname.as_bytes()))
+            && self.domain.as_ref().is_none_or(|d| {
+                d.matches(q.qname.as_bytes())
+                    || q.rule.as_ref().is_some_and(|rule| match &rule.trigger {
+                        // Cloaking: the question's name is not the one the list named. An
+                        // auditor asking who reached a domain means these too.
+                        TriggerEntry::Cname { matched, chain } => {
+                            d.matches(matched.as_bytes())
+                                || chain.iter().any(|name| d.matches(name.as_bytes()))
+                        }
+                        TriggerEntry::Question => false,
+                    })
+            })
             && self
                 .client
                 .as_ref()
@@ -557,6 +589,19 @@ impl Filter {
 }
 
 impl Compiled<'_> {
+    /// Whether a line may match through its rule's CNAME trigger though its question's name
+    /// does not (then the full parse decides); checked only on lines with a rule.
+    fn via_cname(&self, q: &Quick<'_>) -> bool {
+        let f = self.filter;
+        f.domain.is_some()
+            && q.list.is_some()
+            && self.range.contains(q.time)
+            && f.decision
+                .is_none_or(|d| q.decision == d.as_str().as_bytes())
+            && f.list.as_ref().is_none_or(|l| q.list == Some(l.as_bytes()))
+            && trigger_may_be_cname(q.after_list)
+    }
+
     fn quick(&self, q: &Quick<'_>) -> bool {
         let f = self.filter;
         self.range.contains(q.time)
@@ -779,6 +824,7 @@ fn scan_segment(path: &Path, compiled: &Compiled<'_>) -> Batch {
                 }
             }
             Scan::Unsure => found.push(line.to_vec()),
+            Scan::Query(q) if compiled.via_cname(&q) => found.push(line.to_vec()),
             Scan::Query(_) | Scan::Other => {}
         }
     }
@@ -2018,7 +2064,16 @@ fn table_cells(hit: &Hit) -> [String; 9] {
     let (list, rule) = q
         .rule
         .as_ref()
-        .map(|r| (r.list.clone(), format!("{}:{} {}", r.file, r.line, r.rule)))
+        .map(|r| {
+            let via = match &r.trigger {
+                TriggerEntry::Cname { matched, .. } => format!(" (via CNAME {matched})"),
+                TriggerEntry::Question => String::new(),
+            };
+            (
+                r.list.clone(),
+                format!("{}:{} {}{via}", r.file, r.line, r.rule),
+            )
+        })
         .unwrap_or_default();
     [
         hit.record.time.to_string(),
