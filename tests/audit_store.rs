@@ -391,6 +391,62 @@ fn an_empty_segment_file_does_not_hide_a_torn_line_before_it() {
     assert_eq!((spot.file, spot.offset), (last, torn_at));
 }
 
+/// A crash tore the last segment; the restart wrote its new segment's header (declaring the
+/// torn line) and died in its first line; the next restart removes that file and writes the
+/// `recovered` record again, naming the crash's torn line, not the removed file's (whose name
+/// the new segment takes, so the record pointed into the new file's own lines).
+#[test]
+fn a_restart_after_a_failed_restart_names_the_first_torn_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = settings(tmp.path());
+    write_log(&settings, 0, 50);
+    let crashed = segments(tmp.path()).pop().unwrap();
+    let torn = b"{\"seq\":99,\"ti";
+    let torn_at = std::fs::metadata(&crashed).unwrap().len();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&crashed)
+        .unwrap();
+    std::io::Write::write_all(&mut file, torn).unwrap();
+    drop(file);
+    let last = all_records(tmp.path()).pop().unwrap();
+    let last_hash: [u8; 32] = hex::decode(&last.hash).unwrap().try_into().unwrap();
+    let mut header = segment::Header::new(
+        segment::HeaderKind::Segment,
+        last.seq + 1,
+        &last_hash,
+        "failed-restart",
+    );
+    header.torn_tail = Some(segment::TornTail {
+        segment: file_name(&crashed),
+        offset: torn_at,
+    });
+    let mut bytes = Vec::new();
+    header.encode(&mut bytes).unwrap();
+    bytes.extend_from_slice(b"{\"seq\":");
+    let failed = crashed.with_file_name(format!("seg-{:020}.dwlog", last.seq + 1));
+    std::fs::write(&failed, &bytes).unwrap();
+
+    write_log(&settings, 50, 5);
+    let reported: Vec<_> = all_records(tmp.path())
+        .into_iter()
+        .filter_map(|record| match record.entry {
+            Entry::Recovered {
+                segment,
+                offset,
+                torn_bytes,
+            } => Some((segment, offset, torn_bytes)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reported,
+        [(file_name(&crashed), torn_at, torn.len() as u64)]
+    );
+    let report = audit::verify(tmp.path(), None).unwrap();
+    assert!(report.ok(), "{report}");
+}
+
 #[test]
 fn missing_middle_segment_is_named() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1224,6 +1280,33 @@ fn a_cut_export_is_named() {
             failure.kind,
             FailureKind::Deleted { missing: 10 },
             "{format:?}"
+        );
+        // The end line's record count edited: named as the end line's, with both counts
+        // (it was "modified record" at a seq the export does not hold).
+        let records = report.records;
+        let quote = if format == ExportFormat::Csv {
+            "\"\""
+        } else {
+            "\""
+        };
+        let edited = text.replace(
+            &format!("{quote}records{quote}:{records},"),
+            &format!("{quote}records{quote}:{},", records + 1),
+        );
+        assert_ne!(edited, text);
+        let report = verify_text(&edited);
+        let failure = report.failure.clone().unwrap();
+        assert!(
+            matches!(failure.kind, FailureKind::EndLineMismatch { stated_records, records: found, .. }
+                if stated_records == records + 1 && found == records),
+            "{format:?}: {report}"
+        );
+        assert_eq!(failure.spot.seq, None);
+        assert!(
+            report
+                .to_string()
+                .contains(&format!("it states {} records", records + 1)),
+            "{report}"
         );
         // Anything after the end line.
         let failure = verify_text(&format!("{text}{}\n", lines[n - 2]))
@@ -2382,6 +2465,19 @@ fn a_log_signed_by_two_keys_verifies_with_both_given() {
         let first_of_other = report_keys_first_seq(&log, other);
         assert_eq!(spot, first_of_other, "{report}");
     }
+    // The first key signing again after the second replaced it: verified, with a warning.
+    write_log(&signed_by(&key_a), 20, 10);
+    let report = audit::verify_signed_by(&log, &[&public_a, &public_b]).unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.signing_keys.len(), 3);
+    let text = report.to_string();
+    assert!(
+        text.contains(&format!(
+            "warning: from seq {} the log is signed again by key",
+            report.signing_keys[2].first_seq
+        )),
+        "{text}"
+    );
     // A secret given among the public keys is named as that argument.
     let error = audit::verify_signed_by(&log, &[&public_a, &key_b])
         .unwrap_err()

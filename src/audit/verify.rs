@@ -71,6 +71,14 @@ pub enum FailureKind {
     Deleted { missing: u64 },
     /// A record that does not belong to the chain sits here.
     Inserted,
+    /// An export's end line states other than the records before it hold (`stated_*`: the end
+    /// line's; the others: what was followed); with equal counts, it states another last hash.
+    EndLineMismatch {
+        stated_records: u64,
+        stated_last_seq: u64,
+        records: u64,
+        last_seq: u64,
+    },
     /// Two records are out of order.
     Reordered,
     /// A segment's (or an export's) header contradicts the chain that its records continue.
@@ -114,6 +122,26 @@ impl fmt::Display for FailureKind {
             Self::Modified => f.write_str("modified record"),
             Self::Deleted { missing } => write!(f, "deleted records ({missing} missing)"),
             Self::Inserted => f.write_str("inserted record"),
+            Self::EndLineMismatch {
+                stated_records,
+                stated_last_seq,
+                records,
+                last_seq,
+            } if (stated_records, stated_last_seq) == (records, last_seq) => f.write_str(
+                "export end line does not match its records: it states another hash for the \
+                 last record",
+            ),
+            Self::EndLineMismatch {
+                stated_records,
+                stated_last_seq,
+                records,
+                last_seq,
+            } => write!(
+                f,
+                "export end line does not match its records: it states {stated_records} \
+                 records ending at seq {stated_last_seq}, the export holds {records} ending at \
+                 seq {last_seq}"
+            ),
             Self::RenamedSegment {
                 name_seq,
                 header_seq,
@@ -323,6 +351,24 @@ impl fmt::Display for VerifyReport {
                     "warning: the signing key changed at seq {}: compare each key above with \
                      the ones you hold (give --pubkey once for each)",
                     pair[1].first_seq
+                )?;
+            }
+        }
+        // A key that signs again after another replaced it: a retired key, whose holder may
+        // not be the operator any more (a rotation after a leak), or a configuration rolled
+        // back. Every signature still verifies; the auditor must know which key to doubt.
+        for (i, used) in self.signing_keys.iter().enumerate().skip(2) {
+            if let Some(earlier) = self.signing_keys[..i - 1]
+                .iter()
+                .find(|earlier| earlier.key == used.key)
+            {
+                writeln!(
+                    f,
+                    "warning: from seq {} the log is signed again by key {}, which signed up to \
+                     seq {} and was then replaced: a retired key signing after its successor \
+                     (a configuration rolled back, or records re-signed by whoever holds the \
+                     old key)",
+                    used.first_seq, used.key, earlier.last_seq
                 )?;
             }
         }
@@ -814,17 +860,26 @@ impl Checker {
         if end.last_seq == last_seq && stated == Some(head) && end.records == self.report.records {
             return self.end_file(path, true, None, true);
         }
-        let kind = if end.last_seq > last_seq {
-            FailureKind::Deleted {
-                missing: end.last_seq - last_seq,
-            }
-        } else {
-            FailureKind::Modified
-        };
+        // Records cut from before the end line: named where they are missing.
+        if end.last_seq > last_seq {
+            return Err(Self::fail(
+                FailureKind::Deleted {
+                    missing: end.last_seq - last_seq,
+                },
+                path,
+                Some(last_seq.saturating_add(1)),
+                line.offset,
+            ));
+        }
         Err(Self::fail(
-            kind,
+            FailureKind::EndLineMismatch {
+                stated_records: end.records,
+                stated_last_seq: end.last_seq,
+                records: self.report.records,
+                last_seq,
+            },
             path,
-            Some(last_seq.saturating_add(1)),
+            None,
             line.offset,
         ))
     }

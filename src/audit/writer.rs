@@ -1253,6 +1253,10 @@ impl Store {
                 .map_err(AuditError::io(&last.path))
                 .and_then(|()| sync_dir(&self.dir))
                 .map_err(RecoverError::Unwritable)?;
+            // What was torn in a file that held nothing of the chain is gone with it; the
+            // segment that replaces it takes its name, so a record naming it would point into
+            // the new file's own lines.
+            recovered = None;
             if let Some((header, prev)) = tail
                 .header
                 .as_ref()
@@ -1261,8 +1265,15 @@ impl Store {
                 self.next_seq = header.first_seq;
                 self.head = prev;
                 // A torn line it declared (a restart or retry that failed right after writing
-                // the header) must be declared by the segment that replaces it.
+                // the header) must be declared by the segment that replaces it, and its
+                // `recovered` record, lost with the removed file, written again.
                 self.pending_torn.clone_from(&header.torn_tail);
+                recovered = header.torn_tail.as_ref().map(|torn| Entry::Recovered {
+                    segment: torn.segment.clone(),
+                    offset: torn.offset,
+                    torn_bytes: std::fs::metadata(self.dir.join(&torn.segment))
+                        .map_or(0, |meta| meta.len().saturating_sub(torn.offset)),
+                });
                 return Ok(recovered);
             }
         }
