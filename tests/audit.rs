@@ -692,9 +692,13 @@ fn signed_log_verifies_and_tampering_is_named() {
         &["export", "--format", "csv", "--output", &csv_arg],
     );
     assert!(csv_export.status.success());
-    for path in [&export_path, &csv_path] {
+    for (path, stdin) in [
+        (&export_path, "/dev/stdin"),
+        (&csv_path, "/dev/stdin"),
+        (&export_path, "-"),
+    ] {
         let mut verify = dnsward_command()
-            .args(["audit", "verify", "--pubkey", &public_arg, "/dev/stdin"])
+            .args(["audit", "verify", "--pubkey", &public_arg, stdin])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()

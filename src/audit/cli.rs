@@ -103,7 +103,8 @@ pub enum AuditCommand {
         /// once per key when the log's key was changed: each checkpoint must be signed by one.
         #[arg(long)]
         pubkey: Vec<PathBuf>,
-        /// A log directory, a segment, or an export file (default: the audit directory).
+        /// A log directory, a segment, or an export file (default: the audit directory; `-`:
+        /// an export on standard input).
         #[arg(conflicts_with = "dir")]
         path: Option<PathBuf>,
     },
@@ -443,6 +444,8 @@ pub fn run_to(
         }
         AuditCommand::Verify { dir, pubkey, path } => {
             let target = match path {
+                // `-` is standard input, as `export -o -` is standard output.
+                Some(path) if path.as_os_str() == "-" => PathBuf::from("/dev/stdin"),
                 Some(path) => {
                     given_path("PATH", &path)?;
                     path
