@@ -2359,18 +2359,30 @@ fn seqs_past_the_ends_of_the_range_are_damage() {
     assert!(!from_zero.ok(), "{from_zero}");
 }
 
+/// Settings for a log in `log` signed with `key`.
+fn signed_log_settings(log: &Path, key: &Path) -> AuditSettings {
+    AuditSettings {
+        signing_key: Some(key.to_owned()),
+        ..settings(log)
+    }
+}
+
+/// Two key pairs, `a` and `b`, in `dir`: (private, public) each.
+fn two_key_pairs(dir: &Path) -> ((PathBuf, PathBuf), (PathBuf, PathBuf)) {
+    (
+        keys::keygen(&dir.join("a")).unwrap(),
+        keys::keygen(&dir.join("b")).unwrap(),
+    )
+}
+
 /// Without `--pubkey`, `verify` names the keys that signed and warns when the key changed or
 /// signing stopped: a log re-chained without the key from some point on passed as a plain OK.
 #[test]
 fn verify_names_the_signing_keys_and_warns_when_signing_changes_or_stops() {
     let tmp = tempfile::tempdir().unwrap();
-    let (key_a, public_a) = keys::keygen(&tmp.path().join("a")).unwrap();
-    let (key_b, public_b) = keys::keygen(&tmp.path().join("b")).unwrap();
+    let ((key_a, public_a), (key_b, public_b)) = two_key_pairs(tmp.path());
     let log = tmp.path().join("log");
-    let signed_by = |key: &PathBuf| AuditSettings {
-        signing_key: Some(key.clone()),
-        ..settings(&log)
-    };
+    let signed_by = |key: &PathBuf| signed_log_settings(&log, key);
     write_log(&signed_by(&key_a), 0, 10);
     let report = audit::verify(&log, None).unwrap();
     assert!(report.ok(), "{report}");
@@ -2425,13 +2437,9 @@ fn verify_names_the_signing_keys_and_warns_when_signing_changes_or_stops() {
 #[test]
 fn a_log_signed_by_two_keys_verifies_with_both_given() {
     let tmp = tempfile::tempdir().unwrap();
-    let (key_a, public_a) = keys::keygen(&tmp.path().join("a")).unwrap();
-    let (key_b, public_b) = keys::keygen(&tmp.path().join("b")).unwrap();
+    let ((key_a, public_a), (key_b, public_b)) = two_key_pairs(tmp.path());
     let log = tmp.path().join("log");
-    let signed_by = |key: &PathBuf| AuditSettings {
-        signing_key: Some(key.clone()),
-        ..settings(&log)
-    };
+    let signed_by = |key: &PathBuf| signed_log_settings(&log, key);
     write_log(&signed_by(&key_a), 0, 10);
     write_log(&signed_by(&key_b), 10, 10);
     let report = audit::verify_signed_by(&log, &[&public_a, &public_b]).unwrap();

@@ -2049,13 +2049,36 @@ mod tests {
         }
     }
 
-    /// Closed segments 100 days old, a 90-day limit, and a wall clock 200 days ahead of where
-    /// the monotonic clock puts it: they are kept; read without the step, they go.
-    #[test]
-    fn age_retention_keeps_segments_when_the_clock_stepped_forward() {
-        let tmp = tempfile::tempdir().unwrap();
+    /// The store as the writer opens it at start.
+    fn open_at_start(settings: &AuditSettings) -> Store {
+        Store::open(
+            settings,
+            WriterRun::start(settings, InstanceId::random()).unwrap(),
+            Arc::default(),
+            Arc::default(),
+            true,
+            false,
+        )
+        .unwrap()
+    }
+
+    /// Dates every segment in `dir` back by `age` (its last write).
+    fn age_segments(dir: &Path, age: Duration) {
+        for seg in segment::list_segments(dir).unwrap() {
+            File::options()
+                .write(true)
+                .open(&seg.path)
+                .unwrap()
+                .set_modified(SystemTime::now() - age)
+                .unwrap();
+        }
+    }
+
+    /// A log in `dir` written by three runs of the writer, a service record each: three
+    /// segments; and its settings.
+    fn three_segments(dir: &Path) -> AuditSettings {
         let settings = AuditSettings {
-            dir: tmp.path().to_owned(),
+            dir: dir.to_owned(),
             fsync_interval_ms: 0,
             ..AuditSettings::default()
         };
@@ -2066,26 +2089,20 @@ mod tests {
             });
             writer.shutdown().unwrap();
         }
+        settings
+    }
+
+    /// Closed segments 100 days old, a 90-day limit, and a wall clock 200 days ahead of where
+    /// the monotonic clock puts it: they are kept; read without the step, they go.
+    #[test]
+    fn age_retention_keeps_segments_when_the_clock_stepped_forward() {
+        let tmp = tempfile::tempdir().unwrap();
+        let settings = three_segments(tmp.path());
         let day = Duration::from_secs(86_400);
         let segments = || segment::list_segments(tmp.path()).unwrap().len();
         assert_eq!(segments(), 3);
-        let mut store = Store::open(
-            &settings,
-            WriterRun::start(&settings, InstanceId::random()).unwrap(),
-            Arc::default(),
-            Arc::default(),
-            true,
-            false,
-        )
-        .unwrap();
-        for seg in segment::list_segments(tmp.path()).unwrap() {
-            File::options()
-                .write(true)
-                .open(&seg.path)
-                .unwrap()
-                .set_modified(SystemTime::now() - 100 * day)
-                .unwrap();
-        }
+        let mut store = open_at_start(&settings);
+        age_segments(tmp.path(), 100 * day);
         store.retention_clock.steady.wall_at_start = SystemTime::now() - 200 * day;
         store.apply_retention();
         assert_eq!(segments(), 3, "nothing removed after a forward step");
@@ -2112,38 +2129,12 @@ mod tests {
     #[test]
     fn age_retention_runs_while_the_log_is_idle() {
         let tmp = tempfile::tempdir().unwrap();
-        let settings = AuditSettings {
-            dir: tmp.path().to_owned(),
-            fsync_interval_ms: 0,
-            ..AuditSettings::default()
-        };
-        for _ in 0..3 {
-            let (handle, writer) = AuditLog::open(&settings, InstanceId::random()).unwrap();
-            handle.service(ServiceEvent::ReloadRefused {
-                errors: vec!["x".into()],
-            });
-            writer.shutdown().unwrap();
-        }
+        let settings = three_segments(tmp.path());
         let segments = || segment::list_segments(tmp.path()).unwrap().len();
-        let mut store = Store::open(
-            &settings,
-            WriterRun::start(&settings, InstanceId::random()).unwrap(),
-            Arc::default(),
-            Arc::default(),
-            true,
-            false,
-        )
-        .unwrap();
+        let mut store = open_at_start(&settings);
         assert_eq!(segments(), 3, "young segments are kept at open");
         let day = Duration::from_secs(86_400);
-        for seg in segment::list_segments(tmp.path()).unwrap() {
-            File::options()
-                .write(true)
-                .open(&seg.path)
-                .unwrap()
-                .set_modified(SystemTime::now() - 100 * day)
-                .unwrap();
-        }
+        age_segments(tmp.path(), 100 * day);
         store.tick().unwrap();
         assert_eq!(segments(), 3, "not before the interval");
         store.next_retention = Instant::now();
@@ -2168,15 +2159,7 @@ mod tests {
             anonymize_key: Some(hash_key.clone()),
             ..AuditSettings::default()
         };
-        let mut store = Store::open(
-            &settings,
-            WriterRun::start(&settings, InstanceId::random()).unwrap(),
-            Arc::default(),
-            Arc::default(),
-            true,
-            false,
-        )
-        .unwrap();
+        let mut store = open_at_start(&settings);
         let client: SocketAddr = "192.0.2.7:53".parse().unwrap();
         let hashed = store.anonymizer.client(client);
         let drops = Drops::default();
