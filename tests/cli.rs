@@ -333,11 +333,23 @@ fn check_validates_the_audit_key_and_recursion_files() {
             "{message}"
         );
     }
-    std::fs::write(&key, [7u8; 32]).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // `keygen --anonymize` writes one that checks, without a warning, and never replaces it.
+    std::fs::remove_file(&key).unwrap();
+    let key_arg = key.to_str().unwrap();
+    let keygen = run(&["audit", "keygen", "--anonymize", "--out", key_arg]);
+    assert!(keygen.status.success(), "{}", stderr(&keygen));
+    assert!(
+        String::from_utf8_lossy(&keygen.stdout).contains("anonymize key: "),
+        "{}",
+        String::from_utf8_lossy(&keygen.stdout)
+    );
+    let written = std::fs::read(&key).unwrap();
     let output = run(&["check", "--config", &path]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(!stderr(&output).contains("warning"), "{}", stderr(&output));
+    let again = run(&["audit", "keygen", "--anonymize", "--out", key_arg]);
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+    assert_eq!(std::fs::read(&key).unwrap(), written);
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let output = run(&["check", "--config", &path]);
     assert!(output.status.success(), "{}", stderr(&output));

@@ -108,14 +108,21 @@ pub enum AuditCommand {
         #[arg(conflicts_with = "dir")]
         path: Option<PathBuf>,
     },
-    /// Write a new Ed25519 key pair: PREFIX.key (private, mode 0600) and PREFIX.pub.
-    #[command(after_help = "Example:\n  \
+    /// Write a new Ed25519 key pair: PREFIX.key (private, mode 0600) and PREFIX.pub; or, with
+    /// --anonymize, a secret for hashing client addresses.
+    #[command(after_help = "Examples:\n  \
         dnsward audit keygen --out /etc/dnsward/audit   # audit.key + audit.pub\n  \
-        then set [audit] signing_key = \"/etc/dnsward/audit.key\" and give audit.pub to the auditor")]
+        then set [audit] signing_key = \"/etc/dnsward/audit.key\" and give audit.pub to the auditor\n  \
+        dnsward audit keygen --anonymize --out /etc/dnsward/anon.key\n  \
+        then set [audit] anonymize = \"hash\" and anonymize_key = \"/etc/dnsward/anon.key\"")]
     Keygen {
-        /// File prefix, or an existing directory (then `audit.key`/`audit.pub` inside it).
+        /// File prefix, or an existing directory (then `audit.key`/`audit.pub` inside it); with
+        /// --anonymize, the key file itself.
         #[arg(long)]
         out: PathBuf,
+        /// Write a key for `anonymize = "hash"` instead: one secret file, mode 0600.
+        #[arg(long)]
+        anonymize: bool,
     },
 }
 
@@ -462,7 +469,23 @@ pub fn run_to(
             }
             Ok(report.ok())
         }
-        AuditCommand::Keygen { out: prefix } => {
+        AuditCommand::Keygen {
+            out: path,
+            anonymize: true,
+        } => {
+            let path = keys::anonymize_keygen(&path)?;
+            writeln!(
+                out,
+                "anonymize key: {} (keep it secret, mode 0600; set [audit] anonymize = \"hash\" and anonymize_key)",
+                path.display()
+            )
+            .map_err(AuditError::Output)?;
+            Ok(true)
+        }
+        AuditCommand::Keygen {
+            out: prefix,
+            anonymize: false,
+        } => {
             let (secret, public) = keys::keygen(&prefix)?;
             writeln!(
                 out,

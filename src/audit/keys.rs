@@ -92,11 +92,6 @@ pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf), AuditError> {
     }
     let seed: [u8; 32] = rand::random();
     let key = SigningKey::from_bytes(&seed);
-    let partial = |path: &Path| {
-        let mut name = path.as_os_str().to_owned();
-        name.push(format!(".partial-{}", std::process::id()));
-        PathBuf::from(name)
-    };
     let (secret_partial, public_partial) = (partial(&secret_path), partial(&public_path));
     let secret_hex = hex::encode(key.to_bytes());
     let public_hex = hex::encode(key.verifying_key().as_bytes());
@@ -111,15 +106,49 @@ pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf), AuditError> {
     let _ = std::fs::remove_file(&secret_partial);
     let _ = std::fs::remove_file(&public_partial);
     written?;
-    if let Some(dir) = secret_path
-        .parent()
-        .filter(|dir| !dir.as_os_str().is_empty())
-    {
+    sync_parent(&secret_path)?;
+    Ok((secret_path, public_path))
+}
+
+/// Writes a new key for `anonymize = "hash"` to `path`: 32 random bytes as one line of hex
+/// (the whole file is the HMAC key), mode 0600, in a directory only its owner can change, never
+/// over an existing file (a replaced key would hash the same clients differently from then on).
+pub fn anonymize_keygen(path: &Path) -> Result<PathBuf, AuditError> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => refuse_foreign_dir(dir)?,
+        _ => refuse_foreign_dir(Path::new("."))?,
+    }
+    if path.exists() {
+        return Err(AuditError::KeyExists {
+            path: path.to_owned(),
+        });
+    }
+    let secret: [u8; 32] = rand::random();
+    let text = hex::encode(secret);
+    let staged = partial(path);
+    let written =
+        write_new(&staged, &text, 0o600).and_then(|()| place(&staged, path, &text, 0o600));
+    let _ = std::fs::remove_file(&staged);
+    written?;
+    sync_parent(path)?;
+    Ok(path.to_owned())
+}
+
+/// Where a key file is written before it is linked into place.
+fn partial(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".partial-{}", std::process::id()));
+    PathBuf::from(name)
+}
+
+/// Syncs the directory of a file just linked into it, so the name survives a power cut.
+fn sync_parent(path: &Path) -> Result<(), AuditError> {
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::File::open(dir)
             .and_then(|dir| dir.sync_all())
             .map_err(AuditError::io(dir))?;
     }
-    Ok((secret_path, public_path))
+    Ok(())
 }
 
 /// A directory given as `--out` holds the private key: one that another user owns, or that others
@@ -365,6 +394,40 @@ mod tests {
             let error = keygen(&theirs).unwrap_err().to_string();
             assert!(error.contains("another user owns"), "{error}");
         }
+    }
+
+    /// The anonymize key: 32 random bytes in hex, mode 0600, never over an existing file, and
+    /// read by the writer as a valid key.
+    #[test]
+    fn anonymize_keygen_writes_a_fresh_secret_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("anon.key");
+        anonymize_keygen(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.trim().len(), 64);
+        assert!(text.trim().bytes().all(|b| b.is_ascii_hexdigit()));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let error = anonymize_keygen(&path).unwrap_err();
+        assert!(matches!(error, AuditError::KeyExists { .. }), "{error}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            text,
+            "not replaced"
+        );
+        let other = dir.path().join("other.key");
+        anonymize_keygen(&other).unwrap();
+        assert_ne!(std::fs::read_to_string(&other).unwrap(), text);
+        let settings = crate::audit::AuditSettings {
+            anonymize: crate::audit::Anonymize::Hash,
+            anonymize_key: Some(path),
+            ..crate::audit::AuditSettings::default()
+        };
+        crate::audit::writer::check_anonymize_key(&settings).unwrap();
+        assert!(anonymize_key_exposure(settings.anonymize_key.as_ref().unwrap()).is_none());
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 2, "no partial file left");
     }
 
     #[test]
