@@ -493,6 +493,14 @@ fn missing_middle_segment_is_named() {
             "{error}"
         );
     }
+    // A crash's torn line at the end of the segment before the hole does not hide it.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segs[1])
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"{\"seq\":7,\"ti").unwrap();
+    drop(file);
+    assert_eq!(audit::query::holes(tmp.path()).unwrap(), holes);
     // A range after the hole exports and verifies (query times: the service records are
     // timed now, the bench's queries long ago).
     let time_of = |seq: u64| {
@@ -2483,6 +2491,20 @@ fn a_log_signed_by_two_keys_verifies_with_both_given() {
         text.contains(&format!(
             "warning: from seq {} the log is signed again by key",
             report.signing_keys[2].first_seq
+        )),
+        "{text}"
+    );
+    // And again: each warning cites the run of that key just before (A, B, A, B, A).
+    write_log(&signed_by(&key_b), 30, 10);
+    write_log(&signed_by(&key_a), 40, 10);
+    let report = audit::verify_signed_by(&log, &[&public_a, &public_b]).unwrap();
+    let runs = &report.signing_keys;
+    assert_eq!(runs.len(), 5);
+    let text = report.to_string();
+    assert!(
+        text.contains(&format!(
+            "from seq {} the log is signed again by key {}, which signed up to seq {} ",
+            runs[4].first_seq, runs[4].key, runs[2].last_seq
         )),
         "{text}"
     );

@@ -685,14 +685,14 @@ impl fmt::Display for Hole {
     }
 }
 
-/// The holes between the segments of `dir`, from each segment's last line and the next one's
-/// first seq (its name): two small reads per segment. A segment ending in a torn line (a
-/// crash) is not checked, nor one retention removes meanwhile.
+/// The holes between the segments of `dir`, from each segment's last complete line and the next
+/// one's first seq (its name): one small read per segment. One that retention removes meanwhile
+/// is not checked.
 pub fn holes(dir: &Path) -> Result<Vec<Hole>, AuditError> {
     let segments = segment::existing_segments(dir)?;
     let mut holes = Vec::new();
     for pair in segments.windows(2) {
-        let last = match segment::read_last_line(&pair[0].path) {
+        let last = match segment::read_last_complete_line(&pair[0].path) {
             Ok(Some(line)) => line,
             Ok(None) => continue,
             Err(error) if removed(&error) => continue,
@@ -1481,14 +1481,13 @@ fn export_listed(
                 first_header.get_or_insert(header);
                 continue;
             }
-            if line.complete
-                && let Some(view) = segment::LinkView::parse(line.bytes)
-            {
-                last_seq = Some(view.seq);
+            // (The loop stops at a torn line above: this one is complete.)
+            let seq = segment::LinkView::parse(line.bytes).map(|view| view.seq);
+            if seq.is_some() {
+                last_seq = seq;
             }
             if bounded {
                 // A line that does not decode is inside the exported piece if it sits there.
-                let seq = segment::LinkView::parse(line.bytes).map(|view| view.seq);
                 if seq.is_some_and(|seq| seq > high) {
                     break 'segments;
                 }
@@ -1502,8 +1501,7 @@ fn export_listed(
                 let mut header = first_header
                     .clone()
                     .unwrap_or_else(|| Header::new(HeaderKind::Export, 1, &GENESIS, ""));
-                header.first_seq =
-                    segment::LinkView::parse(line.bytes).map_or(header.first_seq, |view| view.seq);
+                header.first_seq = seq.unwrap_or(header.first_seq);
                 header.prev_segment_last_hash = sink.prev.clone().unwrap_or_default();
                 export_start(&header, format, sink.out)?;
             }

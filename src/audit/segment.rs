@@ -551,6 +551,34 @@ pub fn read_tail(path: &Path, fallback: (u64, Hash)) -> Result<Tail, AuditError>
     Ok(tail)
 }
 
+/// The last complete line of a file (without newline) before any torn tail (a crash's), read
+/// from the end; `None` if it has fewer than two complete lines.
+pub fn read_last_complete_line(path: &Path) -> Result<Option<Vec<u8>>, AuditError> {
+    let mut file = File::open(path).map_err(AuditError::io(path))?;
+    let len = file.metadata().map_err(AuditError::io(path))?.len();
+    let mut window = 4096u64;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start))
+            .map_err(AuditError::io(path))?;
+        let mut buf = Vec::with_capacity(window as usize);
+        (&mut file)
+            .take(window)
+            .read_to_end(&mut buf)
+            .map_err(AuditError::io(path))?;
+        // The end of the last complete line, then the start of it.
+        if let Some(end) = memchr::memrchr(b'\n', &buf)
+            && let Some(nl) = memchr::memrchr(b'\n', &buf[..end])
+        {
+            return Ok(Some(buf[nl + 1..end].to_vec()));
+        }
+        if start == 0 {
+            return Ok(None);
+        }
+        window *= 4;
+    }
+}
+
 /// The last complete line of a file (without newline), read from the end; `None` if the file
 /// ends in a torn line or has fewer than two lines.
 pub fn read_last_line(path: &Path) -> Result<Option<Vec<u8>>, AuditError> {

@@ -360,7 +360,7 @@ impl fmt::Display for VerifyReport {
         for (i, used) in self.signing_keys.iter().enumerate().skip(2) {
             if let Some(earlier) = self.signing_keys[..i - 1]
                 .iter()
-                .find(|earlier| earlier.key == used.key)
+                .rfind(|earlier| earlier.key == used.key)
             {
                 writeln!(
                     f,

@@ -304,7 +304,11 @@ fn answer(
         Ok(request) => request,
         Err(error) => {
             handler.counters().malformed.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%error, %source, "malformed query");
+            tracing::debug!(
+                %error,
+                client = %crate::audit::ShownClient(source),
+                "malformed query"
+            );
             if let Some(formerr) = super::formerr_for(packet) {
                 let sent = socket.socket().send_to(&formerr, source).is_ok();
                 handler.record_formerr(&arrival, Transport::Udp, sent, audit_batch);
