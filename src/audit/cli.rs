@@ -128,8 +128,8 @@ pub enum AuditCommand {
 
 /// Says on standard error where records are missing between segments: search and summary
 /// read what is there, and their results would otherwise pass for the whole log.
-fn warn_of_holes(dir: &Path) -> Result<(), AuditError> {
-    for hole in query::holes(dir)? {
+fn warn_of_holes(dir: &Path, range: &TimeRange) -> Result<(), AuditError> {
+    for hole in query::holes(dir, range)? {
         eprintln!("dnsward audit: warning: {hole}");
     }
     Ok(())
@@ -381,7 +381,7 @@ pub fn run_to(
                     eprintln!("dnsward audit: note: {text}");
                 })?;
             } else {
-                warn_of_holes(dir)?;
+                warn_of_holes(dir, &filter.range)?;
                 let shown = query::write_hits(query::search(dir, &filter)?, format, out)?;
                 if shown == 0
                     && matches!(filter.client, Some(ClientFilter::Net(_)))
@@ -399,7 +399,7 @@ pub fn run_to(
         AuditCommand::Summary { dir, range, json } => {
             let dir = pick(&dir, audit_dir)?;
             let range = range.parse()?;
-            warn_of_holes(dir)?;
+            warn_of_holes(dir, &range)?;
             let summary = query::summary(dir, &range)?;
             if json {
                 serde_json::to_writer_pretty(&mut *out, &summary).map_err(AuditError::Encode)?;

@@ -685,10 +685,10 @@ impl fmt::Display for Hole {
     }
 }
 
-/// The holes between the segments of `dir`, from each segment's last complete line and the next
-/// one's first seq (its name): one small read per segment. One that retention removes meanwhile
-/// is not checked.
-pub fn holes(dir: &Path) -> Result<Vec<Hole>, AuditError> {
+/// The holes between the segments of `dir` that may hold records of `range`, from each
+/// segment's last complete line and the next one's first seq (its name): one small read per
+/// segment. One that retention removes meanwhile is not checked.
+pub fn holes(dir: &Path, range: &TimeRange) -> Result<Vec<Hole>, AuditError> {
     let segments = segment::existing_segments(dir)?;
     let mut holes = Vec::new();
     for pair in segments.windows(2) {
@@ -702,7 +702,7 @@ pub fn holes(dir: &Path) -> Result<Vec<Hole>, AuditError> {
             continue;
         };
         let expected = view.seq.saturating_add(1);
-        if pair[1].first_seq > expected {
+        if pair[1].first_seq > expected && hole_may_hold(range, &last, &pair[1].path) {
             holes.push(Hole {
                 from_seq: expected,
                 to_seq: pair[1].first_seq - 1,
@@ -711,6 +711,28 @@ pub fn holes(dir: &Path) -> Result<Vec<Hole>, AuditError> {
         }
     }
     Ok(holes)
+}
+
+/// Whether the records missing between a segment ending in `last` and the segment `next` may
+/// lie in `range`: they were written after the one and before the other was created, and are
+/// timed within seconds of their writing (a minute is allowed each way). Unknown: yes.
+fn hole_may_hold(range: &TimeRange, last: &[u8], next: &Path) -> bool {
+    const SLACK: Duration = Duration::from_secs(60);
+    if range.from.is_none() && range.to.is_none() {
+        return true;
+    }
+    let after = Record::parse(last).map(|record| record.time.minus(SLACK));
+    let before = LineReader::open(next).ok().and_then(|mut reader| {
+        let line = reader.next_line().ok()??;
+        let created = Header::parse(line.bytes)?.created;
+        Some(Timestamp::from_micros(
+            created.as_micros().saturating_add(SLACK.as_micros() as i64),
+        ))
+    });
+    match (after, before) {
+        (Ok(after), Some(before)) => range.overlaps(after, before),
+        _ => true,
+    }
 }
 
 /// One search result: the stored line (with its chain members) and its decoded form.
