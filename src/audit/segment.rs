@@ -554,34 +554,18 @@ pub fn read_tail(path: &Path, fallback: (u64, Hash)) -> Result<Tail, AuditError>
 /// The last complete line of a file (without newline) before any torn tail (a crash's), read
 /// from the end; `None` if it has fewer than two complete lines.
 pub fn read_last_complete_line(path: &Path) -> Result<Option<Vec<u8>>, AuditError> {
-    let mut file = File::open(path).map_err(AuditError::io(path))?;
-    let len = file.metadata().map_err(AuditError::io(path))?.len();
-    let mut window = 4096u64;
-    loop {
-        let start = len.saturating_sub(window);
-        file.seek(SeekFrom::Start(start))
-            .map_err(AuditError::io(path))?;
-        let mut buf = Vec::with_capacity(window as usize);
-        (&mut file)
-            .take(window)
-            .read_to_end(&mut buf)
-            .map_err(AuditError::io(path))?;
-        // The end of the last complete line, then the start of it.
-        if let Some(end) = memchr::memrchr(b'\n', &buf)
-            && let Some(nl) = memchr::memrchr(b'\n', &buf[..end])
-        {
-            return Ok(Some(buf[nl + 1..end].to_vec()));
-        }
-        if start == 0 {
-            return Ok(None);
-        }
-        window *= 4;
-    }
+    read_back(path, true)
 }
 
 /// The last complete line of a file (without newline), read from the end; `None` if the file
 /// ends in a torn line or has fewer than two lines.
 pub fn read_last_line(path: &Path) -> Result<Option<Vec<u8>>, AuditError> {
+    read_back(path, false)
+}
+
+/// Reads a file's end in growing windows until the last complete line is whole in one;
+/// `past_torn`: a torn tail is skipped, else it means `None`.
+fn read_back(path: &Path, past_torn: bool) -> Result<Option<Vec<u8>>, AuditError> {
     let mut file = File::open(path).map_err(AuditError::io(path))?;
     let len = file.metadata().map_err(AuditError::io(path))?.len();
     let mut window = 4096u64;
@@ -594,12 +578,14 @@ pub fn read_last_line(path: &Path) -> Result<Option<Vec<u8>>, AuditError> {
             .take(window)
             .read_to_end(&mut buf)
             .map_err(AuditError::io(path))?;
-        if buf.last() != Some(&b'\n') {
+        if !past_torn && buf.last() != Some(&b'\n') {
             return Ok(None);
         }
-        let body = &buf[..buf.len() - 1];
-        if let Some(nl) = memchr::memrchr(b'\n', body) {
-            return Ok(Some(body[nl + 1..].to_vec()));
+        // The end of the last complete line, then the start of it.
+        if let Some(end) = memchr::memrchr(b'\n', &buf)
+            && let Some(nl) = memchr::memrchr(b'\n', &buf[..end])
+        {
+            return Ok(Some(buf[nl + 1..end].to_vec()));
         }
         if start == 0 {
             return Ok(None);
