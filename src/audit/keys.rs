@@ -80,10 +80,7 @@ pub fn key_paths(prefix: &Path) -> (PathBuf, PathBuf) {
 pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf), AuditError> {
     let (secret_path, public_path) = key_paths(prefix);
     // The directory the private key goes into, whether given or the prefix's.
-    match secret_path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => refuse_foreign_dir(dir)?,
-        _ => refuse_foreign_dir(Path::new("."))?,
-    }
+    refuse_foreign_dir(parent_dir(&secret_path))?;
     // A first look, for a clear message; the links below are what never replace a file.
     for path in [&secret_path, &public_path] {
         if path.exists() {
@@ -114,10 +111,7 @@ pub fn keygen(prefix: &Path) -> Result<(PathBuf, PathBuf), AuditError> {
 /// (the whole file is the HMAC key), mode 0600, in a directory only its owner can change, never
 /// over an existing file (a replaced key would hash the same clients differently from then on).
 pub fn anonymize_keygen(path: &Path) -> Result<PathBuf, AuditError> {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => refuse_foreign_dir(dir)?,
-        _ => refuse_foreign_dir(Path::new("."))?,
-    }
+    refuse_foreign_dir(parent_dir(path))?;
     if path.exists() {
         return Err(AuditError::KeyExists {
             path: path.to_owned(),
@@ -134,6 +128,13 @@ pub fn anonymize_keygen(path: &Path) -> Result<PathBuf, AuditError> {
     Ok(path.to_owned())
 }
 
+/// The directory a file named by `path` goes into (`.` for a bare name).
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."))
+}
+
 /// Where a key file is written before it is linked into place.
 fn partial(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -143,12 +144,10 @@ fn partial(path: &Path) -> PathBuf {
 
 /// Syncs the directory of a file just linked into it, so the name survives a power cut.
 fn sync_parent(path: &Path) -> Result<(), AuditError> {
-    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        std::fs::File::open(dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(AuditError::io(dir))?;
-    }
-    Ok(())
+    let dir = parent_dir(path);
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(AuditError::io(dir))
 }
 
 /// A directory given as `--out` holds the private key: one that another user owns, or that others

@@ -592,17 +592,22 @@ impl Compiled<'_> {
     /// Whether a line may match through its rule's CNAME trigger though its question's name
     /// does not (then the full parse decides); checked only on lines with a rule.
     fn via_cname(&self, q: &Quick<'_>) -> bool {
-        let f = self.filter;
-        f.domain.is_some()
+        self.filter.domain.is_some()
             && q.list.is_some()
-            && self.range.contains(q.time)
-            && f.decision
-                .is_none_or(|d| q.decision == d.as_str().as_bytes())
-            && f.list.as_ref().is_none_or(|l| q.list == Some(l.as_bytes()))
+            && self.all_but_domain(q)
             && trigger_may_be_cname(q.after_list)
     }
 
     fn quick(&self, q: &Quick<'_>) -> bool {
+        self.all_but_domain(q)
+            && self
+                .filter
+                .domain
+                .as_ref()
+                .is_none_or(|d| d.matches(q.qname))
+    }
+
+    fn all_but_domain(&self, q: &Quick<'_>) -> bool {
         let f = self.filter;
         self.range.contains(q.time)
             && f.decision
@@ -611,7 +616,6 @@ impl Compiled<'_> {
                 .as_ref()
                 .is_none_or(|t| q.qtype.eq_ignore_ascii_case(t.as_bytes()))
             && f.list.as_ref().is_none_or(|l| q.list == Some(l.as_bytes()))
-            && f.domain.as_ref().is_none_or(|d| d.matches(q.qname))
             && f.client.as_ref().is_none_or(|c| c.matches(q.client))
     }
 }
@@ -1490,9 +1494,10 @@ fn export_listed(
                 if !started {
                     sink.prev = Some(header.prev_segment_last_hash.clone());
                 }
-                if let Some(last) = last_seq
+                // (Before the export starts, lines before the range are only passed over.)
+                if started
+                    && let Some(last) = last_seq
                     && header.first_seq > last + 1
-                    && (started || !bounded)
                 {
                     return Err(AuditError::ExportHole(Hole {
                         from_seq: last + 1,
