@@ -301,6 +301,12 @@ fn audit(path: &std::path::Path, command: AuditCommand) -> ExitCode {
             eprintln!("dnsward audit: {error}");
             ExitCode::from(2)
         }
+        // Nothing failed: the period is quiet. Its own status, so that a job exporting every
+        // night can tell a quiet night (3) from a damaged log (1) without reading messages.
+        Err(error @ dnsward::audit::AuditError::NothingInRange { .. }) => {
+            eprintln!("dnsward audit: {error}; no file written");
+            ExitCode::from(3)
+        }
         Err(error) => {
             eprintln!("dnsward audit: {error}");
             ExitCode::from(1)

@@ -297,7 +297,8 @@ fn search_filters_and_output_formats() {
             empty.to_str().unwrap(),
         ],
     );
-    assert!(!output.status.success());
+    // Its own exit status: a quiet period is not a damaged log (1) nor a bad command (2).
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no records in the time range"), "{stderr}");
     assert!(!empty.exists());
@@ -501,6 +502,39 @@ fn diagnostics_show_clients_as_the_anonymised_log_does() {
             .expect("a decision line");
         assert!(line.contains("client=127.0.0.0/24"), "{line}");
         assert!(!line.contains("client=127.0.0.1"), "{line}");
+    }
+}
+
+/// The same for the server's own diagnostics: a message that does not parse is logged (at
+/// debug) with the client as the anonymised log shows it, on UDP and on TCP.
+#[test]
+fn malformed_query_diagnostics_show_clients_anonymised() {
+    let upstream = Upstream::start();
+    let config = config_text_with_server(
+        &[upstream.addr],
+        "allow = [\"127.0.0.1/32\", \"::1/128\"]",
+        &format!("[audit]\nanonymize = \"truncate\"\n{STANDARD_LIST_TABLES}"),
+    );
+    let level = "level = \"info,dnsward::decision=debug\"";
+    assert!(config.contains(level), "{config}");
+    let config = config.replace(
+        level,
+        "level = \"info,dnsward::decision=debug,dnsward::server=debug\"",
+    );
+    let dnsward = Dnsward::start(&config, STANDARD_LISTS);
+    // A query whose question is cut short: answered FORMERR, logged as malformed.
+    let (_, good) = build_query("www.test.", RecordType::A, &Ask::default());
+    let cut = &good[..good.len() - 3];
+    for (transport, target) in [
+        (Transport::Udp, "dnsward::server::udp"),
+        (Transport::Tcp, "dnsward::server::tcp"),
+    ] {
+        exchange_raw(dnsward.addr, transport, "127.0.0.1".parse().unwrap(), cut);
+        let line = dnsward
+            .wait_for_log(|line| line.contains("malformed query") && line.contains(target))
+            .unwrap_or_else(|| panic!("a malformed-query line from {target}"));
+        assert!(line.contains("client=127.0.0.0/24"), "{line}");
+        assert!(!line.contains("127.0.0.1"), "{line}");
     }
 }
 

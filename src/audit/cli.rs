@@ -77,7 +77,9 @@ pub enum AuditCommand {
     #[command(after_help = "Examples:\n  \
         dnsward audit export --format jsonl --output audit-2025-01.jsonl\n  \
         dnsward audit export --from 2025-01-01T00:00:00Z --to 2025-02-01T00:00:00Z --format csv -o jan.csv\n  \
-        dnsward audit verify --pubkey audit.pub audit-2025-01.jsonl")]
+        dnsward audit verify --pubkey audit.pub audit-2025-01.jsonl\n\n\
+        Exit status: 0 exported, 1 the log could not be exported whole, 2 a wrong command \
+        line, 3 the period holds no records (no file written).")]
     Export {
         #[command(flatten)]
         dir: DirArg,
