@@ -15,20 +15,8 @@ use crate::config::{LogFormat, LogSection};
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `log.level`: an operator
 /// debugging in the field should not have to edit the config.
 pub fn init(settings: &LogSection) {
-    // hickory-server logs every request at info; our decision records already say more, so its
-    // chatter is kept to warnings. hickory's recursor warns about every "no data" answer met on
-    // the way down a delegation (QNAME minimisation meets many), which is normal resolution,
-    // not trouble: its errors still show. Both unless the operator's filter names hickory.
-    let level = if settings.level.contains("hickory") {
-        settings.level.clone()
-    } else {
-        format!(
-            "{},hickory_server=warn,hickory_resolver=error,hickory_proto=error",
-            settings.level
-        )
-    };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&level))
+        .or_else(|_| EnvFilter::try_new(filter_directives(&settings.level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: escape codes in a log file or pipe get in the way of grep.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -41,6 +29,25 @@ pub fn init(settings: &LogSection) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// The filter for `log.level`, with hickory's own chatter held down unless the operator's
+/// filter names hickory. hickory-server logs every request at info; our decision records
+/// already say more, so it is kept to warnings. hickory's recursor warns about every "no data"
+/// answer met on the way down a delegation (QNAME minimisation meets many), which is normal
+/// resolution. hickory-net warns per response on what a remote server sends (a reply with the
+/// wrong ID, a negative answer without NSEC records, with the whole message dumped): lines an
+/// outside party can make us write per query, from the resolution tasks, while the outcome is
+/// in the decision record and its EDE anyway. Their errors still show.
+fn filter_directives(level: &str) -> String {
+    if level.contains("hickory") {
+        level.to_owned()
+    } else {
+        format!(
+            "{level},hickory_server=warn,hickory_resolver=error,hickory_proto=error,\
+             hickory_net=error"
+        )
+    }
 }
 
 /// A warning that a failure can repeat once per query (an upstream down, a socket refusing
@@ -100,6 +107,54 @@ fn epoch() -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the default filter lets through, for events of each target at each level.
+    fn written(level: &str, emit: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let sink = buffer.clone();
+        let subscriber = fmt()
+            .with_env_filter(EnvFilter::new(filter_directives(level)))
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn hickory_warnings_about_remote_answers_are_held_down() {
+        let text = written("info", || {
+            tracing::warn!(target: "hickory_net::dnssec", "net warning");
+            tracing::warn!(target: "hickory_net::udp::udp_client_stream", "wrong id");
+            tracing::warn!(target: "hickory_resolver::recursor", "resolver warning");
+            tracing::info!(target: "hickory_server::server", "server info");
+            tracing::error!(target: "hickory_net::dnssec", "net error");
+            tracing::warn!(target: "hickory_server::server", "server warning");
+            tracing::info!(target: "dnsward::cli", "our info");
+        });
+        for held in ["net warning", "wrong id", "resolver warning", "server info"] {
+            assert!(!text.contains(held), "{held}: {text}");
+        }
+        for shown in ["net error", "server warning", "our info"] {
+            assert!(text.contains(shown), "{shown}: {text}");
+        }
+        // An operator who names hickory gets what they asked for.
+        let text = written("info,hickory_net=warn", || {
+            tracing::warn!(target: "hickory_net::dnssec", "net warning");
+        });
+        assert!(text.contains("net warning"), "{text}");
+    }
 
     #[test]
     fn a_throttle_lets_one_through_a_second_and_counts_the_rest() {
