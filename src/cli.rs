@@ -304,7 +304,7 @@ fn audit(path: &std::path::Path, command: AuditCommand) -> ExitCode {
         // Nothing failed: the period is quiet. Its own status, so that a job exporting every
         // night can tell a quiet night (3) from a damaged log (1) without reading messages.
         Err(error @ dnsward::audit::AuditError::NothingInRange { .. }) => {
-            eprintln!("dnsward audit: {error}; no file written");
+            eprintln!("dnsward audit: {error}; nothing exported");
             ExitCode::from(3)
         }
         Err(error) => {
