@@ -8,7 +8,7 @@ use dnsward::{
     cache::{AnswerCache, CacheKey},
     config::{BlockAction, CacheSection, ListKind, ListMode},
     lists::{DomainMatcherBuilder, RuleKind},
-    policy::{Client, Policy, PolicyList, Transport, write_lookup_key},
+    policy::{Client, LookupBuffer, Policy, PolicyList, Transport, write_lookup_key},
 };
 use hickory_proto::{
     op::{Message, MessageType, OpCode},
@@ -71,7 +71,7 @@ fn decide(c: &mut Criterion) {
         let name = LowerName::from(Name::from_str(name).expect("valid name"));
         group.bench_function(label, |b| {
             b.iter(|| {
-                let mut buffer = [0u8; 256];
+                let mut buffer = LookupBuffer::new();
                 let key = write_lookup_key(black_box(&name).iter(), &mut buffer);
                 key.map(|key| policy.decide(key, &client))
             })

@@ -17,7 +17,10 @@ use serde::Serialize;
 use crate::{
     config::Config,
     lists::{self, LoadError, OnInvalid, RuleKind},
-    policy::{Client, Policy, PolicyList, Transport, Verdict, decision::action_name},
+    policy::{
+        Client, LookupBuffer, Policy, PolicyList, Transport, Verdict, decision::action_name,
+        write_lookup_key,
+    },
     snapshot::{Manifest, Snapshot, SnapshotError},
     state::{self, StateError},
 };
@@ -233,7 +236,15 @@ impl Comparison {
 }
 
 fn outcome(policy: &Policy, name: &str, client: &Client) -> Outcome {
-    match policy.decide(name, client) {
+    // The stored name is in presentation form (`\.` and `\DDD` escapes): decided from its
+    // labels, as the server decided it.
+    let mut buffer = LookupBuffer::new();
+    let name = hickory_proto::rr::Name::from_ascii(name).ok();
+    let key = name
+        .as_ref()
+        .and_then(|name| write_lookup_key(name.iter(), &mut buffer));
+    let verdict = key.map_or(Verdict::Pass, |key| policy.decide(key, client));
+    match verdict {
         Verdict::Pass | Verdict::Allowed(_) => Outcome::Allowed,
         Verdict::Blocked(rule) => {
             let list = policy.list(rule);

@@ -6,7 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use hickory_proto::{op::ResponseCode, rr::RecordType};
+use hickory_proto::{
+    op::{Message, ResponseCode},
+    rr::RecordType,
+};
 
 #[test]
 fn allowed_names_resolve_with_upstream_data_over_udp_and_tcp() {
@@ -256,6 +259,78 @@ fn allow_list_beats_block_list() {
         RecordType::A,
     );
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+}
+
+/// An A query with EDNS for a name given by its raw labels (hickory's parser refuses some).
+fn wire_query(labels: &[&[u8]]) -> Vec<u8> {
+    let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+    for label in labels {
+        query.push(u8::try_from(label.len()).unwrap());
+        query.extend_from_slice(label);
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    // OPT: root owner, type 41, payload 1232, no extended flags, no options.
+    query.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+    query
+}
+
+/// Names no rule can name, under a blocked domain: a label holding a dot must not make a name
+/// under `blocked.test` pass for one under the allowed `pay.blocked.test` (it was allowed, and
+/// forwarded), and a label with a byte outside ASCII must not make the whole name unmatchable
+/// (it was passed upstream, where a wildcard record would answer it).
+#[test]
+fn labels_no_rule_can_name_do_not_escape_a_block() {
+    let upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "");
+    for transport in BOTH {
+        for name in [
+            &[&b"q.pay"[..], b"blocked", b"test"][..],
+            &[b"pay.blocked", b"test"],
+            &[b"\x80", b"blocked", b"test"],
+            &[b"www", b"\xffx", b"blocked", b"test"],
+        ] {
+            let reply = Message::from_vec(&exchange_raw(
+                dnsward.addr,
+                transport,
+                "127.0.0.1".parse().unwrap(),
+                &wire_query(name),
+            ))
+            .unwrap();
+            let name = name
+                .iter()
+                .map(|label| label.escape_ascii().to_string())
+                .collect::<Vec<_>>()
+                .join("|");
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{name}: {reply}"
+            );
+            let (code, text) = ede(&reply).unwrap_or_else(|| panic!("{name}: no EDE: {reply}"));
+            assert_eq!(code, 15, "{name}");
+            assert!(text.contains("rule=blocked.test"), "{name}: {text}");
+        }
+        // A label's dot still counts as a boundary for a block (fail-safe): as before.
+        let reply = ask(
+            dnsward.addr,
+            transport,
+            "www.blocked\\.test.",
+            RecordType::A,
+        );
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{reply}"
+        );
+        // And the allowed subdomain itself, with a label holding a dot below it, stays allowed.
+        let reply = ask(
+            dnsward.addr,
+            transport,
+            "a\\.b.pay.blocked.test.",
+            RecordType::A,
+        );
+        assert_eq!(ede(&reply), None, "{reply}");
+    }
 }
 
 #[test]

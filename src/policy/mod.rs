@@ -113,16 +113,17 @@ impl Policy {
         policy
     }
 
-    /// Decides one name. `name` is lowercase ASCII without the trailing dot (see
-    /// [`write_lookup_key`]). Does not allocate.
-    pub fn decide(&self, name: &str, _client: &Client) -> Verdict {
-        if let Some(hit) = self.first_hit(&self.allow, name) {
+    /// Decides one name (see [`write_lookup_key`]). Does not allocate.
+    pub fn decide(&self, key: LookupKey<'_>, _client: &Client) -> Verdict {
+        // An allow rule matches only whole labels: a label holding a dot must not let
+        // `q\.ok.evil.test` pass for a name under an allowed `ok.evil.test`.
+        if let Some(hit) = self.first_hit(&self.allow, key.labels) {
             return Verdict::Allowed(hit);
         }
-        if let Some(hit) = self.first_hit(&self.enforce, name) {
+        if let Some(hit) = self.first_hit(&self.enforce, key.joined) {
             return Verdict::Blocked(hit);
         }
-        if let Some(hit) = self.first_hit(&self.log_only, name) {
+        if let Some(hit) = self.first_hit(&self.log_only, key.joined) {
             return Verdict::Logged(hit);
         }
         Verdict::Pass
@@ -160,33 +161,99 @@ impl Policy {
     }
 }
 
-/// A name in the form the matcher expects, written into a caller-provided buffer so a lookup
-/// needs no heap allocation. Returns `None` for names that cannot match any rule (non-ASCII or
-/// the root).
+/// A name in the two forms the matcher is asked with: lowercase ASCII, labels joined by dots,
+/// without the trailing dot. They differ only for a name with a label that holds a dot byte
+/// (`www.binance\.com`), which no rule can name. Block and log-only lists take it as its bytes
+/// read (`joined`: `www.binance.com`, blocked by `binance.com`): a resolver or proxy further on
+/// may read it so, and such names have no use but evasion, so the fail-safe for a block is to
+/// match. Allow lists take it label by label (`labels`), so that the same reading cannot make
+/// a name under a blocked domain pass for one under an allowed subdomain: `q\.ok.evil.test` is
+/// under `evil.test`, not under `ok.evil.test`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookupKey<'b> {
+    pub joined: &'b str,
+    pub labels: &'b str,
+}
+
+/// Room for both forms of a [`LookupKey`], on the caller's stack.
+#[derive(Debug)]
+pub struct LookupBuffer {
+    joined: [u8; 256],
+    labels: [u8; 256],
+}
+
+impl LookupBuffer {
+    pub const fn new() -> Self {
+        Self {
+            joined: [0; 256],
+            labels: [0; 256],
+        }
+    }
+}
+
+impl Default for LookupBuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Stands for a byte no rule holds: a label with it can equal no rule's label, and a label's
+/// own dot written so (in `labels`) is no label boundary. Rules are ASCII letters, digits, `-`
+/// and `_`.
+const NO_RULE_BYTE: u8 = 0;
+
+/// Writes `labels` into `buffer` as the matcher takes them, so a lookup needs no heap
+/// allocation. `None` only for the root, which no rule names. A byte outside ASCII is written
+/// as [`NO_RULE_BYTE`]: the label it is in matches no rule, while the labels around it still
+/// do (`\200.binance.com` is under `binance.com`, and a wildcard record would answer it).
 pub fn write_lookup_key<'b>(
     labels: impl Iterator<Item = &'b [u8]>,
-    buffer: &'b mut [u8; 256],
-) -> Option<&'b str> {
+    buffer: &'b mut LookupBuffer,
+) -> Option<LookupKey<'b>> {
     let mut length = 0;
+    let mut inner_dot = false;
     for label in labels {
         if length > 0 {
-            buffer[length] = b'.';
+            buffer.joined[length] = b'.';
+            buffer.labels[length] = b'.';
             length += 1;
         }
         let end = length + label.len();
         // A wire name is at most 255 bytes, so this cannot overflow for names from packets.
-        if end > buffer.len() {
+        if end > buffer.joined.len() {
             return None;
         }
-        for (slot, byte) in buffer[length..end].iter_mut().zip(label) {
-            *slot = byte.to_ascii_lowercase();
+        for ((joined, strict), &byte) in buffer.joined[length..end]
+            .iter_mut()
+            .zip(&mut buffer.labels[length..end])
+            .zip(label)
+        {
+            let byte = if byte.is_ascii() {
+                byte.to_ascii_lowercase()
+            } else {
+                NO_RULE_BYTE
+            };
+            *joined = byte;
+            *strict = if byte == b'.' {
+                inner_dot = true;
+                NO_RULE_BYTE
+            } else {
+                byte
+            };
         }
         length = end;
     }
     if length == 0 {
         return None;
     }
-    std::str::from_utf8(&buffer[..length]).ok()
+    // ASCII only, by construction above.
+    let joined = std::str::from_utf8(&buffer.joined[..length]).ok()?;
+    let labels = if inner_dot {
+        std::str::from_utf8(&buffer.labels[..length]).ok()?
+    } else {
+        joined
+    };
+    Some(LookupKey { joined, labels })
 }
 
 #[cfg(test)]
@@ -195,13 +262,33 @@ mod tests {
 
     #[test]
     fn lookup_key_lowers_and_joins_labels() {
-        let mut buffer = [0u8; 256];
+        let mut buffer = LookupBuffer::new();
         let labels: [&[u8]; 3] = [b"WWW", b"Binance", b"com"];
         assert_eq!(
             write_lookup_key(labels.into_iter(), &mut buffer),
-            Some("www.binance.com")
+            Some(LookupKey {
+                joined: "www.binance.com",
+                labels: "www.binance.com"
+            })
         );
-        let mut buffer = [0u8; 256];
+        let mut buffer = LookupBuffer::new();
         assert_eq!(write_lookup_key(std::iter::empty(), &mut buffer), None);
+        // A label's own dot: joined as read, kept inside its label for allow lists.
+        let mut buffer = LookupBuffer::new();
+        let labels: [&[u8]; 3] = [b"Q.ok", b"evil", b"test"];
+        assert_eq!(
+            write_lookup_key(labels.into_iter(), &mut buffer),
+            Some(LookupKey {
+                joined: "q.ok.evil.test",
+                labels: "q\0ok.evil.test"
+            })
+        );
+        // Bytes outside ASCII no longer make the whole name unmatchable.
+        let mut buffer = LookupBuffer::new();
+        let labels: [&[u8]; 3] = [b"\x80", b"binance", b"com"];
+        assert_eq!(
+            write_lookup_key(labels.into_iter(), &mut buffer).map(|key| key.joined),
+            Some("\0.binance.com")
+        );
     }
 }

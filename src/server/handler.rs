@@ -35,7 +35,8 @@ use crate::{audit::AuditHandle, logging::Throttle};
 use crate::{
     cache::{AnswerCache, CacheKey},
     policy::{
-        Client, DecisionKind, DecisionRecord, Policy, RuleRef, Transport, Trigger, Verdict,
+        Client, DecisionKind, DecisionRecord, LookupBuffer, Policy, RuleRef, Transport, Trigger,
+        Verdict,
         decision::{AnswerSource, AnswerText, QName, RuleMatch, TypeText},
         write_lookup_key,
     },
@@ -456,7 +457,7 @@ impl Handler {
 
         // 3. Policy on the question, before cache or upstream: forwarding a blocked name would
         //    leak it to the upstream, and the block must not depend on what is cached.
-        let mut key_buffer = [0u8; 256];
+        let mut key_buffer = LookupBuffer::new();
         let verdict = write_lookup_key(query.name().iter(), &mut key_buffer)
             .map_or(Verdict::Pass, |key| state.policy.decide(key, &client));
         match verdict {
@@ -695,7 +696,7 @@ fn cname_chain_verdict(
     let chain = cname_targets(qname, answers);
     let mut logged = None;
     for (index, target) in chain.iter().enumerate() {
-        let mut buffer = [0u8; 256];
+        let mut buffer = LookupBuffer::new();
         let Some(key) = write_lookup_key(target.iter(), &mut buffer) else {
             continue;
         };
