@@ -263,15 +263,69 @@ fn allow_list_beats_block_list() {
 
 /// An A query with EDNS for a name given by its raw labels (hickory's parser refuses some).
 fn wire_query(labels: &[&[u8]]) -> Vec<u8> {
+    wire_question(labels, 1, 1)
+}
+
+/// A query with EDNS for any type and class, built by hand (hickory's builder will not make
+/// some of them).
+fn wire_question(labels: &[&[u8]], qtype: u16, qclass: u16) -> Vec<u8> {
     let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
     for label in labels {
         query.push(u8::try_from(label.len()).unwrap());
         query.extend_from_slice(label);
     }
-    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    query.push(0);
+    query.extend_from_slice(&qtype.to_be_bytes());
+    query.extend_from_slice(&qclass.to_be_bytes());
     // OPT: root owner, type 41, payload 1232, no extended flags, no options.
     query.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
     query
+}
+
+/// Questions a resolver does not take are answered at once, with EDE 21, not forwarded: other
+/// classes (CHAOS `version.bind` named the upstream's software), zone transfers (an IXFR was
+/// forwarded and ended in SERVFAIL seconds later), and meta types that are not questions.
+#[test]
+fn questions_a_resolver_does_not_take_are_answered_locally() {
+    let upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "");
+    let cases: [(&[&[u8]], u16, u16, ResponseCode); 8] = [
+        (&[b"version", b"bind"], 16, 3, ResponseCode::Refused),
+        (&[b"www", b"test"], 1, 4, ResponseCode::Refused),
+        (&[b"www", b"test"], 1, 255, ResponseCode::Refused),
+        (&[b"test"], 252, 1, ResponseCode::Refused),
+        (&[b"test"], 251, 1, ResponseCode::Refused),
+        (&[b"www", b"test"], 41, 1, ResponseCode::FormErr),
+        (&[b"www", b"test"], 250, 1, ResponseCode::FormErr),
+        (&[b"www", b"test"], 253, 1, ResponseCode::FormErr),
+    ];
+    for transport in BOTH {
+        for (labels, qtype, qclass, rcode) in cases {
+            let reply = Message::from_vec(&exchange_raw(
+                dnsward.addr,
+                transport,
+                "127.0.0.1".parse().unwrap(),
+                &wire_question(labels, qtype, qclass),
+            ))
+            .unwrap();
+            let case = format!("{transport:?} type {qtype} class {qclass}");
+            assert_eq!(reply.metadata.response_code, rcode, "{case}: {reply}");
+            assert_eq!(
+                ede(&reply).map(|(code, _)| code),
+                Some(21),
+                "{case}: {reply}"
+            );
+            assert!(reply.answers.is_empty(), "{case}: {reply}");
+        }
+        // ANY in class IN is still a question like any other.
+        let reply = ask(dnsward.addr, transport, "www.test.", RecordType::ANY);
+        assert_ne!(
+            reply.metadata.response_code,
+            ResponseCode::FormErr,
+            "{reply}"
+        );
+        assert_eq!(ede(&reply), None, "{reply}");
+    }
 }
 
 /// Names no rule can name, under a blocked domain: a label holding a dot must not make a name

@@ -454,6 +454,10 @@ impl Handler {
         let qname: &Name = query.original().name();
         let qtype = query.query_type();
         let qclass = query.query_class();
+        if let Some(rcode) = unserved(qtype, qclass) {
+            record.decision = DecisionKind::Error;
+            return Reply::error(rcode, Some((21, String::new())));
+        }
 
         // 3. Policy on the question, before cache or upstream: forwarding a blocked name would
         //    leak it to the upstream, and the block must not depend on what is cached.
@@ -982,6 +986,25 @@ impl Drop for RecordOwed<'_> {
         if let Some(audit) = self.0 {
             audit.count_lost(1);
         }
+    }
+}
+
+/// The questions a resolver does not take, answered at once with EDE 21 (Not Supported), as
+/// Unbound does, instead of being forwarded: a class other than IN (CHAOS `version.bind`
+/// would name the upstream's software, and other classes are not resolved), zone transfers
+/// (REFUSED: a resolver has no zones to give, and an IXFR forwarded without its SOA only
+/// draws FORMERR), and the other meta types of RFC 6895 §3.1 and OPT, which are not questions
+/// (FORMERR).
+fn unserved(qtype: RecordType, qclass: DNSClass) -> Option<ResponseCode> {
+    if qclass != DNSClass::IN {
+        return Some(ResponseCode::Refused);
+    }
+    match u16::from(qtype) {
+        // IXFR, AXFR.
+        251 | 252 => Some(ResponseCode::Refused),
+        // OPT; the meta and question types except ANY (`*`, 255), which is served.
+        41 | 128..=254 => Some(ResponseCode::FormErr),
+        _ => None,
     }
 }
 
