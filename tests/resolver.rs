@@ -328,6 +328,55 @@ fn questions_a_resolver_does_not_take_are_answered_locally() {
     }
 }
 
+/// A query with RD clear is not resolved and not answered from the cache (which would show a
+/// client what others resolved): REFUSED with EDE 20, as Unbound does. It was forwarded. A
+/// blocked name is still answered with its block, our own data.
+#[test]
+fn queries_without_recursion_desired_are_refused_unless_blocked() {
+    let upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "");
+    for transport in BOTH {
+        // In the cache first, so a refusal is not just a miss.
+        let reply = ask(dnsward.addr, transport, "www.test.", RecordType::A);
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "{reply}"
+        );
+        let mut question = wire_query(&[b"www", b"test"]);
+        question[2] &= !0x01; // RD off
+        let no_rd = |question: &[u8]| {
+            Message::from_vec(&exchange_raw(
+                dnsward.addr,
+                transport,
+                "127.0.0.1".parse().unwrap(),
+                question,
+            ))
+            .unwrap()
+        };
+        for _ in 0..2 {
+            let reply = no_rd(&question);
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::Refused,
+                "{reply}"
+            );
+            assert_eq!(ede(&reply).map(|(code, _)| code), Some(20), "{reply}");
+            assert!(reply.answers.is_empty(), "{reply}");
+            assert!(!reply.metadata.recursion_desired, "{reply}");
+        }
+        let mut blocked = wire_query(&[b"www", b"blocked", b"test"]);
+        blocked[2] &= !0x01;
+        let reply = no_rd(&blocked);
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{reply}"
+        );
+        assert_eq!(ede(&reply).map(|(code, _)| code), Some(15), "{reply}");
+    }
+}
+
 /// Names no rule can name, under a blocked domain: a label holding a dot must not make a name
 /// under `blocked.test` pass for one under the allowed `pay.blocked.test` (it was allowed, and
 /// forwarded), and a label with a byte outside ASCII must not make the whole name unmatchable

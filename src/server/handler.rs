@@ -476,6 +476,13 @@ impl Handler {
             }
             Verdict::Pass => {}
         }
+        // RD clear: the client asks for no recursion (RFC 1035 §4.3.1), and a resolver has
+        // no data of its own to give; answering from the cache instead would let any client
+        // see what others have resolved (cache snooping). Refused, as Unbound does, with EDE
+        // 20 (Not Authoritative). A block was answered above: that answer is our own data.
+        if !request.metadata.recursion_desired {
+            return Reply::error(ResponseCode::Refused, Some((20, String::new())));
+        }
 
         // 4. Cache, then upstream. The cache holds upstream replies before policy, so a list
         //    change applies to cached answers at once.
