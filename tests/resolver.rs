@@ -732,15 +732,19 @@ fn malformed_packets_do_not_kill_the_server() {
     .unwrap();
     assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
 
-    // A query whose question is cut short gets FORMERR over UDP too.
-    let reply = hickory_proto::op::Message::from_vec(&exchange_raw(
-        dnsward.addr,
-        Transport::Udp,
-        "127.0.0.1".parse().unwrap(),
-        &junk[3],
-    ))
-    .unwrap();
-    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+    // A query whose question is cut short gets FORMERR over UDP and TCP, with its RD bit
+    // copied (RFC 1035 §4.1.1).
+    for transport in BOTH {
+        let reply = hickory_proto::op::Message::from_vec(&exchange_raw(
+            dnsward.addr,
+            transport,
+            "127.0.0.1".parse().unwrap(),
+            &junk[3],
+        ))
+        .unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+        assert!(reply.metadata.recursion_desired, "{reply}");
+    }
 
     assert!(dnsward.is_running());
     for transport in BOTH {

@@ -226,6 +226,8 @@ fn formerr_for(message: &[u8]) -> Option<Vec<u8>> {
     let op_code = OpCode::from_u8((message[2] >> 3) & 0x0f);
     let mut metadata = Metadata::new(id, MessageType::Response, op_code);
     metadata.response_code = ResponseCode::FormErr;
+    // RFC 1035 §4.1.1: RD is copied into the response.
+    metadata.recursion_desired = message[2] & 0x01 != 0;
     let header = Header {
         metadata,
         counts: HeaderCounts::default(),
