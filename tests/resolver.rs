@@ -65,6 +65,42 @@ fn upstream_nxdomain_passes_through_with_its_soa() {
     }
 }
 
+/// An upstream that refuses without echoing the question (some do) has answered: the failure
+/// says so, instead of waiting out the timeout and reporting silence.
+#[test]
+fn an_upstream_refusing_without_the_question_is_not_reported_silent() {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let refusing = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 512];
+        while let Ok((length, from)) = socket.recv_from(&mut buffer) {
+            if length < 12 {
+                continue;
+            }
+            // The header only: same id, QR, the opcode and RD, REFUSED; no sections.
+            let mut reply = buffer[..12].to_vec();
+            reply[2] = 0x80 | (buffer[2] & 0x79);
+            reply[3] = 0x05;
+            reply[4..12].fill(0);
+            let _ = socket.send_to(&reply, from);
+        }
+    });
+    let config = config_text(&[refusing], STANDARD_LIST_TABLES);
+    let dnsward = Dnsward::start(&config, STANDARD_LISTS);
+    let reply = ask(dnsward.addr, Transport::Udp, "www.test.", RecordType::A);
+    assert_eq!(
+        reply.metadata.response_code,
+        ResponseCode::ServFail,
+        "{reply}"
+    );
+    let (_, text) = ede(&reply).expect("an EDE says why");
+    assert!(
+        text.contains("answered REFUSED without the question"),
+        "{text}"
+    );
+    assert!(!text.contains("no answer within"), "{text}");
+}
+
 /// A block list with one `action`, plus the standard allow list.
 fn with_action(upstream: &Upstream, action_lines: &str) -> Dnsward {
     let tables = format!(

@@ -13,7 +13,7 @@ use std::{
 };
 
 use hickory_proto::{
-    op::{Edns, Message, MessageType, OpCode, Query},
+    op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
     rr::{DNSClass, Name, RecordType},
 };
 use tokio::{
@@ -230,6 +230,16 @@ async fn exchange_udp(
         // fatal: it may be a spoofing attempt or a late answer to someone else.
         match Message::from_vec(&buffer[..length]) {
             Ok(reply) if matches_query(&reply, id, query) => return Ok(reply),
+            // Some servers refuse (REFUSED, NOTIMP, FORMERR) without echoing the question.
+            // From the server we asked, with our id: its answer, not a reason to wait out the
+            // timeout and then report silence. At worst a forged one fails this attempt over
+            // to the next upstream; it cannot put data in an answer.
+            Ok(reply) if refusal_without_question(&reply, id) => {
+                return Err(UpstreamError::Malformed {
+                    server,
+                    reason: refusal_reason(&reply),
+                });
+            }
             Ok(_) | Err(_) => continue,
         }
     }
@@ -257,12 +267,36 @@ async fn exchange_tcp(
         reason: error.to_string(),
     })?;
     if !matches_query(&reply, id, query) {
-        return Err(UpstreamError::Malformed {
-            server,
-            reason: "reply does not match the query".to_owned(),
-        });
+        let reason = if refusal_without_question(&reply, id) {
+            refusal_reason(&reply)
+        } else {
+            "reply does not match the query".to_owned()
+        };
+        return Err(UpstreamError::Malformed { server, reason });
     }
     Ok(reply)
+}
+
+fn refusal_reason(reply: &Message) -> String {
+    format!(
+        "answered {} without the question",
+        crate::policy::decision::RcodeText(reply.metadata.response_code)
+    )
+}
+
+/// A reply with our id and no question that refuses the query.
+fn refusal_without_question(reply: &Message, id: u16) -> bool {
+    reply.metadata.id == id
+        && reply.metadata.message_type == MessageType::Response
+        && reply.queries.is_empty()
+        && reply.answers.is_empty()
+        && matches!(
+            reply.metadata.response_code,
+            ResponseCode::Refused
+                | ResponseCode::NotImp
+                | ResponseCode::FormErr
+                | ResponseCode::ServFail
+        )
 }
 
 fn matches_query(reply: &Message, id: u16, query: &UpstreamQuery<'_>) -> bool {
