@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// One problem in one list file, printed by the CLI as `path:line: reason: \`text\``.
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
-    #[error("{}:{line}: {reason}: `{text}`", path.display())]
+    #[error("{}:{line}: {reason}: `{}`", path.display(), ShownLine(text))]
     Syntax {
         path: PathBuf,
         /// 1-based, as editors count.
@@ -14,6 +14,15 @@ pub enum ListError {
         text: String,
         reason: SyntaxReason,
     },
+    /// Under `on_invalid = "skip"`, a file of which no line is a rule is not a list that lost
+    /// a few lines: a feed replaced by an error page, a wrong file. Loading it would drop
+    /// every rule of the list at once, with only per-line warnings to show for it.
+    #[error(
+        "{}: no line is a rule ({skipped} line(s) skipped, none loaded): not a list? \
+         on_invalid = \"skip\" leaves out bad lines of a list, not a whole file",
+        path.display()
+    )]
+    NoValidRule { path: PathBuf, skipped: usize },
     #[error("{}: cannot read list: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -32,16 +41,20 @@ pub enum ListError {
 /// Why a single line is not a rule this resolver understands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SyntaxReason {
-    #[error("invalid domain name \"{name}\": {why}")]
+    #[error("invalid domain name \"{}\": {why}", ShownLine(name))]
     InvalidName { name: String, why: NameFault },
     #[error("unsupported adblock syntax: {feature}")]
     UnsupportedAdblock { feature: AdblockFeature },
     #[error(
-        "wildcard \"*.{name}\" is too broad: \"*.\" needs at least 2 labels after it, \
-         so that a rule cannot block a whole top-level domain"
+        "wildcard \"*.{}\" is too broad: \"*.\" needs at least 2 labels after it, \
+         so that a rule cannot block a whole top-level domain",
+        ShownLine(name)
     )]
     WildcardTooBroad { name: String },
-    #[error("hosts-file address \"{address}\" is not followed by any host name")]
+    #[error(
+        "hosts-file address \"{}\" is not followed by any host name",
+        ShownLine(address)
+    )]
     AddressWithoutNames { address: String },
     #[error("line is not valid UTF-8 (byte {offset})")]
     NotUtf8 { offset: usize },
@@ -56,11 +69,11 @@ pub enum NameFault {
     TooLong { len: usize },
     #[error("empty label (two dots in a row, or a leading dot)")]
     EmptyLabel,
-    #[error("label \"{label}\" is {len} bytes long, the limit is 63")]
+    #[error("label \"{}\" is {len} bytes long, the limit is 63", ShownLine(label))]
     LabelTooLong { label: String, len: usize },
     #[error("character {ch:?} is not allowed (only a-z, 0-9, '-' and '_')")]
     BadChar { ch: char },
-    #[error("label \"{label}\" starts or ends with '-'")]
+    #[error("label \"{}\" starts or ends with '-'", ShownLine(label))]
     HyphenAtEdge { label: String },
     #[error("'*' is only allowed as the whole first label of a \"*.name\" rule")]
     MisplacedWildcard,
@@ -71,7 +84,10 @@ pub enum NameFault {
     Whitespace,
     /// No real top-level domain is all digits; such a name is an IP address written
     /// where a name belongs, and rejecting it keeps `1.2.3.4` from being read as a rule.
-    #[error("top-level label \"{label}\" is all digits (an IP address is not a name)")]
+    #[error(
+        "top-level label \"{}\" is all digits (an IP address is not a name)",
+        ShownLine(label)
+    )]
     NumericTopLevel { label: String },
     #[error("not a valid international name (IDNA conversion to punycode rejects it)")]
     Idna,
@@ -98,6 +114,33 @@ pub enum AdblockFeature {
     TextAfterSeparator,
     #[error("\"^\" separator outside a \"||name^\" rule is not supported")]
     StraySeparator,
+}
+
+/// A list line as shown in a message: control characters escaped (a feed must not be able to
+/// write terminal escapes into an operator's terminal or log), and cut after
+/// [`ShownLine::MAX_CHARS`] characters (a line of 100k characters helps nobody).
+pub struct ShownLine<'a>(pub &'a str);
+
+impl ShownLine<'_> {
+    const MAX_CHARS: usize = 120;
+}
+
+impl std::fmt::Display for ShownLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for (index, c) in self.0.chars().enumerate() {
+            if index == Self::MAX_CHARS {
+                let rest = self.0.chars().count() - index;
+                return write!(f, "... ({rest} more characters)");
+            }
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The whole list was refused: every problem found, so the CLI can print all of them.

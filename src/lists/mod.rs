@@ -35,6 +35,9 @@ pub struct LoadedList {
     pub sha256: [u8; 32],
 }
 
+/// Skipped lines shown after [`ListError::NoValidRule`].
+const SHOWN_WITH_NO_VALID_RULE: usize = 5;
+
 /// Reads and compiles a list file.
 ///
 /// The file is read whole in one call: lists are at most tens of MB, and one read is both
@@ -123,6 +126,16 @@ pub fn load_bytes(
 
     match on_invalid {
         OnInvalid::Fail if !errors.is_empty() => Err(refuse(errors)),
+        OnInvalid::Skip if builder.is_empty() && !errors.is_empty() => {
+            let summary = ListError::NoValidRule {
+                path: path.to_owned(),
+                skipped: errors.len(),
+            };
+            // The first few lines show what the file is; all of them would be noise.
+            errors.truncate(SHOWN_WITH_NO_VALID_RULE);
+            errors.insert(0, summary);
+            Err(refuse(errors))
+        }
         _ => Ok(LoadedList {
             matcher: builder.build(),
             skipped: errors,
@@ -200,6 +213,35 @@ Example.COM.
         assert!(list.skipped.is_empty());
         let empty = load_str(&path(), "", OnInvalid::Fail).unwrap();
         assert_eq!((empty.lines, empty.matcher.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_file_without_any_rule_is_refused_even_under_skip() {
+        let page = "<!DOCTYPE html>\n<html><body>404 Not Found</body></html>\n";
+        let err = load_str(&path(), page, OnInvalid::Skip).unwrap_err();
+        assert!(
+            matches!(err.errors[0], ListError::NoValidRule { skipped: 2, .. }),
+            "{err:?}"
+        );
+        assert!(err.errors[0].to_string().contains("no line is a rule"));
+        assert_eq!(err.errors.len(), 3, "the summary, then the lines");
+        // Comments and blanks only, or nothing: an empty list, as before.
+        let quiet = load_str(&path(), "# nothing yet\n\n", OnInvalid::Skip).unwrap();
+        assert_eq!(quiet.matcher.len(), 0);
+        // One good line among bad ones is a list with bad lines.
+        let one = load_str(&path(), "<html>\na.com\n", OnInvalid::Skip).unwrap();
+        assert_eq!((one.matcher.len(), one.skipped.len()), (1, 1));
+    }
+
+    #[test]
+    fn lines_in_messages_are_escaped_and_cut() {
+        let line = format!("esc\u{1b}[31mRED.test{}", "x".repeat(500));
+        let err = load_str(&path(), &line, OnInvalid::Fail).unwrap_err();
+        let message = err.errors[0].to_string();
+        assert!(!message.contains('\u{1b}'), "{message}");
+        assert!(message.contains("esc\\u{1b}[31mRED.test"), "{message}");
+        assert!(message.contains("(396 more characters)"), "{message}");
+        assert!(message.len() < 400, "{message}");
     }
 
     #[test]
