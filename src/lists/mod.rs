@@ -234,6 +234,24 @@ Example.COM.
     }
 
     #[test]
+    fn a_bad_name_on_a_hosts_line_costs_only_itself_under_skip() {
+        let list = load_str(
+            &path(),
+            "0.0.0.0 -a.test ok.test\n0.0.0.0 b.test a..test c.test\n",
+            OnInvalid::Skip,
+        )
+        .unwrap();
+        for name in ["ok.test", "b.test", "c.test"] {
+            assert!(list.matcher.lookup(name).is_some(), "{name}");
+        }
+        assert_eq!(list.matcher.len(), 3);
+        assert_eq!(list.skipped.len(), 2);
+        assert!(list.skipped[0].to_string().contains("\"-a.test\""));
+        // Under fail the list is refused, as before.
+        assert!(load_str(&path(), "0.0.0.0 -a.test ok.test\n", OnInvalid::Fail).is_err());
+    }
+
+    #[test]
     fn lines_in_messages_are_escaped_and_cut() {
         let line = format!("esc\u{1b}[31mRED.test{}", "x".repeat(500));
         let err = load_str(&path(), &line, OnInvalid::Fail).unwrap_err();

@@ -112,30 +112,29 @@ fn parse_address(token: &str) -> Option<&str> {
 
 fn parse_hosts_names<'a>(
     address: &str,
-    mut names: impl Iterator<Item = &'a str>,
+    names: impl Iterator<Item = &'a str>,
     mut emit: impl FnMut(Rule),
 ) -> Result<(), SyntaxReason> {
-    let Some(first) = names.next() else {
+    // Every good name on the line goes out, and the first bad one is the line's error: under
+    // `on_invalid = "skip"` a bad name costs only itself, not the good names beside it (under
+    // "fail" the list is refused either way).
+    let mut named = false;
+    let mut first_error = None;
+    for raw in names {
+        named = true;
+        match hosts_name(raw) {
+            Ok(rule) => rule.into_iter().for_each(&mut emit),
+            Err(reason) => {
+                first_error.get_or_insert(reason);
+            }
+        }
+    }
+    if !named {
         return Err(SyntaxReason::AddressWithoutNames {
             address: address.to_owned(),
         });
-    };
-    let first = hosts_name(first)?;
-    let Some(second) = names.next() else {
-        // The usual one-name line goes straight out without the collecting Vec.
-        if let Some(rule) = first {
-            emit(rule);
-        }
-        return Ok(());
-    };
-    let mut rules = Vec::with_capacity(4);
-    rules.extend(first);
-    rules.extend(hosts_name(second)?);
-    for raw in names {
-        rules.extend(hosts_name(raw)?);
     }
-    rules.into_iter().for_each(emit);
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 fn hosts_name(raw: &str) -> Result<Option<Rule>, SyntaxReason> {
@@ -453,10 +452,13 @@ mod tests {
     }
 
     #[test]
-    fn hosts_line_is_all_or_nothing() {
-        let mut emitted = 0;
-        let err = parse_line("0.0.0.0 a.com b..com c.com", |_| emitted += 1).unwrap_err();
-        assert_eq!(emitted, 0);
+    fn hosts_line_keeps_its_good_names_and_reports_the_first_bad_one() {
+        let mut emitted = Vec::new();
+        let err = parse_line("0.0.0.0 a.com b..com c.com x..com", |rule| {
+            emitted.push(rule.name);
+        })
+        .unwrap_err();
+        assert_eq!(emitted, ["a.com", "c.com"]);
         assert_eq!(
             err,
             SyntaxReason::InvalidName {
