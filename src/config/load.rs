@@ -286,6 +286,32 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             }
             _ => {}
         }
+        if list.kind == ListKind::Allow {
+            // These settings say how a block is answered; an allow list's match answers
+            // normally. `mode = "log-only"` read as a dry run while the list in fact allowed.
+            let unused = if list.mode == ListMode::LogOnly {
+                Some((
+                    "mode",
+                    "an allow list has no log-only mode (its matches would still be allowed); \
+                     to see what an edit would change, use `dnsward lists diff`",
+                ))
+            } else if list.action != BlockAction::default() {
+                Some((
+                    "action",
+                    "applies to block lists; an allow list answers normally",
+                ))
+            } else if list.ede != super::model::DEFAULT_EDE {
+                Some((
+                    "ede",
+                    "applies to block lists; an allow list answers normally",
+                ))
+            } else {
+                None
+            };
+            if let Some((field, why)) = unused {
+                return Err(invalid(span, key(field), why.into()));
+            }
+        }
         lists.push(ListConfig {
             name: list.name.clone(),
             path: base_dir.join(&list.path),
@@ -455,6 +481,27 @@ mod tests {
             error.to_string().starts_with("conf/dnsward.toml:3:"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn allow_lists_refuse_block_settings() {
+        for (setting, field) in [
+            ("mode = \"log-only\"", "list[0].mode"),
+            ("action = \"null\"", "list[0].action"),
+            ("ede = 16", "list[0].ede"),
+        ] {
+            let text =
+                format!("[[list]]\nname = \"a\"\npath = \"a.txt\"\ntype = \"allow\"\n{setting}\n");
+            let error = parse_str(&text).unwrap_err().to_string();
+            assert!(error.contains(field), "{setting}: {error}");
+        }
+        // The defaults written out are harmless, and a block list takes them all.
+        parse_str(
+            "[[list]]\nname = \"a\"\npath = \"a.txt\"\ntype = \"allow\"\nmode = \"enforce\"\n",
+        )
+        .unwrap();
+        parse_str("[[list]]\nname = \"b\"\npath = \"b.txt\"\nmode = \"log-only\"\naction = \"null\"\nede = 16\n")
+            .unwrap();
     }
 
     #[test]

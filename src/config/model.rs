@@ -237,8 +237,11 @@ pub struct ListSection {
     pub on_invalid: OnInvalid,
 }
 
+/// EDE 15 (Blocked), the code a list's blocks carry unless it names another.
+pub const DEFAULT_EDE: u16 = 15;
+
 fn default_ede() -> u16 {
-    15
+    DEFAULT_EDE
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
