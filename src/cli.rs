@@ -476,9 +476,6 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     print_warnings(&warnings);
-    if let Err(error) = snapshot.write_manifest(&state) {
-        tracing::warn!(%error, "cannot record the serving generation for `lists diff`");
-    }
     if state.config.forward.upstreams.is_empty() && !state.config.recursion.enabled {
         eprintln!(
             "{}: forward.upstreams: needs at least one upstream (or recursion.enabled = true)",
@@ -486,7 +483,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    match run_server(state) {
+    match run_server(state, &snapshot) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let text = error_text(&error);
@@ -506,7 +503,7 @@ fn ignore_file_size_signal() {
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
 }
 
-fn run_server(state: State) -> anyhow::Result<()> {
+fn run_server(state: State, snapshot: &Snapshot) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(state.config.server.threads)
         // Named for `top -H` and the like (tokio's default is cut to "tokio-runtime-w"). Its
@@ -528,6 +525,12 @@ fn run_server(state: State) -> anyhow::Result<()> {
             audit.as_ref().map(|(handle, _)| handle.clone()),
         )
         .await?;
+        // Only once the sockets are bound: a start that fails there (the port is taken) must
+        // not leave a manifest saying this configuration serves, for `lists diff` to compare
+        // against. Before the reloader, whose reloads write it from then on.
+        if let Err(error) = snapshot.write_manifest(&state.load()) {
+            tracing::warn!(%error, "cannot record the serving generation for `lists diff`");
+        }
         let reloader = Arc::new(Reloader::new(
             config_path,
             state.clone(),

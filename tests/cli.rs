@@ -372,3 +372,36 @@ fn check_validates_the_audit_key_and_recursion_files() {
         "{message}"
     );
 }
+
+/// A start that fails at the sockets (the port is taken) leaves no manifest saying its
+/// configuration serves: `lists diff` on it reported "serving generation 1" for a process
+/// that never answered.
+#[test]
+fn a_start_that_cannot_listen_records_no_serving_generation() {
+    let upstream = Upstream::start();
+    let mut first = Dnsward::standard(&upstream, "");
+    let config = config_text(&[upstream.addr], STANDARD_LIST_TABLES).replace(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [\"{}\"]", first.addr),
+    );
+    assert!(config.contains(&first.addr.to_string()), "{config}");
+    let (dir, path) = setup(&config, STANDARD_LISTS);
+    let mut second = dnsward_command()
+        .args(["serve", "--config", &path])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = eventually(|| second.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = second.kill();
+    }
+    let output = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(exited, "a second server ran on a taken port: {stderr}");
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    let manifest = dir.path().join("data").join("served").join("serving.json");
+    assert!(!manifest.exists(), "{} written", manifest.display());
+    assert!(first.is_running());
+}
