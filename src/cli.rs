@@ -26,9 +26,6 @@ use dnsward::{
     state::{self, BuildWarnings, State},
 };
 
-/// How many skipped lines of one list are printed before the rest are summarised.
-const MAX_WARNINGS_SHOWN: usize = 20;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "dnsward",
@@ -475,7 +472,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    print_warnings(&warnings);
+    warnings.log();
     if state.config.forward.upstreams.is_empty() && !state.config.recursion.enabled {
         eprintln!(
             "{}: forward.upstreams: needs at least one upstream (or recursion.enabled = true)",
@@ -630,14 +627,9 @@ fn log_effective_config(config: &Config, state: &State) {
     }
 }
 
+/// `check` is where an admin reads every skipped line: all of them, on standard error.
 fn print_warnings(warnings: &BuildWarnings) {
-    for warning in warnings.skipped.iter().take(MAX_WARNINGS_SHOWN) {
+    for warning in &warnings.skipped {
         eprintln!("warning: {warning} (skipped)");
-    }
-    if warnings.skipped.len() > MAX_WARNINGS_SHOWN {
-        eprintln!(
-            "warning: ... and {} more skipped line(s)",
-            warnings.skipped.len() - MAX_WARNINGS_SHOWN
-        );
     }
 }

@@ -100,9 +100,7 @@ impl Reloader {
 
         match built {
             Ok((next, warnings)) => {
-                for warning in &warnings.skipped {
-                    tracing::warn!("{warning} (skipped)");
-                }
+                warnings.log();
                 let restart_needed = restart_needed(&self.running, &next.config);
                 for setting in &restart_needed {
                     tracing::warn!(

@@ -39,6 +39,30 @@ pub struct BuildWarnings {
     pub skipped: Vec<ListError>,
 }
 
+impl BuildWarnings {
+    /// Skipped lines logged at a start or reload: through the logger (so a JSON log stays
+    /// JSON), the first [`Self::LOGGED`] one by one and the rest as a count, the same at a
+    /// start and at every reload. A feed with 50,000 bad lines wrote 50,000 lines per reload.
+    pub const LOGGED: usize = 20;
+
+    pub fn log(&self) {
+        for warning in self.skipped.iter().take(Self::LOGGED) {
+            tracing::warn!("{warning} (skipped)");
+        }
+        if let Some(more) = self
+            .skipped
+            .len()
+            .checked_sub(Self::LOGGED)
+            .filter(|&n| n > 0)
+        {
+            tracing::warn!(
+                more,
+                "... and {more} more skipped line(s); `dnsward check` lists them all"
+            );
+        }
+    }
+}
+
 /// Loads every list the config names and compiles the policy. Fails if any list fails: a
 /// half-applied policy is worse than none.
 pub fn build(config: Config) -> Result<(State, BuildWarnings), StateError> {

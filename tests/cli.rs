@@ -405,3 +405,41 @@ fn a_start_that_cannot_listen_records_no_serving_generation() {
     assert!(!manifest.exists(), "{} written", manifest.display());
     assert!(first.is_running());
 }
+
+/// Skipped list lines at a start go through the logger (a JSON log stays JSON: they were
+/// plain `warning:` lines on stderr), the first 20 one by one and the rest as a count, as at a
+/// reload (which logged every one); `check` lists them all.
+#[test]
+fn skipped_lines_are_logged_capped_and_checked_in_full() {
+    let upstream = Upstream::start();
+    let mut feed = String::from("good.test\n");
+    for i in 0..25 {
+        feed.push_str(&format!("bad{i}..test\n"));
+    }
+    let tables = "[[list]]\nname = \"feed\"\npath = \"feed.txt\"\non_invalid = \"skip\"\n";
+    let level = "level = \"info,dnsward::decision=debug\"";
+    let config = config_text(&[upstream.addr], tables);
+    assert!(config.contains(level), "{config}");
+    let config = config.replace(level, &format!("{level}\nformat = \"json\""));
+    let dnsward = Dnsward::start(&config, &[("feed.txt", &feed)]);
+    let log = dnsward.log();
+    for line in &log {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+    }
+    let skipped = log.iter().filter(|line| line.contains("(skipped)")).count();
+    assert_eq!(skipped, 20, "{log:#?}");
+    assert!(
+        log.iter()
+            .any(|line| line.contains("and 5 more skipped line(s)")),
+        "{log:#?}"
+    );
+
+    let (_dir, path) = setup(&config, &[("feed.txt", &feed)]);
+    let output = run(&["check", "--config", &path]);
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.matches("(skipped)").count(), 25, "{stderr}");
+}
