@@ -35,7 +35,8 @@ pub enum PreviewError {
         #[source]
         source: LoadError,
     },
-    #[error("the edited lists do not load:\n{0}")]
+    /// The problems are its source's text (printed by the error chain, once).
+    #[error("the edited lists do not load")]
     Edited(#[from] StateError),
 }
 
