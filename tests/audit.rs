@@ -432,19 +432,7 @@ fn a_second_instance_on_the_same_log_is_refused() {
 
     // Same configuration, so the same log; its listen port is ephemeral, so without the lock
     // this second instance would start and write into the first one's chain.
-    let mut second = dnsward_command()
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let exited = eventually(|| second.try_wait().unwrap().is_some());
-    if !exited {
-        let _ = second.kill();
-    }
-    let output = second.wait_with_output().unwrap();
+    let (exited, output) = serve_expecting_exit(&config);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(exited, "a second writer ran on the same log: {stderr}");
     assert!(!output.status.success());

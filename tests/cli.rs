@@ -386,17 +386,7 @@ fn a_start_that_cannot_listen_records_no_serving_generation() {
     );
     assert!(config.contains(&first.addr.to_string()), "{config}");
     let (dir, path) = setup(&config, STANDARD_LISTS);
-    let mut second = dnsward_command()
-        .args(["serve", "--config", &path])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let exited = eventually(|| second.try_wait().unwrap().is_some());
-    if !exited {
-        let _ = second.kill();
-    }
-    let output = second.wait_with_output().unwrap();
+    let (exited, output) = serve_expecting_exit(&path);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(exited, "a second server ran on a taken port: {stderr}");
     assert_eq!(output.status.code(), Some(1), "{stderr}");

@@ -279,6 +279,25 @@ pub fn dnsward_command() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dnsward"))
 }
 
+/// Runs `dnsward serve` on a configuration whose start must fail, and waits for it to exit;
+/// one still running at the deadline is killed. Returns whether it exited by itself, and its
+/// output (standard error captured).
+pub fn serve_expecting_exit(config: impl AsRef<std::ffi::OsStr>) -> (bool, std::process::Output) {
+    let mut server = dnsward_command()
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = eventually(|| server.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = server.kill();
+    }
+    (exited, server.wait_with_output().unwrap())
+}
+
 /// Starts `dnsward serve` on `config_path`; returns the process, its log and its first address.
 fn spawn(config_path: &Path) -> (Child, Arc<Mutex<Vec<String>>>, SocketAddr) {
     let mut child = dnsward_command()
