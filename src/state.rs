@@ -49,12 +49,8 @@ impl BuildWarnings {
         for warning in self.skipped.iter().take(Self::LOGGED) {
             tracing::warn!("{warning} (skipped)");
         }
-        if let Some(more) = self
-            .skipped
-            .len()
-            .checked_sub(Self::LOGGED)
-            .filter(|&n| n > 0)
-        {
+        let more = self.skipped.len().saturating_sub(Self::LOGGED);
+        if more > 0 {
             tracing::warn!(
                 more,
                 "... and {more} more skipped line(s); `dnsward check` lists them all"

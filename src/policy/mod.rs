@@ -197,15 +197,20 @@ impl Default for LookupBuffer {
     }
 }
 
-/// Stands for a byte no rule holds: a label with it can equal no rule's label, and a label's
-/// own dot written so (in `labels`) is no label boundary. Rules are ASCII letters, digits, `-`
-/// and `_`.
+/// Stands for a byte no rule holds (rules are ASCII letters, digits, `-` and `_`): a label
+/// with it can equal no rule's label. Bytes outside ASCII and control bytes are written so.
 const NO_RULE_BYTE: u8 = 0;
 
+/// A label's own dot in `labels`: no rule holds it either, so it is no label boundary there,
+/// and it is told from [`NO_RULE_BYTE`] so that `joined` can be made from `labels`.
+const INNER_DOT: u8 = 1;
+
 /// Writes `labels` into `buffer` as the matcher takes them, so a lookup needs no heap
-/// allocation. `None` only for the root, which no rule names. A byte outside ASCII is written
-/// as [`NO_RULE_BYTE`]: the label it is in matches no rule, while the labels around it still
-/// do (`\200.binance.com` is under `binance.com`, and a wildcard record would answer it).
+/// allocation; one pass over the name, and a copy only for the rare name with a label that
+/// holds a dot. `None` only for the root, which no rule names. A byte outside ASCII is
+/// written as [`NO_RULE_BYTE`]: the label it is in matches no rule, while the labels around
+/// it still do (`\200.binance.com` is under `binance.com`, and a wildcard record would
+/// answer it).
 pub fn write_lookup_key<'b>(
     labels: impl Iterator<Item = &'b [u8]>,
     buffer: &'b mut LookupBuffer,
@@ -214,31 +219,22 @@ pub fn write_lookup_key<'b>(
     let mut inner_dot = false;
     for label in labels {
         if length > 0 {
-            buffer.joined[length] = b'.';
             buffer.labels[length] = b'.';
             length += 1;
         }
         let end = length + label.len();
         // A wire name is at most 255 bytes, so this cannot overflow for names from packets.
-        if end > buffer.joined.len() {
+        if end > buffer.labels.len() {
             return None;
         }
-        for ((joined, strict), &byte) in buffer.joined[length..end]
-            .iter_mut()
-            .zip(&mut buffer.labels[length..end])
-            .zip(label)
-        {
-            let byte = if byte.is_ascii() {
-                byte.to_ascii_lowercase()
-            } else {
-                NO_RULE_BYTE
-            };
-            *joined = byte;
-            *strict = if byte == b'.' {
-                inner_dot = true;
-                NO_RULE_BYTE
-            } else {
-                byte
+        for (slot, &byte) in buffer.labels[length..end].iter_mut().zip(label) {
+            *slot = match byte {
+                b'.' => {
+                    inner_dot = true;
+                    INNER_DOT
+                }
+                0x20..=0x7e => byte.to_ascii_lowercase(),
+                _ => NO_RULE_BYTE,
             };
         }
         length = end;
@@ -246,14 +242,20 @@ pub fn write_lookup_key<'b>(
     if length == 0 {
         return None;
     }
-    // ASCII only, by construction above.
-    let joined = std::str::from_utf8(&buffer.joined[..length]).ok()?;
-    let labels = if inner_dot {
-        std::str::from_utf8(&buffer.labels[..length]).ok()?
+    let labels = &buffer.labels[..length];
+    let joined = if inner_dot {
+        for (slot, &byte) in buffer.joined.iter_mut().zip(labels) {
+            *slot = if byte == INNER_DOT { b'.' } else { byte };
+        }
+        &buffer.joined[..length]
     } else {
-        joined
+        labels
     };
-    Some(LookupKey { joined, labels })
+    // ASCII only, by construction above.
+    Some(LookupKey {
+        joined: std::str::from_utf8(joined).ok()?,
+        labels: std::str::from_utf8(labels).ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -280,7 +282,7 @@ mod tests {
             write_lookup_key(labels.into_iter(), &mut buffer),
             Some(LookupKey {
                 joined: "q.ok.evil.test",
-                labels: "q\0ok.evil.test"
+                labels: "q\u{1}ok.evil.test"
             })
         );
         // Bytes outside ASCII no longer make the whole name unmatchable.

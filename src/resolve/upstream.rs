@@ -230,7 +230,7 @@ async fn exchange_udp(
         // fatal: it may be a spoofing attempt or a late answer to someone else.
         match Message::from_vec(&buffer[..length]) {
             Ok(reply) if matches_query(&reply, id, query) => return Ok(reply),
-            // Some servers refuse (REFUSED, NOTIMP, FORMERR) without echoing the question.
+            // Some servers refuse (REFUSED, NOTIMP, FORMERR, SERVFAIL) without echoing the question.
             // From the server we asked, with our id: its answer, not a reason to wait out the
             // timeout and then report silence. At worst a forged one fails this attempt over
             // to the next upstream; it cannot put data in an answer.
