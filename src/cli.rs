@@ -389,6 +389,8 @@ fn lists_diff(path: &std::path::Path, since: &str, json: bool) -> anyhow::Result
         .with_context(|| format!("--since {since:?}: expected a duration like 30m, 24h or 7d"))?;
     let audit_dir = config.audit.dir.clone();
     let comparison = Comparison::load(config)?;
+    // What the reload would log, before it goes live.
+    print_warnings(&comparison.warnings);
     let seen = seen_names(&audit_dir, window)?;
     let preview = comparison.preview(seen.iter().map(|(name, client)| (name.as_str(), *client)));
     if json {
@@ -552,7 +554,9 @@ fn run_server(state: State, snapshot: &Snapshot) -> anyhow::Result<()> {
             // Read after the stop: a record handed over during it and counted as dropped
             // is in these figures only.
             tracing::info!(
-                ?stats,
+                audit_records = stats.records,
+                audit_dropped = stats.dropped,
+                audit_last_seq = stats.last_seq,
                 audit_dropped_total = handle.dropped(),
                 audit_outsiders_suppressed_total = handle.suppressed(),
                 "audit log closed"
@@ -627,8 +631,12 @@ fn log_effective_config(config: &Config, state: &State) {
     }
 }
 
-/// `check` is where an admin reads every skipped line: all of them, on standard error.
+/// `check` and `lists diff` are where an admin reads every warning (skipped lines, rules that cover a whole
+/// top-level domain): all of them, on standard error.
 fn print_warnings(warnings: &BuildWarnings) {
+    for warning in &warnings.whole_tld {
+        eprintln!("warning: {warning}");
+    }
     for warning in &warnings.skipped {
         eprintln!("warning: {warning} (skipped)");
     }

@@ -22,7 +22,7 @@ use crate::{
         write_lookup_key,
     },
     snapshot::{Manifest, Snapshot, SnapshotError},
-    state::{self, StateError},
+    state::{self, BuildWarnings, StateError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +115,8 @@ pub struct Comparison {
     manifest: Manifest,
     serving: Policy,
     edited: Policy,
+    /// What the reload of the edit would warn of (skipped lines, whole-TLD rules).
+    pub warnings: BuildWarnings,
 }
 
 impl Comparison {
@@ -145,11 +147,12 @@ impl Comparison {
                 skipped_lines: loaded.skipped.len(),
             });
         }
-        let (edited, _warnings) = state::build(edited_config)?;
+        let (edited, warnings) = state::build(edited_config)?;
         Ok(Self {
             manifest,
             serving: Policy::new(serving_lists),
             edited: edited.policy,
+            warnings,
         })
     }
 

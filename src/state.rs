@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::{
     config::Config,
-    lists::{self, ListError},
+    lists::{self, ListError, WholeTldRule},
     policy::{Policy, PolicyList},
     resolve::Upstreams,
     server::acl::Acl,
@@ -33,10 +33,12 @@ pub struct StateError {
     pub errors: Vec<ListError>,
 }
 
-/// Lines skipped in lists with `on_invalid = "skip"`, to be reported as warnings.
+/// What a build reports without refusing: lines skipped in lists with `on_invalid = "skip"`,
+/// and rules that cover a whole top-level domain.
 #[derive(Debug, Default)]
 pub struct BuildWarnings {
     pub skipped: Vec<ListError>,
+    pub whole_tld: Vec<WholeTldRule>,
 }
 
 impl BuildWarnings {
@@ -54,6 +56,17 @@ impl BuildWarnings {
             tracing::warn!(
                 more,
                 "... and {more} more skipped line(s); `dnsward check` lists them all"
+            );
+        }
+        for warning in self.whole_tld.iter().take(Self::LOGGED) {
+            tracing::warn!("{warning}");
+        }
+        let more = self.whole_tld.len().saturating_sub(Self::LOGGED);
+        if more > 0 {
+            tracing::warn!(
+                more,
+                "... and {more} more rule(s) covering a whole top-level domain; `dnsward check` \
+                 lists them all"
             );
         }
     }
@@ -97,6 +110,7 @@ pub fn build_generation(
                 }
                 let skipped_lines = loaded.skipped.len();
                 warnings.skipped.extend(loaded.skipped);
+                warnings.whole_tld.extend(loaded.whole_tld);
                 compiled.push(PolicyList {
                     name: Arc::from(list.name.as_str()),
                     display_path: Arc::from(list.display_path.as_str()),

@@ -69,6 +69,29 @@ fn check_accepts_the_shipped_config_and_prints_rule_counts() {
 }
 
 #[test]
+fn check_warns_of_a_rule_that_covers_a_whole_tld() {
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[forward]\nupstreams = [\"{UPSTREAM}\"]\n[[list]]\nname = \"x\"\npath = \"x.txt\"\n"
+    );
+    let (_dir, path) = setup(
+        &config,
+        &[("x.txt", "0.0.0.0 ads.example.com\n0.0.0.0 co\n")],
+    );
+    let output = run(&["check", "--config", &path]);
+    // A warning, not a refusal: blocking a TLD can be meant.
+    assert!(output.status.success(), "{}", stderr(&output));
+    let list = std::path::Path::new(&path).with_file_name("x.txt");
+    assert!(
+        stderr(&output).contains(&format!(
+            "warning: {}:2: rule \"co\" covers a whole top-level domain",
+            list.display()
+        )),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
 fn bad_config_key_names_file_line_and_key() {
     let config = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nupstreams = [\"{UPSTREAM}\"]\ntimeout = 5\n"

@@ -63,6 +63,16 @@ fn diff_reports_rules_added_and_removed_and_exit_codes() {
         hickory_proto::op::ResponseCode::NXDomain
     );
 
+    // What the reload would warn of is shown before it goes live.
+    std::fs::write(dnsward.dir.path().join("block.txt"), "keep.test\nco\n").unwrap();
+    let output = diff(&dnsward, &[]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("block.txt:2: rule \"co\" covers a whole top-level domain"),
+        "{stderr}"
+    );
+
     std::fs::write(dnsward.dir.path().join("block.txt"), "bad..name\n").unwrap();
     let output = diff(&dnsward, &[]);
     assert_eq!(output.status.code(), Some(2));

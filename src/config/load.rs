@@ -237,6 +237,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         if list.name.trim().is_empty() {
             return Err(invalid(span, key("name"), "must not be empty".into()));
         }
+        if let Some(problem) = list_name_problem(&list.name) {
+            return Err(invalid(span, key("name"), problem));
+        }
         if lists.iter().any(|other| other.name == list.name) {
             return Err(invalid(
                 span,
@@ -442,6 +445,30 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The longest list name: it is quoted in every block answer's EDE text (`list=<name> rule=…`),
+/// which shares a UDP answer's 512 bytes with the question and the SOA.
+const MAX_LIST_NAME: usize = 64;
+
+/// Why a list name cannot be used, if it cannot. A name is quoted unescaped in EDE text
+/// (`list=<name> rule=<rule>`), log lines and audit records, and typed after `audit search
+/// --list`: a space or `=` in it would make that text ambiguous, so names keep to the
+/// characters of a hostname label plus `_` and `.`.
+fn list_name_problem(name: &str) -> Option<String> {
+    if name.len() > MAX_LIST_NAME {
+        return Some(format!(
+            "{:?} is longer than {MAX_LIST_NAME} characters",
+            name
+        ));
+    }
+    let bad = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))?;
+    Some(format!(
+        "{name:?} contains {bad:?}; a list name is letters, digits, '-', '_' and '.' \
+         (it is quoted unescaped in EDE text and audit records)"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,6 +547,28 @@ mod tests {
         assert_eq!(config.lists[0].path, Path::new("conf/lists/x.txt"));
         assert_eq!(config.lists[0].mode, ListMode::LogOnly);
         assert_eq!(config.lists[0].ede, 16);
+    }
+
+    #[test]
+    fn list_names_that_would_make_ede_text_ambiguous_are_rejected() {
+        for (name, says) in [
+            ("a b", "contains ' '"),
+            ("a=b", "contains '='"),
+            // TOML reads `\t` as a tab.
+            ("tab\\there", "contains '\\t'"),
+            ("é", "contains 'é'"),
+        ] {
+            let text = format!("[[list]]\nname = \"{name}\"\npath = \"a\"\n");
+            let error = parse_str(&text).unwrap_err().to_string();
+            assert!(error.contains("list[0].name"), "{error}");
+            assert!(error.contains(says), "{name}: {error}");
+        }
+        let long = "x".repeat(MAX_LIST_NAME + 1);
+        let text = format!("[[list]]\nname = \"{long}\"\npath = \"a\"\n");
+        let error = parse_str(&text).unwrap_err().to_string();
+        assert!(error.contains("longer than 64"), "{error}");
+        let text = "[[list]]\nname = \"corp.example_v-2\"\npath = \"a\"\n";
+        assert_eq!(parse_str(text).unwrap().lists[0].name, "corp.example_v-2");
     }
 
     #[test]

@@ -38,6 +38,23 @@ pub enum ListError {
     },
 }
 
+/// A rule that loads but decides a whole top-level domain (`0.0.0.0 co` in a hosts feed):
+/// reported, not refused, since blocking a TLD (`zip`) can be meant, but nearly always a
+/// feed's mistake that would block every name under it. (`*.co` is refused outright: it says
+/// "everything under", which no feed writes by accident.)
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{}:{line}: rule \"{}\" covers a whole top-level domain (every name under it)",
+    path.display(),
+    ShownLine(name)
+)]
+pub struct WholeTldRule {
+    pub path: PathBuf,
+    /// 1-based, as editors count.
+    pub line: u32,
+    pub name: String,
+}
+
 /// Why a single line is not a rule this resolver understands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SyntaxReason {

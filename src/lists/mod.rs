@@ -8,7 +8,9 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-pub use error::{AdblockFeature, CapacityError, ListError, LoadError, NameFault, SyntaxReason};
+pub use error::{
+    AdblockFeature, CapacityError, ListError, LoadError, NameFault, SyntaxReason, WholeTldRule,
+};
 pub use matcher::{DomainMatcher, DomainMatcherBuilder, RuleHit, RuleText};
 pub use parse::{Rule, RuleKind, parse_line};
 
@@ -29,6 +31,8 @@ pub struct LoadedList {
     pub matcher: DomainMatcher,
     /// Lines left out under [`OnInvalid::Skip`]; always empty under `Fail`.
     pub skipped: Vec<ListError>,
+    /// Rules loaded that cover a whole top-level domain, to be reported.
+    pub whole_tld: Vec<WholeTldRule>,
     /// Lines in the file, comments and blanks included.
     pub lines: u32,
     /// SHA-256 of the file's bytes, for the audit log.
@@ -73,6 +77,7 @@ pub fn load_bytes(
     let estimated_rules = bytes.iter().filter(|&&b| b == b'\n').count() + 1;
     let mut builder = DomainMatcherBuilder::with_capacity(estimated_rules);
     let mut errors = Vec::new();
+    let mut whole_tld = Vec::new();
     let mut lines: u32 = 0;
     let refuse = |errors| LoadError {
         path: path.to_owned(),
@@ -98,6 +103,14 @@ pub fn load_bytes(
                 let outcome = parse_line(text, |rule| {
                     if capacity.is_ok() {
                         capacity = builder.insert_rule(&rule, line);
+                    }
+                    // `parse_line` refuses a one-label `*.` rule, so only a plain name is left.
+                    if !rule.name.contains('.') {
+                        whole_tld.push(WholeTldRule {
+                            path: path.to_owned(),
+                            line,
+                            name: rule.name.clone(),
+                        });
                     }
                 });
                 if let Err(reason) = capacity {
@@ -139,6 +152,7 @@ pub fn load_bytes(
         _ => Ok(LoadedList {
             matcher: builder.build(),
             skipped: errors,
+            whole_tld,
             lines,
             sha256,
         }),
@@ -203,6 +217,21 @@ Example.COM.
         let hit = m.lookup("a.wild.example.org").unwrap();
         assert_eq!(hit.line, 5);
         assert_eq!(m.rule_text(hit.rule).to_string(), "*.wild.example.org");
+    }
+
+    #[test]
+    fn rules_covering_a_whole_tld_load_and_are_reported_with_their_line() {
+        let text = "0.0.0.0 co ads.example.com\nzip\n||ads.example.net^\n127.0.0.1 localhost\n";
+        let list = load_str(&path(), text, OnInvalid::Fail).unwrap();
+        assert_eq!(list.matcher.lookup("shop.co").unwrap().line, 1);
+        let reported: Vec<String> = list.whole_tld.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reported,
+            [
+                "lists/x.txt:1: rule \"co\" covers a whole top-level domain (every name under it)",
+                "lists/x.txt:2: rule \"zip\" covers a whole top-level domain (every name under it)",
+            ]
+        );
     }
 
     #[test]
