@@ -199,6 +199,141 @@ fn cname_across_zones_is_followed_and_validated() {
     }
 }
 
+/// Owner and type of each answer record in order, RRSIGs left out.
+fn answer_order(reply: &Message) -> Vec<String> {
+    reply
+        .answers
+        .iter()
+        .filter(|record| record.record_type() != RecordType::RRSIG)
+        .map(|record| format!("{} {}", record.name, record.record_type()))
+        .collect()
+}
+
+#[test]
+fn cname_chains_are_answered_in_chain_order_once_and_loops_fail() {
+    let lease = Hierarchy::lease();
+    let dnsward = recursive_dnsward(&lease, "");
+    // The second round is answered from the cache.
+    for _round in 0..2 {
+        for transport in BOTH {
+            let reply = query(
+                dnsward.addr,
+                transport,
+                "in1.good.ward.",
+                RecordType::A,
+                &dnssec(),
+            );
+            // RFC 1034 §4.3.2: glibc's parser follows the chain in answer order.
+            assert_eq!(
+                answer_order(&reply),
+                [
+                    "in1.good.ward. CNAME",
+                    "in2.good.ward. CNAME",
+                    "in3.good.ward. CNAME",
+                    "www.good.ward. A"
+                ],
+                "{reply}"
+            );
+            assert_secure_a(&reply, "192.0.2.1");
+            let reply = query(
+                dnsward.addr,
+                transport,
+                "chain.good.ward.",
+                RecordType::A,
+                &dnssec(),
+            );
+            assert_eq!(
+                answer_order(&reply),
+                [
+                    "chain.good.ward. CNAME",
+                    "alias.good.ward. CNAME",
+                    "www.ok.lab. A"
+                ],
+                "{reply}"
+            );
+            assert_secure_a(&reply, "192.0.2.20");
+        }
+    }
+    // RFC 1034 §3.6.2: a loop is an error, not an answer (as Unbound: SERVFAIL).
+    for transport in BOTH {
+        let reply = query(
+            dnsward.addr,
+            transport,
+            "loop1.good.ward.",
+            RecordType::A,
+            &dnssec(),
+        );
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::ServFail,
+            "{reply}"
+        );
+        assert!(!reply.metadata.authentic_data, "{reply}");
+    }
+}
+
+#[test]
+fn signed_dname_and_its_unsigned_cname_validate() {
+    let lease = Hierarchy::lease();
+    let dnsward = recursive_dnsward(&lease, "");
+    for transport in BOTH {
+        let reply = query(
+            dnsward.addr,
+            transport,
+            "www.dn.good.ward.",
+            RecordType::A,
+            &dnssec(),
+        );
+        // RFC 6672 §5.3.1, RFC 4035 §5.3.3: the CNAME is synthesized from the signed DNAME.
+        assert_secure_a(&reply, "192.0.2.20");
+        assert_eq!(
+            answer_order(&reply),
+            [
+                "dn.good.ward. DNAME",
+                "www.dn.good.ward. CNAME",
+                "www.ok.lab. A"
+            ],
+            "{reply}"
+        );
+    }
+}
+
+#[test]
+fn opt_out_and_over_limit_nsec3_denials_answer_without_ad() {
+    let lease = Hierarchy::lease();
+    let dnsward = recursive_dnsward(&lease, "");
+    for zone in ["optout.ward.", "iter.ward."] {
+        for transport in BOTH {
+            let reply = query(
+                dnsward.addr,
+                transport,
+                &format!("www.{zone}"),
+                RecordType::A,
+                &dnssec(),
+            );
+            assert_secure_a(&reply, "192.0.2.41");
+            let reply = query(
+                dnsward.addr,
+                transport,
+                &format!("nx.{zone}"),
+                RecordType::A,
+                &dnssec(),
+            );
+            // RFC 5155 §9.2 (opt-out), RFC 9276 §3.2 (iterations over the limit: insecure, as
+            // Unbound answers it; it had been SERVFAIL with EDE 6).
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{zone}: {reply}"
+            );
+            assert!(
+                !reply.metadata.authentic_data,
+                "{zone}: no AD expected: {reply}"
+            );
+        }
+    }
+}
+
 #[test]
 fn nxdomain_is_validated_with_nsec() {
     let lease = Hierarchy::lease();

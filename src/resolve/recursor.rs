@@ -31,7 +31,7 @@ use hickory_proto::{
     },
     op::{Message, MessageType, OpCode, Query, ResponseCode},
     rr::{DNSClass, Name, RData, Record, RecordType},
-    serialize::txt::Parser,
+    serialize::{binary::BinDecodable, txt::Parser},
 };
 use hickory_resolver::{
     net::{DnsError, NetError, NoRecords},
@@ -417,11 +417,18 @@ impl Recursor {
                     message.additionals,
                 ),
                 bogus_denial: false,
+                insecure_denial: false,
             }),
             Err(error) => match negative(error) {
                 Ok(sections) => Ok(Lookup {
                     sections,
                     bogus_denial: false,
+                    insecure_denial: false,
+                }),
+                Err(NegativeError::Insecure(sections)) => Ok(Lookup {
+                    sections,
+                    bogus_denial: false,
+                    insecure_denial: true,
                 }),
                 Err(NegativeError::Bogus {
                     response_code,
@@ -429,6 +436,7 @@ impl Recursor {
                 }) => Ok(Lookup {
                     sections: (response_code, Vec::new(), authorities, Vec::new()),
                     bogus_denial: true,
+                    insecure_denial: false,
                 }),
                 Err(NegativeError::Other(source)) => Err(RecursionError::Resolution {
                     qname: name.clone(),
@@ -666,9 +674,17 @@ impl Recursor {
             }
         }
         let Lookup {
-            sections: (response_code, answers, authorities, additionals),
+            sections: (response_code, mut answers, authorities, additionals),
             bogus_denial,
+            insecure_denial,
         } = lookup;
+        vouch_for_synthesized_cnames(&mut answers);
+        let answers = match chain_order(&name, answers) {
+            Ok(answers) => answers,
+            Err(looped_at) => {
+                return Ok(servfail((0, format!("CNAME loop at {looped_at}"))));
+            }
+        };
 
         // What validation is judged on: the answer RRsets, and for a negative answer (or a
         // chain ending in one) the SOA and NSEC/NSEC3 proof in the authority section.
@@ -698,10 +714,19 @@ impl Recursor {
             };
             return Ok(servfail(ede));
         }
+        // RFC 5155 §9.2: a denial resting on an opt-out NSEC3 (hickory calls it secure) does
+        // not rule out an unsigned delegation, so it is not authenticated. Any opt-out NSEC3 in
+        // a negative answer's proof withholds AD: at worst an AD too few.
+        let opt_out = !has_qtype
+            && authorities.iter().any(|record| {
+                matches!(&record.data, RData::DNSSEC(DNSSECRData::NSEC3(nsec3)) if nsec3.opt_out())
+            });
         // RFC 4035 §3.2.3: AD only when every RRset we answer with (and, for a negative answer,
         // the proof of non-existence) validated. An empty section proves nothing.
         let authentic_data = enforce
             && !bogus_denial
+            && !insecure_denial
+            && !opt_out
             && judged.iter().any(|record| !is_dnssec_meta(record))
             && judged
                 .iter()
@@ -721,6 +746,134 @@ impl Recursor {
             ede: None,
             forwarded_to: None,
         })
+    }
+}
+
+/// RFC 6672 §5.3.1, RFC 4035 §5.3.3: a CNAME synthesized from a DNAME carries no signature of
+/// its own; it is as good as the DNAME it follows from. hickory 0.26.3 judges it unsigned
+/// (bogus in a signed zone), so a CNAME that is exactly the substitution of a secure DNAME in
+/// the same answer is counted secure.
+fn vouch_for_synthesized_cnames(answers: &mut [Record]) {
+    let synthesized: Vec<usize> = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, record)| record.proof != Proof::Secure)
+        .filter_map(|(index, record)| match &record.data {
+            RData::CNAME(target) => Some((index, &record.name, &target.0)),
+            _ => None,
+        })
+        .filter(|(_, owner, target)| {
+            answers.iter().any(|dname| {
+                dname_target(dname).is_some_and(|substitute| {
+                    dname.proof == Proof::Secure
+                        && dname.name.num_labels() < owner.num_labels()
+                        && dname.name.zone_of(owner)
+                        && substituted(owner, &dname.name, &substitute)
+                            .is_some_and(|expected| expected.eq_ignore_root(target))
+                })
+            })
+        })
+        .map(|(index, _, _)| index)
+        .collect();
+    for index in synthesized {
+        answers[index].proof = Proof::Secure;
+    }
+}
+
+/// The target of a DNAME record: hickory 0.26 keeps DNAME as unknown data, whose target is
+/// never compressed (RFC 6672 §2.5).
+fn dname_target(record: &Record) -> Option<Name> {
+    match &record.data {
+        RData::Unknown { code, rdata } if *code == RecordType::DNAME => {
+            <Name as BinDecodable>::from_bytes(&rdata.anything).ok()
+        }
+        _ => None,
+    }
+}
+
+/// `owner` with its `dname_owner` suffix replaced by `substitute` (RFC 6672 §2.2).
+fn substituted(owner: &Name, dname_owner: &Name, substitute: &Name) -> Option<Name> {
+    let prefix_len = usize::from(owner.num_labels() - dname_owner.num_labels());
+    let prefix = Name::from_labels(owner.iter().take(prefix_len)).ok()?;
+    prefix.append_domain(substitute).ok()
+}
+
+/// The answer section in chain order from the question (RFC 1034 §4.3.2: glibc's parser, for
+/// one, follows a chain only in that order): a DNAME before the CNAME it synthesizes, then
+/// the records owned by each name of the chain (with their RRSIGs), and anything else after,
+/// each record once (RFC 2181 §5). hickory 0.26.3 returns a chain's records in cache order,
+/// and following a chain here (`cname_chain`) can repeat one. `Err` names the name at which
+/// the chain loops back (RFC 1034 §3.6.2: an error, as Unbound answers it).
+fn chain_order(qname: &Name, answers: Vec<Record>) -> Result<Vec<Record>, Name> {
+    let mut unique: Vec<Record> = Vec::with_capacity(answers.len());
+    for record in answers {
+        let repeated = unique.iter().any(|kept| {
+            kept.record_type() == record.record_type()
+                && kept.dns_class == record.dns_class
+                && kept.name.eq_ignore_root(&record.name)
+                && kept.data == record.data
+        });
+        if !repeated {
+            unique.push(record);
+        }
+    }
+    let aliases = |record: &Record| {
+        matches!(record.data, RData::CNAME(_)) || record.record_type() == RecordType::DNAME
+    };
+    if !unique.iter().any(aliases) {
+        return Ok(unique);
+    }
+    let mut left: Vec<Option<Record>> = unique.into_iter().map(Some).collect();
+    let mut ordered = Vec::with_capacity(left.len());
+    let mut visited: Vec<Name> = Vec::new();
+    let mut current = qname.clone();
+    loop {
+        let dname_owners: Vec<Name> = left
+            .iter()
+            .flatten()
+            .filter(|record| {
+                record.record_type() == RecordType::DNAME
+                    && record.name.num_labels() < current.num_labels()
+                    && record.name.zone_of(&current)
+            })
+            .map(|record| record.name.clone())
+            .collect();
+        take_where(&mut left, &mut ordered, |record| {
+            dname_owners
+                .iter()
+                .any(|owner| owner.eq_ignore_root(&record.name))
+        });
+        let from = ordered.len();
+        take_where(&mut left, &mut ordered, |record| {
+            record.name.eq_ignore_root(&current)
+        });
+        let next = ordered[from..]
+            .iter()
+            .find_map(|record| match &record.data {
+                RData::CNAME(target) => Some(target.0.clone()),
+                _ => None,
+            });
+        let Some(next) = next else { break };
+        visited.push(current);
+        if visited.iter().any(|name| name.eq_ignore_root(&next)) {
+            return Err(next);
+        }
+        current = next;
+    }
+    ordered.extend(left.into_iter().flatten());
+    Ok(ordered)
+}
+
+/// Moves the records `wanted` picks from `left` to the end of `ordered`, in their order.
+fn take_where(
+    left: &mut [Option<Record>],
+    ordered: &mut Vec<Record>,
+    wanted: impl Fn(&Record) -> bool,
+) {
+    for slot in left.iter_mut() {
+        if slot.as_ref().is_some_and(&wanted) {
+            ordered.extend(slot.take());
+        }
     }
 }
 
@@ -759,6 +912,9 @@ type Sections = (ResponseCode, Vec<Record>, Vec<Record>, Vec<Record>);
 struct Lookup {
     sections: Sections,
     bogus_denial: bool,
+    /// The denial of existence is signed but not checkable: NSEC3 iterations over the soft
+    /// limit (RFC 9276 §3.2). Answered as is, without AD, as Unbound does.
+    insecure_denial: bool,
 }
 
 impl Lookup {
@@ -779,6 +935,7 @@ enum NegativeError {
         response_code: ResponseCode,
         authorities: Vec<Record>,
     },
+    Insecure(Sections),
     Other(RecursorError),
 }
 
@@ -817,6 +974,19 @@ fn negative(error: RecursorError) -> Result<Sections, NegativeError> {
         {
             let soa = soa.map(|soa| soa.into_record_of_rdata());
             Ok(from_parts(response_code, soa, authorities))
+        }
+        RecursorError::Net(NetError::Dns(DnsError::Nsec {
+            response,
+            proof: Proof::Insecure,
+            ..
+        })) => {
+            let response = response.into_message();
+            Err(NegativeError::Insecure((
+                response.metadata.response_code,
+                Vec::new(),
+                response.authorities,
+                Vec::new(),
+            )))
         }
         RecursorError::Net(NetError::Dns(DnsError::Nsec {
             response, proof, ..

@@ -54,6 +54,8 @@ const SERVERS: &[ServerPlan] = &[
             "lame.ward.",
             "dead.ward.",
             "nsec3.ward.",
+            "optout.ward.",
+            "iter.ward.",
             "nokey.ward.",
             "ok.lab.",
         ],
@@ -81,6 +83,8 @@ const ZONES: &[(&str, Signing)] = &[
     ("lame.ward.", Signing::Normal),
     ("dead.ward.", Signing::Normal),
     ("nsec3.ward.", Signing::Nsec3),
+    ("optout.ward.", Signing::Nsec3OptOut),
+    ("iter.ward.", Signing::Nsec3Iterations),
     ("nokey.ward.", Signing::ForeignDs),
     ("glueless.ward.", Signing::Normal),
     ("ok.lab.", Signing::Normal),
@@ -100,6 +104,10 @@ enum Signing {
     Expired,
     /// Signed with NSEC3 (hashed denial of existence, RFC 5155) instead of NSEC.
     Nsec3,
+    /// NSEC3 with the opt-out flag on every record (RFC 5155 §6): denials prove no AD.
+    Nsec3OptOut,
+    /// NSEC3 with 200 iterations: over the validator's soft limit (RFC 9276 §3.2).
+    Nsec3Iterations,
     /// Signed normally, but the parent's DS is made from another KSK that the zone does not
     /// publish: the DS names a DNSKEY the child lacks (RFC 8914 code 9).
     ForeignDs,
@@ -186,8 +194,11 @@ impl Hierarchy {
             let ksk = run(path, "ldns-keygen", &["-a", "ECDSAP256SHA256", "-k", zone]);
             let zsk = run(path, "ldns-keygen", &["-a", "ECDSAP256SHA256", zone]);
             let mut args: Vec<String> = Vec::new();
-            if signing == Signing::Nsec3 {
-                args.push("-n".to_owned());
+            match signing {
+                Signing::Nsec3 => args.push("-n".to_owned()),
+                Signing::Nsec3OptOut => args.extend(["-n", "-p"].map(String::from)),
+                Signing::Nsec3Iterations => args.extend(["-n", "-t", "200"].map(String::from)),
+                _ => {}
             }
             if signing == Signing::Expired {
                 args.extend(["-i", "20190101000000", "-e", "20200101000000"].map(String::from));
