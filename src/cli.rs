@@ -129,60 +129,23 @@ fn check(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // The files `serve` opens besides the lists: a broken one must fail `check` too.
-    let mut problems = Vec::new();
+    // What `serve` needs besides the lists (upstreams, key and recursion files): a broken one
+    // must fail `check` too.
+    let problems = state::start_problems(&config);
     if config.audit.enabled
         && let Some(key) = &config.audit.signing_key
+        && let Some(warning) = dnsward::audit::keys::exposure(key)
     {
-        match dnsward::audit::keys::load_signing_key(key) {
-            Err(error) => problems.push(format!(
-                "{}: audit.signing_key: {error}",
-                config.path.display()
-            )),
-            Ok(_) => {
-                if let Some(warning) = dnsward::audit::keys::exposure(key) {
-                    eprintln!("warning: audit.signing_key: {warning}");
-                }
-            }
-        }
+        eprintln!("warning: audit.signing_key: {warning}");
     }
-    if config.audit.enabled && config.audit.anonymize_key.is_some() {
-        match dnsward::audit::writer::check_anonymize_key(&config.audit) {
-            Err(error) => problems.push(format!(
-                "{}: audit.anonymize_key: {error}",
-                config.path.display()
-            )),
-            Ok(()) => {
-                if let Some(warning) = config
-                    .audit
-                    .anonymize_key
-                    .as_deref()
-                    .and_then(dnsward::audit::keys::anonymize_key_exposure)
-                {
-                    eprintln!("warning: audit.anonymize_key: {warning}");
-                }
-            }
-        }
-    }
-    if config.recursion.enabled {
-        let checked = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|error| error.to_string())
-            .and_then(|runtime| {
-                runtime.block_on(async {
-                    dnsward::resolve::Recursor::new(
-                        &config.recursion,
-                        &config.forward_zones,
-                        &config.forward,
-                    )
-                    .map(drop)
-                    .map_err(|error| error.to_string())
-                })
-            });
-        if let Err(error) = checked {
-            problems.push(format!("{}: recursion: {error}", config.path.display()));
-        }
+    if config.audit.enabled
+        && let Some(warning) = config
+            .audit
+            .anonymize_key
+            .as_deref()
+            .and_then(dnsward::audit::keys::anonymize_key_exposure)
+    {
+        eprintln!("warning: audit.anonymize_key: {warning}");
     }
     let lists = config.lists.clone();
     let built = state::build(config);

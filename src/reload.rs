@@ -91,6 +91,10 @@ impl Reloader {
         // per second).
         let built = in_background(move || {
             let config = config::load(&path).map_err(|error| vec![error.to_string()])?;
+            let problems = state::start_problems(&config);
+            if !problems.is_empty() {
+                return Err(problems);
+            }
             let snapshot = Snapshot::new(&config.server.data_dir);
             state::build_generation(config, generation, Some(&snapshot))
                 .map_err(|error| error.errors.iter().map(ToString::to_string).collect())

@@ -72,6 +72,54 @@ impl BuildWarnings {
     }
 }
 
+/// What `serve` needs of a configuration besides its lists, each problem as
+/// `<config>: <key>: <reason>`: an upstream or recursion, and the files it opens (audit keys,
+/// root hints, trust anchor). `check` reports these, and a reload refuses a config with any
+/// of them even where the setting waits for a restart: the restart would then fail.
+pub fn start_problems(config: &Config) -> Vec<String> {
+    let path = config.path.display();
+    let mut problems = Vec::new();
+    if config.forward.upstreams.is_empty() && !config.recursion.enabled {
+        problems.push(format!(
+            "{path}: forward.upstreams: needs at least one upstream (or recursion.enabled = true)"
+        ));
+    }
+    if config.audit.enabled
+        && let Some(key) = &config.audit.signing_key
+        && let Err(error) = crate::audit::keys::load_signing_key(key)
+    {
+        problems.push(format!("{path}: audit.signing_key: {error}"));
+    }
+    if config.audit.enabled
+        && config.audit.anonymize_key.is_some()
+        && let Err(error) = crate::audit::writer::check_anonymize_key(&config.audit)
+    {
+        problems.push(format!("{path}: audit.anonymize_key: {error}"));
+    }
+    if config.recursion.enabled {
+        // hickory builds its recursor inside a runtime; this thread has none.
+        let checked = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| error.to_string())
+            .and_then(|runtime| {
+                runtime.block_on(async {
+                    crate::resolve::Recursor::new(
+                        &config.recursion,
+                        &config.forward_zones,
+                        &config.forward,
+                    )
+                    .map(drop)
+                    .map_err(|error| error.to_string())
+                })
+            });
+        if let Err(error) = checked {
+            problems.push(format!("{path}: recursion: {error}"));
+        }
+    }
+    problems
+}
+
 /// Loads every list the config names and compiles the policy. Fails if any list fails: a
 /// half-applied policy is worse than none.
 pub fn build(config: Config) -> Result<(State, BuildWarnings), StateError> {

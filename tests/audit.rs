@@ -759,6 +759,19 @@ fn signed_log_verifies_and_tampering_is_named() {
     assert!(report.contains(&name), "{report}");
     assert!(report.to_lowercase().contains("modified"), "{report}");
     assert!(report.contains("seq"), "{report}");
+
+    // A record made unreadable by a one-byte edit is not hidden from search without a word.
+    let text = std::fs::read_to_string(&segment).unwrap();
+    let unreadable = text.replacen("\"decision\":\"blocked\"", "\"decision\":\"blockedX\"", 1);
+    assert_ne!(text, unreadable);
+    std::fs::write(&segment, unreadable).unwrap();
+    let search = audit(&config, &["search", "--csv"]);
+    assert!(search.status.success());
+    let warning = String::from_utf8_lossy(&search.stderr);
+    assert!(
+        warning.contains("1 record line(s) that may match could not be read"),
+        "{warning}"
+    );
 }
 
 #[test]

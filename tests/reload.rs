@@ -158,6 +158,26 @@ fn broken_config_and_missing_list_are_refused() {
         .expect("missing list reported");
     assert!(blocked(&dnsward, "blocked.test."));
     assert_eq!(rcode(&dnsward, "www.test."), ResponseCode::NoError);
+
+    // A setting that waits for a restart is checked all the same: applied, it would have left
+    // a config that cannot start (it had been "reload applied ... needs a restart").
+    std::fs::write(
+        &config_path,
+        format!("{good}\n[recursion]\nenabled = true\ntrust_anchor = \"nope.anchor\"\n"),
+    )
+    .unwrap();
+    dnsward
+        .wait_for_log(|line| line.contains("nope.anchor") && line.contains("recursion"))
+        .expect("missing trust anchor reported");
+    assert!(
+        !dnsward
+            .log()
+            .iter()
+            .any(|line| line.contains("reload applied")),
+        "{:#?}",
+        dnsward.log()
+    );
+    assert!(blocked(&dnsward, "blocked.test."));
 }
 
 #[test]

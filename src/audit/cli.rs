@@ -384,7 +384,15 @@ pub fn run_to(
                 })?;
             } else {
                 warn_of_holes(dir, &filter.range)?;
-                let shown = query::write_hits(query::search(dir, &filter)?, format, out)?;
+                let mut hits = query::search(dir, &filter)?;
+                let shown = query::write_hits(&mut hits, format, out)?;
+                if hits.unreadable() > 0 {
+                    eprintln!(
+                        "dnsward audit: warning: {} record line(s) that may match could not be \
+                         read (damaged?) and are not shown; `dnsward audit verify` names them",
+                        hits.unreadable()
+                    );
+                }
                 if shown == 0
                     && matches!(filter.client, Some(ClientFilter::Net(_)))
                     && query::clients_look_hashed(dir)

@@ -763,6 +763,8 @@ pub struct Search {
     next_segment: usize,
     batch: std::vec::IntoIter<Vec<u8>>,
     emitted: usize,
+    /// Candidate lines that did not parse (see `unreadable`).
+    unreadable: u64,
 }
 
 impl fmt::Debug for Search {
@@ -805,6 +807,7 @@ pub fn search(dir: &Path, filter: &Filter) -> Result<Search, AuditError> {
         next_segment: 0,
         batch: Vec::new().into_iter(),
         emitted: 0,
+        unreadable: 0,
     })
 }
 
@@ -865,7 +868,9 @@ impl Search {
             }
             if let Some(line) = self.batch.next() {
                 let Ok(record) = Record::parse(&line) else {
-                    // Damaged lines are `verify`'s business; search shows what it can read.
+                    // Damaged lines are `verify`'s business; search shows what it can read,
+                    // and counts what it cannot, for the caller to say so.
+                    self.unreadable += 1;
                     continue;
                 };
                 if self.filter.matches(&record) {
@@ -885,6 +890,14 @@ impl Search {
                 Err(_) => return Ok(None),
             }
         }
+    }
+}
+
+impl Search {
+    /// Lines the search could have shown but could not read: a damaged (edited, cut) record
+    /// line that a one-byte edit would otherwise hide from search without a trace.
+    pub fn unreadable(&self) -> u64 {
+        self.unreadable
     }
 }
 
