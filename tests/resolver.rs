@@ -533,6 +533,57 @@ fn log_only_answers_normally_and_records_the_decision() {
         .expect("a log-only decision for the CNAME chain");
 }
 
+/// The datagram holds the message and nothing more: a record that did not fit is not left
+/// half-written after the records the header counts (hickory's encoder rolls its offset back
+/// but not the buffer; dig warned of "extra bytes at end" and dnspython refused the answer).
+#[test]
+fn a_truncated_udp_answer_ends_where_its_message_ends() {
+    use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+    let upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "");
+    for edns in [false, true] {
+        let ask = Ask {
+            edns,
+            ..Ask::default()
+        };
+        let (_, bytes) = build_query("big.test.", RecordType::TXT, &ask);
+        let reply = exchange_raw(dnsward.addr, Transport::Udp, ask.source, &bytes);
+        let mut decoder = BinDecoder::new(&reply);
+        let message = Message::read(&mut decoder).unwrap();
+        assert!(message.metadata.truncation, "edns {edns}");
+        assert_eq!(decoder.len(), 0, "edns {edns}: bytes after the message");
+    }
+}
+
+/// The answer's owner name is a pointer to the question (RFC 1035 §4.1.4): hickory-server
+/// notes the question it repeats as one piece with its type and class, which no name matches,
+/// so every answer's first owner went out in full.
+#[test]
+fn an_answer_owner_is_compressed_against_the_question() {
+    let upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "");
+    let name = format!("{}.long.test.", "a".repeat(60));
+    let ask = Ask {
+        edns: false,
+        ..Ask::default()
+    };
+    let (_, bytes) = build_query(&name, RecordType::A, &ask);
+    let question_len = bytes.len() - 12;
+    // The second UDP answer is a replay of the first (`server::fastpath`).
+    for transport in [Transport::Udp, Transport::Udp, Transport::Tcp] {
+        let reply = exchange_raw(dnsward.addr, transport, ask.source, &bytes);
+        let message = Message::from_vec(&reply).unwrap();
+        assert_eq!(
+            rdata_of(&message, RecordType::A),
+            ["192.0.2.88"],
+            "{transport:?}"
+        );
+        // Header, question, then the A record: a 2-byte pointer, type, class, TTL, length and
+        // the address.
+        assert_eq!(reply.len(), 12 + question_len + 2 + 10 + 4, "{transport:?}");
+    }
+}
+
 #[test]
 fn large_answer_truncates_over_udp_and_succeeds_over_tcp() {
     let upstream = Upstream::start();

@@ -383,8 +383,10 @@ impl Handler {
             reply.additionals.iter(),
         );
         let mut bytes = Vec::with_capacity(512);
-        if response
-            .destructive_emit(&mut BinEncoder::new(&mut bytes))
+        let mut encoder = BinEncoder::new(&mut bytes);
+        // No size limit here (a replay checks the client's), so nothing is rolled back.
+        if super::seed_question_pointers(&mut encoder, request.queries.as_bytes(), u16::MAX)
+            .and_then(|()| response.destructive_emit(&mut encoder))
             .is_err()
         {
             return;

@@ -238,7 +238,8 @@ fn formerr_for(message: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Encodes a response in at most `limit` bytes (the encoder sets TC and leaves out what does
-/// not fit). A response that cannot be encoded at all becomes a bare SERVFAIL, as in
+/// not fit). `question` is the request's question section as received, which the response
+/// repeats. A response that cannot be encoded at all becomes a bare SERVFAIL, as in
 /// hickory-server's own handlers.
 fn encode_response<'a>(
     response: MessageResponse<
@@ -250,14 +251,24 @@ fn encode_response<'a>(
         impl Iterator<Item = &'a Record> + Send + 'a,
     >,
     limit: u16,
+    question: &[u8],
 ) -> Result<(ResponseInfo, Vec<u8>), ProtoError> {
     let id = response.metadata().id;
     let op_code = response.metadata().op_code;
     let mut bytes = Vec::with_capacity(512);
     let mut encoder = BinEncoder::new(&mut bytes);
     encoder.set_max_size(limit);
-    match response.destructive_emit(&mut encoder) {
-        Ok(info) => Ok((info, bytes)),
+    let emitted = seed_question_pointers(&mut encoder, question, limit)
+        .and_then(|()| response.destructive_emit(&mut encoder));
+    // hickory's encoder takes back a record that does not fit by moving its offset, not by
+    // cutting the buffer: without this cut the datagram carried the half-written record after
+    // the counted ones ("extra bytes at end", which strict clients refuse).
+    let end = encoder.offset();
+    match emitted {
+        Ok(info) => {
+            bytes.truncate(end);
+            Ok((info, bytes))
+        }
         Err(error) => {
             tracing::warn!(%error, "cannot encode a response; answering SERVFAIL");
             bytes.clear();
@@ -271,6 +282,45 @@ fn encode_response<'a>(
             Ok((ResponseInfo::from(header), bytes))
         }
     }
+}
+
+/// Lets names in the response point into the question: writes the header's room and the
+/// question where the response will write them again, notes where each suffix of the question
+/// name starts, and rewinds. hickory-server writes the question from its received bytes and
+/// notes it as one piece with its type and class, which no name matches, so each answer's
+/// owner went out in full: a 254-byte name took 270 bytes instead of 16, and an answer the
+/// upstream fitted in 512 bytes came back truncated.
+fn seed_question_pointers(
+    encoder: &mut BinEncoder<'_>,
+    question: &[u8],
+    limit: u16,
+) -> Result<(), ProtoError> {
+    const HEADER_LEN: usize = 12;
+    if question.is_empty() || HEADER_LEN + question.len() > usize::from(limit) {
+        return Ok(());
+    }
+    encoder.emit_vec(&[0; HEADER_LEN])?;
+    encoder.emit_vec(question)?;
+    let mut starts = [0usize; 128];
+    let mut count = 0;
+    let mut at = 0;
+    // Plain labels up to the root; a query's question has no pointers, and anything odd just
+    // ends the seeding (the response is then as before).
+    while let Some(&len) = question.get(at) {
+        if len == 0 || len & 0xC0 != 0 || count == starts.len() {
+            break;
+        }
+        starts[count] = HEADER_LEN + at;
+        count += 1;
+        at += 1 + usize::from(len);
+    }
+    if question.get(at) == Some(&0) {
+        for &start in &starts[..count] {
+            encoder.store_label_pointer(start, HEADER_LEN + at);
+        }
+    }
+    encoder.set_offset(0);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -304,7 +354,7 @@ mod tests {
         );
         // Room for the header alone: the question must go out whole (the encoder truncates
         // records, never the question), so encoding fails.
-        let (info, bytes) = encode_response(response, 12).unwrap();
+        let (info, bytes) = encode_response(response, 12, &question).unwrap();
         assert_eq!(info.response_code, ResponseCode::ServFail);
         let sent = Message::from_vec(&bytes).unwrap();
         assert_eq!(sent.metadata.id, 0x1234);

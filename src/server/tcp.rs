@@ -329,6 +329,7 @@ impl Connection {
                 let responder = Responder {
                     answers: answers.clone(),
                     slot,
+                    question: Box::default(),
                 };
                 let mut query = Box::pin(async move {
                     answer(&handler, message, arrival, responder).await;
@@ -463,7 +464,7 @@ async fn discard_until_closed(mut stream: TcpStream) {
 
 /// One message read from a connection: the request chain, or FORMERR (recorded) for a message
 /// that does not parse.
-async fn answer(handler: &Handler, message: Vec<u8>, arrival: Arrival, responder: Responder) {
+async fn answer(handler: &Handler, message: Vec<u8>, arrival: Arrival, mut responder: Responder) {
     // The header is all a FORMERR needs; kept on the stack, since the message moves into the
     // parser and almost every message parses.
     let header: Option<[u8; 12]> = message.get(..12).and_then(|h| h.try_into().ok());
@@ -486,6 +487,7 @@ async fn answer(handler: &Handler, message: Vec<u8>, arrival: Arrival, responder
         handler.counters().malformed.fetch_add(1, Ordering::Relaxed);
         return;
     }
+    responder.question = request.queries.as_bytes().into();
     handler
         .answer_query(&request, responder, arrival.batch)
         .await;
@@ -496,6 +498,8 @@ async fn answer(handler: &Handler, message: Vec<u8>, arrival: Arrival, responder
 struct Responder {
     answers: mpsc::Sender<Outgoing>,
     slot: Arc<OwnedSemaphorePermit>,
+    /// The request's question section as received (see `encode_response`); set once parsed.
+    question: Box<[u8]>,
 }
 
 impl Responder {
@@ -527,7 +531,7 @@ impl ResponseHandler for Responder {
         >,
     ) -> Result<ResponseInfo, NetError> {
         // The limit is the largest TCP message; past it, TC and what fits.
-        let (info, bytes) = super::encode_response(response, u16::MAX)?;
+        let (info, bytes) = super::encode_response(response, u16::MAX, &self.question)?;
         self.send(bytes).await?;
         Ok(info)
     }
@@ -604,6 +608,7 @@ mod tests {
                 let responder = Responder {
                     answers: answers.clone(),
                     slot,
+                    question: Box::default(),
                 };
                 let arrival = Arrival {
                     client: "127.0.0.1:5300".parse().expect("client"),

@@ -324,6 +324,7 @@ fn answer(
     let responder = Responder {
         socket: socket.clone(),
         destination: source,
+        question: request.queries.as_bytes().into(),
     };
     let handler = handler.clone();
     let mut query = Box::pin(async move {
@@ -344,6 +345,8 @@ fn answer(
 struct Responder {
     socket: Arc<ListenSocket>,
     destination: SocketAddr,
+    /// The request's question section as received (see `encode_response`).
+    question: Box<[u8]>,
 }
 
 #[async_trait::async_trait]
@@ -365,7 +368,7 @@ impl ResponseHandler for Responder {
         let limit = response
             .edns()
             .map_or(512, |edns| edns.max_payload().max(512));
-        let (info, bytes) = super::encode_response(response, limit)?;
+        let (info, bytes) = super::encode_response(response, limit, &self.question)?;
         self.socket.send_waiting(&bytes, self.destination).await?;
         Ok(info)
     }

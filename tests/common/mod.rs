@@ -53,6 +53,8 @@ watched-alias IN CNAME www.watch.test.
 www.blocked IN A   192.0.2.66
 pay.blocked IN A   192.0.2.67
 www.watch   IN A   192.0.2.77
+; Any name, up to the longest there is (a 512-byte answer needs its owner compressed).
+*.long      IN A   192.0.2.88
 watch       IN A   192.0.2.78
 "#;
 
