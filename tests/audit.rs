@@ -759,6 +759,25 @@ fn signed_log_verifies_and_tampering_is_named() {
     assert!(report.contains(&name), "{report}");
     assert!(report.to_lowercase().contains("modified"), "{report}");
     assert!(report.contains("seq"), "{report}");
+    // Nor does it export: exit 1 and no file, not an export that `verify` fails later.
+    let damaged_export = dnsward.dir.path().join("damaged.jsonl");
+    let export = audit(
+        &config,
+        &[
+            "export",
+            "--format",
+            "jsonl",
+            "--output",
+            &damaged_export.to_string_lossy(),
+        ],
+    );
+    assert_eq!(export.status.code(), Some(1), "{}", stdout(&export));
+    let said = String::from_utf8_lossy(&export.stderr);
+    assert!(
+        said.contains(&name) && said.contains("does not follow"),
+        "{said}"
+    );
+    assert!(!damaged_export.exists());
 
     // A record made unreadable by a one-byte edit is not hidden from search without a word.
     let text = std::fs::read_to_string(&segment).unwrap();

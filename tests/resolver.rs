@@ -584,6 +584,37 @@ fn an_answer_owner_is_compressed_against_the_question() {
     }
 }
 
+/// `[[forward.zone]]` routes its names in forward mode too (it had worked only with
+/// recursion, and internal names went to the public upstreams).
+#[test]
+fn forward_zones_route_their_names_in_forward_mode() {
+    let upstream = Upstream::start();
+    // Nothing listens on the discard port: only the zone's upstream can answer.
+    let dead: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let config = config_text(
+        &[dead],
+        &format!(
+            "[[forward.zone]]\nname = \"test\"\nupstreams = [\"{}\"]\n",
+            upstream.addr
+        ),
+    );
+    let dnsward = Dnsward::start(&config, &[]);
+    for transport in BOTH {
+        let reply = ask(dnsward.addr, transport, "www.test.", RecordType::A);
+        assert_eq!(
+            rdata_of(&reply, RecordType::A),
+            ["192.0.2.10"],
+            "{transport:?}"
+        );
+        let reply = ask(dnsward.addr, transport, "binance.com.", RecordType::A);
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::ServFail,
+            "{transport:?}: outside the zone, [forward]'s upstreams"
+        );
+    }
+}
+
 #[test]
 fn large_answer_truncates_over_udp_and_succeeds_over_tcp() {
     let upstream = Upstream::start();

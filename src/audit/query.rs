@@ -1545,7 +1545,15 @@ fn export_listed(
                 header.prev_segment_last_hash = sink.prev.clone().unwrap_or_default();
                 export_start(&header, format, sink.out)?;
             }
-            sink.line(index, line.bytes)?;
+            if !sink.line(index, line.bytes)? {
+                return Err(AuditError::Corrupt {
+                    path: seg.path.clone(),
+                    offset: line.offset,
+                    reason: "a record that does not follow from the one before it (changed, \
+                             inserted, reordered, or records deleted before it): nothing \
+                             exported; `dnsward audit verify` names the damage",
+                });
+            }
         }
     }
     let ExportSink {
@@ -1665,7 +1673,14 @@ struct ExportSink<'a> {
 }
 
 impl ExportSink<'_> {
-    fn line(&mut self, segment: usize, line: &[u8]) -> Result<(), AuditError> {
+    /// Writes one stored line. `Ok(false)`: it does not follow from the line before it (its
+    /// hash is not `SHA-256(prev ‖ its bytes)`: changed, inserted, reordered, or a record
+    /// before it deleted), and nothing is written; an export of a damaged log is a failure,
+    /// not a file that `verify` fails later.
+    fn line(&mut self, segment: usize, line: &[u8]) -> Result<bool, AuditError> {
+        if !follows(self.prev.as_deref(), line) {
+            return Ok(false);
+        }
         if self.last_segment.replace(segment) != Some(segment) {
             self.stats.segments += 1;
         }
@@ -1695,8 +1710,18 @@ impl ExportSink<'_> {
         self.last_line.clear();
         self.last_line.extend_from_slice(line);
         self.stats.records += 1;
-        Ok(())
+        Ok(true)
     }
+}
+
+/// Whether `line` is the record that follows the one whose hash is `prev` (hex): its stored
+/// hash is the chain hash over its bytes. A line without a hash follows nothing.
+fn follows(prev: Option<&str>, line: &[u8]) -> bool {
+    let Some(prev) = prev.and_then(|hex| segment::decode_hash(hex.as_bytes())) else {
+        return false;
+    };
+    segment::split_hash(line)
+        .is_some_and(|(body, stored)| segment::recompute(&prev, body) == stored)
 }
 
 /// A stored line's hash (hex), or empty if it has none.

@@ -198,6 +198,35 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             "must be at least 1".into(),
         ));
     }
+    let mut zone_names: Vec<hickory_proto::rr::Name> = Vec::with_capacity(file.forward.zones.len());
+    for (index, zone) in file.forward.zones.iter().enumerate() {
+        let zone_invalid = |field: &str, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: nth_table_line(text, "forward.zone", index),
+            key: format!("forward.zone[{index}].{field}"),
+            reason,
+        };
+        let name = hickory_proto::rr::Name::from_ascii(&zone.name)
+            .ok()
+            .filter(|name| !zone.name.is_empty() && !name.is_root())
+            .ok_or_else(|| zone_invalid("name", format!("{:?} is not a domain name", zone.name)))?;
+        if zone.upstreams.is_empty() {
+            return Err(zone_invalid(
+                "upstreams",
+                "needs at least one upstream".into(),
+            ));
+        }
+        if zone_names.iter().any(|seen| seen.eq_ignore_root(&name)) {
+            return Err(zone_invalid(
+                "name",
+                format!(
+                    "{:?} is forwarded twice (names compare without case)",
+                    zone.name
+                ),
+            ));
+        }
+        zone_names.push(name);
+    }
     for (key, value) in [
         ("recursion.timeout_ms", file.recursion.timeout_ms),
         (
@@ -437,6 +466,20 @@ fn key_line(text: &str, section: &str, key: &str) -> usize {
     header
 }
 
+/// The 1-based line of the `index`-th `[[table]]` header (0 if there is none).
+fn nth_table_line(text: &str, table: &str, index: usize) -> usize {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            line.trim()
+                .strip_prefix("[[")
+                .and_then(|rest| rest.split("]]").next())
+                .is_some_and(|name| name.trim() == table)
+        })
+        .nth(index)
+        .map_or(0, |(number, _)| number + 1)
+}
+
 /// 1-based line and column of a byte offset, as editors show them.
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -569,6 +612,35 @@ mod tests {
         assert!(error.contains("longer than 64"), "{error}");
         let text = "[[list]]\nname = \"corp.example_v-2\"\npath = \"a\"\n";
         assert_eq!(parse_str(text).unwrap().lists[0].name, "corp.example_v-2");
+    }
+
+    #[test]
+    fn forward_zones_are_checked_in_any_mode() {
+        let zone = |name: &str, upstreams: &str| {
+            format!("[[forward.zone]]\nname = \"{name}\"\nupstreams = [{upstreams}]\n")
+        };
+        let good = zone("corp.example", "\"10.0.0.53:53\"");
+        let cases = [
+            (
+                zone("bad..name", "\"10.0.0.53:53\""),
+                "forward.zone[0].name",
+                1,
+            ),
+            (zone("corp.example", ""), "forward.zone[0].upstreams", 1),
+            (
+                format!("{good}{}", zone("CORP.example.", "\"10.0.0.54:53\"")),
+                "forward.zone[1].name: \"CORP.example.\" is forwarded twice",
+                4,
+            ),
+        ];
+        for (text, says, line) in cases {
+            let error = parse_str(&text).unwrap_err().to_string();
+            assert!(
+                error.starts_with(&format!("conf/dnsward.toml:{line}: {says}")),
+                "{error}"
+            );
+        }
+        assert_eq!(parse_str(&good).unwrap().forward_zones.len(), 1);
     }
 
     #[test]

@@ -545,7 +545,7 @@ impl Handler {
                         (source, error.ede_code(), error.to_string())
                     }),
                 None => state
-                    .upstreams
+                    .upstreams_for(qname)
                     .resolve(&upstream_query)
                     .await
                     .map(|(message, upstream)| (message, AnswerSource::Upstream(upstream), None))
