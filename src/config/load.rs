@@ -239,6 +239,84 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
     }
 
+    // RFC 9156 and the depth of real names: root, TLD, zone, and a CNAME or two beyond.
+    const MIN_DEPTH: u8 = 4;
+    if file.recursion.max_depth < MIN_DEPTH {
+        return Err(invalid(
+            0..0,
+            "recursion.max_depth".into(),
+            format!(
+                "must be at least {MIN_DEPTH}: a name three delegations below the root needs \
+                 three referrals (the default is 24)"
+            ),
+        ));
+    }
+    if file.cache.min_ttl_secs > file.cache.max_ttl_secs {
+        return Err(invalid(
+            0..0,
+            "cache.min_ttl_secs".into(),
+            format!(
+                "{} is above cache.max_ttl_secs ({})",
+                file.cache.min_ttl_secs, file.cache.max_ttl_secs
+            ),
+        ));
+    }
+    if file.cache.servfail_ttl_secs > MAX_SERVFAIL_TTL {
+        return Err(invalid(
+            0..0,
+            "cache.servfail_ttl_secs".into(),
+            format!("must be at most {MAX_SERVFAIL_TTL} (RFC 2308 §7.1: five minutes)"),
+        ));
+    }
+    for (key, value) in [
+        ("cache.max_ttl_secs", file.cache.max_ttl_secs),
+        (
+            "cache.negative_max_ttl_secs",
+            file.cache.negative_max_ttl_secs,
+        ),
+        ("blocking.ttl_secs", file.blocking.ttl_secs),
+    ] {
+        if value > MAX_TTL {
+            return Err(invalid(
+                0..0,
+                key.into(),
+                format!("must be at most {MAX_TTL} (RFC 2181 §8: a TTL is 31 bits)"),
+            ));
+        }
+    }
+    for (index, spanned) in file.server.listen.iter().enumerate() {
+        let addr = spanned.get_ref();
+        if file.server.listen[..index]
+            .iter()
+            .any(|earlier| earlier.get_ref() == addr)
+        {
+            return Err(invalid(
+                spanned.span(),
+                "server.listen".into(),
+                format!("{addr} is listed twice"),
+            ));
+        }
+        if addr.port() == 0 && !addr.ip().is_loopback() {
+            // Port 0 (any free port) is for tests on loopback; a resolver clients are told
+            // to use needs a port they can know.
+            return Err(invalid(
+                spanned.span(),
+                "server.listen".into(),
+                format!("{addr}: port 0 is only for loopback (tests)"),
+            ));
+        }
+    }
+    for spanned in &file.forward.upstreams {
+        let addr = spanned.get_ref();
+        if addr.port() == 0 {
+            return Err(invalid(
+                spanned.span(),
+                "forward.upstreams".into(),
+                format!("{addr}: port 0 is no server's port"),
+            ));
+        }
+    }
+
     if let Some((key, reason)) = file.audit.invalid_value() {
         return Err(invalid(0..0, format!("audit.{key}"), reason));
     }
@@ -466,6 +544,11 @@ fn key_line(text: &str, section: &str, key: &str) -> usize {
     header
 }
 
+/// RFC 2181 §8: TTLs are unsigned 31-bit numbers.
+const MAX_TTL: u32 = i32::MAX as u32;
+/// RFC 2308 §7.1: a server failure must not be cached longer than five minutes.
+const MAX_SERVFAIL_TTL: u32 = 300;
+
 /// The 1-based line of the `index`-th `[[table]]` header (0 if there is none).
 fn nth_table_line(text: &str, table: &str, index: usize) -> usize {
     text.lines()
@@ -641,6 +724,48 @@ mod tests {
             );
         }
         assert_eq!(parse_str(&good).unwrap().forward_zones.len(), 1);
+    }
+
+    #[test]
+    fn values_that_cannot_work_are_refused_with_their_key() {
+        let cases = [
+            (
+                "[recursion]\nmax_depth = 0\n",
+                "recursion.max_depth: must be at least 4",
+            ),
+            (
+                "[cache]\nmin_ttl_secs = 100\nmax_ttl_secs = 10\n",
+                "cache.min_ttl_secs: 100 is above cache.max_ttl_secs (10)",
+            ),
+            (
+                "[cache]\nservfail_ttl_secs = 1000\n",
+                "cache.servfail_ttl_secs: must be at most 300",
+            ),
+            (
+                "[blocking]\nttl_secs = 4294967295\n",
+                "blocking.ttl_secs: must be at most 2147483647",
+            ),
+            (
+                "[server]\nlisten = [\"127.0.0.1:53\", \"127.0.0.1:53\"]\n",
+                "server.listen: 127.0.0.1:53 is listed twice",
+            ),
+            (
+                "[server]\nlisten = [\"192.0.2.1:0\"]\n",
+                "server.listen: 192.0.2.1:0: port 0",
+            ),
+            (
+                "[forward]\nupstreams = [\"192.0.2.1:0\"]\n",
+                "forward.upstreams: 192.0.2.1:0: port 0",
+            ),
+        ];
+        for (text, says) in cases {
+            let error = parse_str(text).unwrap_err().to_string();
+            assert!(error.contains(says), "{text}: {error}");
+            assert!(error.starts_with("conf/dnsward.toml:"), "{error}");
+        }
+        // The edges themselves are fine.
+        let text = "[recursion]\nmax_depth = 4\n[cache]\nmin_ttl_secs = 10\nmax_ttl_secs = 10\nservfail_ttl_secs = 300\n[blocking]\nttl_secs = 2147483647\n";
+        assert!(parse_str(text).is_ok());
     }
 
     #[test]
