@@ -295,6 +295,24 @@ fn allow_list_beats_block_list() {
         RecordType::A,
     );
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+
+    // Reached through a CNAME, the allowed name is answered, and the record names the allow
+    // rule that let it through (it had no rule at all).
+    let reply = ask(
+        dnsward.addr,
+        Transport::Udp,
+        "pay-alias.test.",
+        RecordType::A,
+    );
+    assert_eq!(rdata_of(&reply, RecordType::A), ["192.0.2.67"]);
+    let line = dnsward
+        .wait_for_log(|line| {
+            line.contains("decision=\"allowed\"") && line.contains("pay-alias.test")
+        })
+        .expect("a decision record for the alias");
+    for field in ["list=\"allow\"", "rule=\"pay.blocked.test\"", "line=1"] {
+        assert!(line.contains(field), "missing {field} in {line}");
+    }
 }
 
 /// An A query with EDNS for a name given by its raw labels (hickory's parser refuses some).

@@ -128,11 +128,20 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let (line, column) = error
             .span()
             .map_or((0, 0), |span| line_and_column(text, span.start));
+        let mut message = error.message().to_owned();
+        if let Some(hint) = value_hint(&message) {
+            message.push_str(hint);
+        }
+        // toml says what is wrong, not of which key: a wrong address says only "invalid
+        // socket address syntax".
+        if let Some(key) = key_at(text, line) {
+            message = format!("{key}: {message}");
+        }
         ConfigError::Parse {
             path: path.to_owned(),
             line,
             column,
-            message: error.message().to_owned(),
+            message,
         }
     })?;
     let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
@@ -544,6 +553,64 @@ fn key_line(text: &str, section: &str, key: &str) -> usize {
     header
 }
 
+/// What a value should look like, for the parse errors of the types that say only "invalid".
+fn value_hint(message: &str) -> Option<&'static str> {
+    match message {
+        "invalid socket address syntax" => {
+            Some(" (expected address:port, such as 127.0.0.1:53 or [::1]:53)")
+        }
+        "invalid IP address syntax" => Some(
+            " (expected an address or a network with a prefix length in range, such as \
+             10.0.0.0/8 or 2001:db8::/32)",
+        ),
+        _ => None,
+    }
+}
+
+/// The dotted key (`server.listen`) written on 1-based `line` or, inside a value that spans
+/// lines, the one before it in the same table; `None` when the line is a table header or the
+/// key cannot be told.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut key = None;
+    for candidate in lines.get(..line)?.iter().rev() {
+        let trimmed = candidate.trim();
+        if trimmed.starts_with('[') && !trimmed.starts_with("[\"") && key.is_none() {
+            // A header line, or a table reached before any key: nothing to name.
+            let is_header = trimmed
+                .trim_start_matches('[')
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic());
+            if is_header {
+                return None;
+            }
+        }
+        if key.is_none()
+            && let Some((name, _)) = trimmed.split_once('=')
+        {
+            let name = name.trim();
+            if !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            {
+                key = Some(name.to_owned());
+            }
+            continue;
+        }
+        if let Some(key) = &key
+            && let Some(header) = trimmed
+                .strip_prefix('[')
+                .and_then(|rest| rest.split(']').next())
+        {
+            let table = header.trim_matches(|c| c == '[' || c == ' ');
+            return Some(format!("{table}.{key}"));
+        }
+    }
+    key
+}
+
 /// RFC 2181 §8: TTLs are unsigned 31-bit numbers.
 const MAX_TTL: u32 = i32::MAX as u32;
 /// RFC 2308 §7.1: a server failure must not be cached longer than five minutes.
@@ -766,6 +833,32 @@ mod tests {
         // The edges themselves are fine.
         let text = "[recursion]\nmax_depth = 4\n[cache]\nmin_ttl_secs = 10\nmax_ttl_secs = 10\nservfail_ttl_secs = 300\n[blocking]\nttl_secs = 2147483647\n";
         assert!(parse_str(text).is_ok());
+    }
+
+    #[test]
+    fn parse_errors_name_their_key_and_what_a_value_should_be() {
+        let cases = [
+            (
+                "[server]\nlisten = [\"127.0.0.1\"]\n",
+                "conf/dnsward.toml:2:11: server.listen: invalid socket address syntax (expected address:port",
+            ),
+            (
+                "[server]\nallow = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/33\",\n]\n",
+                "conf/dnsward.toml:4:3: server.allow: invalid IP address syntax (expected an address or a network",
+            ),
+            (
+                "[cache]\nbogus_key = 1\n",
+                "conf/dnsward.toml:2:1: cache.bogus_key: unknown field `bogus_key`",
+            ),
+            (
+                "[[list]]\nname = \"x\"\npath = \"x\"\nmode = 5\n",
+                "conf/dnsward.toml:4:8: list.mode: wanted string or table",
+            ),
+        ];
+        for (text, says) in cases {
+            let error = parse_str(text).unwrap_err().to_string();
+            assert!(error.starts_with(says), "{error}");
+        }
     }
 
     #[test]

@@ -619,6 +619,13 @@ impl Handler {
                 record.rule = Some(Arc::new(rule_match(&state.policy, rule, trigger)));
                 record.decision = DecisionKind::Logged;
             }
+            // An allow rule on a chain name decided nothing else may have: it is what let a
+            // name under a blocked domain through, and the auditor must see which rule did.
+            Some((Verdict::Allowed(rule), trigger))
+                if record.decision == DecisionKind::Allowed && record.rule.is_none() =>
+            {
+                record.rule = Some(Arc::new(rule_match(&state.policy, rule, trigger)));
+            }
             _ => {}
         }
 
@@ -692,8 +699,9 @@ fn cname_targets<'a>(qname: &Name, answers: &'a [Record]) -> Vec<&'a Name> {
 }
 
 /// Decides every name the answer's CNAME chain passes through, once each: the first enforcing
-/// block wins; otherwise the first log-only match. Allow-list hits on chain names vouch for
-/// nothing more than those names, so they are not returned.
+/// block wins; otherwise the first log-only match; otherwise the first allow-list hit, to be
+/// recorded (it vouches for that name only, so it never outranks a block or a log-only match
+/// further down the chain).
 fn cname_chain_verdict(
     state: &State,
     qname: &Name,
@@ -708,6 +716,7 @@ fn cname_chain_verdict(
     }
     let chain = cname_targets(qname, answers);
     let mut logged = None;
+    let mut allowed = None;
     for (index, target) in chain.iter().enumerate() {
         let mut buffer = LookupBuffer::new();
         let Some(key) = write_lookup_key(target.iter(), &mut buffer) else {
@@ -724,10 +733,11 @@ fn cname_chain_verdict(
         match verdict {
             Verdict::Blocked(_) => return Some((verdict, trigger())),
             Verdict::Logged(_) if logged.is_none() => logged = Some((verdict, trigger())),
+            Verdict::Allowed(_) if allowed.is_none() => allowed = Some((verdict, trigger())),
             _ => {}
         }
     }
-    logged
+    logged.or(allowed)
 }
 
 fn rule_match(policy: &Policy, rule: RuleRef, trigger: Trigger) -> RuleMatch {

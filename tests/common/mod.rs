@@ -50,6 +50,7 @@ svc         IN SVCB 1 svc-target.test. port=853
 alias       IN CNAME www.test.
 promo.shop  IN CNAME trade.binance.com.
 watched-alias IN CNAME www.watch.test.
+pay-alias   IN CNAME pay.blocked.test.
 www.blocked IN A   192.0.2.66
 pay.blocked IN A   192.0.2.67
 www.watch   IN A   192.0.2.77
