@@ -334,6 +334,42 @@ fn opt_out_and_over_limit_nsec3_denials_answer_without_ad() {
     }
 }
 
+/// RFC 8482 §4.1: ANY gets a validated subset, the A and AAAA RRsets (it had been SERVFAIL
+/// with EDE 6 in every signed zone).
+#[test]
+fn any_in_a_signed_zone_is_answered_with_a_validated_subset() {
+    let lease = Hierarchy::lease();
+    let dnsward = recursive_dnsward(&lease, "");
+    for transport in BOTH {
+        let reply = query(
+            dnsward.addr,
+            transport,
+            "www.good.ward.",
+            RecordType::ANY,
+            &dnssec(),
+        );
+        assert_secure_a(&reply, "192.0.2.1");
+        assert_eq!(
+            rdata_of(&reply, RecordType::AAAA),
+            ["2001:db8::1"],
+            "{reply}"
+        );
+        let reply = query(
+            dnsward.addr,
+            transport,
+            "nx.good.ward.",
+            RecordType::ANY,
+            &dnssec(),
+        );
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{reply}"
+        );
+        assert!(reply.metadata.authentic_data, "{reply}");
+    }
+}
+
 #[test]
 fn nxdomain_is_validated_with_nsec() {
     let lease = Hierarchy::lease();

@@ -309,6 +309,21 @@ impl Recursor {
         if let Some(deny) = &settings.deny_servers {
             options.deny_server = deny.clone();
         }
+        // Refused here, not at every query: hickory would log the root as primed and then fail
+        // each question with "no glue found", which does not point at the deny list.
+        let refused = |ip: &IpAddr| {
+            options.deny_server.iter().any(|net| net.contains(ip))
+                && !options.allow_server.iter().any(|net| net.contains(ip))
+        };
+        if !roots.is_empty() && roots.iter().all(refused) {
+            return Err(RecursionError::RootHints {
+                path: hints_path,
+                reason: "every root server address is refused by recursion.deny_servers (by \
+                         default loopback, private and other non-public ranges): for a lab \
+                         hierarchy set deny_servers = [] or name the servers in allow_servers"
+                    .to_owned(),
+            });
+        }
         let (delegations, prefetch_queue) = prefetch::queue();
         let server_timeout = Duration::from_millis(settings.server_timeout_ms.max(1));
         let inner = Arc::new(
@@ -652,7 +667,56 @@ impl Recursor {
                 Err(source) => Err(RecursionError::Forward(source)),
             };
         }
+        if query.qtype == RecordType::ANY {
+            return self.resolve_any(query).await;
+        }
+        self.resolve_validated(query).await
+    }
 
+    /// RFC 8482 §4.1: ANY is answered with a subset, here the name's A and AAAA RRsets (and the
+    /// CNAME chain to them), each looked up and validated like any question. hickory's validator
+    /// cannot judge an ANY answer (it took one from a signed zone for a failed denial: SERVFAIL
+    /// with EDE 6), and a validated subset serves the diagnostics ANY is still asked for.
+    async fn resolve_any(
+        &self,
+        query: &UpstreamQuery<'_>,
+    ) -> Result<RecursiveAnswer, RecursionError> {
+        let ask = |qtype| UpstreamQuery { qtype, ..*query };
+        let v4 = self.resolve_validated(&ask(RecordType::A)).await?;
+        if v4.ede.is_some() || v4.message.metadata.response_code != ResponseCode::NoError {
+            return Ok(v4);
+        }
+        let v6 = self.resolve_validated(&ask(RecordType::AAAA)).await?;
+        if v6.ede.is_some() {
+            return Ok(v6);
+        }
+        let mut message = v4.message;
+        let mut name = query.name.clone();
+        name.set_fqdn(true);
+        let answers = std::mem::take(&mut message.answers)
+            .into_iter()
+            .chain(v6.message.answers)
+            .collect();
+        // Each chain comes whole from its lookup: a loop was refused there already.
+        message.answers = chain_order(&name, answers).unwrap_or_default();
+        message.metadata.authentic_data &= v6.message.metadata.authentic_data;
+        // With records, no proof of absence goes with them; with none (NODATA both ways), the
+        // A lookup's proof stays.
+        if !message.answers.is_empty() {
+            message.authorities.clear();
+        }
+        Ok(RecursiveAnswer {
+            message,
+            ede: None,
+            forwarded_to: None,
+        })
+    }
+
+    /// One question resolved from the root and validated.
+    async fn resolve_validated(
+        &self,
+        query: &UpstreamQuery<'_>,
+    ) -> Result<RecursiveAnswer, RecursionError> {
         let mut name = query.name.clone();
         name.set_fqdn(true);
         let deadline = tokio::time::Instant::now() + self.timeout;
@@ -1096,6 +1160,43 @@ pub fn bogus_reason<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_hints_that_deny_servers_refuses_whole_fail_at_setup_naming_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let hints = dir.path().join("lab.hints");
+        std::fs::write(
+            &hints,
+            ". 3600 NS a.root.lab.\na.root.lab. 3600 A 127.0.53.1\n",
+        )
+        .unwrap();
+        let forward = ForwardConfig {
+            upstreams: Vec::new(),
+            timeout: Duration::from_secs(1),
+            attempts: 1,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let build = |deny_servers: Option<Vec<IpNet>>| {
+            let settings = RecursionSettings {
+                enabled: true,
+                root_hints: Some(hints.clone()),
+                dnssec_validation: false,
+                deny_servers,
+                ..RecursionSettings::default()
+            };
+            runtime.block_on(async { Recursor::new(&settings, &[], &forward).map(drop) })
+        };
+        let error = build(None).unwrap_err().to_string();
+        assert!(
+            error.contains("lab.hints") && error.contains("deny_servers"),
+            "{error}"
+        );
+        // As the tests' hierarchy runs it: nothing denied.
+        assert!(build(Some(Vec::new())).is_ok());
+    }
 
     #[test]
     fn built_in_root_hints_have_all_thirteen_servers() {
