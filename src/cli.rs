@@ -438,11 +438,13 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     warnings.log();
-    if state.config.forward.upstreams.is_empty() && !state.config.recursion.enabled {
-        eprintln!(
-            "{}: forward.upstreams: needs at least one upstream (or recursion.enabled = true)",
-            path.display()
-        );
+    // What `check` reports besides the lists (upstreams, audit keys, root hints and trust
+    // anchor): a configuration problem, exit 2 like the others, said once.
+    let problems = state::start_problems(&state.config);
+    if !problems.is_empty() {
+        for problem in &problems {
+            eprintln!("{problem}");
+        }
         return ExitCode::from(2);
     }
     match run_server(state, &snapshot) {

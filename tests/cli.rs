@@ -263,15 +263,15 @@ fn serve_names_a_missing_audit_key_once() {
     );
     let (_dir, path) = setup(&config, &[]);
     let output = run(&["serve", "--config", &path]);
-    assert_eq!(output.status.code(), Some(1));
+    // A configuration problem, found before anything starts (as `check` finds it): exit 2.
+    assert_eq!(output.status.code(), Some(2));
     let message = stderr(&output);
     let last = message.lines().last().unwrap_or_default();
     assert!(
-        last.starts_with("dnsward: cannot open the audit log")
-            && last.contains("audit.signing_key: ")
-            && last.contains("missing.key"),
+        last.starts_with(&format!("{path}: audit.signing_key: ")) && last.contains("missing.key"),
         "{message}"
     );
+    assert_eq!(message.matches("missing.key").count(), 1, "{message}");
     // The cause is named once, not once per level of the error chain.
     assert_eq!(last.matches("os error 2").count(), 1, "{message}");
 }
@@ -393,6 +393,16 @@ fn check_validates_the_audit_key_and_recursion_files() {
     assert!(
         message.contains("recursion") && message.contains("nope.hints"),
         "{message}"
+    );
+    // `serve` refuses it as a configuration problem: exit 2 (it was 1), said once (it was
+    // said twice, as a log line and again on standard error).
+    let output = run(&["serve", "--config", &path]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output).matches("nope.hints").count(),
+        1,
+        "{}",
+        stderr(&output)
     );
 }
 
