@@ -82,27 +82,27 @@ impl BuildWarnings {
     pub const LOGGED: usize = 20;
 
     pub fn log(&self) {
-        for warning in self.skipped.iter().take(Self::LOGGED) {
-            tracing::warn!("{warning} (skipped)");
-        }
-        let more = self.skipped.len().saturating_sub(Self::LOGGED);
-        if more > 0 {
-            tracing::warn!(
-                more,
-                "... and {more} more skipped line(s); `dnsward check` lists them all"
-            );
-        }
-        for warning in self.whole_tld.iter().take(Self::LOGGED) {
-            tracing::warn!("{warning}");
-        }
-        let more = self.whole_tld.len().saturating_sub(Self::LOGGED);
-        if more > 0 {
-            tracing::warn!(
-                more,
-                "... and {more} more rule(s) covering a whole top-level domain; `dnsward check` \
-                 lists them all"
-            );
-        }
+        log_capped(&self.skipped, " (skipped)", "skipped line(s)");
+        log_capped(
+            &self.whole_tld,
+            "",
+            "rule(s) covering a whole top-level domain",
+        );
+    }
+}
+
+/// Logs the first [`BuildWarnings::LOGGED`] of `warnings` (each followed by `suffix`), then
+/// how many more `what` there are.
+fn log_capped<T: std::fmt::Display>(warnings: &[T], suffix: &str, what: &str) {
+    for warning in warnings.iter().take(BuildWarnings::LOGGED) {
+        tracing::warn!("{warning}{suffix}");
+    }
+    let more = warnings.len().saturating_sub(BuildWarnings::LOGGED);
+    if more > 0 {
+        tracing::warn!(
+            more,
+            "... and {more} more {what}; `dnsward check` lists them all"
+        );
     }
 }
 
