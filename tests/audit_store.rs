@@ -3203,6 +3203,36 @@ fn a_segment_that_calls_itself_an_export_is_modified() {
     assert_eq!((failure.spot.file, failure.spot.offset), (renamed, 0));
 }
 
+/// A header that declares a torn line the segment before it does not have is a modified
+/// header (it passed, and `verify` reported a crash recovery that never happened).
+#[test]
+fn a_torn_tail_declared_without_a_torn_line_is_a_modified_header() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (settings, public) = signed_log(tmp.path(), 300);
+    let log = settings.dir;
+    let files = segments(&log);
+    assert!(files.len() >= 2, "{files:?}");
+    let (before, after) = (&files[0], &files[1]);
+    let data = std::fs::read(after).unwrap();
+    let mut lines: Vec<Vec<u8>> = data
+        .split_inclusive(|&b| b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect();
+    let mut header = segment::Header::parse(lines[0].strip_suffix(b"\n").unwrap()).unwrap();
+    header.torn_tail = Some(segment::TornTail {
+        segment: file_name(before),
+        offset: 100,
+    });
+    let mut header_line = Vec::new();
+    header.encode(&mut header_line).unwrap();
+    lines[0] = header_line;
+    write_lines(after, &lines);
+    let report = audit::verify(&log, Some(&public)).unwrap();
+    let failure = report.failure.clone().expect("the declaration is found");
+    assert_eq!(failure.kind, FailureKind::ModifiedHeader, "{report}");
+    assert_eq!(&failure.spot.file, after);
+}
+
 /// A record's seq edited in place (nothing deleted or inserted: the next record follows it)
 /// is a modified record at that place, not "20 records deleted" or "inserted".
 #[test]

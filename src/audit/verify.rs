@@ -948,6 +948,16 @@ impl Checker {
                     seq: None,
                     offset: *offset,
                 }),
+                // FORMAT.md: only a torn line may be declared. A declaration without one would
+                // pass as a recovered crash that never happened.
+                None if header.torn_tail.is_some() => {
+                    return Err(Self::fail(
+                        FailureKind::ModifiedHeader,
+                        path,
+                        Some(header.first_seq),
+                        0,
+                    ));
+                }
                 _ => {}
             }
         }
