@@ -596,8 +596,8 @@ fn log_effective_config(config: &Config, state: &State) {
     }
 }
 
-/// `check` and `lists diff` are where an admin reads every warning (skipped lines, rules that cover a whole
-/// top-level domain): all of them, on standard error.
+/// `check` and `lists diff` are where an admin reads every warning (skipped lines, rules that
+/// cover a whole top-level domain): all of them, on standard error.
 fn print_warnings(warnings: &BuildWarnings) {
     for warning in &warnings.whole_tld {
         eprintln!("warning: {warning}");

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use hickory_proto::rr::Name;
 
 use crate::{
-    config::{Config, ForwardConfig},
+    config::Config,
     lists::{self, ListError, WholeTldRule},
     policy::{Policy, PolicyList},
-    resolve::Upstreams,
+    resolve::{ForwardZones, Upstreams},
     server::acl::Acl,
     snapshot::Snapshot,
 };
@@ -26,8 +26,8 @@ pub struct State {
     pub policy: Policy,
     /// Part of the state so an upstream change applies on reload; health starts afresh.
     pub upstreams: Upstreams,
-    /// `[[forward.zone]]` in forward mode, most specific first (recursion has its own).
-    pub forward_zones: Vec<(Name, Upstreams)>,
+    /// `[[forward.zone]]` in forward mode (recursion has its own).
+    pub forward_zones: ForwardZones,
 }
 
 impl State {
@@ -35,29 +35,9 @@ impl State {
     /// holding it (internal names never go to the public upstreams), else `[forward]`'s.
     pub fn upstreams_for(&self, qname: &Name) -> &Upstreams {
         self.forward_zones
-            .iter()
-            .find(|(zone, _)| zone.zone_of(qname))
-            .map_or(&self.upstreams, |(_, upstreams)| upstreams)
+            .upstreams_for(qname)
+            .unwrap_or(&self.upstreams)
     }
-}
-
-/// The upstreams of each `[[forward.zone]]` (names were checked when the config loaded).
-fn forward_zone_upstreams(config: &Config) -> Vec<(Name, Upstreams)> {
-    let mut zones: Vec<(Name, Upstreams)> = config
-        .forward_zones
-        .iter()
-        .filter_map(|zone| {
-            let mut name = Name::from_ascii(&zone.name).ok()?;
-            name.set_fqdn(true);
-            let forward = ForwardConfig {
-                upstreams: zone.upstreams.clone(),
-                ..config.forward.clone()
-            };
-            Some((name, Upstreams::new(&forward)))
-        })
-        .collect();
-    zones.sort_by_key(|(name, _)| std::cmp::Reverse(name.num_labels()));
-    zones
 }
 
 /// Every list that failed to load, with every bad line: an admin fixes them all in one pass.
@@ -219,7 +199,7 @@ pub fn build_generation(
         acl: Acl::new(&config.server.allow),
         policy: Policy::new(compiled),
         upstreams: Upstreams::new(&config.forward),
-        forward_zones: forward_zone_upstreams(&config),
+        forward_zones: ForwardZones::new(&config.forward_zones, &config.forward),
         config: Arc::new(config),
     };
     Ok((state, warnings))

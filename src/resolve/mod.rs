@@ -6,4 +6,4 @@ pub mod servers;
 pub mod upstream;
 
 pub use recursor::{ForwardZone, RecursionError, RecursionSettings, RecursiveAnswer, Recursor};
-pub use upstream::{UpstreamError, UpstreamQuery, Upstreams};
+pub use upstream::{ForwardZones, UpstreamError, UpstreamQuery, Upstreams};

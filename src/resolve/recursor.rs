@@ -43,7 +43,7 @@ use serde::Deserialize;
 use super::{
     prefetch,
     servers::{self, GuardedProvider},
-    upstream::{UpstreamError, UpstreamQuery, Upstreams},
+    upstream::{ForwardZones, UpstreamError, UpstreamQuery},
 };
 use crate::config::ForwardConfig;
 
@@ -142,8 +142,6 @@ pub enum RecursionError {
     RootHints { path: PathBuf, reason: String },
     #[error("{path}: trust anchor: {reason}", path = path.display())]
     TrustAnchor { path: PathBuf, reason: String },
-    #[error("forward zone {zone:?}: {reason}")]
-    ForwardZone { zone: String, reason: String },
     #[error("recursor setup: {0}")]
     Setup(#[source] RecursorError),
     #[error("{qname}: no answer within {timeout:?}")]
@@ -180,7 +178,6 @@ impl RecursionError {
             },
             Self::RootHints { .. }
             | Self::TrustAnchor { .. }
-            | Self::ForwardZone { .. }
             | Self::Setup(_)
             | Self::Task { .. } => 0,
         }
@@ -213,8 +210,7 @@ const RESOLVE_ATTEMPTS: u32 = 4;
 /// The recursive resolver: hickory's recursor plus forward zones.
 pub struct Recursor {
     inner: Arc<hickory_resolver::recursor::Recursor<GuardedProvider>>,
-    /// Sorted longest name first, so the most specific zone wins.
-    forward_zones: Vec<(Name, Upstreams)>,
+    forward_zones: ForwardZones,
     validating: bool,
     timeout: Duration,
     /// The runtime the recursor was built on, where every lookup runs (see `resolve`); `None`
@@ -347,31 +343,7 @@ impl Recursor {
             );
         }
 
-        let mut forward_zones = Vec::with_capacity(zones.len());
-        for zone in zones {
-            let name = Name::from_ascii(&zone.name)
-                .map(|name| {
-                    let mut name = name;
-                    name.set_fqdn(true);
-                    name
-                })
-                .map_err(|error| RecursionError::ForwardZone {
-                    zone: zone.name.clone(),
-                    reason: error.to_string(),
-                })?;
-            if zone.upstreams.is_empty() {
-                return Err(RecursionError::ForwardZone {
-                    zone: zone.name.clone(),
-                    reason: "needs at least one upstream".to_owned(),
-                });
-            }
-            let config = ForwardConfig {
-                upstreams: zone.upstreams.clone(),
-                ..forward.clone()
-            };
-            forward_zones.push((name, Upstreams::new(&config)));
-        }
-        forward_zones.sort_by_key(|(name, _)| std::cmp::Reverse(name.num_labels()));
+        let forward_zones = ForwardZones::new(zones, forward);
 
         Ok(Self {
             inner,
@@ -651,11 +623,7 @@ impl Recursor {
         &self,
         query: &UpstreamQuery<'_>,
     ) -> Result<RecursiveAnswer, RecursionError> {
-        if let Some((_, upstreams)) = self
-            .forward_zones
-            .iter()
-            .find(|(zone, _)| zone.zone_of(query.name))
-        {
+        if let Some(upstreams) = self.forward_zones.upstreams_for(query.name) {
             // Forwarded zones are internal: the root's chain of trust does not cover them, so the
             // upstream's AD (if any) is passed on as it comes.
             return match upstreams.resolve(query).await {

@@ -95,6 +95,40 @@ pub struct Upstreams {
 /// than pin all traffic on one.
 const HOLD_DOWN: Duration = Duration::from_secs(5);
 
+/// The servers of each `[[forward.zone]]`, most specific zone first: forward mode (in the
+/// serving state) and recursion (in the recursor) route a zone's names the same way.
+#[derive(Debug, Default)]
+pub struct ForwardZones(Vec<(Name, Upstreams)>);
+
+impl ForwardZones {
+    /// The zones' names were checked when the config loaded; one that does not parse is left
+    /// out rather than failing a built state.
+    pub fn new(zones: &[super::ForwardZone], forward: &ForwardConfig) -> Self {
+        let mut built: Vec<(Name, Upstreams)> = zones
+            .iter()
+            .filter_map(|zone| {
+                let mut name = Name::from_ascii(&zone.name).ok()?;
+                name.set_fqdn(true);
+                let config = ForwardConfig {
+                    upstreams: zone.upstreams.clone(),
+                    ..forward.clone()
+                };
+                Some((name, Upstreams::new(&config)))
+            })
+            .collect();
+        built.sort_by_key(|(name, _)| std::cmp::Reverse(name.num_labels()));
+        Self(built)
+    }
+
+    /// The servers of the most specific zone holding `name`, if one does.
+    pub fn upstreams_for(&self, name: &Name) -> Option<&Upstreams> {
+        self.0
+            .iter()
+            .find(|(zone, _)| zone.zone_of(name))
+            .map(|(_, upstreams)| upstreams)
+    }
+}
+
 /// The UDP payload size we advertise upstream: the DNS Flag Day 2020 value.
 const UPSTREAM_PAYLOAD: u16 = 1232;
 

@@ -237,6 +237,38 @@ fn formerr_for(message: &[u8]) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
+/// A request's question section as received, kept beside its responder for
+/// `encode_response`. Inline: a query has one question of at most 255 + 4 bytes, and the
+/// query path allocates nothing for it. A longer section (several questions, refused before
+/// any answer is encoded) is kept as none: the response is then encoded as before.
+#[derive(Clone, Copy)]
+pub(crate) struct QuestionBytes {
+    bytes: [u8; QUESTION_MAX],
+    len: u16,
+}
+
+const QUESTION_MAX: usize = 255 + 4;
+
+impl QuestionBytes {
+    pub(crate) const NONE: Self = Self {
+        bytes: [0; QUESTION_MAX],
+        len: 0,
+    };
+
+    pub(crate) fn new(question: &[u8]) -> Self {
+        let mut kept = Self::NONE;
+        if let Some(room) = kept.bytes.get_mut(..question.len()) {
+            room.copy_from_slice(question);
+            kept.len = question.len() as u16;
+        }
+        kept
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
 /// Encodes a response in at most `limit` bytes (the encoder sets TC and leaves out what does
 /// not fit). `question` is the request's question section as received, which the response
 /// repeats. A response that cannot be encoded at all becomes a bare SERVFAIL, as in
@@ -267,6 +299,11 @@ fn encode_response<'a>(
     match emitted {
         Ok(info) => {
             bytes.truncate(end);
+            // The seeded pointers hold only if the response repeats this very question.
+            debug_assert!(
+                question.is_empty() || bytes.get(12..12 + question.len()) == Some(question),
+                "response written with another question than the one seeded"
+            );
             Ok((info, bytes))
         }
         Err(error) => {
@@ -333,6 +370,23 @@ mod tests {
     use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 
     use super::*;
+
+    #[test]
+    fn question_bytes_keep_one_question_inline_and_nothing_longer() {
+        assert_eq!(
+            QuestionBytes::new(b"\x03www\x00\x00\x01\x00\x01")
+                .as_slice()
+                .len(),
+            9
+        );
+        let longest = [1u8; QUESTION_MAX];
+        assert_eq!(QuestionBytes::new(&longest).as_slice(), &longest[..]);
+        assert!(
+            QuestionBytes::new(&[1u8; QUESTION_MAX + 1])
+                .as_slice()
+                .is_empty()
+        );
+    }
 
     #[test]
     fn a_response_that_cannot_be_encoded_goes_out_as_a_bare_servfail() {

@@ -329,7 +329,7 @@ impl Connection {
                 let responder = Responder {
                     answers: answers.clone(),
                     slot,
-                    question: Box::default(),
+                    question: super::QuestionBytes::NONE,
                 };
                 let mut query = Box::pin(async move {
                     answer(&handler, message, arrival, responder).await;
@@ -487,7 +487,7 @@ async fn answer(handler: &Handler, message: Vec<u8>, arrival: Arrival, mut respo
         handler.counters().malformed.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    responder.question = request.queries.as_bytes().into();
+    responder.question = super::QuestionBytes::new(request.queries.as_bytes());
     handler
         .answer_query(&request, responder, arrival.batch)
         .await;
@@ -499,7 +499,7 @@ struct Responder {
     answers: mpsc::Sender<Outgoing>,
     slot: Arc<OwnedSemaphorePermit>,
     /// The request's question section as received (see `encode_response`); set once parsed.
-    question: Box<[u8]>,
+    question: super::QuestionBytes,
 }
 
 impl Responder {
@@ -531,7 +531,7 @@ impl ResponseHandler for Responder {
         >,
     ) -> Result<ResponseInfo, NetError> {
         // The limit is the largest TCP message; past it, TC and what fits.
-        let (info, bytes) = super::encode_response(response, u16::MAX, &self.question)?;
+        let (info, bytes) = super::encode_response(response, u16::MAX, self.question.as_slice())?;
         self.send(bytes).await?;
         Ok(info)
     }
@@ -608,7 +608,7 @@ mod tests {
                 let responder = Responder {
                     answers: answers.clone(),
                     slot,
-                    question: Box::default(),
+                    question: crate::server::QuestionBytes::NONE,
                 };
                 let arrival = Arrival {
                     client: "127.0.0.1:5300".parse().expect("client"),

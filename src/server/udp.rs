@@ -324,7 +324,7 @@ fn answer(
     let responder = Responder {
         socket: socket.clone(),
         destination: source,
-        question: request.queries.as_bytes().into(),
+        question: super::QuestionBytes::new(request.queries.as_bytes()),
     };
     let handler = handler.clone();
     let mut query = Box::pin(async move {
@@ -346,7 +346,7 @@ struct Responder {
     socket: Arc<ListenSocket>,
     destination: SocketAddr,
     /// The request's question section as received (see `encode_response`).
-    question: Box<[u8]>,
+    question: super::QuestionBytes,
 }
 
 #[async_trait::async_trait]
@@ -368,7 +368,7 @@ impl ResponseHandler for Responder {
         let limit = response
             .edns()
             .map_or(512, |edns| edns.max_payload().max(512));
-        let (info, bytes) = super::encode_response(response, limit, &self.question)?;
+        let (info, bytes) = super::encode_response(response, limit, self.question.as_slice())?;
         self.socket.send_waiting(&bytes, self.destination).await?;
         Ok(info)
     }
