@@ -465,6 +465,40 @@ fn nsec3_signed_zone_validates_positive_and_negative_answers() {
     }
 }
 
+/// Wildcard answers (RFC 4035 §5.3.4, RFC 5155 §8.8): a name one or two labels below
+/// `*.wild` is answered from the wildcard, with the NSEC or NSEC3 record proving that the name
+/// itself does not exist, and validates; so does a wildcard NODATA (RFC 4035 §3.1.3.4).
+#[test]
+fn wildcard_answers_validate_with_nsec_and_nsec3() {
+    let lease = Hierarchy::lease();
+    let dnsward = recursive_dnsward(&lease, "");
+    for transport in BOTH {
+        for (zone, address) in [("good.ward.", "192.0.2.7"), ("nsec3.ward.", "192.0.2.37")] {
+            for name in [format!("x.wild.{zone}"), format!("a.b.wild.{zone}")] {
+                let reply = query(dnsward.addr, transport, &name, RecordType::A, &dnssec());
+                assert_secure_a(&reply, address);
+                assert!(
+                    reply.answers.iter().all(|r| r.name.to_string() == name),
+                    "{reply}"
+                );
+            }
+            let name = format!("y.wild.{zone}");
+            let reply = query(dnsward.addr, transport, &name, RecordType::MX, &dnssec());
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::NoError,
+                "{name}: {reply} {:?}",
+                ede(&reply)
+            );
+            assert!(reply.answers.is_empty(), "{reply}");
+            assert!(
+                reply.metadata.authentic_data,
+                "wildcard NODATA proven: {reply}"
+            );
+        }
+    }
+}
+
 /// Logs which servers were passed over (`servers` logs each at debug level).
 const SERVER_LOG: &str = "info,dnsward::resolve::servers=debug";
 
@@ -896,6 +930,10 @@ fn differential_against_unbound() {
         "ns.good.ward.",
         "nope.good.ward.",
         "deep.nope.good.ward.",
+        "x.wild.good.ward.",
+        "a.b.wild.good.ward.",
+        "wild.good.ward.",
+        "x.wild.nsec3.ward.",
         "ok.lab.",
         "www.ok.lab.",
         "hosting.lab.",

@@ -41,7 +41,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{
-    prefetch,
+    nsec, prefetch,
     servers::{self, GuardedProvider},
     upstream::{ForwardZones, UpstreamError, UpstreamQuery},
 };
@@ -396,36 +396,28 @@ impl Recursor {
         let mut question = Query::query(name.clone(), qtype);
         question.set_query_class(qclass);
         match self.resolve_with_retries(&question, deadline).await? {
-            Ok(message) => Ok(Lookup {
-                sections: (
-                    message.metadata.response_code,
-                    message.answers,
-                    message.authorities,
-                    message.additionals,
-                ),
-                bogus_denial: false,
-                insecure_denial: false,
-            }),
-            Err(error) => match negative(error) {
-                Ok(sections) => Ok(Lookup {
+            Ok(message) => Ok(Lookup::answered(message)),
+            Err(error) => match wildcard_answer(error).map_err(negative) {
+                Ok(message) => Ok(Lookup::answered(message)),
+                Err(Ok(sections)) => Ok(Lookup {
                     sections,
                     bogus_denial: false,
                     insecure_denial: false,
                 }),
-                Err(NegativeError::Insecure(sections)) => Ok(Lookup {
+                Err(Err(NegativeError::Insecure(sections))) => Ok(Lookup {
                     sections,
                     bogus_denial: false,
                     insecure_denial: true,
                 }),
-                Err(NegativeError::Bogus {
+                Err(Err(NegativeError::Bogus {
                     response_code,
                     authorities,
-                }) => Ok(Lookup {
+                })) => Ok(Lookup {
                     sections: (response_code, Vec::new(), authorities, Vec::new()),
                     bogus_denial: true,
                     insecure_denial: false,
                 }),
-                Err(NegativeError::Other(source)) => Err(RecursionError::Resolution {
+                Err(Err(NegativeError::Other(source))) => Err(RecursionError::Resolution {
                     qname: name.clone(),
                     source: Box::new(source),
                 }),
@@ -950,6 +942,19 @@ struct Lookup {
 }
 
 impl Lookup {
+    fn answered(message: Message) -> Self {
+        Self {
+            sections: (
+                message.metadata.response_code,
+                message.answers,
+                message.authorities,
+                message.additionals,
+            ),
+            bogus_denial: false,
+            insecure_denial: false,
+        }
+    }
+
     fn has_type(&self, qtype: RecordType) -> bool {
         self.sections
             .1
@@ -969,6 +974,19 @@ enum NegativeError {
     },
     Insecure(Sections),
     Other(RecursorError),
+}
+
+/// A wildcard answer hickory's validator rejected for a proof it misjudges (see `nsec`), as
+/// the answer it is; any other error as it was.
+fn wildcard_answer(error: RecursorError) -> Result<Message, RecursorError> {
+    match error {
+        RecursorError::Net(NetError::Dns(DnsError::Nsec {
+            response,
+            proof: Proof::Bogus,
+            ..
+        })) if nsec::proves_wildcard_answer(&response) => Ok(response.into_message()),
+        other => Err(other),
+    }
 }
 
 /// hickory returns NXDOMAIN and NODATA as errors; turn them back into sections (RFC 2308: the
