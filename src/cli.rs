@@ -423,20 +423,21 @@ fn serve(path: &std::path::Path) -> ExitCode {
     logging::init(&config.log);
     ignore_file_size_signal();
     let snapshot = Snapshot::new(&config.server.data_dir);
-    let (state, warnings) = match state::build_generation(config, 1, Some(&snapshot)) {
-        Ok(built) => built,
-        Err(error) => {
-            for problem in &error.errors {
-                eprintln!("{problem}");
+    let (state, warnings) =
+        match state::build_generation(config, 1, Some(&snapshot), &state::ServingRules::new()) {
+            Ok(built) => built,
+            Err(error) => {
+                for problem in &error.errors {
+                    eprintln!("{problem}");
+                }
+                eprintln!(
+                    "{}: refusing to start: {} list problem(s)",
+                    path.display(),
+                    error.errors.len()
+                );
+                return ExitCode::from(2);
             }
-            eprintln!(
-                "{}: refusing to start: {} list problem(s)",
-                path.display(),
-                error.errors.len()
-            );
-            return ExitCode::from(2);
-        }
-    };
+        };
     warnings.log();
     // What `check` reports besides the lists (upstreams, audit keys, root hints and trust
     // anchor): a configuration problem, exit 2 like the others, said once.

@@ -4,6 +4,7 @@
 //! # Layout
 //! - `audit`: the hash-chained, signed decision trail: writer, verify, search, summary, export.
 //! - `config`: the TOML file's model and its validated, typed form.
+//! - `files`: reading operator-supplied files (regular files only: a FIFO would hang a reload).
 //! - `lists`: list file syntax (plain, hosts, adblock, `*.`), loading, and the domain matcher.
 //! - `policy`: which list and rule decides a name; the decision record.
 //! - `state`: config + ACL + compiled policy as one immutable, swappable snapshot.
@@ -20,6 +21,7 @@ pub mod audit;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod files;
 pub mod lists;
 pub mod logging;
 pub mod policy;

@@ -15,10 +15,11 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    config::Config,
+    config::{BlockAction, Config},
     lists::{self, LoadError, OnInvalid, RuleKind},
     policy::{
-        Client, LookupBuffer, Policy, PolicyList, Transport, Verdict, decision::action_name,
+        Client, LookupBuffer, Policy, PolicyList, Transport, Verdict,
+        decision::{action_name, labels_from_text},
         write_lookup_key,
     },
     snapshot::{Manifest, Snapshot, SnapshotError},
@@ -140,14 +141,20 @@ impl Comparison {
                 mode: list.mode,
                 action: list.action,
                 ede: list.ede,
-                sinkhole_v4: None,
-                sinkhole_v6: None,
+                sinkhole_v4: list.sinkhole_v4,
+                sinkhole_v6: list.sinkhole_v6,
                 matcher: loaded.matcher,
                 sha256: loaded.sha256,
                 skipped_lines: loaded.skipped.len(),
             });
         }
-        let (edited, warnings) = state::build(edited_config)?;
+        // The reload refuses what would empty a serving list; so does its preview.
+        let serving_rules = manifest
+            .lists
+            .iter()
+            .map(|list| (list.name.clone(), list.rules))
+            .collect();
+        let (edited, warnings) = state::build_generation(edited_config, 1, None, &serving_rules)?;
         Ok(Self {
             manifest,
             serving: Policy::new(serving_lists),
@@ -243,10 +250,8 @@ fn outcome(policy: &Policy, name: &str, client: &Client) -> Outcome {
     // The stored name is in presentation form (`\.` and `\DDD` escapes): decided from its
     // labels, as the server decided it.
     let mut buffer = LookupBuffer::new();
-    let name = hickory_proto::rr::Name::from_ascii(name).ok();
-    let key = name
-        .as_ref()
-        .and_then(|name| write_lookup_key(name.iter(), &mut buffer));
+    let labels = labels_from_text(name.as_bytes());
+    let key = write_lookup_key(labels.iter().map(Vec::as_slice), &mut buffer);
     let verdict = key.map_or(Verdict::Pass, |key| policy.decide(key, client));
     match verdict {
         Verdict::Pass | Verdict::Allowed(_) => Outcome::Allowed,
@@ -260,6 +265,21 @@ fn outcome(policy: &Policy, name: &str, client: &Client) -> Outcome {
         Verdict::Logged(rule) => Outcome::Logged {
             list: policy.list(rule).name.to_string(),
         },
+    }
+}
+
+/// The sinkhole addresses as configured (`sinkhole = [...]`), `none` when there are none.
+fn sinkhole_text(list: &PolicyList) -> String {
+    let addresses: Vec<String> = list
+        .sinkhole_v4
+        .map(|v4| v4.to_string())
+        .into_iter()
+        .chain(list.sinkhole_v6.map(|v6| v6.to_string()))
+        .collect();
+    if addresses.is_empty() {
+        "none".to_owned()
+    } else {
+        addresses.join(" ")
     }
 }
 
@@ -286,6 +306,9 @@ fn diff_list(before: &PolicyList, after: &PolicyList) -> ListDiff {
         action_name(after.action).into(),
     );
     setting("ede", before.ede.to_string(), after.ede.to_string());
+    if before.action == BlockAction::Sinkhole || after.action == BlockAction::Sinkhole {
+        setting("sinkhole", sinkhole_text(before), sinkhole_text(after));
+    }
     let (added, removed) = if before.sha256 == after.sha256 {
         (Vec::new(), Vec::new())
     } else {

@@ -89,6 +89,7 @@ impl Reloader {
         // Parsing a large list takes CPU time: do it on a low-priority thread so the workers
         // serving queries win every contest for a core (bench/reload.sh: p99 under a reload
         // per second).
+        let serving = state::serving_rules(&current);
         let built = in_background(move || {
             let config = config::load(&path).map_err(|error| vec![error.to_string()])?;
             let problems = state::start_problems(&config);
@@ -96,7 +97,7 @@ impl Reloader {
                 return Err(problems);
             }
             let snapshot = Snapshot::new(&config.server.data_dir);
-            state::build_generation(config, generation, Some(&snapshot))
+            state::build_generation(config, generation, Some(&snapshot), &serving)
                 .map_err(|error| error.errors.iter().map(ToString::to_string).collect())
         })
         .await

@@ -7,6 +7,7 @@
 
 use std::{
     io::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -53,6 +54,12 @@ pub struct ManifestList {
     pub mode: ListMode,
     pub action: BlockAction,
     pub ede: u16,
+    /// The `sinkhole` action's addresses (absent when none; and in manifests written before
+    /// 2026-12-03, which previews then take for none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sinkhole_v4: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sinkhole_v6: Option<Ipv6Addr>,
     pub rules: usize,
 }
 
@@ -113,6 +120,8 @@ impl Snapshot {
                     mode: list.mode,
                     action: list.action,
                     ede: list.ede,
+                    sinkhole_v4: list.sinkhole_v4,
+                    sinkhole_v6: list.sinkhole_v6,
                     rules: list.matcher.len(),
                 })
                 .collect(),
@@ -216,6 +225,8 @@ mod tests {
                     mode: ListMode::Enforce,
                     action: BlockAction::Nxdomain,
                     ede: 15,
+                    sinkhole_v4: None,
+                    sinkhole_v6: None,
                     rules: 1,
                 })
                 .collect(),

@@ -4,7 +4,7 @@
 //! (which builds a whole new `State` off the query path and swaps it in) can never be seen half
 //! applied.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use hickory_proto::rr::Name;
 
@@ -137,21 +137,38 @@ pub fn start_problems(config: &Config) -> Vec<String> {
 /// Loads every list the config names and compiles the policy. Fails if any list fails: a
 /// half-applied policy is worse than none.
 pub fn build(config: Config) -> Result<(State, BuildWarnings), StateError> {
-    build_generation(config, 1, None)
+    build_generation(config, 1, None, &ServingRules::new())
+}
+
+/// Rules per list name in the serving generation, for the checks that compare an edit with
+/// what serves (an emptied list file).
+pub type ServingRules = HashMap<String, usize>;
+
+/// The rule counts of `state`'s lists.
+pub fn serving_rules(state: &State) -> ServingRules {
+    state
+        .policy
+        .lists()
+        .iter()
+        .map(|list| (list.name.to_string(), list.matcher.len()))
+        .collect()
 }
 
 /// [`build`] with an explicit generation number (reloads count up from the serving state's),
-/// keeping a copy of every list as loaded in `snapshot` when given (see `snapshot`).
+/// keeping a copy of every list as loaded in `snapshot` when given (see `snapshot`). A list
+/// whose file is now empty while its serving version has rules is refused (see
+/// [`ListError::Emptied`]).
 pub fn build_generation(
     config: Config,
     generation: u64,
     snapshot: Option<&Snapshot>,
+    serving: &ServingRules,
 ) -> Result<(State, BuildWarnings), StateError> {
     let mut errors = Vec::new();
     let mut warnings = BuildWarnings::default();
     let mut compiled = Vec::with_capacity(config.lists.len());
     for list in &config.lists {
-        let bytes = match std::fs::read(&list.path) {
+        let bytes = match crate::files::read_regular(&list.path) {
             Ok(bytes) => bytes,
             Err(source) => {
                 errors.push(ListError::Io {
@@ -162,6 +179,16 @@ pub fn build_generation(
             }
         };
         match lists::load_bytes(&list.path, &bytes, list.on_invalid) {
+            Ok(loaded)
+                if loaded.matcher.is_empty()
+                    && lists::is_blank(&bytes)
+                    && serving.get(&list.name).is_some_and(|&rules| rules > 0) =>
+            {
+                errors.push(ListError::Emptied {
+                    path: list.path.clone(),
+                    serving_rules: serving.get(&list.name).copied().unwrap_or_default(),
+                });
+            }
             Ok(loaded) => {
                 if let Some(snapshot) = snapshot
                     && let Err(error) = snapshot.keep_list(&loaded.sha256, &bytes)

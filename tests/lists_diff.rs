@@ -164,6 +164,30 @@ fn diff_reports_outcome_changes_for_names_in_the_audit_log() {
         RecordType::A,
     );
     ask(dnsward.addr, Transport::Udp, "mail.test.", RecordType::MX);
+    // Names with bytes the log escapes (`\128`, `\032`): decided from their labels, as the
+    // server decided them (they had been left out of the diff).
+    for label in [&b"\x80"[..], b"a b"] {
+        use hickory_proto::{
+            op::{Message, MessageType, OpCode, Query},
+            rr::{Label, Name},
+        };
+        let name = Name::from_labels([
+            Label::from_raw_bytes(label).unwrap(),
+            Label::from_ascii("blocked").unwrap(),
+            Label::from_ascii("test").unwrap(),
+        ])
+        .unwrap();
+        let mut message = Message::new(7, MessageType::Query, OpCode::Query);
+        message.metadata.recursion_desired = true;
+        message.add_query(Query::query(name, RecordType::A));
+        let reply = exchange_raw(
+            dnsward.addr,
+            Transport::Udp,
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            &message.to_vec().unwrap(),
+        );
+        assert_eq!(reply[3] & 0x0f, 3, "blocked: NXDOMAIN");
+    }
     assert!(dnsward.terminate(), "the audit log is flushed at stop");
 
     // The edit: block www.test, drop blocked.test, enforce the watch list.
@@ -196,10 +220,40 @@ fn diff_reports_outcome_changes_for_names_in_the_audit_log() {
         !changes.iter().any(|change| change["name"] == "mail.test"),
         "unaffected names are not listed"
     );
-    assert_eq!(json["names_examined"], 4);
+    for name in ["\\128.blocked.test", "a\\032b.blocked.test"] {
+        assert_eq!(change(name)["before"]["outcome"], "blocked", "{name}");
+        assert_eq!(change(name)["after"]["outcome"], "allowed", "{name}");
+    }
+    assert_eq!(json["names_examined"], 6);
 
     let text = diff(&dnsward, &["--since", "1h"]);
     let report = String::from_utf8_lossy(&text.stdout);
     assert!(report.contains("www.test"), "{report}");
     assert!(report.contains("blocked (exchanges, nxdomain)"), "{report}");
+}
+
+/// A new sinkhole address changes what clients get: the diff names it (it had said "no
+/// change", exit 0).
+#[test]
+fn diff_sees_a_changed_sinkhole_address() {
+    let upstream = Upstream::start();
+    let config = config_text(
+        &[upstream.addr],
+        "[reload]\nwatch = false\n[[list]]\nname = \"sink\"\npath = \"block.txt\"\n\
+         action = \"sinkhole\"\nsinkhole = [\"192.0.2.9\"]\n",
+    );
+    let dnsward = Dnsward::start(&config, &[("block.txt", "blocked.test\n")]);
+    let output = diff(&dnsward, &[]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let edited = std::fs::read_to_string(dnsward.config_path())
+        .unwrap()
+        .replace("192.0.2.9\"", "192.0.2.7\", \"2001:db8::7\"");
+    std::fs::write(dnsward.config_path(), edited).unwrap();
+    let output = diff(&dnsward, &[]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        report.contains("sinkhole: 192.0.2.9 -> 192.0.2.7 2001:db8::7"),
+        "{report}"
+    );
 }

@@ -934,6 +934,8 @@ fn differential_against_unbound() {
         "a.b.wild.good.ward.",
         "wild.good.ward.",
         "x.wild.nsec3.ward.",
+        "x.wcname.good.ward.",
+        "x.wcname.nsec3.ward.",
         "ok.lab.",
         "www.ok.lab.",
         "hosting.lab.",

@@ -103,6 +103,37 @@ fn sighup_reloads_when_watching_is_off() {
         .expect("the reload names its trigger");
 }
 
+/// A list file cut to nothing (a download or save that truncates first) while its serving
+/// version has rules is refused, and `lists diff` says so beforehand; a list emptied on
+/// purpose (a comment line left in it) applies.
+#[test]
+fn emptied_list_is_refused_but_a_commented_empty_list_applies() {
+    let upstream = Upstream::start();
+    let dnsward = start(&upstream, "[reload]\nwatch = false\n");
+    let list = dnsward.dir.path().join("block.txt");
+    std::fs::write(&list, "\u{feff}\n  \n").unwrap();
+    let preview = dnsward_command()
+        .args(["lists", "diff", "--config"])
+        .arg(dnsward.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(preview.status.code(), Some(2), "{preview:?}");
+    let said = String::from_utf8_lossy(&preview.stderr);
+    assert!(said.contains("block.txt: the file is empty"), "{said}");
+    dnsward.signal("HUP");
+    let error = dnsward
+        .wait_for_log(|line| line.contains("the file is empty"))
+        .expect("emptied list reported");
+    assert!(error.contains("1 rule(s)"), "{error}");
+    assert!(blocked(&dnsward, "blocked.test."));
+
+    std::fs::write(&list, "# no rules for now\n").unwrap();
+    dnsward.signal("HUP");
+    assert!(eventually(
+        || rcode(&dnsward, "blocked.test.") == ResponseCode::NoError
+    ));
+}
+
 #[test]
 fn broken_list_edit_is_refused_whole_then_a_fix_applies() {
     let upstream = Upstream::start();
@@ -178,6 +209,25 @@ fn broken_config_and_missing_list_are_refused() {
         dnsward.log()
     );
     assert!(blocked(&dnsward, "blocked.test."));
+
+    // A FIFO at a list's path is refused at once: opening it to read had waited for a writer
+    // forever, and every later reload with it.
+    std::fs::write(&config_path, &good).unwrap();
+    let list = config_path.with_file_name("block.txt");
+    std::fs::remove_file(&list).unwrap();
+    rustix::fs::mkfifoat(rustix::fs::CWD, &list, rustix::fs::Mode::from(0o644)).unwrap();
+    dnsward.signal("HUP");
+    dnsward
+        .wait_for_log(|line| line.contains("block.txt") && line.contains("is a FIFO"))
+        .expect("FIFO reported");
+    assert!(blocked(&dnsward, "blocked.test."));
+    std::fs::remove_file(&list).unwrap();
+    std::fs::write(&list, "www.test\n").unwrap();
+    dnsward.signal("HUP");
+    assert!(eventually(
+        || rcode(&dnsward, "www.test.") == ResponseCode::NXDomain
+    ));
+    assert_eq!(rcode(&dnsward, "blocked.test."), ResponseCode::NoError);
 }
 
 #[test]

@@ -213,7 +213,7 @@ fn write_new(path: &Path, hex_text: &str, mode: u32) -> Result<(), AuditError> {
 }
 
 fn read_hex32(path: &Path) -> Result<[u8; 32], AuditError> {
-    let text = std::fs::read_to_string(path).map_err(AuditError::io(path))?;
+    let text = crate::files::read_regular_text(path).map_err(AuditError::io(path))?;
     let mut bytes = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| AuditError::Key {
         path: path.to_owned(),

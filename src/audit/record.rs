@@ -788,6 +788,22 @@ mod tests {
     }
 
     #[test]
+    fn qname_text_reads_back_to_its_labels() {
+        use crate::policy::decision::{QName, labels_from_text};
+        let wire = b"\x04a.b\\\x03\x00\xff \x01*\x07example\x00";
+        let name = QName::from_wire(wire).unwrap();
+        let labels = labels_from_text(name.to_string().as_bytes());
+        let expected: Vec<Vec<u8>> = name.labels().map(<[u8]>::to_vec).collect();
+        assert_eq!(labels, expected);
+        assert_eq!(labels[0], b"a.b\\");
+        assert!(labels_from_text(b".").is_empty());
+        assert_eq!(
+            labels_from_text(b"a\\032b.x"),
+            vec![b"a b".to_vec(), b"x".to_vec()]
+        );
+    }
+
+    #[test]
     fn decision_names() {
         for d in Decision::ALL {
             assert_eq!(Decision::parse(d.as_str()), Some(d));

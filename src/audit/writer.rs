@@ -821,7 +821,7 @@ impl Anonymizer {
                     .anonymize_key
                     .as_deref()
                     .ok_or(AuditError::MissingAnonymizeKey)?;
-                let key = std::fs::read(path).map_err(AuditError::io(path))?;
+                let key = crate::files::read_regular(path).map_err(AuditError::io(path))?;
                 if key.len() < 16 {
                     return Err(AuditError::ShortAnonymizeKey {
                         path: path.to_owned(),

@@ -115,7 +115,7 @@ pub struct ListConfig {
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    let text = crate::files::read_regular_text(path).map_err(|source| ConfigError::Io {
         path: path.to_owned(),
         source,
     })?;

@@ -23,6 +23,16 @@ pub enum ListError {
         path.display()
     )]
     NoValidRule { path: PathBuf, skipped: usize },
+    /// A list file that is now empty (nothing but whitespace) while the serving version of
+    /// the list has rules: a download or a save cut short (an editor or a fetch that truncates
+    /// before it writes) would otherwise drop every rule of the list for as long as it lasts.
+    #[error(
+        "{}: the file is empty, while the serving version of this list has {serving_rules} \
+         rule(s): a download or save cut short? To empty a list on purpose, leave a comment \
+         line in it (`# no rules`)",
+        path.display()
+    )]
+    Emptied { path: PathBuf, serving_rules: usize },
     #[error("{}: cannot read list: {source}", path.display())]
     Io {
         path: PathBuf,

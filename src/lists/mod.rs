@@ -39,6 +39,13 @@ pub struct LoadedList {
     pub sha256: [u8; 32],
 }
 
+/// Whether list file bytes hold nothing at all: only whitespace, after a byte order mark.
+/// (A comment is something: a list emptied on purpose says so.)
+pub fn is_blank(bytes: &[u8]) -> bool {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    bytes.iter().all(u8::is_ascii_whitespace)
+}
+
 /// Skipped lines shown after [`ListError::NoValidRule`].
 const SHOWN_WITH_NO_VALID_RULE: usize = 5;
 
@@ -47,7 +54,7 @@ const SHOWN_WITH_NO_VALID_RULE: usize = 5;
 /// The file is read whole in one call: lists are at most tens of MB, and one read is both
 /// the fastest path and what the hash needs anyway.
 pub fn load_file(path: &Path, on_invalid: OnInvalid) -> Result<LoadedList, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError {
+    let bytes = crate::files::read_regular(path).map_err(|source| LoadError {
         path: path.to_owned(),
         errors: vec![ListError::Io {
             path: path.to_owned(),

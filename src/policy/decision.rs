@@ -238,6 +238,38 @@ impl QName {
     }
 }
 
+/// The labels of a name in the presentation form [`QName::write_text`] writes (`\X` for a
+/// printable byte, `\DDD` for any other, so `a\.b` is one label): its inverse, for names read
+/// back from the audit log. The root (`.`) has none.
+pub fn labels_from_text(text: &[u8]) -> Vec<Vec<u8>> {
+    let mut labels = Vec::new();
+    let mut label = Vec::new();
+    let mut rest = text;
+    while let Some((&byte, tail)) = rest.split_first() {
+        rest = tail;
+        match (byte, rest) {
+            (b'.', _) => labels.push(std::mem::take(&mut label)),
+            (b'\\', [a, b, c, tail @ ..]) if [a, b, c].iter().all(|d| d.is_ascii_digit()) => {
+                let value =
+                    u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0');
+                label.push(u8::try_from(value).unwrap_or(u8::MAX));
+                rest = tail;
+            }
+            (b'\\', [escaped, tail @ ..]) => {
+                label.push(*escaped);
+                rest = tail;
+            }
+            (byte, _) => label.push(byte),
+        }
+    }
+    if !label.is_empty() {
+        labels.push(label);
+    }
+    // `.` alone is the root; an empty label anywhere else is not a name part.
+    labels.retain(|label| !label.is_empty());
+    labels
+}
+
 impl fmt::Display for QName {
     /// RFC 1035 §5.1 presentation form, ASCII only: letters, digits, `-`, `_` and a leading `*`
     /// as they are; other printable bytes escaped with `\\`, the rest as `\\DDD` (decimal).

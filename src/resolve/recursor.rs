@@ -262,11 +262,12 @@ impl Recursor {
             .unwrap_or_else(|| PathBuf::from("<built-in IANA root hints>"));
         let roots = match &settings.root_hints {
             Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|error| RecursionError::RootHints {
+                let text = crate::files::read_regular_text(path).map_err(|error| {
+                    RecursionError::RootHints {
                         path: path.clone(),
                         reason: error.to_string(),
-                    })?;
+                    }
+                })?;
                 root_hint_addrs(&text, path)?
             }
             None => root_hint_addrs(IANA_ROOT_HINTS, &hints_path)?,
