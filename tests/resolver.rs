@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use hickory_proto::{
-    op::{Message, ResponseCode},
-    rr::RecordType,
+    op::{Message, OpCode, ResponseCode},
+    rr::{Name, RecordType},
 };
 
 #[test]
@@ -99,6 +99,264 @@ fn an_upstream_refusing_without_the_question_is_not_reported_silent() {
         "{text}"
     );
     assert!(!text.contains("no answer within"), "{text}");
+}
+
+/// An upstream on loopback that answers every question with what `script` makes of it.
+fn scripted_upstream(script: fn(&Message) -> Message) -> std::net::SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok((length, from)) = socket.recv_from(&mut buffer) {
+            let Ok(query) = Message::from_vec(&buffer[..length]) else {
+                continue;
+            };
+            let _ = socket.send_to(&script(&query).to_vec().unwrap(), from);
+        }
+    });
+    addr
+}
+
+/// What reaches clients of an upstream's answer is the question's chain alone (records for
+/// other names, a blocked one among them, had been passed on undecided); a CNAME loop, and an
+/// upstream that will not answer (REFUSED, FORMERR), are SERVFAIL with an EDE saying why
+/// (they had been relayed: a stub takes REFUSED from its resolver as its own refusal).
+#[test]
+fn upstream_answers_are_scrubbed_and_refusals_are_servfail() {
+    use hickory_proto::rr::{
+        RData, Record,
+        rdata::{A, CNAME, TXT},
+    };
+    let upstream = scripted_upstream(|query| {
+        let mut reply = Message::response(query.metadata.id, OpCode::Query);
+        reply.metadata.recursion_desired = true;
+        reply.metadata.recursion_available = true;
+        reply.add_queries(query.queries.clone());
+        let qname = query.queries[0].name().clone();
+        let name = |text: &str| Name::from_ascii(text).unwrap();
+        let a = |owner: &str, last: u8| {
+            Record::from_rdata(name(owner), 60, RData::A(A::new(192, 0, 2, last)))
+        };
+        let cname = |owner: &str, target: &str| {
+            Record::from_rdata(name(owner), 60, RData::CNAME(CNAME(name(target))))
+        };
+        match qname.to_string().as_str() {
+            "junk.test." => {
+                reply.answers = vec![
+                    a("junk.test.", 1),
+                    a("blocked.test.", 6),
+                    a("victim.example.", 6),
+                    Record::from_rdata(
+                        name("junk.test."),
+                        60,
+                        RData::TXT(TXT::new(vec!["x".into()])),
+                    ),
+                ];
+            }
+            "loop.test." => {
+                reply.answers = vec![
+                    cname("loop.test.", "loop2.test."),
+                    cname("loop2.test.", "loop.test."),
+                ];
+            }
+            "refused.test." => reply.metadata.response_code = ResponseCode::Refused,
+            _ => reply.metadata.response_code = ResponseCode::FormErr,
+        }
+        reply
+    });
+    let dnsward = Dnsward::start(
+        &config_text(&[upstream], STANDARD_LIST_TABLES),
+        STANDARD_LISTS,
+    );
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let reply = ask(dnsward.addr, transport, "junk.test.", RecordType::A);
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "{reply}"
+        );
+        let answers: Vec<String> = reply.answers.iter().map(ToString::to_string).collect();
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert!(answers[0].starts_with("junk.test. "), "{answers:?}");
+
+        let reply = ask(dnsward.addr, transport, "loop.test.", RecordType::A);
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::ServFail,
+            "{reply}"
+        );
+        let (code, text) = ede(&reply).expect("EDE");
+        assert_eq!(code, 0);
+        assert!(text.contains("CNAME loop at loop.test."), "{text}");
+
+        for (name, rcode) in [("refused.test.", "REFUSED"), ("formerr.test.", "FORMERR")] {
+            let reply = ask(dnsward.addr, transport, name, RecordType::A);
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::ServFail,
+                "{reply}"
+            );
+            let (code, text) = ede(&reply).expect("EDE");
+            assert_eq!(code, 22);
+            assert!(text.contains(&format!("answered {rcode}")), "{text}");
+        }
+    }
+}
+
+/// A blocked answer that fits the client's buffer is not truncated, and one whose EDE text
+/// does not fit keeps its OPT record and EDE code. hickory checks the size on each name as
+/// written in full, before compressing it, so a long name's NXDOMAIN (331 bytes) came back TC
+/// without EDNS; and it drops the OPT first, so with EDNS the EDE's text cost the client its
+/// OPT (RFC 6891 §7) and a retry over TCP.
+#[test]
+fn blocked_answers_to_long_names_fit_and_keep_their_opt() {
+    let label = |c: char, n: usize| c.to_string().repeat(n);
+    let long = format!(
+        "{}.{}.{}.{}.test",
+        label('a', 60),
+        label('b', 60),
+        label('c', 60),
+        label('d', 60)
+    );
+    let medium = format!(
+        "{}.{}.{}.test",
+        label('a', 50),
+        label('b', 50),
+        label('c', 50)
+    );
+    let lists = [("block.txt", format!("{long}\n{medium}\n"))];
+    let lists: Vec<(&str, &str)> = lists.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let upstream = Upstream::start();
+    let dnsward = Dnsward::start(
+        &config_text(
+            &[upstream.addr],
+            "[[list]]\nname = \"exchanges\"\npath = \"block.txt\"\n",
+        ),
+        &lists,
+    );
+    let plain = Ask {
+        edns: false,
+        ..Ask::default()
+    };
+    let reply = query(
+        dnsward.addr,
+        Transport::Udp,
+        &format!("{long}."),
+        RecordType::A,
+        &plain,
+    );
+    assert!(!reply.metadata.truncation, "{reply}");
+    assert_eq!(
+        reply.metadata.response_code,
+        ResponseCode::NXDomain,
+        "{reply}"
+    );
+    assert!(soa_in_authority(&reply).is_some(), "{reply}");
+
+    let small = Ask {
+        payload: 512,
+        ..Ask::default()
+    };
+    let reply = query(
+        dnsward.addr,
+        Transport::Udp,
+        &format!("{long}."),
+        RecordType::A,
+        &small,
+    );
+    assert!(
+        !reply.metadata.truncation,
+        "fits without the EDE text: {reply}"
+    );
+    assert_eq!(
+        reply.metadata.response_code,
+        ResponseCode::NXDomain,
+        "{reply}"
+    );
+    assert!(soa_in_authority(&reply).is_some(), "{reply}");
+    assert_eq!(ede(&reply), Some((15, String::new())), "{reply}");
+    // With room for it, the text is there.
+    for (name, ask) in [(&medium, &small), (&long, &Ask::default())] {
+        let reply = query(
+            dnsward.addr,
+            Transport::Udp,
+            &format!("{name}."),
+            RecordType::A,
+            ask,
+        );
+        let (code, text) = ede(&reply).expect("EDE");
+        assert_eq!(code, 15);
+        assert!(text.contains(name.as_str()), "{text}");
+    }
+}
+
+/// On a wildcard listen address, every answer comes from the address the query was sent to:
+/// a stub drops a reply from another address. The kernel chose the source by its routing
+/// table, so a client of 127.0.0.2 got its answers from 127.0.0.1 and timed out. Covered:
+/// the chain's answers, the fast path's (a repeated question), blocks, and FORMERR.
+#[test]
+fn a_wildcard_listener_answers_from_the_address_asked() {
+    let upstream = Upstream::start();
+    // Port 0 is refused on a wildcard address: a port that was free a moment ago, on both
+    // transports and both families (the server binds UDP and TCP).
+    let port = loop {
+        let udp = std::net::UdpSocket::bind("[::]:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        let free = std::net::UdpSocket::bind(("0.0.0.0", port)).is_err()
+            && std::net::TcpListener::bind(("::", port)).is_ok();
+        if free {
+            break port;
+        }
+    };
+    let config = format!(
+        "[server]\nlisten = [\"0.0.0.0:{port}\", \"[::]:{port}\"]\nallow = [\"127.0.0.0/8\", \"::1/128\"]\n\n\
+         [forward]\nupstreams = [\"{}\"]\n\n{STANDARD_LIST_TABLES}",
+        upstream.addr
+    );
+    let dnsward = Dnsward::start(&config, STANDARD_LISTS);
+    assert_eq!(dnsward.listening_addrs(2).len(), 2);
+    let (v4_port, v6_port) = (port, port);
+    let asked: Vec<std::net::SocketAddr> = ["127.0.0.1", "127.0.0.2", "127.0.0.53"]
+        .iter()
+        .map(|ip| std::net::SocketAddr::new(ip.parse().unwrap(), v4_port))
+        .chain([std::net::SocketAddr::new("::1".parse().unwrap(), v6_port)])
+        .collect();
+    for server in asked {
+        let source = if server.is_ipv4() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            "::1".parse().unwrap()
+        };
+        let from = Ask {
+            source,
+            ..Ask::default()
+        };
+        // Only a reply from `server` itself is taken (`recv_reply`).
+        for _ in 0..2 {
+            let reply = query(server, Transport::Udp, "www.test.", RecordType::A, &from);
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::NoError,
+                "{server}"
+            );
+        }
+        let reply = query(
+            server,
+            Transport::Udp,
+            "blocked.test.",
+            RecordType::A,
+            &from,
+        );
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{server}"
+        );
+        // A header that promises a question it does not hold: FORMERR.
+        let garbage = [0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w'];
+        let reply = exchange_raw(server, Transport::Udp, source, &garbage);
+        assert_eq!(reply[3] & 0x0f, 1, "FORMERR from {server}");
+    }
 }
 
 /// A block list with one `action`, plus the standard allow list.

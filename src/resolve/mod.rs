@@ -3,6 +3,7 @@
 mod nsec;
 pub mod prefetch;
 pub mod recursor;
+mod scrub;
 pub mod servers;
 pub mod upstream;
 

@@ -22,6 +22,7 @@ use tokio::{
     time::timeout,
 };
 
+use super::scrub::chain_records;
 use crate::config::ForwardConfig;
 
 /// Why an upstream exchange failed.
@@ -40,17 +41,30 @@ pub enum UpstreamError {
     },
     #[error("{server}: malformed reply: {reason}")]
     Malformed { server: SocketAddr, reason: String },
+    /// The answer's CNAME chain comes back to a name it passed.
+    #[error("{server}: CNAME loop at {at}")]
+    CnameLoop { server: SocketAddr, at: Name },
+    /// The upstream would not answer the question (REFUSED, FORMERR, NOTIMP, ...). Relayed,
+    /// a client would take it for this resolver refusing it (or finding its query malformed)
+    /// and turn to its next resolver; it is our upstream's failure, so SERVFAIL, as Unbound.
+    #[error("{server}: answered {rcode}", rcode = crate::policy::decision::RcodeText(*rcode))]
+    Rejected {
+        server: SocketAddr,
+        rcode: ResponseCode,
+    },
     #[error("no upstream configured")]
     NoUpstream,
 }
 
 impl UpstreamError {
     /// RFC 8914 code for a SERVFAIL caused by this error: 22 "No Reachable Authority" when the
-    /// upstream stayed silent, 23 "Network Error" when the network said no.
+    /// upstream stayed silent or would not answer, 23 "Network Error" when the network said no.
     pub fn ede_code(&self) -> u16 {
         match self {
-            Self::Timeout { .. } | Self::NoUpstream => 22,
+            Self::Timeout { .. } | Self::NoUpstream | Self::Rejected { .. } => 22,
             Self::Io { .. } | Self::Malformed { .. } => 23,
+            // 0 "Other": the zone's data is at fault, not the network or the server.
+            Self::CnameLoop { .. } => 0,
         }
     }
 
@@ -59,7 +73,9 @@ impl UpstreamError {
         match self {
             Self::Timeout { server, .. }
             | Self::Io { server, .. }
-            | Self::Malformed { server, .. } => Some(*server),
+            | Self::Malformed { server, .. }
+            | Self::CnameLoop { server, .. }
+            | Self::Rejected { server, .. } => Some(*server),
             Self::NoUpstream => None,
         }
     }
@@ -150,7 +166,8 @@ impl Upstreams {
     }
 
     /// Asks upstreams in order (healthy ones first) until one answers, at most `attempts` times.
-    /// SERVFAIL and REFUSED replies move on to the next server; the last reply is returned as is.
+    /// A reply other than NOERROR or NXDOMAIN moves on to the next server. When none answered,
+    /// a SERVFAIL is returned as is; a refusal (REFUSED, FORMERR, NOTIMP, ...) is an error.
     pub async fn resolve(
         &self,
         query: &UpstreamQuery<'_>,
@@ -170,15 +187,19 @@ impl Upstreams {
         for attempt in 0..self.attempts as usize {
             let server = &self.servers[(start + attempt) % self.servers.len()];
             match exchange(server.addr, query, self.timeout).await {
-                Ok(reply) => {
-                    use hickory_proto::op::ResponseCode::{Refused, ServFail};
-                    if matches!(reply.metadata.response_code, ServFail | Refused) {
-                        last_reply = Some((reply, server.addr));
-                        continue;
+                Ok(reply) => match reply.metadata.response_code {
+                    ResponseCode::NoError | ResponseCode::NXDomain => {
+                        server.down_until_ms.store(0, Ordering::Relaxed);
+                        return scrub(reply, query, server.addr).map(|reply| (reply, server.addr));
                     }
-                    server.down_until_ms.store(0, Ordering::Relaxed);
-                    return Ok((reply, server.addr));
-                }
+                    ResponseCode::ServFail => last_reply = Some((reply, server.addr)),
+                    rcode => {
+                        last_error = Some(UpstreamError::Rejected {
+                            server: server.addr,
+                            rcode,
+                        });
+                    }
+                },
                 Err(error) => {
                     tracing::debug!(%error, "upstream attempt failed");
                     let until = self.now_ms() + HOLD_DOWN.as_millis() as u64;
@@ -197,6 +218,22 @@ impl Upstreams {
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
+}
+
+/// Keeps only the answer records on the question's chain (see `scrub`).
+fn scrub(
+    mut reply: Message,
+    query: &UpstreamQuery<'_>,
+    server: SocketAddr,
+) -> Result<Message, UpstreamError> {
+    let answers = std::mem::take(&mut reply.answers);
+    let (kept, dropped) = chain_records(query.name, query.qtype, answers)
+        .map_err(|at| UpstreamError::CnameLoop { server, at })?;
+    if dropped > 0 {
+        tracing::debug!(%server, name = %query.name, dropped, "answer records off the question's chain left out");
+    }
+    reply.answers = kept;
+    Ok(reply)
 }
 
 /// One query to one server: UDP, then TCP if the UDP reply was truncated.

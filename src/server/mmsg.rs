@@ -2,13 +2,19 @@
 //! to read and one to answer instead of one per datagram each way (Linux only, as is the rest
 //! of the server).
 //!
-//! The server's unsafe code is here (the two calls and the `sockaddr` conversions, each over
-//! buffers this module owns and sizes) and in registering a socket with the reactor (`udp`).
+//! On a socket bound to a wildcard address (`0.0.0.0`, `::`), each datagram also carries the
+//! address it was sent to (`IP_PKTINFO`, `IPV6_PKTINFO`), and its answer goes out from that
+//! address: the kernel would otherwise pick one by its routing table, and a client that sent
+//! to another address of the host drops an answer from an address it did not ask.
+//!
+//! The server's unsafe code is here (the calls, the `sockaddr` and control message
+//! conversions, each over buffers this module owns and sizes) and in registering a socket with
+//! the reactor (`udp`).
 
 use std::{
     io,
     mem::{self, MaybeUninit},
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::RawFd,
     ptr,
 };
@@ -22,6 +28,7 @@ pub struct RecvBatch {
     slot_len: usize,
     buffers: Vec<u8>,
     addrs: Vec<libc::sockaddr_storage>,
+    controls: Vec<Control>,
     iovecs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
     received: usize,
@@ -40,6 +47,7 @@ impl RecvBatch {
             slot_len,
             buffers: vec![0; slot_len * BATCH],
             addrs: vec![zeroed_storage(); BATCH],
+            controls: vec![Control::default(); BATCH],
             iovecs: vec![
                 libc::iovec {
                     iov_base: ptr::null_mut(),
@@ -55,11 +63,12 @@ impl RecvBatch {
     /// Receives up to `BATCH` datagrams without blocking; returns how many.
     #[allow(unsafe_code)]
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        for (index, ((iovec, header), addr)) in self
+        for (index, (((iovec, header), addr), control)) in self
             .iovecs
             .iter_mut()
             .zip(self.headers.iter_mut())
             .zip(self.addrs.iter_mut())
+            .zip(self.controls.iter_mut())
             .enumerate()
         {
             let slot = &mut self.buffers[index * self.slot_len..(index + 1) * self.slot_len];
@@ -70,6 +79,8 @@ impl RecvBatch {
                 addr,
                 socklen::<libc::sockaddr_storage>(),
             );
+            header.msg_hdr.msg_control = control.0.as_mut_ptr().cast();
+            header.msg_hdr.msg_controllen = CONTROL_LEN;
         }
         // SAFETY: every header points at its own iovec and address storage, and every iovec
         // at a distinct `slot_len` slice of `buffers`, all alive and unaliased for the call;
@@ -96,6 +107,39 @@ impl RecvBatch {
         let source = socket_addr(&self.addrs[index], header.msg_hdr.msg_namelen);
         (&self.buffers[start..start + len], source)
     }
+
+    /// The address datagram `index` was sent to, when its socket reports it (a wildcard
+    /// socket, see [`report_destinations`]).
+    #[allow(unsafe_code)]
+    pub fn destination(&self, index: usize) -> Option<IpAddr> {
+        let header = &self.headers[index].msg_hdr;
+        if header.msg_controllen == 0 {
+            return None;
+        }
+        // SAFETY: the kernel wrote `msg_controllen` bytes of control messages into this
+        // header's own `Control` buffer; the CMSG macros walk within that length, and each
+        // message's data is read as the type its level and type say it holds (unaligned).
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(header);
+            while !cmsg.is_null() {
+                let data = libc::CMSG_DATA(cmsg);
+                match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                    (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                        let info = ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
+                        return Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            info.ipi_addr.s_addr,
+                        ))));
+                    }
+                    (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                        let info = ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
+                        return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+                    }
+                    _ => cmsg = libc::CMSG_NXTHDR(header, cmsg),
+                }
+            }
+        }
+        None
+    }
 }
 
 /// Answers gathered for one `sendmmsg` call.
@@ -105,6 +149,9 @@ pub struct SendBatch {
     lens: Vec<usize>,
     addrs: Vec<libc::sockaddr_storage>,
     addr_lens: Vec<libc::socklen_t>,
+    /// The source address each answer must go out from (a wildcard socket's, see the module).
+    controls: Vec<Control>,
+    control_lens: Vec<usize>,
     iovecs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
     /// For each queued answer, the index of its audit record in the receive loop's batch of
@@ -127,6 +174,8 @@ impl SendBatch {
             lens: vec![0; BATCH],
             addrs: vec![zeroed_storage(); BATCH],
             addr_lens: vec![0; BATCH],
+            controls: vec![Control::default(); BATCH],
+            control_lens: vec![0; BATCH],
             iovecs: vec![
                 libc::iovec {
                     iov_base: ptr::null_mut(),
@@ -140,8 +189,9 @@ impl SendBatch {
         }
     }
 
-    /// Queues `bytes` for `destination`; false when the batch is full or the answer too long.
-    pub fn push(&mut self, bytes: &[u8], destination: SocketAddr) -> bool {
+    /// Queues `bytes` for `destination`, sent from `source` when given (the address the query
+    /// came to, on a wildcard socket); false when the batch is full or the answer too long.
+    pub fn push(&mut self, bytes: &[u8], destination: SocketAddr, source: Option<IpAddr>) -> bool {
         let index = self.queued;
         if index == BATCH || bytes.len() > self.slot_len {
             return false;
@@ -150,6 +200,8 @@ impl SendBatch {
         self.buffers[start..start + bytes.len()].copy_from_slice(bytes);
         self.lens[index] = bytes.len();
         self.addr_lens[index] = write_sockaddr(destination, &mut self.addrs[index]);
+        self.control_lens[index] =
+            source.map_or(0, |source| write_source(source, &mut self.controls[index]));
         self.records[index] = NO_RECORD;
         self.queued += 1;
         true
@@ -177,6 +229,11 @@ impl SendBatch {
                 &mut self.addrs[index],
                 self.addr_lens[index],
             );
+            if self.control_lens[index] > 0 {
+                let header = &mut self.headers[index].msg_hdr;
+                header.msg_control = self.controls[index].0.as_mut_ptr().cast();
+                header.msg_controllen = self.control_lens[index];
+            }
         }
         let mut start = 0;
         let mut failed = 0;
@@ -204,6 +261,128 @@ impl SendBatch {
             }
         }
         failed
+    }
+}
+
+/// Room for one control message: an `in6_pktinfo` (the larger) with its header, aligned as
+/// `cmsghdr` needs.
+const CONTROL_LEN: usize = 64;
+
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct Control([u8; CONTROL_LEN]);
+
+impl Default for Control {
+    fn default() -> Self {
+        Self([0; CONTROL_LEN])
+    }
+}
+
+/// Asks the kernel to report the destination address of every datagram `fd` receives (for
+/// a socket bound to a wildcard address: see the module).
+#[allow(unsafe_code)]
+pub fn report_destinations(fd: RawFd, ipv6: bool) -> io::Result<()> {
+    let (level, option) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a live `c_int` for the call, and its size is what is passed.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            option,
+            ptr::from_ref(&on).cast(),
+            socklen::<libc::c_int>(),
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Writes the control message that makes a datagram leave from `source`; returns its length.
+#[allow(unsafe_code)]
+fn write_source(source: IpAddr, control: &mut Control) -> usize {
+    *control = Control::default();
+    let mut header: libc::msghdr = zeroed_header().msg_hdr;
+    header.msg_control = control.0.as_mut_ptr().cast();
+    header.msg_controllen = CONTROL_LEN;
+    // SAFETY: the header points at `control`, which is `CONTROL_LEN` bytes aligned for a
+    // `cmsghdr`; one message of at most `CMSG_SPACE(sizeof in6_pktinfo)` (40) bytes fits, and
+    // its data is written unaligned.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&header);
+        match source {
+            IpAddr::V4(v4) => {
+                let size = mem::size_of::<libc::in_pktinfo>() as libc::c_uint;
+                (*cmsg).cmsg_level = libc::IPPROTO_IP;
+                (*cmsg).cmsg_type = libc::IP_PKTINFO;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size) as _;
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from(v4).to_be(),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+                libc::CMSG_SPACE(size) as usize
+            }
+            IpAddr::V6(v6) => {
+                let size = mem::size_of::<libc::in6_pktinfo>() as libc::c_uint;
+                (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
+                (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size) as _;
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: v6.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                };
+                ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+                libc::CMSG_SPACE(size) as usize
+            }
+        }
+    }
+}
+
+/// Sends one datagram to `destination`, from `source` when given (see the module).
+#[allow(unsafe_code)]
+pub fn send_one(
+    fd: RawFd,
+    bytes: &[u8],
+    destination: SocketAddr,
+    source: Option<IpAddr>,
+) -> io::Result<()> {
+    let mut addr = zeroed_storage();
+    let addr_len = write_sockaddr(destination, &mut addr);
+    let mut control = Control::default();
+    let control_len = source.map_or(0, |source| write_source(source, &mut control));
+    let mut iovec = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
+    let mut header: libc::msghdr = zeroed_header().msg_hdr;
+    header.msg_name = ptr::from_mut(&mut addr).cast();
+    header.msg_namelen = addr_len;
+    header.msg_iov = ptr::from_mut(&mut iovec);
+    header.msg_iovlen = 1;
+    if control_len > 0 {
+        header.msg_control = control.0.as_mut_ptr().cast();
+        header.msg_controllen = control_len;
+    }
+    // SAFETY: the header points at live locals (address, iovec over `bytes`, control) for the
+    // call; the kernel only reads them.
+    let sent = unsafe { libc::sendmsg(fd, &header, libc::MSG_DONTWAIT) };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
@@ -342,7 +521,8 @@ mod tests {
                 let (bytes, source) = recv.datagram(index);
                 assert_eq!(source, Some(client.local_addr().unwrap()));
                 seen.push(bytes[0]);
-                assert!(send.push(&[bytes[0], 0xff], source.unwrap()));
+                assert_eq!(recv.destination(index), None, "not asked for");
+                assert!(send.push(&[bytes[0], 0xff], source.unwrap(), None));
             }
             assert_eq!(send.flush(server.as_raw_fd(), |_| ()), 0);
         }

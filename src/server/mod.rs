@@ -23,8 +23,14 @@ use std::{
 use arc_swap::ArcSwap;
 use hickory_proto::{
     ProtoError,
-    op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode},
-    rr::Record,
+    op::{
+        EmitAndCount, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode,
+        emit_message_parts,
+    },
+    rr::{
+        Record,
+        rdata::opt::{EdnsCode, EdnsOption},
+    },
     serialize::binary::{BinEncodable, BinEncoder},
 };
 use hickory_server::{server::ResponseInfo, zone_handler::MessageResponse};
@@ -171,7 +177,7 @@ async fn bind_pair(
         for _ in 1..count {
             sockets.push(udp_socket(bound).map_err(udp_error)?);
         }
-        match TcpListener::bind(bound).await {
+        match tcp_listener(bound) {
             Ok(tcp) => return Ok((sockets, tcp)),
             Err(source) => {
                 attempts_left -= 1;
@@ -187,6 +193,23 @@ async fn bind_pair(
     }
 }
 
+/// A TCP listener on `addr`. An IPv6 address serves IPv6 only, as its UDP sockets do: a
+/// dual-stack `[::]` listener took the IPv4 port too, and `listen = ["0.0.0.0:53", "[::]:53"]`
+/// failed to start ("address already in use").
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // As std and tokio do: a restart can bind while old connections linger in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
 fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -198,6 +221,10 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     // Best effort: without privileges the kernel caps this at net.core.rmem_max.
     let _ = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER);
     socket.set_nonblocking(true)?;
+    if addr.ip().is_unspecified() {
+        // Answers must leave from the address each query came to (see `mmsg`).
+        mmsg::report_destinations(std::os::fd::AsRawFd::as_raw_fd(&socket), addr.is_ipv6())?;
+    }
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }
@@ -269,10 +296,15 @@ impl QuestionBytes {
     }
 }
 
-/// Encodes a response in at most `limit` bytes (the encoder sets TC and leaves out what does
-/// not fit). `question` is the request's question section as received, which the response
-/// repeats. A response that cannot be encoded at all becomes a bare SERVFAIL, as in
-/// hickory-server's own handlers.
+/// Encodes a response in at most `limit` bytes. `question` is the request's question section
+/// as received, which the response repeats. A response that cannot be encoded at all becomes a
+/// bare SERVFAIL, as in hickory-server's own handlers.
+///
+/// It is written whole first and only cut when it does not fit (see [`truncate_response`]):
+/// hickory checks the size limit on each name as written in full, before compressing it, so
+/// under the real limit an answer to a long name that compresses well came back truncated
+/// (a 250-byte name's NXDOMAIN, 331 bytes, asked without EDNS), and it drops the OPT record
+/// before anything else (an EDE's text could cost a client its EDNS and a retry over TCP).
 fn encode_response<'a>(
     response: MessageResponse<
         '_,
@@ -289,23 +321,24 @@ fn encode_response<'a>(
     let op_code = response.metadata().op_code;
     let mut bytes = Vec::with_capacity(512);
     let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_max_size(limit);
-    let emitted = seed_question_pointers(&mut encoder, question, limit)
+    let emitted = seed_question_pointers(&mut encoder, question, u16::MAX)
         .and_then(|()| response.destructive_emit(&mut encoder));
-    // hickory's encoder takes back a record that does not fit by moving its offset, not by
-    // cutting the buffer: without this cut the datagram carried the half-written record after
-    // the counted ones ("extra bytes at end", which strict clients refuse).
     let end = encoder.offset();
-    match emitted {
-        Ok(info) => {
-            bytes.truncate(end);
-            // The seeded pointers hold only if the response repeats this very question.
-            debug_assert!(
-                question.is_empty() || bytes.get(12..12 + question.len()) == Some(question),
-                "response written with another question than the one seeded"
-            );
-            Ok((info, bytes))
+    let emitted = emitted.and_then(|info| {
+        bytes.truncate(end);
+        // The seeded pointers hold only if the response repeats this very question.
+        debug_assert!(
+            question.is_empty() || bytes.get(12..12 + question.len()) == Some(question),
+            "response written with another question than the one seeded"
+        );
+        if bytes.len() <= usize::from(limit) {
+            Ok(info)
+        } else {
+            truncate_response(&mut bytes, limit, question)
         }
+    });
+    match emitted {
+        Ok(info) => Ok((info, bytes)),
         Err(error) => {
             tracing::warn!(%error, "cannot encode a response; answering SERVFAIL");
             bytes.clear();
@@ -318,6 +351,113 @@ fn encode_response<'a>(
             header.emit(&mut BinEncoder::new(&mut bytes))?;
             Ok((ResponseInfo::from(header), bytes))
         }
+    }
+}
+
+/// Rewrites the whole response in `bytes` to fit in `limit`: the OPT record is kept (RFC 6891
+/// §7: a response to an EDNS query carries one), with an EDE's code but without its text
+/// (RFC 8914 §3: the text may be left out), then as many records as fit, in section order.
+/// TC is set when an answer or authority record is left out (RFC 2181 §9); additional records
+/// are optional. Sizes are measured on the encoded message, never per name as written (see
+/// [`encode_response`]). Runs only for responses over the limit.
+fn truncate_response(
+    bytes: &mut Vec<u8>,
+    limit: u16,
+    question: &[u8],
+) -> Result<ResponseInfo, ProtoError> {
+    let whole = Message::from_vec(bytes)?;
+    let opt = whole.edns.as_ref().map(|edns| {
+        let mut edns = edns.clone();
+        if let Some(EdnsOption::Unknown(15, data)) = edns.option(EdnsCode::Unknown(15)).cloned() {
+            edns.options_mut().remove(EdnsCode::Unknown(15));
+            let code = data.get(..2).unwrap_or_default().to_vec();
+            edns.options_mut().insert(EdnsOption::Unknown(15, code));
+        }
+        edns.set_rcode_high(whole.metadata.response_code.high());
+        let mut opt = Vec::new();
+        Record::from(&edns)
+            .emit(&mut BinEncoder::new(&mut opt))
+            .map(|()| opt)
+    });
+    let opt = opt.transpose()?.unwrap_or_default();
+    let room = usize::from(limit).saturating_sub(opt.len());
+    let sections = [&whole.answers, &whole.authorities, &whole.additionals];
+    let total: usize = sections.iter().map(|section| section.len()).sum();
+    let required = whole.answers.len() + whole.authorities.len();
+    // The first `kept` records in section order, written as a message without OPT.
+    let encode = |kept: usize, truncated: bool, out: &mut Vec<u8>| {
+        out.clear();
+        let mut encoder = BinEncoder::new(out);
+        let mut metadata = whole.metadata;
+        metadata.truncation = truncated;
+        let take = |section: usize| {
+            let before: usize = sections[..section].iter().map(|s| s.len()).sum();
+            kept.saturating_sub(before).min(sections[section].len())
+        };
+        let mut answers = whole.answers.iter().take(take(0));
+        let mut authorities = whole.authorities.iter().take(take(1));
+        let mut additionals = whole.additionals.iter().take(take(2));
+        let header = if question.is_empty() {
+            emit_message_parts(
+                &metadata,
+                &mut whole.queries.iter(),
+                &mut answers,
+                &mut authorities,
+                &mut additionals,
+                None,
+                None,
+                &mut encoder,
+            )?
+        } else {
+            seed_question_pointers(&mut encoder, question, u16::MAX)?;
+            // The question as received, where the seeded pointers expect it (written as a
+            // name, it would find its own seeded pointer and point at itself).
+            emit_message_parts(
+                &metadata,
+                &mut RawQuestion(question),
+                &mut answers,
+                &mut authorities,
+                &mut additionals,
+                None,
+                None,
+                &mut encoder,
+            )?
+        };
+        let end = encoder.offset();
+        out.truncate(end);
+        Ok::<_, ProtoError>(header)
+    };
+    // The size grows with every record added: the most that fit is found by bisection.
+    let (mut fits, mut over) = (0, total);
+    while fits < over {
+        let middle = (fits + over).div_ceil(2);
+        encode(middle, false, bytes)?;
+        if bytes.len() <= room {
+            fits = middle;
+        } else {
+            over = middle - 1;
+        }
+    }
+    let mut header = encode(fits, fits < required, bytes)?;
+    if bytes.len() > room {
+        // Not even the question fits: the caller answers a bare SERVFAIL.
+        return Err(ProtoError::MaxBufferSizeExceeded(usize::from(limit)));
+    }
+    if !opt.is_empty() {
+        bytes.extend_from_slice(&opt);
+        header.counts.additionals += 1;
+        bytes[10..12].copy_from_slice(&header.counts.additionals.to_be_bytes());
+    }
+    Ok(ResponseInfo::from(header))
+}
+
+/// A question section written as the bytes it was received in: one question.
+struct RawQuestion<'q>(&'q [u8]);
+
+impl EmitAndCount for RawQuestion<'_> {
+    fn emit(&mut self, encoder: &mut BinEncoder<'_>) -> Result<usize, ProtoError> {
+        encoder.emit_vec(self.0)?;
+        Ok(1)
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::{
     future::Future,
-    net::{SocketAddr, UdpSocket},
+    net::{IpAddr, SocketAddr, UdpSocket},
     os::fd::{AsRawFd, RawFd},
     sync::{Arc, OnceLock, Weak, atomic::Ordering},
     task::{Context, Poll, Waker},
@@ -59,16 +59,26 @@ impl ListenSocket {
     /// kernel frees a loopback or NIC buffer within microseconds) goes through a duplicate of
     /// the descriptor registered for writability for this send only, so the listening
     /// registration stays read-only.
-    async fn send_waiting(&self, bytes: &[u8], destination: SocketAddr) -> std::io::Result<()> {
-        match self.socket().send_to(bytes, destination) {
+    /// `source`: the address the query came to, on a wildcard socket (see `mmsg`).
+    async fn send_waiting(
+        &self,
+        bytes: &[u8],
+        destination: SocketAddr,
+        source: Option<IpAddr>,
+    ) -> std::io::Result<()> {
+        let fd = self.socket().as_raw_fd();
+        match mmsg::send_one(fd, bytes, destination, source) {
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-            sent => return sent.map(drop),
+            sent => return sent,
         }
         let writable = register(self.socket().try_clone()?, Interest::WRITABLE)?;
         loop {
             let mut guard = writable.writable().await?;
-            if let Ok(sent) = guard.try_io(|socket| socket.get_ref().send_to(bytes, destination)) {
-                return sent.map(drop);
+            let sent = guard.try_io(|socket| {
+                mmsg::send_one(socket.get_ref().as_raw_fd(), bytes, destination, source)
+            });
+            if let Ok(sent) = sent {
+                return sent;
             }
         }
     }
@@ -193,6 +203,7 @@ pub async fn serve(
             answer(
                 &looped,
                 packet,
+                received.destination(index),
                 Arrival {
                     client: source,
                     batch: batch_time,
@@ -270,10 +281,12 @@ struct Loop<'a> {
     in_flight: &'a TaskTracker,
 }
 
-/// One datagram: the fast path, or the request chain.
+/// One datagram: the fast path, or the request chain. `to`: the address it was sent to, on a
+/// wildcard socket, which its answer must come from.
 fn answer(
     looped: &Loop<'_>,
     packet: &[u8],
+    to: Option<IpAddr>,
     arrival: Arrival,
     scratch: &mut [u8],
     answers: &mut SendBatch,
@@ -292,7 +305,7 @@ fn answer(
     let records_before = audit_batch.len();
     if let Some(query) = PlainQuery::parse(packet)
         && handler.answer_fast(&query, &arrival, scratch, audit_batch, |bytes| {
-            answers.push(bytes, source)
+            answers.push(bytes, source, to)
         })
     {
         if audit_batch.len() > records_before {
@@ -310,7 +323,8 @@ fn answer(
                 "malformed query"
             );
             if let Some(formerr) = super::formerr_for(packet) {
-                let sent = socket.socket().send_to(&formerr, source).is_ok();
+                let sent =
+                    mmsg::send_one(socket.socket().as_raw_fd(), &formerr, source, to).is_ok();
                 handler.record_formerr(&arrival, Transport::Udp, sent, audit_batch);
             }
             return;
@@ -324,6 +338,7 @@ fn answer(
     let responder = Responder {
         socket: socket.clone(),
         destination: source,
+        from: to,
         question: super::QuestionBytes::new(request.queries.as_bytes()),
     };
     let handler = handler.clone();
@@ -345,6 +360,8 @@ fn answer(
 struct Responder {
     socket: Arc<ListenSocket>,
     destination: SocketAddr,
+    /// The address the query came to, on a wildcard socket (see `mmsg`).
+    from: Option<IpAddr>,
     /// The request's question section as received (see `encode_response`).
     question: super::QuestionBytes,
 }
@@ -369,7 +386,9 @@ impl ResponseHandler for Responder {
             .edns()
             .map_or(512, |edns| edns.max_payload().max(512));
         let (info, bytes) = super::encode_response(response, limit, self.question.as_slice())?;
-        self.socket.send_waiting(&bytes, self.destination).await?;
+        self.socket
+            .send_waiting(&bytes, self.destination, self.from)
+            .await?;
         Ok(info)
     }
 }
@@ -439,6 +458,7 @@ mod tests {
                 answer(
                     &looped,
                     packet,
+                    None,
                     arrival,
                     &mut scratch,
                     &mut answers,
@@ -500,6 +520,7 @@ mod tests {
             answer(
                 &looped,
                 &test_support::blocked_query(),
+                None,
                 Arrival {
                     client: client.local_addr().expect("address"),
                     batch: arrived,
