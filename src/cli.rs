@@ -355,7 +355,7 @@ fn lists_diff(path: &std::path::Path, since: &str, json: bool) -> anyhow::Result
     // What the reload would log, before it goes live.
     print_warnings(&comparison.warnings);
     let seen = seen_names(&audit_dir, window)?;
-    let preview = comparison.preview(seen.iter().map(|(name, client)| (name.as_str(), *client)));
+    let preview = comparison.preview(seen);
     if json {
         println!("{}", serde_json::to_string_pretty(&preview)?);
     } else {
@@ -369,7 +369,7 @@ fn lists_diff(path: &std::path::Path, since: &str, json: bool) -> anyhow::Result
 fn seen_names(
     audit_dir: &std::path::Path,
     window: Duration,
-) -> anyhow::Result<Vec<(String, std::net::IpAddr)>> {
+) -> anyhow::Result<Vec<dnsward::preview::Seen>> {
     if !audit_dir.exists() {
         eprintln!(
             "note: no audit log in {}; only rule changes are shown",
@@ -404,7 +404,12 @@ fn seen_names(
                 .map(|addr| addr.ip())
                 .or_else(|_| query.client.parse::<std::net::IpAddr>())
                 .unwrap_or_else(|_| std::net::IpAddr::from([0, 0, 0, 0]));
-            seen.push((query.qname, client));
+            let chain = dnsward::preview::recorded_chain(&query);
+            seen.push(dnsward::preview::Seen {
+                name: query.qname,
+                client,
+                chain,
+            });
         }
     }
     Ok(seen)

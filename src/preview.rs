@@ -15,6 +15,10 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    audit::{
+        QueryEntry,
+        record::{RuleEntry, TriggerEntry},
+    },
     config::{BlockAction, Config},
     lists::{self, LoadError, OnInvalid, RuleKind},
     policy::{
@@ -25,6 +29,16 @@ use crate::{
     snapshot::{Manifest, Snapshot, SnapshotError},
     state::{self, BuildWarnings, StateError},
 };
+
+/// A query record as the preview reads it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// The question name, in presentation form.
+    pub name: String,
+    pub client: IpAddr,
+    /// The CNAME targets its answer passed through ([`recorded_chain`]).
+    pub chain: Vec<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreviewError {
@@ -209,14 +223,23 @@ impl Comparison {
         diffs
     }
 
-    /// Re-decides every name seen (with the clients that asked) under both policies.
-    pub fn preview<'a>(self, seen: impl IntoIterator<Item = (&'a str, IpAddr)>) -> Preview {
-        let mut tally: HashMap<String, (u64, HashSet<IpAddr>)> = HashMap::new();
-        for (name, client) in seen {
+    /// Re-decides every name seen (with the clients that asked, and the CNAME chain its
+    /// answer passed through: the last one recorded) under both policies.
+    pub fn preview(self, seen: impl IntoIterator<Item = Seen>) -> Preview {
+        let mut tally: HashMap<String, (u64, HashSet<IpAddr>, Vec<String>)> = HashMap::new();
+        for Seen {
+            name,
+            client,
+            chain,
+        } in seen
+        {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
             let entry = tally.entry(name).or_default();
             entry.0 += 1;
             entry.1.insert(client);
+            if !chain.is_empty() || entry.2.is_empty() {
+                entry.2 = chain;
+            }
         }
         let client = Client {
             addr: (IpAddr::from([0, 0, 0, 0]), 0).into(),
@@ -224,9 +247,9 @@ impl Comparison {
         };
         let mut outcome_changes: Vec<OutcomeChange> = tally
             .iter()
-            .filter_map(|(name, (queries, clients))| {
-                let before = outcome(&self.serving, name, &client);
-                let after = outcome(&self.edited, name, &client);
+            .filter_map(|(name, (queries, clients, chain))| {
+                let before = outcome(&self.serving, name, chain, &client);
+                let after = outcome(&self.edited, name, chain, &client);
                 (before != after).then(|| OutcomeChange {
                     name: name.clone(),
                     before,
@@ -246,26 +269,69 @@ impl Comparison {
     }
 }
 
-fn outcome(policy: &Policy, name: &str, client: &Client) -> Outcome {
-    // The stored name is in presentation form (`\.` and `\DDD` escapes): decided from its
-    // labels, as the server decided it.
+/// How the server would decide a query for `name` whose answer passed through `chain` (the
+/// CNAME targets it recorded), as the request chain does: a block of the name, else a block
+/// of a chain name, else a log-only match of the name, else one of a chain name; an allow
+/// rule vouches for the name it matches only.
+fn outcome(policy: &Policy, name: &str, chain: &[String], client: &Client) -> Outcome {
+    let blocked = |rule| {
+        let list = policy.list(rule);
+        Outcome::Blocked {
+            list: list.name.to_string(),
+            action: action_name(list.action).to_owned(),
+        }
+    };
+    let logged = |rule| Outcome::Logged {
+        list: policy.list(rule).name.to_string(),
+    };
+    let asked = decide_text(policy, name, client);
+    if let Verdict::Blocked(rule) = asked {
+        return blocked(rule);
+    }
+    let mut chain_logged = None;
+    for target in chain {
+        match decide_text(policy, target, client) {
+            Verdict::Blocked(rule) => return blocked(rule),
+            Verdict::Logged(rule) if chain_logged.is_none() => chain_logged = Some(rule),
+            _ => {}
+        }
+    }
+    match (asked, chain_logged) {
+        (Verdict::Logged(rule), _) | (_, Some(rule)) => logged(rule),
+        _ => Outcome::Allowed,
+    }
+}
+
+/// The verdict on a name stored in presentation form (`\.` and `\DDD` escapes): decided from
+/// its labels, as the server decided it.
+fn decide_text(policy: &Policy, name: &str, client: &Client) -> Verdict {
     let mut buffer = LookupBuffer::new();
     let labels = labels_from_text(name.as_bytes());
     let key = write_lookup_key(labels.iter().map(Vec::as_slice), &mut buffer);
-    let verdict = key.map_or(Verdict::Pass, |key| policy.decide(key, client));
-    match verdict {
-        Verdict::Pass | Verdict::Allowed(_) => Outcome::Allowed,
-        Verdict::Blocked(rule) => {
-            let list = policy.list(rule);
-            Outcome::Blocked {
-                list: list.name.to_string(),
-                action: action_name(list.action).to_owned(),
-            }
-        }
-        Verdict::Logged(rule) => Outcome::Logged {
-            list: policy.list(rule).name.to_string(),
-        },
+    key.map_or(Verdict::Pass, |key| policy.decide(key, client))
+}
+
+/// The CNAME targets a query record shows its answer passed through: the chain of a match
+/// made through one (up to the name that matched), else the CNAME records its answer summary
+/// starts with (the summary is in chain order; only leading CNAMEs, so text in a later record
+/// cannot pose as one).
+pub fn recorded_chain(query: &QueryEntry) -> Vec<String> {
+    if let Some(RuleEntry {
+        trigger: TriggerEntry::Cname { chain, .. },
+        ..
+    }) = &query.rule
+    {
+        return chain.iter().skip(1).cloned().collect();
     }
+    query
+        .answer
+        .split(", ")
+        .map_while(|entry| entry.strip_prefix("CNAME "))
+        // The target is one token (a name in presentation form has no bare space); what may
+        // follow it is a note such as `(not sent)`.
+        .filter_map(|target| target.split(' ').next())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The sinkhole addresses as configured (`sinkhole = [...]`), `none` when there are none.
@@ -427,5 +493,44 @@ impl fmt::Display for Preview {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(answer: &str, rule: Option<serde_json::Value>) -> QueryEntry {
+        let mut value = serde_json::json!({
+            "generation": 1, "client": "127.0.0.1:5353", "transport": "udp",
+            "qname": "alias.example.", "qtype": "A", "qclass": "IN", "decision": "allowed",
+            "rcode": "NOERROR", "answer": answer, "source": "cache", "latency_us": 5,
+        });
+        if let Some(rule) = rule {
+            value["rule"] = rule;
+        }
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn the_recorded_chain_is_the_leading_cnames_or_the_matchs_chain() {
+        let chain = |answer| recorded_chain(&query(answer, None));
+        assert_eq!(
+            chain("CNAME a.example., CNAME b.example., A 192.0.2.1"),
+            ["a.example.", "b.example."]
+        );
+        assert_eq!(chain("CNAME a.example. (not sent)"), ["a.example."]);
+        // Text in a later record cannot pose as a chain name.
+        assert!(chain("TXT \"x, CNAME evil.example.\"").is_empty());
+        assert!(chain("").is_empty());
+        let matched = serde_json::json!({
+            "list": "exchanges", "rule": "b.example", "file": "block.txt", "line": 1,
+            "trigger": {"kind": "cname", "matched": "b.example.",
+                        "chain": ["alias.example.", "a.example.", "b.example."]},
+        });
+        assert_eq!(
+            recorded_chain(&query("", Some(matched))),
+            ["a.example.", "b.example."]
+        );
     }
 }

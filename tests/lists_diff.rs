@@ -257,3 +257,62 @@ fn diff_sees_a_changed_sinkhole_address() {
         "{report}"
     );
 }
+
+/// A name's outcome follows its answer's CNAME chain, as the server decides it: a rule added
+/// for a chain target blocks the alias too, one removed unblocks it, and an allow rule on the
+/// alias does not unblock it or stop its logging (it vouches for the name it matches only).
+/// The preview had decided the question name alone.
+#[test]
+fn diff_follows_the_recorded_cname_chain() {
+    use hickory_proto::rr::RecordType;
+    let upstream = Upstream::start();
+    let config = config_text(
+        &[upstream.addr],
+        "[reload]\nwatch = false\n[[list]]\nname = \"allow\"\npath = \"allow.txt\"\ntype = \"allow\"\n\
+         [[list]]\nname = \"exchanges\"\npath = \"block.txt\"\n\
+         [[list]]\nname = \"watch\"\npath = \"watch.txt\"\nmode = \"log-only\"\n",
+    );
+    let mut dnsward = Dnsward::start(
+        &config,
+        &[
+            ("allow.txt", "# none\n"),
+            ("block.txt", "binance.com\nblocked.test\n"),
+            ("watch.txt", "www.watch.test\n"),
+        ],
+    );
+    for name in [
+        "promo.shop.test.",
+        "alias.test.",
+        "watched-alias.test.",
+        "pay-alias.test.",
+    ] {
+        ask(dnsward.addr, Transport::Udp, name, RecordType::A);
+    }
+    assert!(dnsward.terminate(), "the audit log is flushed at stop");
+
+    std::fs::write(
+        dnsward.dir.path().join("block.txt"),
+        "www.test\nblocked.test\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dnsward.dir.path().join("allow.txt"),
+        "watched-alias.test\npay-alias.test\n",
+    )
+    .unwrap();
+    let output = diff(&dnsward, &["--since", "1h", "--json"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let changes = json["outcome_changes"].as_array().unwrap();
+    let change = |name: &str| changes.iter().find(|change| change["name"] == name);
+    let promo = change("promo.shop.test").expect("unblocked through its chain");
+    assert_eq!(promo["before"]["outcome"], "blocked");
+    assert_eq!(promo["after"]["outcome"], "allowed");
+    let alias = change("alias.test").expect("blocked through its chain");
+    assert_eq!(alias["before"]["outcome"], "allowed");
+    assert_eq!(alias["after"]["outcome"], "blocked");
+    assert!(
+        change("watched-alias.test").is_none() && change("pay-alias.test").is_none(),
+        "an allow rule on the alias changes nothing down its chain: {changes:#?}"
+    );
+}

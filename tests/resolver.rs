@@ -359,6 +359,42 @@ fn a_wildcard_listener_answers_from_the_address_asked() {
     }
 }
 
+/// An answer from the cache comes in the asker's letter case (DNS 0x20), not in the case of
+/// whoever asked first (it had come back as `WwW.tEsT.` to a query for `www.test.`). Without
+/// EDNS, so the request chain answers, not the fast path (which already did this).
+#[test]
+fn cached_answers_come_in_the_askers_case() {
+    let upstream = Upstream::start();
+    let dnsward = Dnsward::standard(&upstream, "");
+    for (name, repeat) in [("WwW.tEsT.", 1), ("www.test.", 2), ("WWW.TEST.", 2)] {
+        for _ in 0..repeat {
+            // `from_ascii`: the test helpers' `from_str` folds case (IDNA).
+            let mut message = Message::new(
+                rand::random(),
+                hickory_proto::op::MessageType::Query,
+                OpCode::Query,
+            );
+            message.metadata.recursion_desired = true;
+            message.add_query(hickory_proto::op::Query::query(
+                Name::from_ascii(name).unwrap(),
+                RecordType::A,
+            ));
+            let bytes = exchange_raw(
+                dnsward.addr,
+                Transport::Udp,
+                std::net::IpAddr::from([127, 0, 0, 1]),
+                &message.to_vec().unwrap(),
+            );
+            let reply = Message::from_vec(&bytes).unwrap();
+            assert_eq!(reply.queries[0].name().to_string(), name);
+            assert!(!reply.answers.is_empty(), "{reply}");
+            for record in &reply.answers {
+                assert_eq!(record.name.to_string(), name, "{reply}");
+            }
+        }
+    }
+}
+
 /// A block list with one `action`, plus the standard allow list.
 fn with_action(upstream: &Upstream, action_lines: &str) -> Dnsward {
     let tables = format!(

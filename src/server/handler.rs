@@ -605,6 +605,15 @@ impl Handler {
             }
         };
 
+        // The asker's letter case (DNS 0x20): a cached answer carries the first asker's.
+        for section in [
+            &mut reply.answers,
+            &mut reply.authorities,
+            &mut reply.additionals,
+        ] {
+            in_askers_case(qname, section);
+        }
+
         // 5. Policy on the answer: every name the CNAME chain passes through is checked as if
         //    asked directly (CNAME cloaking must not launder a blocked name). The question's own
         //    allow rule vouches for the question name only.
@@ -672,6 +681,39 @@ impl Handler {
             ede: Some(synthesized.ede),
             summary: None,
             fresh_for: None,
+        }
+    }
+}
+
+/// Writes the labels each owner name shares with the question (its trailing labels equal to
+/// the question's, ignoring case) in the question's letter case, as a response whose names
+/// point into the question reads: an answer kept from one asker (the cache holds the case it
+/// asked in) must not show another asker that case, nor lose a client's DNS 0x20 pattern.
+/// Allocates only for a name whose case differs.
+fn in_askers_case(qname: &Name, records: &mut [Record]) {
+    for record in records {
+        let mut shared = 0;
+        let mut differs = false;
+        for (own, asked) in record.name.iter().rev().zip(qname.iter().rev()) {
+            if !own.eq_ignore_ascii_case(asked) {
+                break;
+            }
+            shared += 1;
+            differs |= own != asked;
+        }
+        if !differs {
+            continue;
+        }
+        let own_labels = usize::from(record.name.num_labels());
+        let asked_labels = usize::from(qname.num_labels());
+        let labels = record
+            .name
+            .iter()
+            .take(own_labels - shared)
+            .chain(qname.iter().skip(asked_labels - shared));
+        if let Ok(mut name) = Name::from_labels(labels) {
+            name.set_fqdn(record.name.is_fqdn());
+            record.name = name;
         }
     }
 }
