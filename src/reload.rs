@@ -90,13 +90,16 @@ impl Reloader {
         // serving queries win every contest for a core (bench/reload.sh: p99 under a reload
         // per second).
         let serving = state::serving_rules(&current);
+        // The data directory the process started with: changing it takes a restart, like the
+        // audit log that lives in it.
+        let data_dir = self.running.server.data_dir.clone();
         let built = in_background(move || {
             let config = config::load(&path).map_err(|error| vec![error.to_string()])?;
             let problems = state::start_problems(&config);
             if !problems.is_empty() {
                 return Err(problems);
             }
-            let snapshot = Snapshot::new(&config.server.data_dir);
+            let snapshot = Snapshot::new(&data_dir);
             state::build_generation(config, generation, Some(&snapshot), &serving)
                 .map_err(|error| error.errors.iter().map(ToString::to_string).collect())
         })
@@ -123,7 +126,7 @@ impl Reloader {
                         "list loaded"
                     );
                 }
-                let snapshot = Snapshot::new(&next.config.server.data_dir);
+                let snapshot = Snapshot::new(&self.running.server.data_dir);
                 if let Err(error) = snapshot.write_manifest(&next) {
                     tracing::warn!(%error, "cannot record the serving generation for `lists diff`");
                 }
@@ -322,6 +325,9 @@ fn restart_needed(running: &Config, next: &Config) -> Vec<&'static str> {
     let mut settings = Vec::new();
     if running.server.listen != next.server.listen {
         settings.push("server.listen");
+    }
+    if running.server.data_dir != next.server.data_dir {
+        settings.push("server.data_dir");
     }
     if running.server.threads != next.server.threads {
         settings.push("server.threads");

@@ -240,14 +240,21 @@ fn listen_change_needs_restart_but_the_rest_applies() {
     let original = std::fs::read_to_string(&config_path).unwrap();
     let edited = original.replace(
         "listen = [\"127.0.0.1:0\"]",
-        &format!("listen = [\"127.0.0.1:0\", \"[::1]:0\"]\nthreads = {threads}"),
+        &format!(
+            "listen = [\"127.0.0.1:0\", \"[::1]:0\"]\nthreads = {threads}\ndata_dir = \"data2\""
+        ),
     );
     std::fs::write(dnsward.dir.path().join("watch.txt"), "www.test\n").unwrap();
     let edited = format!(
         "{edited}\n[audit]\nqueue_capacity = 1234\n\n[[list]]\nname = \"added\"\npath = \"watch.txt\"\naction = \"refused\"\n"
     );
     std::fs::write(&config_path, edited).unwrap();
-    for setting in ["server.listen", "server.threads", "audit"] {
+    for setting in [
+        "server.listen",
+        "server.threads",
+        "server.data_dir",
+        "audit",
+    ] {
         dnsward
             .wait_for_log(|line| line.contains("needs a restart") && line.contains(setting))
             .unwrap_or_else(|| panic!("restart-needed {setting} reported"));
@@ -256,6 +263,12 @@ fn listen_change_needs_restart_but_the_rest_applies() {
     assert!(eventually(
         || rcode(&dnsward, "www.test.") == ResponseCode::Refused
     ));
+    // The serving state is still recorded where the audit log is, the start's data directory
+    // (it had moved to the new one, and `lists diff` then saw no audit records).
+    let served = |dir: &str| dnsward.dir.path().join(dir).join("served/serving.json");
+    let manifest = std::fs::read_to_string(served("data")).unwrap();
+    assert!(manifest.contains("\"added\""), "{manifest}");
+    assert!(!served("data2").exists());
 
     // A later reload still runs on the start's settings: it warns again (its `load` record
     // cites a config whose audit settings are not the writer's), and undoing the edit does not.

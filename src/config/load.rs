@@ -356,6 +356,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         if let Some(problem) = list_name_problem(&list.name) {
             return Err(invalid(span, key("name"), problem));
         }
+        if list.path.trim().is_empty() {
+            return Err(invalid(span, key("path"), "must not be empty".into()));
+        }
         if lists.iter().any(|other| other.name == list.name) {
             return Err(invalid(
                 span,
@@ -859,6 +862,17 @@ mod tests {
             let error = parse_str(text).unwrap_err().to_string();
             assert!(error.starts_with(says), "{error}");
         }
+    }
+
+    #[test]
+    fn an_empty_list_path_is_rejected_where_it_is_written() {
+        let text = "[[list]]\nname = \"x\"\npath = \"\"\n";
+        let error = parse_str(text).unwrap_err().to_string();
+        // The line of its `[[list]]` table, as for the list's other keys.
+        assert!(
+            error.starts_with("conf/dnsward.toml:1: list[0].path: must not be empty"),
+            "{error}"
+        );
     }
 
     #[test]
