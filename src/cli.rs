@@ -426,7 +426,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     logging::init(&config.log);
-    ignore_file_size_signal();
+    ignore_harmless_signals();
     let snapshot = Snapshot::new(&config.server.data_dir);
     let (state, warnings) =
         match state::build_generation(config, 1, Some(&snapshot), &state::ServingRules::new()) {
@@ -467,10 +467,15 @@ fn serve(path: &std::path::Path) -> ExitCode {
 /// A write past the file size limit (`ulimit -f`, systemd's `LimitFSIZE=`) must fail like a
 /// write to a full disk, which the audit writer survives (it counts what it cannot write and
 /// records a gap); at its default, SIGXFSZ would kill the resolver instead.
+/// SIGUSR1 and SIGUSR2 are ignored too: operators send them to DNS daemons by habit (dnsmasq
+/// dumps its statistics on one), and their default killed the resolver without a clean stop,
+/// its audit log left to crash recovery.
 #[allow(unsafe_code)]
-fn ignore_file_size_signal() {
-    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
-    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+fn ignore_harmless_signals() {
+    for signal in [libc::SIGXFSZ, libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
+    }
 }
 
 fn run_server(state: State, snapshot: &Snapshot) -> anyhow::Result<()> {

@@ -15,8 +15,22 @@ use crate::config::{LogFormat, LogSection};
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `log.level`: an operator
 /// debugging in the field should not have to edit the config.
 pub fn init(settings: &LogSection) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(filter_directives(&settings.level)))
+    let from_env =
+        std::env::var(EnvFilter::DEFAULT_ENV)
+            .ok()
+            .filter(|text| match filter_problem(text) {
+                None => true,
+                Some(problem) => {
+                    // No subscriber yet to say it through.
+                    eprintln!("dnsward: RUST_LOG ignored: {problem}; using log.level");
+                    false
+                }
+            });
+    let filter = from_env
+        .map_or_else(
+            || EnvFilter::try_new(filter_directives(&settings.level)),
+            EnvFilter::try_new,
+        )
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: escape codes in a log file or pipe get in the way of grep.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -29,6 +43,31 @@ pub fn init(settings: &LogSection) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Why `text` is not a usable log filter, if it is not: it does not parse, or a directive
+/// without `=` is not a level. `tracing` reads such a word (`warning`, `inf`) as a module
+/// name, which turns every other message off, errors included: a typo silenced the resolver.
+pub fn filter_problem(text: &str) -> Option<String> {
+    if let Err(error) = EnvFilter::try_new(text) {
+        return Some(format!("{text:?} is not a log filter: {error}"));
+    }
+    if text.trim().is_empty() {
+        return Some("empty: give a level (error, warn, info, debug, trace, off)".to_owned());
+    }
+    text.split(',')
+        .map(str::trim)
+        .find(|directive| {
+            !directive.contains('=')
+                && directive
+                    .parse::<tracing_subscriber::filter::LevelFilter>()
+                    .is_err()
+        })
+        .map(|directive| {
+            format!(
+                "{directive:?} is neither a level (error, warn, info, debug, trace, off) nor                  target=level; as written it would turn every other message off"
+            )
+        })
 }
 
 /// The filter for `log.level`, with hickory's own chatter held down unless the operator's

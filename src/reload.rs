@@ -383,16 +383,21 @@ fn rewatch(
     watched: &mut BTreeSet<PathBuf>,
     files: &[PathBuf],
 ) {
+    // Each directory once, by its canonical path: inotify keeps one watch per directory, so
+    // `cfg` and `/srv/dnsward/cfg` were two entries for one watch, and unwatching the second
+    // (its file gone for a moment, so no longer reached through the file's own canonical path)
+    // removed the watch the first still needed: config edits went unseen until a restart.
+    let canonical = |dir: PathBuf| std::fs::canonicalize(&dir).unwrap_or(dir);
     let mut wanted = BTreeSet::new();
     for file in files {
         if let Some(parent) = directory_of(file) {
-            wanted.insert(parent);
+            wanted.insert(canonical(parent));
         }
         if let Some(parent) = std::fs::canonicalize(file)
             .ok()
             .and_then(|target| directory_of(&target))
         {
-            wanted.insert(parent);
+            wanted.insert(canonical(parent));
         }
     }
     for gone in watched.difference(&wanted) {

@@ -2736,23 +2736,7 @@ fn a_leftover_segment_that_cannot_be_removed_is_an_outage_not_a_refusal() {
     let leftover = log.join(segment::segment_name(stats.last_seq + 1));
     std::fs::write(&leftover, header).unwrap();
 
-    struct Immutable<'a>(&'a Path);
-    impl Immutable<'_> {
-        fn set(&self, on: bool) {
-            let status = std::process::Command::new("chattr")
-                .arg(if on { "+i" } else { "-i" })
-                .arg(self.0)
-                .status()
-                .expect("chattr (e2fsprogs) runs");
-            assert!(status.success(), "chattr on {}", self.0.display());
-        }
-    }
-    impl Drop for Immutable<'_> {
-        fn drop(&mut self) {
-            self.set(false);
-        }
-    }
-    let immutable = Immutable(&log);
+    let immutable = Immutable(vec![log.clone()]);
     immutable.set(true);
     let settings = AuditSettings {
         when_unwritable: audit::WhenUnwritable::Refuse,
@@ -2761,12 +2745,45 @@ fn a_leftover_segment_that_cannot_be_removed_is_an_outage_not_a_refusal() {
     let (handle, writer) =
         AuditLog::open(&settings, InstanceId::random()).expect("starts in an outage, not refused");
     assert!(handle.refusing(), "the log cannot be written yet");
+    counted_then_continued(&log, &handle, writer, &immutable);
+}
+
+/// Files or directories made immutable (`chattr +i`: writes, and changes to a directory's
+/// entries, refused as on a read-only mount) for as long as this lives.
+struct Immutable(Vec<std::path::PathBuf>);
+
+impl Immutable {
+    fn set(&self, on: bool) {
+        let status = std::process::Command::new("chattr")
+            .arg(if on { "+i" } else { "-i" })
+            .args(&self.0)
+            .status()
+            .expect("chattr (e2fsprogs) runs");
+        assert!(status.success(), "chattr on {:?}", self.0);
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
+/// A writer that cannot write its log counts a query handed to it; once `immutable` is lifted,
+/// its retry continues the log, which verifies with that query in one gap record.
+fn counted_then_continued(
+    log: &Path,
+    handle: &audit::AuditHandle,
+    writer: audit::AuditWriter,
+    immutable: &Immutable,
+) {
     handle.record(decision(100));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while handle.dropped() == 0 {
         assert!(std::time::Instant::now() < deadline, "the query is counted");
         std::thread::sleep(Duration::from_millis(10));
     }
+    assert!(handle.refusing(), "the log cannot be written yet");
     immutable.set(false);
     while handle.refusing() {
         assert!(
@@ -2776,9 +2793,9 @@ fn a_leftover_segment_that_cannot_be_removed_is_an_outage_not_a_refusal() {
         std::thread::sleep(Duration::from_millis(50));
     }
     writer.shutdown().unwrap();
-    let report = audit::verify(&log, None).unwrap();
+    let report = audit::verify(log, None).unwrap();
     assert!(report.ok(), "{report}");
-    let gaps: u64 = all_records(&log)
+    let gaps: u64 = all_records(log)
         .iter()
         .filter_map(|r| match r.entry {
             Entry::Gap { dropped, .. } => Some(dropped),
@@ -3440,4 +3457,38 @@ fn a_range_export_of_the_newest_records_starts_at_the_signature_before_them() {
         assert!(report.last_signed_checkpoint.is_some(), "{report}");
     }
     writer.shutdown().unwrap();
+}
+
+/// A restart onto a log that cannot be written at all (a file system mounted read-only: here
+/// the directory and every file in it made immutable, which refuses writes the same way)
+/// starts in an outage: the lock is taken through a read-only descriptor, queries are counted,
+/// and once the disk takes writes again the chain goes on with a gap record. It had refused to
+/// start, because the lock file could not be opened for writing.
+#[test]
+fn a_restart_onto_a_read_only_log_starts_in_an_outage() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let log = tmp.path().join("log");
+    write_log(&settings(&log), 0, 5);
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert!(paths.iter().any(|path| path.ends_with(".lock")));
+    paths.push(log.clone());
+
+    let immutable = Immutable(paths);
+    immutable.set(true);
+    let settings = AuditSettings {
+        when_unwritable: audit::WhenUnwritable::Refuse,
+        ..settings(&log)
+    };
+    let (handle, writer) =
+        AuditLog::open(&settings, InstanceId::random()).expect("starts, not refused");
+    // A second writer still finds the directory taken.
+    let second = AuditLog::open(&settings, InstanceId::random());
+    assert!(
+        matches!(second, Err(audit::AuditError::InUse { .. })),
+        "{second:?}"
+    );
+    counted_then_continued(&log, &handle, writer, &immutable);
 }

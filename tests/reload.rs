@@ -91,6 +91,62 @@ fn symlink_swap_changes_answers() {
     assert!(!blocked(&dnsward, "blocked.test."));
 }
 
+/// A config file that is gone for a moment (moved away and back, or deleted and copied in
+/// again) is watched again once it is back, also when it is reached through another path than
+/// its directory's own (here a symlinked directory; a relative path did the same) and its lists
+/// live elsewhere: the watch of its directory had been dropped with the file's canonical path,
+/// and no later edit was seen until some other reload.
+#[test]
+fn config_edits_are_seen_after_the_file_was_gone_for_a_moment() {
+    let upstream = Upstream::start();
+    let config = config_text(
+        &[upstream.addr],
+        "[reload]\ndebounce_ms = 100\n[[list]]\nname = \"exchanges\"\npath = \"../lists/block.txt\"\n",
+    );
+    let dnsward = Dnsward::start_at(
+        &config,
+        &[("lists/block.txt", "blocked.test\n")],
+        "link/dnsward.toml",
+        |dir| {
+            std::fs::create_dir(dir.join("cfg")).unwrap();
+            std::fs::create_dir(dir.join("lists")).unwrap();
+            std::os::unix::fs::symlink("cfg", dir.join("link")).unwrap();
+        },
+    );
+    assert!(blocked(&dnsward, "blocked.test."));
+    let real = dnsward.dir.path().join("cfg/dnsward.toml");
+    let away = dnsward.dir.path().join("cfg/dnsward.away");
+    std::fs::rename(&real, &away).unwrap();
+    dnsward
+        .wait_for_log(|line| line.contains("cannot read config"))
+        .expect("the missing config reported");
+    std::fs::rename(&away, &real).unwrap();
+    dnsward
+        .wait_for_log(|line| line.contains("reload applied") && line.contains("generation=2"))
+        .expect("the restored config reloaded");
+    let edited = std::fs::read_to_string(&real)
+        .unwrap()
+        .replace("../lists/block.txt", "../lists/other.txt");
+    std::fs::write(dnsward.dir.path().join("lists/other.txt"), "www.test\n").unwrap();
+    std::fs::write(&real, edited).unwrap();
+    assert!(eventually(|| blocked(&dnsward, "www.test.")));
+    assert!(!blocked(&dnsward, "blocked.test."));
+}
+
+/// SIGUSR1 and SIGUSR2, which operators send DNS daemons by habit, are ignored: their default
+/// had killed the server without a clean stop.
+#[test]
+fn sigusr1_and_sigusr2_are_ignored() {
+    let upstream = Upstream::start();
+    let mut dnsward = start(&upstream, "");
+    for signal in ["USR1", "USR2"] {
+        dnsward.signal(signal);
+    }
+    assert_eq!(rcode(&dnsward, "www.test."), ResponseCode::NoError);
+    assert!(dnsward.is_running());
+    assert!(dnsward.terminate(), "a clean stop afterwards");
+}
+
 #[test]
 fn sighup_reloads_when_watching_is_off() {
     let upstream = Upstream::start();

@@ -551,13 +551,23 @@ pub const LOCK_FILE: &str = ".lock";
 fn lock_dir(dir: &Path) -> Result<File, AuditError> {
     std::fs::create_dir_all(dir).map_err(AuditError::io(dir))?;
     let path = dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
+    let mut file = match OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(AuditError::io(&path))?;
+    {
+        Ok(file) => file,
+        // A log on a file system mounted read-only (or made immutable) for now: the lock is
+        // taken through a read-only descriptor (`flock` needs no write access), and the writer
+        // starts in an outage, counting records until the disk takes writes again, as after a
+        // full disk. It had refused to start, taking the resolver down with its log.
+        Err(error) if matches!(error.raw_os_error(), Some(libc::EROFS | libc::EPERM)) => {
+            File::open(&path).map_err(|_| AuditError::io(&path)(error))?
+        }
+        Err(error) => return Err(AuditError::io(&path)(error)),
+    };
     // rustix, not `File::try_lock`: that needs Rust 1.89, above the crate's MSRV.
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}

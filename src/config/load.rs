@@ -283,6 +283,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             "cache.negative_max_ttl_secs",
             file.cache.negative_max_ttl_secs,
         ),
+    ] {
+        // A ceiling of 0 had turned the ceiling off (answers kept the upstream's TTL) while
+        // caching nothing: the opposite of what it says.
+        if value == 0 {
+            return Err(invalid(
+                0..0,
+                key.into(),
+                "must be at least 1; cache.max_entries = 0 turns the cache off".into(),
+            ));
+        }
+    }
+    for (key, value) in [
+        ("cache.max_ttl_secs", file.cache.max_ttl_secs),
+        (
+            "cache.negative_max_ttl_secs",
+            file.cache.negative_max_ttl_secs,
+        ),
         ("blocking.ttl_secs", file.blocking.ttl_secs),
     ] {
         if value > MAX_TTL {
@@ -324,18 +341,39 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 format!("{addr}: port 0 is no server's port"),
             ));
         }
+        if let Some(listen) = own_listen_address(&file.server.listen, *addr) {
+            return Err(invalid(
+                spanned.span(),
+                "forward.upstreams".into(),
+                format!(
+                    "{addr} is this server itself (server.listen {listen}): each query would be \
+                     forwarded back to it, without end"
+                ),
+            ));
+        }
+    }
+    for (index, zone) in file.forward.zones.iter().enumerate() {
+        for addr in &zone.upstreams {
+            if let Some(listen) = own_listen_address(&file.server.listen, *addr) {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    line: nth_table_line(text, "forward.zone", index),
+                    key: format!("forward.zone[{index}].upstreams"),
+                    reason: format!(
+                        "{addr} is this server itself (server.listen {listen}): each query \
+                         would be forwarded back to it, without end"
+                    ),
+                });
+            }
+        }
     }
 
     if let Some((key, reason)) = file.audit.invalid_value() {
         return Err(invalid(0..0, format!("audit.{key}"), reason));
     }
 
-    if let Err(error) = tracing_subscriber::EnvFilter::try_new(&file.log.level) {
-        return Err(invalid(
-            0..0,
-            "log.level".into(),
-            format!("{:?} is not a log filter: {error}", file.log.level),
-        ));
+    if let Some(problem) = crate::logging::filter_problem(&file.log.level) {
+        return Err(invalid(0..0, "log.level".into(), problem));
     }
     if file.lists.len() > usize::from(u16::MAX) {
         return Err(invalid(
@@ -641,6 +679,25 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The listen address through which `upstream` reaches this very server, if one does: the
+/// same address and port, or the port of a wildcard listener and an address of this host
+/// that is sure to be ours (loopback, or the unspecified address, which reaches the host).
+fn own_listen_address(
+    listen: &[toml::Spanned<SocketAddr>],
+    upstream: SocketAddr,
+) -> Option<SocketAddr> {
+    listen
+        .iter()
+        .map(|spanned| *spanned.get_ref())
+        .find(|listen| {
+            listen.port() == upstream.port()
+                && (listen.ip() == upstream.ip()
+                    || (listen.ip().is_unspecified()
+                        && listen.is_ipv4() == upstream.is_ipv4()
+                        && (upstream.ip().is_loopback() || upstream.ip().is_unspecified())))
+        })
+}
+
 /// The longest list name: it is quoted in every block answer's EDE text (`list=<name> rule=…`),
 /// which shares a UDP answer's 512 bytes with the question and the SOA.
 const MAX_LIST_NAME: usize = 64;
@@ -695,6 +752,20 @@ mod tests {
         let message = error.to_string();
         assert!(message.starts_with("conf/dnsward.toml:3:"), "{message}");
         assert!(message.contains("lisen"), "{message}");
+    }
+
+    #[test]
+    fn a_bare_address_is_a_network_of_itself() {
+        let config =
+            parse_str("[server]\nallow = [\"192.0.2.7\", \"2001:db8::7\", \"10.0.0.0/8\"]\n")
+                .unwrap();
+        let allow: Vec<String> = config
+            .server
+            .allow
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(allow, ["192.0.2.7/32", "2001:db8::7/128", "10.0.0.0/8"]);
     }
 
     #[test]
@@ -808,6 +879,22 @@ mod tests {
                 "cache.min_ttl_secs: 100 is above cache.max_ttl_secs (10)",
             ),
             (
+                "[server]\nlisten = [\"127.0.0.1:5353\"]\n[forward]\nupstreams = [\"127.0.0.1:5353\"]\n",
+                "forward.upstreams: 127.0.0.1:5353 is this server itself",
+            ),
+            (
+                "[server]\nlisten = [\"0.0.0.0:5353\"]\n[forward]\nupstreams = [\"127.0.0.2:5353\"]\n",
+                "forward.upstreams: 127.0.0.2:5353 is this server itself",
+            ),
+            (
+                "[cache]\nmax_ttl_secs = 0\n",
+                "cache.max_ttl_secs: must be at least 1",
+            ),
+            (
+                "[cache]\nnegative_max_ttl_secs = 0\n",
+                "cache.negative_max_ttl_secs: must be at least 1",
+            ),
+            (
                 "[cache]\nservfail_ttl_secs = 1000\n",
                 "cache.servfail_ttl_secs: must be at most 300",
             ),
@@ -847,7 +934,7 @@ mod tests {
             ),
             (
                 "[server]\nallow = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/33\",\n]\n",
-                "conf/dnsward.toml:4:3: server.allow: invalid IP address syntax (expected an address or a network",
+                "conf/dnsward.toml:4:3: server.allow: \"10.0.0.0/33\" is not an address or a network",
             ),
             (
                 "[cache]\nbogus_key = 1\n",
@@ -995,6 +1082,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("log.level"), "{error}");
+        // Words tracing would take for module names, silencing everything else.
+        for level in ["warning", "inf", "", "info,warning"] {
+            let error = parse_str(&format!("[log]\nlevel = {level:?}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("log.level"), "{level}: {error}");
+        }
+        for level in [
+            "warn",
+            "INFO",
+            "off",
+            "info,dnsward::decision=debug",
+            "hickory_net=warn",
+        ] {
+            assert!(
+                parse_str(&format!("[log]\nlevel = {level:?}\n")).is_ok(),
+                "{level}"
+            );
+        }
     }
 
     #[test]

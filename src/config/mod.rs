@@ -1,7 +1,7 @@
 //! Configuration: the file's serde model (`model`) and its validated, typed form (`load`).
 
 mod load;
-mod model;
+pub(crate) mod model;
 
 pub use load::{Config, ConfigError, ForwardConfig, ListConfig, ServerConfig, load, parse};
 pub use model::{

@@ -11,6 +11,54 @@ use toml::Spanned;
 
 use crate::lists::OnInvalid;
 
+/// Networks as `address/prefix`, or a bare address for itself alone (`/32`, `/128`): what
+/// operators write for one host (ipnet's own parser refused it, with a message that said an
+/// address would do).
+pub fn networks<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    // Element by element, so that an error names the element's own line and column.
+    Ok(Vec::<Network>::deserialize(deserializer)?
+        .into_iter()
+        .map(|network| network.0)
+        .collect())
+}
+
+/// One element of [`networks`].
+struct Network(IpNet);
+
+impl<'de> Deserialize<'de> for Network {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Parsed inside the visitor, so that an error carries the element's own position.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Network;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an address or a network")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Network, E> {
+                text.parse::<IpNet>()
+                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                    .map(Network)
+                    .map_err(|_| {
+                        E::custom(format!(
+                            "{text:?} is not an address or a network (192.0.2.1, \
+                             192.0.2.0/24, 2001:db8::/32; a prefix length at most 32 or 128)"
+                        ))
+                    })
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// [`networks`], for a setting that may be left out.
+pub fn optional_networks<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<IpNet>>, D::Error> {
+    networks(deserializer).map(Some)
+}
+
 /// The whole `dnsward.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -40,6 +88,7 @@ pub struct ServerSection {
     pub listen: Vec<Spanned<SocketAddr>>,
     /// Client networks that get answers; everyone else gets REFUSED. Default loopback only
     /// (`127.0.0.0/8`, `::1/128`): a resolver must never be open by accident (amplification).
+    #[serde(deserialize_with = "networks")]
     pub allow: Vec<IpNet>,
     /// Largest UDP response we send, in bytes, whatever the client advertises. Default 1232, the
     /// DNS Flag Day 2020 value that avoids IP fragmentation on almost every path.

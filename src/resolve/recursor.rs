@@ -42,6 +42,7 @@ use serde::Deserialize;
 
 use super::{
     nsec, prefetch,
+    scrub::take_where,
     servers::{self, GuardedProvider},
     upstream::{ForwardZones, UpstreamError, UpstreamQuery},
 };
@@ -82,8 +83,10 @@ pub struct RecursionSettings {
     /// Name server addresses we refuse to query, as networks. Default: hickory's recommended list
     /// (loopback, RFC 1918, link-local ...), so a hostile delegation cannot aim us at internal
     /// hosts. Tests on a loopback hierarchy set `[]`.
+    #[serde(deserialize_with = "crate::config::model::optional_networks")]
     pub deny_servers: Option<Vec<IpNet>>,
     /// Exceptions to `deny_servers`. Default empty.
+    #[serde(deserialize_with = "crate::config::model::networks")]
     pub allow_servers: Vec<IpNet>,
     /// Entries in hickory's response cache (records, validated). Default 100 000.
     pub cache_entries: u64,
@@ -887,19 +890,6 @@ fn chain_order(qname: &Name, answers: Vec<Record>) -> Result<Vec<Record>, Name> 
     }
     ordered.extend(left.into_iter().flatten());
     Ok(ordered)
-}
-
-/// Moves the records `wanted` picks from `left` to the end of `ordered`, in their order.
-fn take_where(
-    left: &mut [Option<Record>],
-    ordered: &mut Vec<Record>,
-    wanted: impl Fn(&Record) -> bool,
-) {
-    for slot in left.iter_mut() {
-        if slot.as_ref().is_some_and(&wanted) {
-            ordered.extend(slot.take());
-        }
-    }
 }
 
 /// Whether the authorities failed us (silent, REFUSED, SERVFAIL) rather than the data being wrong.

@@ -381,6 +381,18 @@ fn truncate_response(
     });
     let opt = opt.transpose()?.unwrap_or_default();
     let room = usize::from(limit).saturating_sub(opt.len());
+    // The question section as received; written anew only for a response that was not given
+    // one (it then has none, or is ours).
+    let question = if question.is_empty() {
+        let mut written = Vec::new();
+        let mut encoder = BinEncoder::new(&mut written);
+        for query in &whole.queries {
+            query.emit(&mut encoder)?;
+        }
+        written
+    } else {
+        question.to_vec()
+    };
     let sections = [&whole.answers, &whole.authorities, &whole.additionals];
     let total: usize = sections.iter().map(|section| section.len()).sum();
     let required = whole.answers.len() + whole.authorities.len();
@@ -397,32 +409,22 @@ fn truncate_response(
         let mut answers = whole.answers.iter().take(take(0));
         let mut authorities = whole.authorities.iter().take(take(1));
         let mut additionals = whole.additionals.iter().take(take(2));
-        let header = if question.is_empty() {
-            emit_message_parts(
-                &metadata,
-                &mut whole.queries.iter(),
-                &mut answers,
-                &mut authorities,
-                &mut additionals,
-                None,
-                None,
-                &mut encoder,
-            )?
-        } else {
-            seed_question_pointers(&mut encoder, question, u16::MAX)?;
-            // The question as received, where the seeded pointers expect it (written as a
-            // name, it would find its own seeded pointer and point at itself).
-            emit_message_parts(
-                &metadata,
-                &mut RawQuestion(question),
-                &mut answers,
-                &mut authorities,
-                &mut additionals,
-                None,
-                None,
-                &mut encoder,
-            )?
-        };
+        // The question as received, where the seeded pointers expect it (written as a name,
+        // it would find its own seeded pointer and point at itself).
+        seed_question_pointers(&mut encoder, &question, u16::MAX)?;
+        let header = emit_message_parts(
+            &metadata,
+            &mut RawQuestion {
+                bytes: &question,
+                count: whole.queries.len(),
+            },
+            &mut answers,
+            &mut authorities,
+            &mut additionals,
+            None,
+            None,
+            &mut encoder,
+        )?;
         let end = encoder.offset();
         out.truncate(end);
         Ok::<_, ProtoError>(header)
@@ -451,13 +453,16 @@ fn truncate_response(
     Ok(ResponseInfo::from(header))
 }
 
-/// A question section written as the bytes it was received in: one question.
-struct RawQuestion<'q>(&'q [u8]);
+/// A question section written as the bytes it was received in, with its count of questions.
+struct RawQuestion<'q> {
+    bytes: &'q [u8],
+    count: usize,
+}
 
 impl EmitAndCount for RawQuestion<'_> {
     fn emit(&mut self, encoder: &mut BinEncoder<'_>) -> Result<usize, ProtoError> {
-        encoder.emit_vec(self.0)?;
-        Ok(1)
+        encoder.emit_vec(self.bytes)?;
+        Ok(self.count)
     }
 }
 

@@ -353,9 +353,21 @@ impl Dnsward {
 
     /// Starts dnsward with `config` (full TOML text) and `files` written next to it.
     pub fn start(config: &str, files: &[(&str, &str)]) -> Self {
+        Self::start_at(config, files, "dnsward.toml", |_| {})
+    }
+
+    /// Like [`Dnsward::start`], with the config written to `config_at` (relative to the test
+    /// directory, whose subdirectories `prepare` makes) and given to `serve` by that path.
+    pub fn start_at(
+        config: &str,
+        files: &[(&str, &str)],
+        config_at: &str,
+        prepare: impl FnOnce(&Path),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path());
         write_files(dir.path(), files);
-        let config_path = dir.path().join("dnsward.toml");
+        let config_path = dir.path().join(config_at);
         std::fs::write(&config_path, config).unwrap();
         let (child, log, addr) = spawn(&config_path);
         Self {
