@@ -494,6 +494,9 @@ fn run_server(state: State, snapshot: &Snapshot) -> anyhow::Result<()> {
         // Signal handlers first: a SIGTERM right after start-up must still flush the audit log.
         let shutdown = shutdown_signal()?;
         let audit = open_audit(&state)?;
+        // Held until the server stops (after the audit log's lock, whose message a second
+        // instance of one configuration gets first).
+        let _served = snapshot.lock()?;
         let state = Arc::new(ArcSwap::from_pointee(state));
         let running = server::start(
             state.clone(),

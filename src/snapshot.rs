@@ -27,6 +27,12 @@ pub enum SnapshotError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{}: in use by another running dnsward ({holder}); the serving generations of two \
+         instances would overwrite each other's record, so give each its own server.data_dir",
+        dir.display()
+    )]
+    InUse { dir: PathBuf, holder: String },
     #[error("{path}: unreadable manifest: {source}", path = path.display())]
     Manifest {
         path: PathBuf,
@@ -75,6 +81,49 @@ impl Snapshot {
     pub fn new(data_dir: &Path) -> Self {
         Self {
             dir: data_dir.join("served"),
+        }
+    }
+
+    /// Takes the lock on this record (`served/.lock`, an exclusive `flock`) for as long as the
+    /// returned file is open: a second instance on the same data directory would overwrite the
+    /// manifest with its own generation, and `lists diff` and auditors would read the wrong
+    /// lists. `Ok(None)` when the lock cannot be taken for another reason (a read-only disk):
+    /// the record is kept best effort, so that alone does not stop a resolver.
+    pub fn lock(&self) -> Result<Option<std::fs::File>, SnapshotError> {
+        let path = self.dir.join(".lock");
+        let opened = std::fs::create_dir_all(&self.dir).and_then(|()| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+        });
+        let Ok(mut file) = opened else {
+            return Ok(None);
+        };
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {
+                // The pid only names the holder in a second instance's message.
+                let _ = file
+                    .set_len(0)
+                    .and_then(|()| writeln!(file, "{}", std::process::id()));
+                Ok(Some(file))
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<u32>().ok())
+                    .map_or_else(
+                        || "lock file served/.lock".to_owned(),
+                        |pid| format!("pid {pid}"),
+                    );
+                Err(SnapshotError::InUse {
+                    dir: self.dir.parent().unwrap_or(&self.dir).to_owned(),
+                    holder,
+                })
+            }
+            Err(_) => Ok(None),
         }
     }
 

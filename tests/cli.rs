@@ -466,3 +466,49 @@ fn skipped_lines_are_logged_capped_and_checked_in_full() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.matches("(skipped)").count(), 25, "{stderr}");
 }
+
+/// A second instance on the same data directory is refused, naming the first: each writes the
+/// record of the generation it serves there, and they overwrote each other's (`lists diff` and
+/// auditors then read the other instance's lists). Each has its own audit log here, as the
+/// audit log's own refusal had advised.
+#[test]
+fn a_second_instance_on_the_same_data_dir_is_refused() {
+    let upstream = Upstream::start();
+    let shared = tempfile::tempdir().unwrap();
+    let config_for = |audit: &str| {
+        config_text_with_server(
+            &[upstream.addr],
+            &format!("data_dir = \"{}\"", shared.path().display()),
+            &format!("[audit]\ndir = \"{audit}\"\n{STANDARD_LIST_TABLES}"),
+        )
+    };
+    let first = Dnsward::start(&config_for("audit-a"), STANDARD_LISTS);
+    let second = tempfile::tempdir().unwrap();
+    write_files(second.path(), STANDARD_LISTS);
+    let config = second.path().join("dnsward.toml");
+    std::fs::write(
+        &config,
+        config_for(&second.path().join("audit-b").display().to_string()),
+    )
+    .unwrap();
+    let (exited, output) = serve_expecting_exit(&config);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        exited,
+        "a second instance ran on the same data_dir: {stderr}"
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "in use by another running dnsward (pid {})",
+            first.pid()
+        )) && stderr.contains("server.data_dir"),
+        "{stderr}"
+    );
+    assert_eq!(
+        ask(first.addr, Transport::Udp, "www.test.", RecordType::A)
+            .metadata
+            .response_code,
+        ResponseCode::NoError
+    );
+}

@@ -126,7 +126,7 @@ pub enum AuditError {
     InvalidDomain { value: String, reason: String },
     #[error(
         "{}: in use by another running dnsward ({holder}); two writers on one log would fork \
-         its chain, so give each instance its own [audit] dir",
+         its chain, so give each instance its own server.data_dir (or [audit] dir)",
         dir.display()
     )]
     InUse { dir: PathBuf, holder: String },
