@@ -322,6 +322,29 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 format!("{addr} is listed twice"),
             ));
         }
+        // A wildcard address takes its port on every address of its family: another address
+        // of that family on the same port cannot be bound beside it (`check` had passed such
+        // a configuration, and `serve` then failed with "address in use").
+        let overlaps = |other: &SocketAddr| {
+            other.port() == addr.port()
+                && other.port() != 0
+                && other.is_ipv4() == addr.is_ipv4()
+                && (other.ip().is_unspecified() || addr.ip().is_unspecified())
+        };
+        if let Some(earlier) = file.server.listen[..index]
+            .iter()
+            .map(|earlier| earlier.get_ref())
+            .find(|earlier| overlaps(earlier))
+        {
+            return Err(invalid(
+                spanned.span(),
+                "server.listen".into(),
+                format!(
+                    "{addr} and {earlier} cannot both be bound: a wildcard address takes the \
+                     port on every address of its family"
+                ),
+            ));
+        }
         if addr.port() == 0 && !addr.ip().is_loopback() {
             // Port 0 (any free port) is for tests on loopback; a resolver clients are told
             // to use needs a port they can know.
@@ -885,6 +908,10 @@ mod tests {
             (
                 "[server]\nlisten = [\"0.0.0.0:5353\"]\n[forward]\nupstreams = [\"127.0.0.2:5353\"]\n",
                 "forward.upstreams: 127.0.0.2:5353 is this server itself",
+            ),
+            (
+                "[server]\nlisten = [\"0.0.0.0:5353\", \"127.0.0.1:5353\"]\n",
+                "server.listen: 127.0.0.1:5353 and 0.0.0.0:5353 cannot both be bound",
             ),
             (
                 "[cache]\nmax_ttl_secs = 0\n",
