@@ -179,17 +179,11 @@ fn upstream_answers_are_scrubbed_and_refusals_are_servfail() {
         assert_eq!(answers.len(), 1, "{answers:?}");
         assert!(answers[0].starts_with("junk.test. "), "{answers:?}");
 
-        let reply = ask(dnsward.addr, transport, "loop.test.", RecordType::A);
-        assert_eq!(
-            reply.metadata.response_code,
-            ResponseCode::ServFail,
-            "{reply}"
-        );
-        let (code, text) = ede(&reply).expect("EDE");
-        assert_eq!(code, 0);
-        assert!(text.contains("CNAME loop at loop.test."), "{text}");
-
-        for (name, rcode) in [("refused.test.", "REFUSED"), ("formerr.test.", "FORMERR")] {
+        for (name, expected_code, says) in [
+            ("loop.test.", 0, "CNAME loop at loop.test."),
+            ("refused.test.", 22, "answered REFUSED"),
+            ("formerr.test.", 22, "answered FORMERR"),
+        ] {
             let reply = ask(dnsward.addr, transport, name, RecordType::A);
             assert_eq!(
                 reply.metadata.response_code,
@@ -197,8 +191,8 @@ fn upstream_answers_are_scrubbed_and_refusals_are_servfail() {
                 "{reply}"
             );
             let (code, text) = ede(&reply).expect("EDE");
-            assert_eq!(code, 22);
-            assert!(text.contains(&format!("answered {rcode}")), "{text}");
+            assert_eq!(code, expected_code, "{name}");
+            assert!(text.contains(says), "{text}");
         }
     }
 }
