@@ -444,6 +444,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
             }
         };
     warnings.log();
+    warn_if_open(&state.config.server.listen, &state.config.server.allow);
     // What `check` reports besides the lists (upstreams, audit keys, root hints and trust
     // anchor): a configuration problem, exit 2 like the others, said once.
     let problems = state::start_problems(&state.config);
@@ -461,6 +462,24 @@ fn serve(path: &std::path::Path) -> ExitCode {
             eprintln!("dnsward: {text}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Says so at start when the resolver answers anyone on a non-loopback address: an open
+/// resolver is an amplifier for attacks on others, and `server.allow` of `0.0.0.0/0` or
+/// `::/0` is more often a shortcut than a decision (it had been accepted without a word).
+/// An empty `server.allow` answers no one, which is said too.
+fn warn_if_open(listen: &[std::net::SocketAddr], allow: &[ipnet::IpNet]) {
+    let reachable = listen.iter().any(|addr| !addr.ip().is_loopback());
+    let everyone = allow.iter().any(|net| net.prefix_len() == 0);
+    if reachable && everyone {
+        tracing::warn!(
+            "server.allow answers every address and server.listen is not loopback only: this is \
+             an open resolver, usable to amplify attacks on others; list your client networks"
+        );
+    }
+    if allow.is_empty() {
+        tracing::warn!("server.allow is empty: every query is refused");
     }
 }
 

@@ -512,3 +512,39 @@ fn a_second_instance_on_the_same_data_dir_is_refused() {
         ResponseCode::NoError
     );
 }
+
+/// An open resolver (an `allow` of every address, on a non-loopback listen address) starts,
+/// with a warning that says what it is; a loopback-only one says nothing. It had been
+/// accepted without a word.
+#[test]
+fn an_open_resolver_is_warned_about() {
+    let upstream = Upstream::start();
+    let open = |listen: &str| {
+        format!(
+            "[server]\nlisten = [\"{listen}\"]\nallow = [\"0.0.0.0/0\"]\n\n[forward]\nupstreams = [\"{}\"]\n",
+            upstream.addr
+        )
+    };
+    let port = free_wildcard_port();
+    let exposed = Dnsward::start(&open(&format!("0.0.0.0:{port}")), &[]);
+    assert!(
+        exposed
+            .wait_for_log(|line| line.contains("this is an open resolver"))
+            .is_some()
+    );
+    let local = Dnsward::start(&open("127.0.0.1:0"), &[]);
+    assert_eq!(
+        ask(local.addr, Transport::Udp, "www.test.", RecordType::A)
+            .metadata
+            .response_code,
+        ResponseCode::NoError
+    );
+    assert!(
+        !local
+            .log()
+            .iter()
+            .any(|line| line.contains("open resolver")),
+        "{:#?}",
+        local.log()
+    );
+}

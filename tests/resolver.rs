@@ -291,17 +291,7 @@ fn blocked_answers_to_long_names_fit_and_keep_their_opt() {
 #[test]
 fn a_wildcard_listener_answers_from_the_address_asked() {
     let upstream = Upstream::start();
-    // Port 0 is refused on a wildcard address: a port that was free a moment ago, on both
-    // transports and both families (the server binds UDP and TCP).
-    let port = loop {
-        let udp = std::net::UdpSocket::bind("[::]:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        let free = std::net::UdpSocket::bind(("0.0.0.0", port)).is_err()
-            && std::net::TcpListener::bind(("::", port)).is_ok();
-        if free {
-            break port;
-        }
-    };
+    let port = free_wildcard_port();
     let config = format!(
         "[server]\nlisten = [\"0.0.0.0:{port}\", \"[::]:{port}\"]\nallow = [\"127.0.0.0/8\", \"::1/128\"]\n\n\
          [forward]\nupstreams = [\"{}\"]\n\n{STANDARD_LIST_TABLES}",

@@ -272,6 +272,20 @@ pub fn config_text_with_server(upstreams: &[SocketAddr], server: &str, extra: &s
     )
 }
 
+/// A port that was free a moment ago on the wildcard addresses of both families, for UDP and
+/// TCP (the server binds both): config refuses port 0 on a wildcard listen address.
+pub fn free_wildcard_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("[::]:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        let free = UdpSocket::bind(("0.0.0.0", port)).is_err()
+            && std::net::TcpListener::bind(("::", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
+}
+
 pub fn write_files(dir: &Path, files: &[(&str, &str)]) {
     for (name, text) in files {
         std::fs::write(dir.join(name), text).unwrap();
