@@ -1,5 +1,5 @@
 //! Reading the files operators point dnsward at (configuration, lists, root hints, keys):
-//! regular files only.
+//! regular files only; and the lock files that keep a second process off a directory.
 //!
 //! A FIFO, a character device or a socket at such a path would block the read forever (a
 //! FIFO's `open` waits for a writer): a reload would hang with the old state serving and every
@@ -7,7 +7,7 @@
 
 use std::{
     fs::File,
-    io::{self, Read},
+    io::{self, Read, Write as _},
     os::unix::fs::{FileTypeExt, OpenOptionsExt},
     path::Path,
 };
@@ -42,6 +42,38 @@ pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0) + 1);
     file.read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+/// Who holds a lock [`try_lock`] could not take.
+#[derive(Debug)]
+pub struct Held {
+    /// `pid N` from the lock file, or the file's name when it names no pid.
+    pub holder: String,
+}
+
+/// Takes an exclusive `flock` on `file` (the lock file at `path`) without waiting, and writes
+/// our pid into it for the message a second process gets. The lock is the kernel's, so it
+/// goes with the process (kill -9 included). `Ok(Err(Held))` when another process holds it.
+pub fn try_lock(mut file: File, path: &Path) -> io::Result<Result<File, Held>> {
+    // rustix, not `File::try_lock`: that needs Rust 1.89, above the crate's MSRV.
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let holder = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| text.trim().parse::<u32>().ok())
+                .map_or_else(|| format!("lock file {name}"), |pid| format!("pid {pid}"));
+            return Ok(Err(Held { holder }));
+        }
+        Err(error) => return Err(error.into()),
+    }
+    // Best effort: the pid only names the holder, and a full or read-only disk must not keep
+    // the holder from running.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(Ok(file))
 }
 
 /// [`read_regular`] as UTF-8 text.

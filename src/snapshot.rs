@@ -99,30 +99,15 @@ impl Snapshot {
                 .truncate(false)
                 .open(&path)
         });
-        let Ok(mut file) = opened else {
+        let Ok(file) = opened else {
             return Ok(None);
         };
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {
-                // The pid only names the holder in a second instance's message.
-                let _ = file
-                    .set_len(0)
-                    .and_then(|()| writeln!(file, "{}", std::process::id()));
-                Ok(Some(file))
-            }
-            Err(rustix::io::Errno::WOULDBLOCK) => {
-                let holder = std::fs::read_to_string(&path)
-                    .ok()
-                    .and_then(|text| text.trim().parse::<u32>().ok())
-                    .map_or_else(
-                        || "lock file served/.lock".to_owned(),
-                        |pid| format!("pid {pid}"),
-                    );
-                Err(SnapshotError::InUse {
-                    dir: self.dir.parent().unwrap_or(&self.dir).to_owned(),
-                    holder,
-                })
-            }
+        match crate::files::try_lock(file, &path) {
+            Ok(Ok(file)) => Ok(Some(file)),
+            Ok(Err(held)) => Err(SnapshotError::InUse {
+                dir: self.dir.parent().unwrap_or(&self.dir).to_owned(),
+                holder: held.holder,
+            }),
             Err(_) => Ok(None),
         }
     }

@@ -316,31 +316,10 @@ impl DomainFilter {
 }
 
 /// A name in RFC 1035 presentation form (as stored: `\X` for a printable byte, `\DDD` for
-/// any other) back to its bytes, the label separators and the escaped dots alike.
+/// any other) back to its bytes, the label separators and the escaped dots alike (no final
+/// dot).
 fn unescape_presentation(text: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(text.len());
-    let mut rest = text;
-    while let Some((&byte, tail)) = rest.split_first() {
-        rest = tail;
-        if byte != b'\\' {
-            bytes.push(byte);
-            continue;
-        }
-        match rest {
-            [a, b, c, tail @ ..] if [a, b, c].iter().all(|d| d.is_ascii_digit()) => {
-                let value =
-                    u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0');
-                bytes.push(u8::try_from(value).unwrap_or(u8::MAX));
-                rest = tail;
-            }
-            [escaped, tail @ ..] => {
-                bytes.push(*escaped);
-                rest = tail;
-            }
-            [] => bytes.push(byte),
-        }
-    }
-    bytes
+    crate::policy::decision::labels_from_text(text).join(&b'.')
 }
 
 /// `--qtype` as stored: the mnemonic (`AAAA`) or `TYPE<n>` (RFC 3597) for types without one.

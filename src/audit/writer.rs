@@ -551,7 +551,7 @@ pub const LOCK_FILE: &str = ".lock";
 fn lock_dir(dir: &Path) -> Result<File, AuditError> {
     std::fs::create_dir_all(dir).map_err(AuditError::io(dir))?;
     let path = dir.join(LOCK_FILE);
-    let mut file = match OpenOptions::new()
+    let file = match OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -568,27 +568,14 @@ fn lock_dir(dir: &Path) -> Result<File, AuditError> {
         }
         Err(error) => return Err(AuditError::io(&path)(error)),
     };
-    // rustix, not `File::try_lock`: that needs Rust 1.89, above the crate's MSRV.
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => {}
-        Err(rustix::io::Errno::WOULDBLOCK) => {
-            let holder = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|text| text.trim().parse::<u32>().ok())
-                .map_or_else(|| "lock file .lock".to_owned(), |pid| format!("pid {pid}"));
-            return Err(AuditError::InUse {
-                dir: dir.to_owned(),
-                holder,
-            });
-        }
-        Err(error) => return Err(AuditError::io(&path)(error.into())),
+    match crate::files::try_lock(file, &path) {
+        Ok(Ok(file)) => Ok(file),
+        Ok(Err(held)) => Err(AuditError::InUse {
+            dir: dir.to_owned(),
+            holder: held.holder,
+        }),
+        Err(error) => Err(AuditError::io(&path)(error)),
     }
-    // Best effort: the pid only names the holder in a second instance's message, and a full
-    // disk must not keep the writer from starting (it has an outage path for that).
-    let _ = file
-        .set_len(0)
-        .and_then(|()| writeln!(file, "{}", std::process::id()));
-    Ok(file)
 }
 
 /// After the stop record: marks the writer gone, then counts as dropped whatever is still

@@ -42,7 +42,7 @@ use serde::Deserialize;
 
 use super::{
     nsec, prefetch,
-    scrub::take_where,
+    scrub::chain_records,
     servers::{self, GuardedProvider},
     upstream::{ForwardZones, UpstreamError, UpstreamQuery},
 };
@@ -662,7 +662,7 @@ impl Recursor {
             .chain(v6.message.answers)
             .collect();
         // Each chain comes whole from its lookup: a loop was refused there already.
-        message.answers = chain_order(&name, answers).unwrap_or_default();
+        message.answers = chain_order(&name, RecordType::ANY, answers).unwrap_or_default();
         message.metadata.authentic_data &= v6.message.metadata.authentic_data;
         // With records, no proof of absence goes with them; with none (NODATA both ways), the
         // A lookup's proof stays.
@@ -707,7 +707,7 @@ impl Recursor {
             insecure_denial,
         } = lookup;
         vouch_for_synthesized_cnames(&mut answers);
-        let answers = match chain_order(&name, answers) {
+        let answers = match chain_order(&name, query.qtype, answers) {
             Ok(answers) => answers,
             Err(looped_at) => {
                 return Ok(servfail((0, format!("CNAME loop at {looped_at}"))));
@@ -827,12 +827,12 @@ fn substituted(owner: &Name, dname_owner: &Name, substitute: &Name) -> Option<Na
 }
 
 /// The answer section in chain order from the question (RFC 1034 §4.3.2: glibc's parser, for
-/// one, follows a chain only in that order): a DNAME before the CNAME it synthesizes, then
-/// the records owned by each name of the chain (with their RRSIGs), and anything else after,
-/// each record once (RFC 2181 §5). hickory 0.26.3 returns a chain's records in cache order,
-/// and following a chain here (`cname_chain`) can repeat one. `Err` names the name at which
-/// the chain loops back (RFC 1034 §3.6.2: an error, as Unbound answers it).
-fn chain_order(qname: &Name, answers: Vec<Record>) -> Result<Vec<Record>, Name> {
+/// one, follows a chain only in that order), each record once (RFC 2181 §5), and only the
+/// chain's records, as a forwarded answer is kept (`scrub`). hickory 0.26.3 returns a chain's
+/// records in cache order, and following a chain here (`cname_chain`) can repeat one. `Err`
+/// names the name at which the chain loops back (RFC 1034 §3.6.2: an error, as Unbound
+/// answers it).
+fn chain_order(qname: &Name, qtype: RecordType, answers: Vec<Record>) -> Result<Vec<Record>, Name> {
     let mut unique: Vec<Record> = Vec::with_capacity(answers.len());
     for record in answers {
         let repeated = unique.iter().any(|kept| {
@@ -845,51 +845,7 @@ fn chain_order(qname: &Name, answers: Vec<Record>) -> Result<Vec<Record>, Name> 
             unique.push(record);
         }
     }
-    let aliases = |record: &Record| {
-        matches!(record.data, RData::CNAME(_)) || record.record_type() == RecordType::DNAME
-    };
-    if !unique.iter().any(aliases) {
-        return Ok(unique);
-    }
-    let mut left: Vec<Option<Record>> = unique.into_iter().map(Some).collect();
-    let mut ordered = Vec::with_capacity(left.len());
-    let mut visited: Vec<Name> = Vec::new();
-    let mut current = qname.clone();
-    loop {
-        let dname_owners: Vec<Name> = left
-            .iter()
-            .flatten()
-            .filter(|record| {
-                record.record_type() == RecordType::DNAME
-                    && record.name.num_labels() < current.num_labels()
-                    && record.name.zone_of(&current)
-            })
-            .map(|record| record.name.clone())
-            .collect();
-        take_where(&mut left, &mut ordered, |record| {
-            dname_owners
-                .iter()
-                .any(|owner| owner.eq_ignore_root(&record.name))
-        });
-        let from = ordered.len();
-        take_where(&mut left, &mut ordered, |record| {
-            record.name.eq_ignore_root(&current)
-        });
-        let next = ordered[from..]
-            .iter()
-            .find_map(|record| match &record.data {
-                RData::CNAME(target) => Some(target.0.clone()),
-                _ => None,
-            });
-        let Some(next) = next else { break };
-        visited.push(current);
-        if visited.iter().any(|name| name.eq_ignore_root(&next)) {
-            return Err(next);
-        }
-        current = next;
-    }
-    ordered.extend(left.into_iter().flatten());
-    Ok(ordered)
+    chain_records(qname, qtype, unique).map(|(kept, _)| kept)
 }
 
 /// Whether the authorities failed us (silent, REFUSED, SERVFAIL) rather than the data being wrong.

@@ -72,7 +72,7 @@ fn dname_above(record: &Record, name: &Name) -> bool {
 }
 
 /// Moves the records `wanted` picks from `left` to the end of `kept`, in their order.
-pub(super) fn take_where(
+fn take_where(
     left: &mut [Option<Record>],
     kept: &mut Vec<Record>,
     wanted: impl Fn(&Record) -> bool,
