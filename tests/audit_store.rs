@@ -266,6 +266,85 @@ fn deleted_record_is_named() {
     assert_eq!(file_name(&failure.spot.file), file_name(&path));
 }
 
+/// Records cut from the end of a middle segment, its closing checkpoint with them, are named
+/// where they were cut (the segment's end, or its torn last line), not at the next segment's
+/// start: one writer instance wrote on across the two files, so no restart came between.
+#[test]
+fn records_cut_from_a_middle_segment_are_named_where_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 300);
+    let middle = segments(tmp.path())[1].clone();
+    let intact = std::fs::read(&middle).unwrap();
+    let lines: Vec<&[u8]> = intact.split_inclusive(|&b| b == b'\n').collect();
+    assert!(lines.len() > 6);
+    let kept: Vec<u8> = lines[..4].concat();
+    let first_cut: u64 = std::str::from_utf8(&lines[4][7..])
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let missing = lines.len() as u64 - 4;
+    for torn in [&b""[..], &lines[4][..40]] {
+        std::fs::write(&middle, [&kept[..], torn].concat()).unwrap();
+        let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+        assert_eq!(
+            failure.kind,
+            FailureKind::Deleted { missing },
+            "{}",
+            failure.spot
+        );
+        assert_eq!(
+            (&failure.spot.file, failure.spot.seq, failure.spot.offset),
+            (&middle, Some(first_cut), kept.len() as u64)
+        );
+    }
+}
+
+/// A middle segment emptied, cut to its header, or cut inside its header holds none of its
+/// records: verify names that file, and search and summary are told of the missing records
+/// (no writer leaves such a file before another segment).
+#[test]
+fn an_emptied_middle_segment_is_named_and_its_records_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_log(&settings(tmp.path()), 0, 300);
+    let segs = segments(tmp.path());
+    let middle = segs[1].clone();
+    let intact = std::fs::read(&middle).unwrap();
+    let header_len = intact.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let first_seq: u64 = file_name(&middle)[4..24].parse().unwrap();
+    let next_seq: u64 = file_name(&segs[2])[4..24].parse().unwrap();
+    for (left, offset) in [
+        (&intact[..0], 0),
+        (&intact[..header_len], header_len as u64),
+        (&intact[..30], 0),
+    ] {
+        std::fs::write(&middle, left).unwrap();
+        let failure = audit::verify(tmp.path(), None).unwrap().failure.unwrap();
+        assert_eq!(
+            failure.kind,
+            FailureKind::Deleted {
+                missing: next_seq - first_seq
+            },
+            "{}",
+            failure.spot
+        );
+        assert_eq!(
+            (&failure.spot.file, failure.spot.seq, failure.spot.offset),
+            (&middle, Some(first_seq), offset)
+        );
+        let holes = audit::query::holes(tmp.path(), &TimeRange::default()).unwrap();
+        assert_eq!(
+            holes
+                .iter()
+                .map(|hole| (hole.from_seq, hole.to_seq))
+                .collect::<Vec<_>>(),
+            [(first_seq, next_seq - 1)]
+        );
+    }
+}
+
 #[test]
 fn inserted_record_is_named() {
     let tmp = tempfile::tempdir().unwrap();
@@ -435,6 +514,7 @@ fn a_restart_after_a_failed_restart_names_the_first_torn_line() {
                 segment,
                 offset,
                 torn_bytes,
+                ..
             } => Some((segment, offset, torn_bytes)),
             _ => None,
         })
@@ -645,6 +725,51 @@ fn rechaining_without_the_key_fails_on_signatures() {
     // Without the auditor's key, the checkpoints still contradict their embedded key.
     let failure = audit::verify(&settings.dir, None).unwrap().failure.unwrap();
     assert_eq!(failure.kind, FailureKind::BadSignature);
+}
+
+/// A record appended after a segment's closing checkpoint, correctly chained and timed within
+/// the unsigned-tail tolerance: the writer never writes after a close, so it is inserted.
+#[test]
+fn a_record_after_a_closing_checkpoint_is_inserted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (settings, public) = signed_log(tmp.path(), 30);
+    let last = segments(&settings.dir).pop().unwrap();
+    let mut data = std::fs::read(&last).unwrap();
+    let lines: Vec<&[u8]> = data
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let close = Record::parse(lines[lines.len() - 1]).unwrap();
+    assert!(matches!(&close.entry, Entry::Checkpoint(cp) if cp.close));
+    let query = lines
+        .iter()
+        .map(|line| String::from_utf8(line.to_vec()).unwrap())
+        .find(|line| line.contains("\"type\":\"query\""))
+        .unwrap();
+    let seq = Record::parse(query.as_bytes()).unwrap().seq;
+    let forged = query.replacen(
+        &format!("{{\"seq\":{seq},"),
+        &format!("{{\"seq\":{},", close.seq + 1),
+        1,
+    );
+    let (body, _) = segment::split_hash(forged.as_bytes()).unwrap();
+    let prev = segment::decode_hash(close.hash.as_bytes()).unwrap();
+    let hash = segment::recompute(&prev, body);
+    let offset = data.len() as u64;
+    data.extend_from_slice(body);
+    data.extend_from_slice(format!(",\"hash\":\"{}\"}}\n", hex::encode(hash)).as_bytes());
+    std::fs::write(&last, &data).unwrap();
+    for key in [None, Some(&public)] {
+        let failure = audit::verify(&settings.dir, key.map(|k| k.as_path()))
+            .unwrap()
+            .failure
+            .expect("an appended record is found");
+        assert_eq!(failure.kind, FailureKind::Inserted);
+        assert_eq!(
+            (&failure.spot.file, failure.spot.seq, failure.spot.offset),
+            (&last, Some(close.seq + 1), offset)
+        );
+    }
 }
 
 /// Batches (one UDP receive batch's records) count record by record against the queue bound:
@@ -924,6 +1049,36 @@ fn crash_torn_tail_then_restart_is_recovered_not_tampering() {
         &r.entry,
         Entry::Recovered { offset, .. } if *offset == torn_at
     )));
+}
+
+/// The torn line a restart declared is outside the chain, but its `recovered` record states
+/// its length and digest: an edit of those bytes is named there.
+#[test]
+fn an_edited_torn_line_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = settings(tmp.path());
+    let (torn, torn_at) = log_torn_by_a_crash(&settings, b"{\"seq\":999,\"time\":\"20");
+    write_log(&settings, 100, 50);
+    assert!(audit::verify(tmp.path(), None).unwrap().ok());
+    let intact = std::fs::read(&torn).unwrap();
+    let edited = |edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut bytes = intact.clone();
+        edit(&mut bytes);
+        std::fs::write(&torn, &bytes).unwrap();
+        let failure = audit::verify(tmp.path(), None).unwrap().failure;
+        std::fs::write(&torn, &intact).unwrap();
+        failure.expect("the edit is found")
+    };
+    let at = usize::try_from(torn_at).unwrap();
+    for failure in [
+        edited(&|bytes| bytes[at + 3] = b'x'),
+        edited(&|bytes| bytes.extend_from_slice(b"12-01")),
+        edited(&|bytes| bytes.truncate(at + 4)),
+    ] {
+        assert_eq!(failure.kind, FailureKind::Modified);
+        assert_eq!((&failure.spot.file, failure.spot.offset), (&torn, torn_at));
+    }
+    assert!(audit::verify(tmp.path(), None).unwrap().ok());
 }
 
 /// The segment after a torn one removed: named as the records it held, missing, not as an

@@ -359,6 +359,7 @@ fn a_restart_onto_a_full_disk_after_a_crash_starts_in_an_outage() {
                 segment,
                 offset,
                 torn_bytes,
+                ..
             } => Some((segment.clone(), *offset, *torn_bytes)),
             _ => None,
         })

@@ -411,6 +411,13 @@ pub fn run_to(
             let range = range.parse()?;
             warn_of_holes(dir, &range)?;
             let summary = query::summary(dir, &range)?;
+            if summary.unreadable > 0 {
+                eprintln!(
+                    "dnsward audit: warning: {} record line(s) could not be read (damaged?) and \
+                     are not counted; `dnsward audit verify` names them",
+                    summary.unreadable
+                );
+            }
             if json {
                 serde_json::to_writer_pretty(&mut *out, &summary).map_err(AuditError::Encode)?;
                 writeln!(out).map_err(AuditError::Output)?;

@@ -674,23 +674,27 @@ impl fmt::Display for Hole {
 pub fn holes(dir: &Path, range: &TimeRange) -> Result<Vec<Hole>, AuditError> {
     let segments = segment::existing_segments(dir)?;
     let mut holes = Vec::new();
-    for pair in segments.windows(2) {
-        let last = match segment::read_last_complete_line(&pair[0].path) {
-            Ok(Some(line)) => line,
-            Ok(None) => continue,
-            Err(error) if removed(&error) => continue,
+    // The last record line of the latest segment that has one: a segment without any (emptied,
+    // or cut to its header) holds nothing, and the records after it are compared with this.
+    let mut before: Option<Vec<u8>> = None;
+    for segment in &segments {
+        if let Some(last) = &before
+            && let Some(view) = segment::LinkView::parse(last)
+        {
+            let expected = view.seq.saturating_add(1);
+            if segment.first_seq > expected && hole_may_hold(range, last, &segment.path) {
+                holes.push(Hole {
+                    from_seq: expected,
+                    to_seq: segment.first_seq - 1,
+                    before: segment.path.clone(),
+                });
+            }
+        }
+        match segment::read_last_complete_line(&segment.path) {
+            Ok(Some(line)) if line.starts_with(b"{\"seq\":") => before = Some(line),
+            Ok(_) => {}
+            Err(error) if removed(&error) => {}
             Err(error) => return Err(error),
-        };
-        let Some(view) = segment::LinkView::parse(&last) else {
-            continue;
-        };
-        let expected = view.seq.saturating_add(1);
-        if pair[1].first_seq > expected && hole_may_hold(range, &last, &pair[1].path) {
-            holes.push(Hole {
-                from_seq: expected,
-                to_seq: pair[1].first_seq - 1,
-                before: pair[1].path.clone(),
-            });
         }
     }
     Ok(holes)
@@ -917,6 +921,9 @@ pub struct Summary {
     /// Queries from outside `server.allow` answered but not recorded one by one (over
     /// `outsider_records_per_sec`), from suppressed records whose span meets the range.
     pub suppressed: u64,
+    /// Record lines that could not be read (damaged: `verify` names them), so not counted:
+    /// the figures are short by what they held, and the reader is told so.
+    pub unreadable: u64,
 }
 
 /// A fast, non-cryptographic hasher: these maps are filled once per record, and their keys
@@ -935,6 +942,7 @@ struct Tally {
     hours: CountMap,
     dropped: u64,
     suppressed: u64,
+    unreadable: u64,
     /// Count per `Decision::ALL` entry (a map lookup per record cost 10 % of a summary).
     decision_counts: [u64; Decision::ALL.len()],
     /// The current run of records in one hour: `(hour text, count)`.
@@ -1051,6 +1059,7 @@ impl Tally {
         self.queries += other.queries;
         self.dropped += other.dropped;
         self.suppressed += other.suppressed;
+        self.unreadable += other.unreadable;
         if let Some(f) = other.first
             && self.first.as_ref().is_none_or(|s| f < *s)
         {
@@ -1098,12 +1107,17 @@ impl Tally {
                 Scan::Other => {
                     let counted = memchr::memmem::find(line, b"\"type\":\"gap\"").is_some()
                         || memchr::memmem::find(line, b"\"type\":\"suppressed\"").is_some();
-                    if counted && let Ok(record) = Record::parse(line) {
-                        self.count_losses(&record.entry, range);
+                    if counted {
+                        match Record::parse(line) {
+                            Ok(record) => self.count_losses(&record.entry, range),
+                            Err(_) => self.unreadable += 1,
+                        }
                     }
                 }
                 Scan::Unsure => {
                     let Ok(record) = Record::parse(line) else {
+                        // Damaged: its time is unknown, so it is counted whatever the range.
+                        self.unreadable += 1;
                         continue;
                     };
                     match &record.entry {
@@ -1286,6 +1300,7 @@ pub fn summary(dir: &Path, range: &TimeRange) -> Result<Summary, AuditError> {
         per_hour: to_map(total.hours),
         dropped: total.dropped,
         suppressed: total.suppressed,
+        unreadable: total.unreadable,
     })
 }
 

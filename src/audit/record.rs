@@ -541,6 +541,10 @@ pub enum Entry {
         segment: String,
         offset: u64,
         torn_bytes: u64,
+        /// SHA-256 (hex) of the torn bytes, so that the fragment the chain leaves out cannot be
+        /// edited unseen either (absent in logs written before 2026-12-04).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        torn_sha256: Option<String>,
     },
     /// A checkpoint over the chain head (`head_seq`, `head` = hash of that record, this line's
     /// time), signed when a key is configured. `close` marks the last line of a segment, which

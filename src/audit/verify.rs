@@ -561,9 +561,12 @@ struct Checker {
     options: VerifyOptions,
     expected: Option<u64>,
     head: Hash,
-    /// The previous file: its path, whether it ended with a closing checkpoint, and where it
-    /// was torn.
-    prev_file: Option<(PathBuf, bool, Option<u64>)>,
+    prev_file: Option<PrevFile>,
+    /// Torn lines declared by a header whose `recovered` record has not been read yet.
+    declared_torn: Vec<DeclaredTorn>,
+    /// A segment file without a complete line read since the last file that had one: where
+    /// records missing before the next header were (no writer leaves such a file but last).
+    emptied: Option<PathBuf>,
     signed: u64,
     /// Whether the record lines of the current file must state `prev` (a version 1 segment)
     /// or must not (version 2); `None` in exports, which may hold both.
@@ -580,6 +583,28 @@ struct Checker {
     /// What the current segment holds so far, which its checkpoints state (`None` in an export,
     /// where segments are not told apart).
     segment_so_far: Option<SegmentSoFar>,
+}
+
+/// The file before the one being read, as far as its successor's header is checked against it.
+struct PrevFile {
+    path: PathBuf,
+    /// Whether it ended with a closing checkpoint.
+    closed: bool,
+    /// Where its torn last line starts.
+    torn: Option<u64>,
+    /// The torn line's length and SHA-256, which the `recovered` record after it states.
+    torn_digest: Option<(u64, Hash)>,
+    /// Where its complete lines end: the torn line's offset, or the file's end.
+    end: u64,
+    /// The `instance` of its last complete record line; `None` when it holds no record.
+    last_instance: Option<Vec<u8>>,
+}
+
+/// A torn line a header declared: its place, and what a `recovered` record must state of it.
+struct DeclaredTorn {
+    spot: Spot,
+    len: u64,
+    digest: Hash,
 }
 
 /// The lines of a segment up to a point: what a checkpoint states of its segment. Readers skip
@@ -615,6 +640,8 @@ impl Checker {
             expected: None,
             head: GENESIS,
             prev_file: None,
+            declared_torn: Vec::new(),
+            emptied: None,
             signed: 0,
             lines_state_prev: None,
             unsigned: 0,
@@ -745,14 +772,32 @@ impl Checker {
         };
         let mut closed = false;
         let mut end_offset = first.offset + first.bytes.len() as u64;
+        // Where the complete lines end, and the instance of the last record among them.
+        let mut complete_end = end_offset + 1;
+        let mut last_instance = None;
         while let Some(line) = current.take() {
             end_offset = line.offset;
+            // A segment's closing checkpoint is its last line: the writer goes on in a new
+            // file. A record after it was added (within the unsigned-tail tolerance it would
+            // otherwise pass, after a clean stop too). A torn line is left to the torn-line
+            // rules: it is no record, and whoever declares it must account for it.
+            if closed && !export && line.complete {
+                let seq = LinkView::parse(&line.bytes).map(|view| view.seq);
+                return Err(Self::fail(FailureKind::Inserted, path, seq, line.offset));
+            }
             if !line.complete {
                 if export {
                     return Err(self.truncated_export(path, line.offset));
                 }
-                return self.end_file(path, closed, Some(line.offset), last);
+                let end = (line.offset, last_instance);
+                let digest = (
+                    line.bytes.len() as u64,
+                    <sha2::Sha256 as sha2::Digest>::digest(&line.bytes).into(),
+                );
+                return self.end_file(path, closed, Some(line.offset), last, end, Some(digest));
             }
+            complete_end = line.offset + line.bytes.len() as u64 + 1;
+            last_instance = record_instance(&line.bytes).map(<[u8]>::to_vec);
             let next = next_owned(&mut reader)?;
             if export && let Some(end) = ExportEnd::parse(&line.bytes) {
                 return self.export_end(path, &line, &end, next.as_ref());
@@ -785,7 +830,14 @@ impl Checker {
         if export {
             return Err(self.truncated_export(path, end_offset));
         }
-        self.end_file(path, closed, None, last)
+        self.end_file(
+            path,
+            closed,
+            None,
+            last,
+            (complete_end, last_instance),
+            None,
+        )
     }
 
     /// A seq that jumps ahead looks like a deletion until the missing record turns up later in
@@ -858,7 +910,7 @@ impl Checker {
         };
         let stated = segment::decode_hash(end.last_hash.as_bytes());
         if end.last_seq == last_seq && stated == Some(head) && end.records == self.report.records {
-            return self.end_file(path, true, None, true);
+            return self.end_file(path, true, None, true, (line.offset, None), None);
         }
         // Records cut from before the end line: named where they are missing.
         if end.last_seq > last_seq {
@@ -933,7 +985,13 @@ impl Checker {
             return Ok(());
         };
         // The previous file's torn tail must be the one this header declares.
-        if let Some((prev_path, _, torn)) = &self.prev_file {
+        if let Some(PrevFile {
+            path: prev_path,
+            torn,
+            torn_digest,
+            ..
+        }) = &self.prev_file
+        {
             let declared = header.torn_tail.as_ref().is_some_and(|t| {
                 Some(t.offset) == *torn && prev_path.file_name().is_some_and(|n| *n == *t.segment)
             });
@@ -943,11 +1001,21 @@ impl Checker {
                 Some(offset) if !declared && header.first_seq <= expected => {
                     return Err(Self::fail(FailureKind::Modified, prev_path, None, *offset));
                 }
-                Some(offset) if declared => self.report.recovered.push(Spot {
-                    file: prev_path.clone(),
-                    seq: None,
-                    offset: *offset,
-                }),
+                Some(offset) if declared => {
+                    let spot = Spot {
+                        file: prev_path.clone(),
+                        seq: None,
+                        offset: *offset,
+                    };
+                    if let Some((len, digest)) = torn_digest {
+                        self.declared_torn.push(DeclaredTorn {
+                            spot: spot.clone(),
+                            len: *len,
+                            digest: *digest,
+                        });
+                    }
+                    self.report.recovered.push(spot);
+                }
                 // FORMAT.md: only a torn line may be declared. A declaration without one would
                 // pass as a recovered crash that never happened.
                 None if header.torn_tail.is_some() => {
@@ -964,10 +1032,38 @@ impl Checker {
         if header.first_seq == expected && prev == self.head && !other_version {
             return Ok(());
         }
-        let closed = self
-            .prev_file
-            .as_ref()
-            .is_some_and(|(_, closed, _)| *closed);
+        let closed = self.prev_file.as_ref().is_some_and(|prev| prev.closed);
+        // Records missing after a file that ends unclosed, when the same writer instance wrote
+        // the next record: no restart (which could have written a segment now gone) came
+        // between them, so the records were cut from the end of that file. The spot is there.
+        // So were they from a file that has a header and no record, or not even a whole
+        // header: a writer never leaves one before another segment (a restart removes it).
+        let cut_from_prev = self.prev_file.as_ref().filter(|prev| {
+            !prev.closed
+                && prev.last_instance.as_deref().is_none_or(|instance| {
+                    Some(instance)
+                        == first
+                            .as_ref()
+                            .and_then(|(line, _)| record_instance(&line.bytes))
+                })
+        });
+        let cut_at = match (&self.emptied, cut_from_prev) {
+            (Some(emptied), _) => Some((emptied.clone(), 0)),
+            (None, Some(prev)) => Some((prev.path.clone(), prev.end)),
+            (None, None) => None,
+        };
+        if header.first_seq > expected
+            && let Some((file, offset)) = cut_at
+        {
+            return Err(Self::fail(
+                FailureKind::Deleted {
+                    missing: header.first_seq - expected,
+                },
+                &file,
+                Some(expected),
+                offset,
+            ));
+        }
         let kind = if continues(expected, &self.head) {
             FailureKind::ModifiedHeader
         } else if other_version {
@@ -1019,6 +1115,9 @@ impl Checker {
             self.report.last_seq = Some(view.seq);
             if view.kind == "checkpoint" {
                 return self.checkpoint(path, line, view.seq, view.time, head_before);
+            }
+            if view.kind == "recovered" {
+                self.recovered(line)?;
             }
             if let Some(so_far) = &mut self.segment_so_far {
                 so_far.lines += 1;
@@ -1186,12 +1285,55 @@ impl Checker {
         Ok(cp.close)
     }
 
+    /// A `recovered` record: the torn line it names, if this read saw that line declared, must
+    /// be the one it states (its length, and its digest where the record has one). The torn
+    /// bytes are outside the chain; this is what covers them.
+    fn recovered(&mut self, line: &OwnedLine) -> Result<(), Failure> {
+        let Ok(Record {
+            entry:
+                Entry::Recovered {
+                    segment,
+                    offset,
+                    torn_bytes,
+                    torn_sha256,
+                },
+            ..
+        }) = serde_json::from_slice::<Record>(&line.bytes)
+        else {
+            return Ok(());
+        };
+        let Some(at) = self.declared_torn.iter().position(|torn| {
+            torn.spot.offset == offset
+                && torn
+                    .spot
+                    .file
+                    .file_name()
+                    .is_some_and(|name| *name == *segment)
+        }) else {
+            return Ok(());
+        };
+        let torn = self.declared_torn.swap_remove(at);
+        let digest_differs = torn_sha256
+            .is_some_and(|stated| segment::decode_hash(stated.as_bytes()) != Some(torn.digest));
+        if torn.len != torn_bytes || digest_differs {
+            return Err(Self::fail(
+                FailureKind::Modified,
+                &torn.spot.file,
+                None,
+                torn.spot.offset,
+            ));
+        }
+        Ok(())
+    }
+
     fn end_file(
         &mut self,
         path: &Path,
         closed: bool,
         torn: Option<u64>,
         last: bool,
+        (end, last_instance): (u64, Option<Vec<u8>>),
+        torn_digest: Option<(u64, Hash)>,
     ) -> Result<(), Failure> {
         if let (Some(offset), true) = (torn, last) {
             self.report.truncated_tail = Some(Spot {
@@ -1200,7 +1342,15 @@ impl Checker {
                 offset,
             });
         }
-        self.prev_file = Some((path.to_owned(), closed, torn));
+        self.emptied = None;
+        self.prev_file = Some(PrevFile {
+            path: path.to_owned(),
+            closed,
+            torn,
+            torn_digest,
+            end,
+            last_instance,
+        });
         Ok(())
     }
 
@@ -1215,11 +1365,17 @@ impl Checker {
         last: bool,
     ) -> Result<(), Failure> {
         if !last {
+            self.emptied.get_or_insert_with(|| path.to_owned());
             return Ok(());
         }
         // A restart cut short as it created its segment: the crash before it left the torn
         // line, which no header declares yet, and that is the log's truncated tail.
-        if let Some((previous, _, Some(offset))) = &self.prev_file {
+        if let Some(PrevFile {
+            path: previous,
+            torn: Some(offset),
+            ..
+        }) = &self.prev_file
+        {
             self.report.truncated_tail = Some(Spot {
                 file: previous.clone(),
                 seq: None,
@@ -1227,7 +1383,7 @@ impl Checker {
             });
             return Ok(());
         }
-        self.end_file(path, false, torn, last)
+        self.end_file(path, false, torn, last, (torn.unwrap_or(0), None), None)
     }
 
     fn finish(mut self, failure: Option<Failure>) -> VerifyReport {
@@ -1267,6 +1423,16 @@ impl Checker {
 /// The hash an end line states, or `fallback` if it states none that decodes.
 fn stated_or(end: &ExportEnd, fallback: Hash) -> Hash {
     segment::decode_hash(end.last_hash.as_bytes()).unwrap_or(fallback)
+}
+
+/// A record line's `instance` value, read where the writer puts it (after `seq`, `prev` in
+/// version 1, and `time`): only to name where records were cut, never to check the chain.
+fn record_instance(line: &[u8]) -> Option<&[u8]> {
+    const KEY: &[u8] = b",\"instance\":\"";
+    let lead = &line[..line.len().min(256)];
+    let start = memchr::memmem::find(lead, KEY)? + KEY.len();
+    let len = memchr::memchr(b'"', &line[start..])?;
+    Some(&line[start..start + len])
 }
 
 #[cfg(test)]

@@ -622,6 +622,19 @@ enum RecoverError {
 }
 
 /// Makes the directory's entries (a segment created or removed) durable.
+/// SHA-256 (hex) of a segment's bytes from `offset` to its end: the torn line a `recovered`
+/// record speaks for. `None` if the file cannot be read (the record then states the length
+/// only, as before the digest was added).
+fn torn_digest(path: &Path, offset: u64) -> Option<String> {
+    use sha2::Digest as _;
+    use std::io::{Read as _, Seek as _};
+    let mut file = File::open(path).ok()?;
+    file.seek(std::io::SeekFrom::Start(offset)).ok()?;
+    let mut torn = Vec::new();
+    file.read_to_end(&mut torn).ok()?;
+    Some(hex::encode(sha2::Sha256::digest(&torn)))
+}
+
 fn sync_dir(dir: &Path) -> Result<(), AuditError> {
     File::open(dir)
         .and_then(|dir| dir.sync_all())
@@ -1227,6 +1240,7 @@ impl Store {
                     segment: last.name(),
                     offset,
                     torn_bytes: tail.file_len - offset,
+                    torn_sha256: torn_digest(&last.path, offset),
                 });
             }
             let has_records = tail.header.is_some() && tail.last_seq >= last.first_seq;
@@ -1265,11 +1279,15 @@ impl Store {
                 // the header) must be declared by the segment that replaces it, and its
                 // `recovered` record, lost with the removed file, written again.
                 self.pending_torn.clone_from(&header.torn_tail);
-                recovered = header.torn_tail.as_ref().map(|torn| Entry::Recovered {
-                    segment: torn.segment.clone(),
-                    offset: torn.offset,
-                    torn_bytes: std::fs::metadata(self.dir.join(&torn.segment))
-                        .map_or(0, |meta| meta.len().saturating_sub(torn.offset)),
+                recovered = header.torn_tail.as_ref().map(|torn| {
+                    let path = self.dir.join(&torn.segment);
+                    Entry::Recovered {
+                        segment: torn.segment.clone(),
+                        offset: torn.offset,
+                        torn_bytes: std::fs::metadata(&path)
+                            .map_or(0, |meta| meta.len().saturating_sub(torn.offset)),
+                        torn_sha256: torn_digest(&path, torn.offset),
+                    }
                 });
                 return Ok(recovered);
             }
