@@ -92,6 +92,7 @@ pub struct ForwardConfig {
     pub upstreams: Vec<SocketAddr>,
     pub timeout: Duration,
     pub attempts: u32,
+    pub strategy: crate::resolve::upstream::Strategy,
 }
 
 /// One list as the policy needs it.
@@ -355,6 +356,20 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             ));
         }
     }
+    if let Some(extra) = file
+        .forward
+        .upstreams
+        .get(crate::resolve::upstream::MAX_UPSTREAMS)
+    {
+        return Err(invalid(
+            extra.span(),
+            "forward.upstreams".into(),
+            format!(
+                "at most {} upstreams",
+                crate::resolve::upstream::MAX_UPSTREAMS
+            ),
+        ));
+    }
     for spanned in &file.forward.upstreams {
         let addr = spanned.get_ref();
         if addr.port() == 0 {
@@ -376,6 +391,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
     }
     for (index, zone) in file.forward.zones.iter().enumerate() {
+        if zone.upstreams.len() > crate::resolve::upstream::MAX_UPSTREAMS {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                line: nth_table_line(text, "forward.zone", index),
+                key: format!("forward.zone[{index}].upstreams"),
+                reason: format!(
+                    "at most {} upstreams",
+                    crate::resolve::upstream::MAX_UPSTREAMS
+                ),
+            });
+        }
         for addr in &zone.upstreams {
             if let Some(listen) = own_listen_address(&file.server.listen, *addr) {
                 return Err(ConfigError::Invalid {
@@ -541,6 +567,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 .collect(),
             timeout: Duration::from_millis(file.forward.timeout_ms),
             attempts: file.forward.attempts,
+            strategy: file.forward.strategy,
         },
         recursion: crate::resolve::RecursionSettings {
             root_hints: file.recursion.root_hints.as_ref().map(|p| base_dir.join(p)),

@@ -135,15 +135,19 @@ impl Default for ServerSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ForwardSection {
-    /// Upstream servers as `host:port`, tried in order, skipping ones that recently failed.
-    /// Default empty: `serve` refuses to start without at least one.
+    /// Upstream servers as `host:port` (at most 32), chosen by `strategy`, passing over ones
+    /// that stopped answering. Default empty: `serve` refuses to start without at least one.
     pub upstreams: Vec<Spanned<SocketAddr>>,
     /// How long to wait for one upstream's UDP answer, in milliseconds. Default 1500.
     pub timeout_ms: u64,
-    /// How many upstreams to try (in order) before answering SERVFAIL. Default 3; with fewer
+    /// How many upstreams to try (best first) before answering SERVFAIL. Default 3; with fewer
     /// upstreams than that each is tried once more. Bounds the worst-case wait to
     /// `attempts * timeout_ms`, so a client never hangs.
     pub attempts: u32,
+    /// Which upstream is asked first: `fastest` (default: by smoothed round-trip time) or
+    /// `in_order` (the list's order: a primary and its fallbacks). Either way one that stops
+    /// answering is passed over until a background probe finds it back.
+    pub strategy: crate::resolve::upstream::Strategy,
     /// `[[forward.zone]]` tables: zones forwarded to their own servers even when
     /// `recursion.enabled` (internal names the public root does not know). Default none.
     #[serde(rename = "zone")]
@@ -156,6 +160,7 @@ impl Default for ForwardSection {
             upstreams: Vec::new(),
             timeout_ms: 1500,
             attempts: 3,
+            strategy: crate::resolve::upstream::Strategy::default(),
             zones: Vec::new(),
         }
     }

@@ -1,5 +1,6 @@
 //! Getting answers for allowed questions: forwarding to upstreams, or recursion from the root.
 
+pub mod inflight;
 mod nsec;
 pub mod prefetch;
 pub mod recursor;

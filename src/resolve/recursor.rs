@@ -1107,6 +1107,7 @@ mod tests {
             upstreams: Vec::new(),
             timeout: Duration::from_secs(1),
             attempts: 1,
+            strategy: crate::resolve::upstream::Strategy::default(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

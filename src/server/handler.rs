@@ -17,7 +17,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use hickory_proto::{
-    op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode},
+    op::{Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode},
     rr::{DNSClass, Name, RData, Record, RecordType, rdata::opt::EdnsOption},
     serialize::binary::BinEncoder,
 };
@@ -40,7 +40,7 @@ use crate::{
         decision::{AnswerSource, AnswerText, QName, RuleMatch, TypeText},
         write_lookup_key,
     },
-    resolve::{Recursor, UpstreamQuery},
+    resolve::{Recursor, UpstreamQuery, inflight::InFlight},
     state::State,
 };
 
@@ -82,6 +82,8 @@ pub struct Counters {
     /// or blocks.
     pub fast_answers: AtomicU64,
     pub upstream_errors: AtomicU64,
+    /// Cache misses answered by another query's resolution of the same question (in flight).
+    pub merged: AtomicU64,
     /// Messages we could not serve: not parsable (answered FORMERR), no question, several
     /// questions, bad opcode, bad EDNS version, or a response sent to us.
     pub malformed: AtomicU64,
@@ -101,6 +103,7 @@ impl Counters {
             cache_hits = get(&self.cache_hits),
             fast_answers = get(&self.fast_answers),
             upstream_errors = get(&self.upstream_errors),
+            merged = get(&self.merged),
             malformed = get(&self.malformed),
             tcp_refused = get(&self.tcp_refused),
             "{message}"
@@ -120,7 +123,15 @@ pub struct Handler {
     audit: Option<AuditHandle>,
     /// Responses sent over UDP, for the fast path (`fastpath`); `None` with the cache off.
     wire: Option<WireCache>,
+    /// Cache misses being resolved: the same question asked again meanwhile waits for that
+    /// resolution instead of sending its own.
+    inflight: InFlight<CacheKey, Resolution>,
 }
+
+/// What step 4 got for a cache miss: the upstream's (or the recursion's) message, where it came
+/// from and a DNSSEC EDE for an answer to be withheld; or where it failed, its EDE code and why.
+type Resolution =
+    Result<(Message, AnswerSource, Option<(u16, String)>), (AnswerSource, u16, String)>;
 
 /// The answer a step settled on, before it is put on the wire.
 #[derive(Debug, Default)]
@@ -165,11 +176,48 @@ impl Handler {
             recursor,
             audit,
             wire,
+            inflight: InFlight::default(),
         }
     }
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Step 4 for a cache miss: recursion, or the upstreams of the name's zone.
+    async fn resolve(&self, state: &State, upstream_query: &UpstreamQuery<'_>) -> Resolution {
+        let qname = upstream_query.name;
+        // Recursive mode: same shape as the forwarder's result, plus a DNSSEC EDE for
+        // bogus answers (SERVFAIL, RFC 8914 6/7/8/10), which is not cached: a cached replay
+        // would lose the EDE.
+        match &self.recursor {
+            Some(recursor) => recursor
+                .resolve(upstream_query)
+                .await
+                .map(|answer| {
+                    let source = answer
+                        .forwarded_to
+                        .map_or(AnswerSource::Recursion, AnswerSource::Upstream);
+                    (answer.message, source, answer.ede)
+                })
+                .map_err(|error| {
+                    let source = error
+                        .server()
+                        .map_or(AnswerSource::Recursion, AnswerSource::Upstream);
+                    (source, error.ede_code(), error.to_string())
+                }),
+            None => state
+                .upstreams_for(qname)
+                .resolve(upstream_query)
+                .await
+                .map(|(message, upstream)| (message, AnswerSource::Upstream(upstream), None))
+                .map_err(|error| {
+                    let source = error
+                        .server()
+                        .map_or(AnswerSource::Local, AnswerSource::Upstream);
+                    (source, error.ede_code(), error.to_string())
+                }),
+        }
     }
 
     /// The fast path: answers `query` from the wire cache when a response to the same question
@@ -525,37 +573,13 @@ impl Handler {
                 dnssec_ok,
                 checking_disabled: request.metadata.checking_disabled,
             };
-            // Recursive mode: same shape as the forwarder's result, plus a DNSSEC EDE for
-            // bogus answers (SERVFAIL, RFC 8914 6/7/8/10), which is not cached: a cached replay
-            // would lose the EDE.
-            let resolved = match &self.recursor {
-                Some(recursor) => recursor
-                    .resolve(&upstream_query)
-                    .await
-                    .map(|answer| {
-                        let source = answer
-                            .forwarded_to
-                            .map_or(AnswerSource::Recursion, AnswerSource::Upstream);
-                        (answer.message, source, answer.ede)
-                    })
-                    .map_err(|error| {
-                        let source = error
-                            .server()
-                            .map_or(AnswerSource::Recursion, AnswerSource::Upstream);
-                        (source, error.ede_code(), error.to_string())
-                    }),
-                None => state
-                    .upstreams_for(qname)
-                    .resolve(&upstream_query)
-                    .await
-                    .map(|(message, upstream)| (message, AnswerSource::Upstream(upstream), None))
-                    .map_err(|error| {
-                        let source = error
-                            .server()
-                            .map_or(AnswerSource::Local, AnswerSource::Upstream);
-                        (source, error.ede_code(), error.to_string())
-                    }),
-            };
+            let (resolved, shared) = self
+                .inflight
+                .run(cache_key.clone(), self.resolve(state, &upstream_query))
+                .await;
+            if shared {
+                self.counters.merged.fetch_add(1, Ordering::Relaxed);
+            }
             match resolved {
                 Ok((message, source, Some(ede))) => {
                     record.source = source;

@@ -734,3 +734,78 @@ pub fn soa_in_authority(reply: &Message) -> Option<&Record> {
         .iter()
         .find(|record| matches!(record.data, RData::SOA(_)))
 }
+
+/// A UDP upstream on loopback that answers as `answer` says (`None`: no reply), for behaviour
+/// no real server shows on demand (FORMERR to EDNS, odd TTLs and rcodes, coming and going).
+/// Counts the datagrams it receives. Dropping it stops it (its thread checks every 100 ms).
+pub struct ScriptedUpstream {
+    pub addr: SocketAddr,
+    pub received: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ScriptedUpstream {
+    pub fn start(answer: impl Fn(&Message) -> Option<Message> + Send + 'static) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (counted, stopped) = (Arc::clone(&received), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut buffer = vec![0u8; 65535];
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((length, client)) = socket.recv_from(&mut buffer) else {
+                    continue;
+                };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let Ok(query) = Message::from_vec(&buffer[..length]) else {
+                    continue;
+                };
+                if let Some(reply) = answer(&query) {
+                    let _ = socket.send_to(&reply.to_vec().unwrap(), client);
+                }
+            }
+        });
+        Self {
+            addr,
+            received,
+            stop,
+        }
+    }
+
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ScriptedUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A response to `query` echoing its id, question and RD, with RA set and no records.
+pub fn response_to(query: &Message) -> Message {
+    let mut reply = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+    reply.metadata.recursion_desired = query.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    for question in &query.queries {
+        reply.add_query(question.clone());
+    }
+    reply
+}
+
+/// `response_to(query)` with one A record for the question's name.
+pub fn a_response(query: &Message, address: [u8; 4], ttl: u32) -> Message {
+    let mut reply = response_to(query);
+    let name = query.queries[0].name().clone();
+    reply.add_answer(Record::from_rdata(
+        name,
+        ttl,
+        RData::A(hickory_proto::rr::rdata::A(address.into())),
+    ));
+    reply
+}
